@@ -1,0 +1,167 @@
+"""On-disk artifacts: atomic writes, checksums and the versioned manifest of an index directory.
+
+Imports nothing else from the package but its errors, so every stage can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mll_index import __version__
+from mll_index.errors import IndexFormatError
+
+FORMAT_NAME = "mll-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """The manifest entry of one file: its size and checksum."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of `path` for writing; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    with atomic_file(path) as handle:
+        json.dump(data, handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; a missing or unparsable file is an IndexFormatError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _backup_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: Path) -> None:
+    """Finish or undo a directory swap that a crash interrupted between its two renames."""
+    path = Path(path)
+    backup = _backup_of(path)
+    if backup.exists():
+        if path.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(backup, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces `path` only if the block succeeds.
+
+    A crash inside the block leaves `path` as it was. The swap is two renames; a crash
+    between them leaves the old directory at a backup name, which `recover_dir` (called by
+    every loader) puts back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        backup = _backup_of(path)
+        if path.exists():
+            os.rename(path, backup)
+        os.rename(tmp, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def new_manifest(kind: str, **fields: Any) -> dict[str, Any]:
+    """A manifest skeleton: format name and version, package version, artifact kind."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "package_version": __version__,
+        **fields,
+        "files": {},
+    }
+
+
+def seal_manifest(directory: Path, manifest: dict[str, Any], files: list[str]) -> None:
+    """Record size and checksum of `files` (relative to `directory`) and write the manifest."""
+    manifest["files"] = {name: file_record(directory / name) for name in files}
+    write_json(directory / MANIFEST, manifest)
+
+
+def read_manifest(directory: Path, kind: str, verify: bool = False) -> dict[str, Any]:
+    """Read and check a manifest: format, version, kind, and every listed file's size.
+
+    Args:
+        directory: the artifact directory.
+        kind: the artifact kind expected (e.g. "node-index").
+        verify: also compare each file's SHA-256 (reads every byte).
+    Raises:
+        IndexFormatError: naming the directory or the file that is wrong.
+    """
+    directory = Path(directory)
+    recover_dir(directory)
+    if not directory.is_dir():
+        raise IndexFormatError(f"{directory}: no index here (directory is missing)")
+    manifest = read_json(directory / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{directory / MANIFEST}: not an {FORMAT_NAME} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{directory / MANIFEST}: format version {version!r}, this mll-index {__version__} "
+            f"reads version {FORMAT_VERSION}; rebuild the index"
+        )
+    if manifest.get("kind") != kind:
+        raise IndexFormatError(f"{directory / MANIFEST}: holds a {manifest.get('kind')!r}, expected {kind!r}")
+    for name, record in manifest.get("files", {}).items():
+        file = directory / name
+        if not file.is_file():
+            raise IndexFormatError(f"{file}: file listed in the manifest is missing")
+        size = file.stat().st_size
+        if size != record["bytes"]:
+            raise IndexFormatError(f"{file}: {size} bytes, the manifest says {record['bytes']} (truncated or changed)")
+        if verify and sha256_file(file) != record["sha256"]:
+            raise IndexFormatError(f"{file}: checksum differs from the manifest (corrupt)")
+    return manifest

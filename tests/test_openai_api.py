@@ -1,0 +1,187 @@
+"""Tests of mll_index.openai_api against a real local OpenAI-compatible server (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from mll_index.errors import EndpointError
+from mll_index.openai_api import OpenAIClient
+
+try:
+    from tests.openai_server import OpenAITestServer, fake_embedding
+except ImportError:  # tests/ is on sys.path itself when it is not a package
+    from openai_server import OpenAITestServer, fake_embedding
+
+FAST = {"backoff_s": 0.01, "timeout_s": 5.0}
+
+
+def _free_port() -> int:
+    """A port that nothing listens on: bind, read the port, close."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_chat_returns_content_and_sends_request() -> None:
+    with OpenAITestServer() as server:
+        client = OpenAIClient(server.base_url + "/", **FAST)  # trailing slash is stripped
+        reply = client.chat("test-model", [{"role": "user", "content": "goldfish"}], max_tokens=50)
+
+    assert json.loads(reply) == ["a photo of goldfish.", "goldfish, seen up close.", "a picture showing goldfish."]
+    assert len(server.requests) == 1
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"]["model"] == "test-model"
+    assert request["body"]["temperature"] == 0.0
+    assert request["body"]["max_tokens"] == 50
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert "Authorization" not in request["headers"]
+
+
+def test_chat_uses_custom_reply() -> None:
+    with OpenAITestServer(chat_reply=lambda body: body["messages"][-1]["content"].upper()) as server:
+        reply = OpenAIClient(server.base_url, **FAST).chat("m", [{"role": "user", "content": "tench"}])
+    assert reply == "TENCH"
+
+
+def test_embed_returns_vectors_in_index_order() -> None:
+    texts = ["a tench", "a goldfish", "a great white shark"]
+    with OpenAITestServer(embed_dim=5) as server:
+        vectors = OpenAIClient(server.base_url, **FAST).embed("embed-model", texts)
+    assert vectors == [fake_embedding(t, 5) for t in texts]
+    assert all(len(v) == 5 for v in vectors)
+    assert server.requests[0]["path"] == "/v1/embeddings"
+    assert server.requests[0]["body"] == {"model": "embed-model", "input": texts}
+
+
+def test_embed_reorders_shuffled_indices() -> None:
+    payload = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": 1, "embedding": [1.0, 1.0]},
+            {"object": "embedding", "index": 0, "embedding": [0.0, 0.0]},
+        ],
+        "model": "m",
+    }
+    with OpenAITestServer(raw_body=json.dumps(payload).encode()) as server:
+        vectors = OpenAIClient(server.base_url, **FAST).embed("m", ["first", "second"])
+    assert vectors == [[0.0, 0.0], [1.0, 1.0]]
+
+
+def test_bearer_header_sent() -> None:
+    with OpenAITestServer(require_key="sk-test") as server:
+        reply = OpenAIClient(server.base_url, "sk-test", **FAST).chat("m", [{"role": "user", "content": "x"}])
+    assert reply
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_retries_then_succeeds(status: int) -> None:
+    with OpenAITestServer(fail_first=2, fail_status=status) as server:
+        vectors = OpenAIClient(server.base_url, max_retries=3, **FAST).embed("m", ["x"])
+    assert len(vectors) == 1
+    assert len(server.requests) == 3
+
+
+def test_gives_up_after_max_retries() -> None:
+    with OpenAITestServer(fail_first=10, fail_status=500) as server:
+        client = OpenAIClient(server.base_url, max_retries=2, **FAST)
+        with pytest.raises(EndpointError) as info:
+            client.chat("m", [{"role": "user", "content": "x"}])
+    message = str(info.value)
+    assert f"{server.base_url}/chat/completions answered 500" in message
+    assert "after 2 retries" in message
+    assert "\n" not in message
+    assert len(server.requests) == 3
+
+
+def test_retry_after_honoured() -> None:
+    with OpenAITestServer(fail_first=1, fail_status=429, retry_after=0.3) as server:
+        client = OpenAIClient(server.base_url, **FAST)
+        start = time.monotonic()
+        reply = client.chat("m", [{"role": "user", "content": "x"}])
+        elapsed = time.monotonic() - start
+    assert reply
+    assert len(server.requests) == 2
+    assert elapsed >= 0.3
+    assert server.request_times[1] - server.request_times[0] >= 0.3
+
+
+def test_401_raises_at_once_without_retry() -> None:
+    with OpenAITestServer(require_key="sk-right") as server:
+        client = OpenAIClient(server.base_url, "sk-wrong", max_retries=5, **FAST)
+        with pytest.raises(EndpointError) as info:
+            client.chat("m", [{"role": "user", "content": "x"}])
+    assert len(server.requests) == 1
+    assert f"{server.base_url}/chat/completions answered 401" in str(info.value)
+    assert "invalid or missing API key" in str(info.value)
+
+
+def test_404_raises_without_retry() -> None:
+    with OpenAITestServer() as server:
+        client = OpenAIClient(server.base_url + "/nope", max_retries=5, **FAST)
+        with pytest.raises(EndpointError, match="answered 404"):
+            client.embed("m", ["x"])
+    assert len(server.requests) == 1
+
+
+def test_unreachable_port_names_url() -> None:
+    base_url = f"http://127.0.0.1:{_free_port()}/v1"
+    client = OpenAIClient(base_url, max_retries=2, backoff_s=0.01, timeout_s=2.0)
+    with pytest.raises(EndpointError) as info:
+        client.chat("m", [{"role": "user", "content": "x"}])
+    message = str(info.value)
+    assert message.startswith(f"cannot reach {base_url}/chat/completions: ")
+    assert "after 2 retries" in message
+
+
+def test_malformed_json_raises() -> None:
+    with OpenAITestServer(raw_body=b"{not json") as server:
+        client = OpenAIClient(server.base_url, **FAST)
+        with pytest.raises(EndpointError) as info:
+            client.chat("m", [{"role": "user", "content": "x"}])
+    assert f"{server.base_url}/chat/completions returned malformed JSON" in str(info.value)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("body", [b'{"id": "x"}', b'{"choices": []}', b"[1, 2]"])
+def test_missing_choices_raises(body: bytes) -> None:
+    with OpenAITestServer(raw_body=body) as server:
+        with pytest.raises(EndpointError, match="chat/completions returned malformed JSON"):
+            OpenAIClient(server.base_url, **FAST).chat("m", [{"role": "user", "content": "x"}])
+
+
+def test_missing_data_raises() -> None:
+    with OpenAITestServer(raw_body=b'{"object": "list"}') as server:
+        with pytest.raises(EndpointError, match="embeddings returned malformed JSON"):
+            OpenAIClient(server.base_url, **FAST).embed("m", ["x"])
+
+
+def test_rate_limit_spaces_requests() -> None:
+    with OpenAITestServer() as server:
+        client = OpenAIClient(server.base_url, requests_per_minute=600, **FAST)
+        for text in ["a", "b", "c", "d"]:
+            client.embed("m", [text])
+    gaps = [b - a for a, b in zip(server.request_times, server.request_times[1:])]
+    assert len(gaps) == 3
+    # Small slack for the server stamping arrival rather than send time.
+    assert all(gap >= 0.095 for gap in gaps), gaps
+
+
+def test_rate_limit_is_thread_safe() -> None:
+    with OpenAITestServer() as server:
+        client = OpenAIClient(server.base_url, requests_per_minute=600, **FAST)
+        threads = [threading.Thread(target=client.embed, args=("m", [str(i)])) for i in range(4)]
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - start
+    assert len(server.requests) == 4
+    assert elapsed >= 0.3  # four requests need three 0.1 s gaps
