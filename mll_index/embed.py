@@ -56,7 +56,11 @@ class SentenceTransformerEmbedder:
         if precision not in ("fp32", "bf16"):
             raise InputError(f"unknown precision {precision!r}; choose fp32 or bf16")
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
+
+        # Weight-loading progress bars would drown the command's own output.
+        transformers.logging.disable_progress_bar()
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         try:
@@ -67,7 +71,8 @@ class SentenceTransformerEmbedder:
                 f"{' '.join(str(exc).split())[:200]}"
             ) from None
         self.embedder_id = f"{model_id or model}@{precision}"
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self.batch_size = batch_size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -189,8 +194,11 @@ class EmbeddingCache:
         self._db.close()
 
 
-def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
+def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCache | None = None,
+                progress: bool = False) -> np.ndarray:
     """Embed texts through the cache: each distinct text is encoded at most once.
+
+    New texts are encoded and cached in chunks, so an interrupted run keeps what it did.
 
     Returns:
         (n, d) float32, L2-normalised, row i for texts[i].
@@ -200,10 +208,17 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
     missing = [t for t in unique if t not in known]
     if missing:
         log.info("embedding %d new texts with %s", len(missing), embedder.embedder_id)
-        fresh = embedder.encode(missing)
-        if cache:
-            cache.put_many(embedder.embedder_id, missing, fresh)
-        known.update(zip(missing, fresh))
+        from tqdm import tqdm
+
+        chunk = 2048
+        with tqdm(total=len(missing), desc="embedding", unit="text", disable=not progress) as bar:
+            for start in range(0, len(missing), chunk):
+                part = missing[start:start + chunk]
+                fresh = embedder.encode(part)
+                if cache:
+                    cache.put_many(embedder.embedder_id, part, fresh)
+                known.update(zip(part, fresh))
+                bar.update(len(part))
     if not texts:
         return np.zeros((0, embedder.dim), np.float32)
     return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -44,8 +45,10 @@ def wnid_of(offset: int) -> str:
 
 
 def normalize_name(name: str) -> str:
-    """Fold a class name or lemma for exact lookup: lower case, '_' and '-' as spaces, single spaces."""
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+    """Fold a class name or lemma for exact lookup: accents dropped, lower case, '_' and '-' as spaces."""
+    folded = unicodedata.normalize("NFKD", name)
+    folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return " ".join(folded.replace("_", " ").replace("-", " ").lower().split())
 
 
 def prepare_wordnet(source: Path = DEBIAN_WORDNET, dest: Path | None = None) -> Path:
@@ -157,6 +160,7 @@ class Graph:
     synsets: list[str]
     lemmas: list[list[str]]
     glosses: list[str]
+    lexnames: list[str]
     hypernyms: list[list[int]]
     lexicon: dict[str, list[int]]
     instances: list[int]
@@ -213,6 +217,7 @@ class Graph:
             "synset": self.synsets[row],
             "lemmas": self.lemmas[row],
             "gloss": self.glosses[row],
+            "lexname": self.lexnames[row],
             "hypernym_path": [self.synsets[self.row_of[w]] for w in self.hypernym_path(wnid)],
             "children": [self.synsets[c] for c in self.hyponyms[row]],
             "in_node_set": row in self.node_position,
@@ -227,7 +232,7 @@ class Graph:
 
     def subgraph(self, node_rows: Sequence[int], node_set: dict[str, Any]) -> Graph:
         """The same taxonomy with another node set."""
-        return Graph(self.wnids, self.synsets, self.lemmas, self.glosses, self.hypernyms,
+        return Graph(self.wnids, self.synsets, self.lemmas, self.glosses, self.lexnames, self.hypernyms,
                      self.lexicon, self.instances, sorted(set(node_rows)), node_set)
 
 
@@ -259,6 +264,7 @@ def build_taxonomy(wordnet: Path | None = None) -> Graph:
         synsets=[s.name() for s in synsets],
         lemmas=[[lemma.replace("_", " ") for lemma in s.lemma_names()] for s in synsets],
         glosses=[s.definition() for s in synsets],
+        lexnames=[s.lexname() for s in synsets],
         hypernyms=[[row_of[h.offset()] for h in s.hypernyms() + s.instance_hypernyms()] for s in synsets],
         lexicon=lexicon,
         # Instance synsets (a named city, a named person) have instance hypernyms only.
@@ -285,9 +291,23 @@ def resolve_node_set(taxonomy: Graph, node_set: NodeSet) -> Graph:
     return taxonomy.subgraph(sorted(rows), node_set.describe())
 
 
+def load_taxonomy(wordnet: Path | None = None) -> Graph:
+    """The WordNet noun taxonomy, read with nltk once and then from `<cache>/wordnet_taxonomy.json`."""
+    cached = cache_dir() / "wordnet_taxonomy.json"
+    if wordnet is None and cached.is_file():
+        try:
+            return load_graph(cached)
+        except IndexFormatError as exc:
+            log.warning("rebuilding the cached taxonomy: %s", exc)
+    taxonomy = build_taxonomy(wordnet)
+    if wordnet is None:
+        save_graph(taxonomy, cached)
+    return taxonomy
+
+
 def build_graph(node_set: NodeSet | None = None, wordnet: Path | None = None) -> Graph:
     """Build the graph for a node set (default: the `visual` recipe) from WordNet 3.0."""
-    return resolve_node_set(build_taxonomy(wordnet), node_set or recipe_node_set("visual"))
+    return resolve_node_set(load_taxonomy(wordnet), node_set or recipe_node_set("visual"))
 
 
 def save_graph(graph: Graph, path: Path) -> None:
@@ -300,6 +320,7 @@ def save_graph(graph: Graph, path: Path) -> None:
         "synsets": graph.synsets,
         "lemmas": graph.lemmas,
         "glosses": graph.glosses,
+        "lexnames": graph.lexnames,
         "hypernyms": graph.hypernyms,
         "lexicon": graph.lexicon,
         "instances": graph.instances,
@@ -314,10 +335,10 @@ def load_graph(path: Path) -> Graph:
         if data["graph_format_version"] != GRAPH_FORMAT_VERSION:
             raise IndexFormatError(f"{path}: graph format {data['graph_format_version']}, expected {GRAPH_FORMAT_VERSION}")
         graph = Graph(data["wnids"], data["synsets"], data["lemmas"], data["glosses"],
-                      data["hypernyms"], data["lexicon"], data["instances"], data["nodes"],
+                      data["lexnames"], data["hypernyms"], data["lexicon"], data["instances"], data["nodes"],
                       data["node_set"])
     except (KeyError, TypeError) as exc:
         raise IndexFormatError(f"{path}: not a graph file (missing {exc})") from None
-    if not (len(graph.wnids) == len(graph.synsets) == len(graph.lemmas) == len(graph.glosses) == len(graph.hypernyms)):
+    if not (len(graph.wnids) == len(graph.synsets) == len(graph.lemmas) == len(graph.glosses) == len(graph.lexnames) == len(graph.hypernyms)):
         raise IndexFormatError(f"{path}: graph columns differ in length")
     return graph

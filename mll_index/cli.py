@@ -1,0 +1,250 @@
+"""The `mll-index` command line: each command parses options, calls one public function, prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from mll_index import __version__
+from mll_index.errors import InputError, MLLIndexError
+
+log = logging.getLogger("mll_index")
+
+
+def _read_names(names: tuple[str, ...], file: str | None) -> list[str]:
+    """Class names from arguments, a file, or stdin ('-' or nothing), one per line."""
+    if names and file:
+        raise InputError("give class names as arguments or with --file, not both")
+    if names:
+        return list(names)
+    if file and file != "-":
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{file}: no such file") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{file}: not UTF-8 text") from None
+        where = file
+    else:
+        if sys.stdin.isatty():
+            raise InputError("no class names: give them as arguments, with --file, or on stdin")
+        text, where = sys.stdin.read(), "stdin"
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise InputError(f"{where}: line {number} is blank (one class name per line)")
+    if not lines:
+        raise InputError(f"{where}: no class names")
+    return lines
+
+
+def _index_option(f):  # type: ignore[no-untyped-def]
+    return click.option("--index", "index_path", type=click.Path(path_type=Path), default=None,
+                        help="Index directory [default: $MLL_INDEX_HOME/default or ./indexes/default].")(f)
+
+
+def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
+    from mll_index.index import default_index_path, load_index
+
+    path = path or default_index_path()
+    if not path.exists():
+        raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
+    return load_index(path)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mll-index")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """Choose vision-language models per class from an index built once."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
+    from mll_index.graph import folder_node_set, recipe_node_set, wnid_node_set
+
+    if wnids and folder:
+        raise InputError("give --wnids or --folder, not both")
+    if wnids:
+        try:
+            return wnid_node_set(Path(wnids).read_text(encoding="utf-8").split())
+        except FileNotFoundError:
+            raise InputError(f"{wnids}: no such file") from None
+    if folder:
+        return folder_node_set(folder)
+    return recipe_node_set(node_set)
+
+
+_node_set_options = [
+    click.option("--node-set", default="visual", show_default=True, help="Named node-set recipe."),
+    click.option("--wnids", type=click.Path(), default=None, help="File of wnids (whitespace-separated) as the node set."),
+    click.option("--folder", type=click.Path(path_type=Path), default=None,
+                 help="Sample dataset root/<wnid>/*.jpg: its wnid folders are the node set."),
+]
+
+
+def _with(options):  # type: ignore[no-untyped-def]
+    def wrap(f):  # type: ignore[no-untyped-def]
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return wrap
+
+
+_expander_options = [
+    click.option("--expander", type=click.Choice(["wordnet", "llm", "file"]), default="wordnet", show_default=True,
+                 help="Caption expander."),
+    click.option("--llm-url", default=None, help="OpenAI-compatible base URL for --expander llm (or $MLL_INDEX_LLM_URL)."),
+    click.option("--llm-model", default=None, help="Chat model for --expander llm (or $MLL_INDEX_LLM_MODEL)."),
+    click.option("--llm-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key."),
+    click.option("--captions", "caption_file", type=click.Path(path_type=Path), default=None,
+                 help="JSON {class name or wnid: [captions]} for --expander file."),
+]
+
+
+def _expander(expander: str, llm_url: str | None, llm_model: str | None, llm_key_env: str, caption_file: Path | None):  # type: ignore[no-untyped-def]
+    from mll_index.captions import make_expander
+
+    return make_expander(expander, base_url=llm_url, model=llm_model, api_key_env=llm_key_env, caption_file=caption_file)
+
+
+@cli.group()
+def graph() -> None:
+    """Build and inspect the semantic graph (WordNet 3.0 nouns)."""
+
+
+@graph.command("build")
+@_with(_node_set_options)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Graph JSON file to write.")
+def graph_build(node_set: str, wnids: str | None, folder: Path | None, output: Path) -> None:
+    """Build a graph for a node set and save it as JSON."""
+    from mll_index.graph import build_graph, save_graph
+
+    g = build_graph(_node_set(node_set, wnids, folder))
+    save_graph(g, output)
+    click.echo(f"{output}: {len(g.nodes)} nodes over {len(g.wnids)} WordNet noun synsets")
+
+
+@graph.command("show")
+@click.argument("wnids", nargs=-1, required=True)
+@_index_option
+def graph_show(wnids: tuple[str, ...], index_path: Path | None) -> None:
+    """Print nodes (lemmas, gloss, hypernym path, children) as JSON lines."""
+    from mll_index.graph import load_graph
+    from mll_index.index import default_index_path
+
+    g = load_graph((index_path or default_index_path()) / "graph.json")
+    for wnid in wnids:
+        click.echo(json.dumps(g.describe(wnid), ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--file", "file", default=None, help="File of class names, one per line ('-' for stdin).")
+@_with(_expander_options)
+def expand(names: tuple[str, ...], file: str | None, **expander_args: object) -> None:
+    """Print the captions an expander writes for class names, as JSON lines."""
+    from mll_index.captions import Concept, clean_class_names
+
+    expander = _expander(**expander_args)  # type: ignore[arg-type]
+    classes = clean_class_names(_read_names(names, file))
+    for name, captions in zip(classes, expander.expand([Concept(name=n) for n in classes])):
+        click.echo(json.dumps({"query": name, "captions": captions}, ensure_ascii=False))
+
+
+@cli.command()
+@_index_option
+@_with(_node_set_options)
+@click.option("--embedder", default="minilm", show_default=True,
+              help="minilm | minilm@fp32 | st:<model>[@fp32] | openai:<base url>#<model>.")
+@click.option("--search", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
+              help="Exact (flat) or approximate (hnsw) FAISS search.")
+@_with(_expander_options)
+def build(index_path: Path | None, node_set: str, wnids: str | None, folder: Path | None, embedder: str,
+          search: str, **expander_args: object) -> None:
+    """Build a node index: graph, node captions, embeddings and FAISS index."""
+    from mll_index.embed import load_embedder
+    from mll_index.graph import build_graph
+    from mll_index.index import build_index, default_index_path
+
+    path = index_path or default_index_path()
+    g = build_graph(_node_set(node_set, wnids, folder))
+    expander = _expander(**expander_args)  # type: ignore[arg-type]
+    index = build_index(path, g, load_embedder(embedder), expander=expander, search=search,  # type: ignore[arg-type]
+                        progress=True)
+    click.echo(f"{path}: {index.size} nodes, embedder {index.embedder_id}, {index.manifest['search']} search")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--file", "file", default=None, help="File of class names, one per line ('-' for stdin).")
+@_index_option
+@click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Nodes per name.")
+@click.option("--method", type=click.Choice(["combined", "captions", "name", "lemma"]), default="combined",
+              show_default=True, help="Matching method.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@_with(_expander_options)
+def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: int, method: str, fmt: str,
+          **expander_args: object) -> None:
+    """Match class names (arguments, --file, or stdin) to their top-k graph nodes."""
+    from mll_index.embed import EmbeddingCache, embedder_from_id
+    from mll_index.graph import cache_dir
+    from mll_index.match import match_names
+
+    classes = _read_names(names, file)
+    index = _open_index(index_path)
+    embedder = None if method == "lemma" else embedder_from_id(index.embedder_id)
+    results = match_names(index, classes, embedder, k=k, method=method,  # type: ignore[arg-type]
+                          expander=_expander(**expander_args),  # type: ignore[arg-type]
+                          cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"))
+    for name, matches in zip(classes, results):
+        if fmt == "jsonl":
+            click.echo(json.dumps({"query": name, "matches": [m.to_dict() for m in matches]}, ensure_ascii=False))
+        else:
+            click.echo(name)
+            for m in matches:
+                click.echo(f"  {m.score:7.3f}  {m.wnid}  {m.synset}{'  (lemma)' if m.lemma_match else ''}")
+            if not matches:
+                click.echo("  (no match)")
+
+
+@cli.command()
+@_index_option
+@click.option("--verify", is_flag=True, help="Also check every file's SHA-256.")
+def info(index_path: Path | None, verify: bool) -> None:
+    """Print an index's manifest after checking it."""
+    from mll_index.index import default_index_path, load_index
+
+    index = load_index(index_path or default_index_path(), verify=verify)
+    click.echo(json.dumps(index.manifest, indent=1))
+
+
+def main() -> None:
+    """Entry point: a user's mistake is one line on stderr and exit status 1, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MLLIndexError as exc:
+        click.echo(f"mll-index: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        click.echo(f"mll-index: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
