@@ -158,26 +158,49 @@ def expand(names: tuple[str, ...], file: str | None, **expander_args: object) ->
         click.echo(json.dumps({"query": name, "captions": captions}, ensure_ascii=False))
 
 
+def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, object]:
+    """Options from a recipe file (indexes/<name>.json); options given on the command line win."""
+    if recipe is None:
+        return options
+    try:
+        data = json.loads(Path(recipe).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{recipe}: recipe file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{recipe}: not valid JSON ({exc})") from None
+    known = {"node_set", "wnids", "folder", "embedder", "search", "expander", "llm_url", "llm_model", "caption_file"}
+    unknown = sorted(set(data) - known - {"description"})
+    if unknown:
+        raise InputError(f"{recipe}: unknown keys {unknown}; valid: {sorted(known)}")
+    ctx = click.get_current_context()
+    for key, value in data.items():
+        if key in options and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+            options[key] = Path(value) if key in ("folder", "caption_file") else value
+    return options
+
+
 @cli.command()
 @_index_option
+@click.option("--recipe", type=click.Path(path_type=Path), default=None,
+              help="JSON recipe (like indexes/default.json) giving the options below.")
 @_with(_node_set_options)
 @click.option("--embedder", default="minilm", show_default=True,
               help="minilm | minilm@fp32 | st:<model>[@fp32] | openai:<base url>#<model>.")
 @click.option("--search", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
               help="Exact (flat) or approximate (hnsw) FAISS search.")
 @_with(_expander_options)
-def build(index_path: Path | None, node_set: str, wnids: str | None, folder: Path | None, embedder: str,
-          search: str, **expander_args: object) -> None:
-    """Build a node index: graph, node captions, embeddings and FAISS index."""
+def build(index_path: Path | None, recipe: Path | None, **options: object) -> None:
+    """Build a node index: graph, node captions, embeddings and FAISS index (written atomically)."""
     from mll_index.embed import load_embedder
     from mll_index.graph import build_graph
     from mll_index.index import build_index, default_index_path
 
-    path = index_path or default_index_path()
-    g = build_graph(_node_set(node_set, wnids, folder))
-    expander = _expander(**expander_args)  # type: ignore[arg-type]
-    index = build_index(path, g, load_embedder(embedder), expander=expander, search=search,  # type: ignore[arg-type]
-                        progress=True)
+    o = _apply_recipe(recipe, options)
+    path = index_path or (recipe.with_suffix("") if recipe else default_index_path())
+    g = build_graph(_node_set(o["node_set"], o["wnids"], o["folder"]))  # type: ignore[arg-type]
+    expander = _expander(o["expander"], o["llm_url"], o["llm_model"], o["llm_key_env"], o["caption_file"])  # type: ignore[arg-type]
+    index = build_index(path, g, load_embedder(o["embedder"]), expander=expander,  # type: ignore[arg-type]
+                        search=o["search"], progress=True)  # type: ignore[arg-type]
     click.echo(f"{path}: {index.size} nodes, embedder {index.embedder_id}, {index.manifest['search']} search")
 
 

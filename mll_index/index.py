@@ -37,11 +37,15 @@ FILES = ["graph.json", "nodes.jsonl", "node_vectors.npy", "nodes.faiss"]
 
 
 def default_index_path() -> Path:
-    """$MLL_INDEX_HOME/default, else the `indexes/default` folder of the current directory."""
+    """$MLL_INDEX_HOME/default; else ./indexes/default if it exists; else indexes/default of the source checkout."""
     import os
 
     home = os.environ.get("MLL_INDEX_HOME")
-    return Path(home) / "default" if home else Path("indexes") / "default"
+    if home:
+        return Path(home) / "default"
+    local = Path("indexes") / "default"
+    checkout = Path(__file__).resolve().parent.parent / "indexes" / "default"
+    return local if local.exists() or not checkout.parent.is_dir() else checkout
 
 
 def pool_caption_vectors(vectors: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,45 @@
+"""What every bench script records beside its figures: the command, the machine, the versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory, Python and library versions of this run."""
+    try:
+        with open("/proc/meminfo") as handle:
+            mem_kb = int(handle.readline().split()[1])
+    except OSError:
+        mem_kb = 0
+    versions = {}
+    for dist in ("mll-index", "numpy", "faiss-cpu", "torch", "sentence-transformers", "open_clip_torch", "nltk"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "platform": platform.platform(),
+            "processor": platform.machine(), "python": platform.python_version(), "versions": versions}
+
+
+def write_results(name: str, figures: dict[str, Any], markdown: str) -> Path:
+    """Write results/<name>.json (figures + command + machine + date) and results/<name>.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **figures}
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    (RESULTS / f"{name}.md").write_text(markdown)
+    return path
