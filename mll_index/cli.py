@@ -197,9 +197,12 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
 
     o = _apply_recipe(recipe, options)
     path = index_path or (recipe.with_suffix("") if recipe else default_index_path())
-    g = build_graph(_node_set(o["node_set"], o["wnids"], o["folder"]))  # type: ignore[arg-type]
+    nodes = _node_set(o["node_set"], o["wnids"], o["folder"])  # type: ignore[arg-type]
+    # Models and endpoints first: they fail fast, the graph takes seconds.
     expander = _expander(o["expander"], o["llm_url"], o["llm_model"], o["llm_key_env"], o["caption_file"])  # type: ignore[arg-type]
-    index = build_index(path, g, load_embedder(o["embedder"]), expander=expander,  # type: ignore[arg-type]
+    embedder = load_embedder(o["embedder"])  # type: ignore[arg-type]
+    g = build_graph(nodes)
+    index = build_index(path, g, embedder, expander=expander,  # type: ignore[arg-type]
                         search=o["search"], progress=True)  # type: ignore[arg-type]
     click.echo(f"{path}: {index.size} nodes, embedder {index.embedder_id}, {index.manifest['search']} search")
 

@@ -44,6 +44,19 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (False when offline mode is set)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model, by hub name or local path, on the CPU or a GPU.
 
@@ -63,9 +76,18 @@ class SentenceTransformerEmbedder:
         transformers.logging.disable_progress_bar()
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # Without a reachable hub, the hub client retries for over a minute before failing:
+        # look in the local cache only, and say so if the model is not there.
+        offline = not Path(model).exists() and not _hub_reachable()
         try:
-            self._model = SentenceTransformer(model, device=device, model_kwargs={"torch_dtype": dtype})
+            self._model = SentenceTransformer(model, device=device, model_kwargs={"torch_dtype": dtype},
+                                              local_files_only=offline)
         except Exception as exc:  # noqa: BLE001 - any load failure is the same for the user
+            if offline:
+                raise ModelLoadError(
+                    f"cannot load sentence-transformers model {model!r}: it is not a local folder, not in the "
+                    "Hugging Face cache, and the Hugging Face hub cannot be reached from here"
+                ) from None
             raise ModelLoadError(
                 f"cannot load sentence-transformers model {model!r}: {type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:200]}"

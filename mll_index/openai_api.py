@@ -173,6 +173,9 @@ class OpenAIClient:
                 failure = f"{url} answered {status}: {_one_line(body)}"
             except urllib.error.URLError as exc:
                 failure = f"cannot reach {url}: {_describe_reason(exc.reason)}"
+                # A refused connection or an unknown host rarely heals in seconds: retry once, not for a minute.
+                if isinstance(exc.reason, (ConnectionRefusedError, socket.gaierror)) and attempt >= 1:
+                    raise EndpointError(f"{failure} (after {attempt} retries)") from None
             except (TimeoutError, socket.timeout) as exc:
                 failure = f"cannot reach {url}: {_describe_reason(exc)}"
             except (OSError, http.client.HTTPException) as exc:
