@@ -240,6 +240,70 @@ def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: 
                 click.echo("  (no match)")
 
 
+@cli.group()
+def hub() -> None:
+    """Inspect model hubs (built-in ones, or hub files)."""
+
+
+@hub.command("list")
+def hub_list() -> None:
+    """List the built-in hubs."""
+    from mll_index.hub import builtin_hubs, load_hub
+
+    for name in builtin_hubs():
+        click.echo(f"{name}\t{len(load_hub(name, validate=False))} models")
+
+
+@hub.command("show")
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+def hub_show(source: str, fmt: str) -> None:
+    """Check a hub (built-in name or file) and list its models."""
+    from mll_index.hub import load_hub
+
+    h = load_hub(source)
+    for m in h:
+        if fmt == "jsonl":
+            click.echo(json.dumps(m.describe()))
+        else:
+            acc = "-" if m.imagenet_acc is None else f"{m.imagenet_acc:.3f}"
+            click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
+
+
+@cli.command()
+@_index_option
+@click.option("--hub", "hub_source", required=True, help="Built-in hub name (mll49) or hub file (JSON or CSV).")
+@click.option("--samples", type=click.Path(path_type=Path), required=True,
+              help="Sample dataset root/<wnid>/*.jpg.")
+@click.option("--model", "models", multiple=True, help="Label only these model ids (repeatable).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 65536))
+def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple[str, ...], device: str | None,
+          batch_size: int) -> None:
+    """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
+    from mll_index.hub import load_hub
+    from mll_index.index import default_index_path
+    from mll_index.labels import label_models
+
+    path = index_path or default_index_path()
+    if not path.exists():
+        raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
+    report = label_models(path, load_hub(hub_source), samples, models=list(models) or None, device=device,
+                          batch_size=batch_size, progress=True)
+    for model_id in report.labeled:
+        click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s)")
+    for model_id in report.skipped:
+        click.echo(f"current  {model_id}")
+    for model_id, why in report.failed.items():
+        click.echo(f"failed   {model_id}: {why}", err=True)
+    if report.unreadable:
+        click.echo(f"skipped {len(report.unreadable)} unreadable images: {report.unreadable[:5]}", err=True)
+    if report.skipped_folders:
+        click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
 @cli.command()
 @_index_option
 @click.option("--verify", is_flag=True, help="Also check every file's SHA-256.")

@@ -7,6 +7,7 @@
         nodes.jsonl        the node table: row, wnid, synset, captions embedded for it
         node_vectors.npy   (n, d) float32, L2-normalised node embeddings, memory-mappable
         nodes.faiss        FAISS index over node_vectors (inner product = cosine)
+        labels/            model labels (see labels.py), kept when the node index is rebuilt
 
 Row i of node_vectors and of the FAISS index is node i of the node table.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +151,9 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
     vectors = embed_concept_captions(captions, embedder, cache, progress)
     path = Path(path)
     with atomic_dir(path) as tmp:
+        # Model labels name nodes by wnid: they stay valid across a rebuild, so keep them.
+        if (path / "labels").is_dir():
+            shutil.copytree(path / "labels", tmp / "labels")
         save_graph(graph, tmp / "graph.json")
         with open(tmp / "nodes.jsonl", "w", encoding="utf-8") as handle:
             for i, (row, caps) in enumerate(zip(graph.nodes, captions)):

@@ -1,0 +1,358 @@
+"""Model labels: every hub model evaluated once on the sample images of the graph's nodes.
+
+A model's label, per labeled node (a node with sample images), is its confusion there
+(true count, true positives, false positives, false negatives) over the whole labeled
+node set, and per image what selection needs to recompute that confusion on any subset
+of nodes: the model's top-K nodes with their logits and the true node's logit. The
+image and node embeddings are kept too (float16), so that growing the graph never
+re-encodes an image a model has already encoded.
+
+    <index>/labels/
+        samples-<fp>.json       a sample image table (root, images: relative path + wnid, labeled nodes),
+                                named by the sample set's fingerprint; each label names the one it uses
+        <model id>/             one folder per model, written atomically
+            manifest.json       kind "model-label": hub entry, preprocess key, prompt, K, counts, files
+            image_embeddings.npy  (n_images, d) float16, unit rows; row i = image i of samples.json
+            node_embeddings.npy   (n_nodes, d) float16, unit rows; row j = labeled node j
+            topk_nodes.npy        (n_images, K) int32, labeled-node positions, best first
+            topk_logits.npy       (n_images, K) float16, logit scale applied
+            true_logit.npy        (n_images,) float16, the logit of the image's own node
+            counts.npy            (n_nodes, 4) int32: n_true, TP, FP, FN over all labeled nodes
+
+Only the model being labeled can be lost to a crash: each model's folder appears whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest, write_json
+from mll_index.captions import node_concept, templates
+from mll_index.errors import IndexFormatError, InputError, MLLIndexError
+from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
+from mll_index.index import NodeIndex, load_index
+from mll_index.samples import SampleSet, preprocess_images, scan_samples
+
+log = logging.getLogger(__name__)
+
+KIND = "model-label"
+TOP_K = 32
+LABEL_FILES = ["image_embeddings.npy", "node_embeddings.npy", "topk_nodes.npy", "topk_logits.npy",
+               "true_logit.npy", "counts.npy"]
+
+
+def model_dir_name(model_id: str) -> str:
+    """A file-system-safe folder name for a model id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
+
+
+@dataclass(frozen=True)
+class SampleTable:
+    """The sample images the labels refer to: image i has wnid `wnids[i]`, labeled node `image_nodes[i]`.
+
+    Labeled nodes are named by wnid (`node_wnids`, sorted), not by node-index position, so
+    that labels survive a rebuild or growth of the node index.
+    """
+
+    root: str
+    paths: tuple[str, ...]
+    wnids: tuple[str, ...]
+    node_wnids: tuple[str, ...]
+    stamps: tuple[str, ...] = ()  # "size:mtime_ns" per image: a replaced file is encoded again
+
+    @property
+    def image_nodes(self) -> np.ndarray:
+        pos = {w: j for j, w in enumerate(self.node_wnids)}
+        return np.array([pos[w] for w in self.wnids], np.int32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "node_wnids": list(self.node_wnids),
+                "images": [{"path": p, "wnid": w, "stamp": t} for p, w, t in zip(self.paths, self.wnids, self.stamps)]}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> SampleTable:
+        images = data["images"]
+        return SampleTable(data["root"], tuple(i["path"] for i in images), tuple(i["wnid"] for i in images),
+                           tuple(data["node_wnids"]), tuple(i["stamp"] for i in images))
+
+    def image_keys(self) -> list[str]:
+        """One key per image that changes when the file is replaced: path and stamp."""
+        return [f"{p}|{t}" for p, t in zip(self.paths, self.stamps)]
+
+
+def sample_table(samples: SampleSet, kept: Sequence[int] | None = None) -> SampleTable:
+    """The table of `samples`, only the `kept` positions if given (images that decoded)."""
+    positions = range(len(samples.paths)) if kept is None else [int(i) for i in kept]
+    paths = tuple(samples.paths[i] for i in positions)
+    wnids = tuple(samples.wnids[i] for i in positions)
+    stats = [os.stat(Path(samples.root) / p) for p in paths]
+    stamps = tuple(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
+    return SampleTable(str(samples.root), paths, wnids, tuple(sorted(set(wnids))), stamps)
+
+
+def node_prompts(index: NodeIndex, node_wnids: Sequence[str]) -> list[str]:
+    """The text prompt of each labeled node (template `label_prompt`: lemma and gloss)."""
+    t = templates()["label_prompt"]
+    out = []
+    for w in node_wnids:
+        c = node_concept(index.graph, index.graph.row(w))
+        out.append(t.format(lemma=c.name, gloss=c.gloss))
+    return out
+
+
+def confusion_counts(topk_nodes: np.ndarray, image_nodes: np.ndarray, n_nodes: int) -> np.ndarray:
+    """(n_nodes, 4) int32 n_true, TP, FP, FN from each image's top-1 over all labeled nodes."""
+    pred = topk_nodes[:, 0].astype(np.int64)
+    true = image_nodes.astype(np.int64)
+    hit = pred == true
+    n_true = np.bincount(true, minlength=n_nodes)
+    tp = np.bincount(true[hit], minlength=n_nodes)
+    fp = np.bincount(pred[~hit], minlength=n_nodes)
+    return np.stack([n_true, tp, fp, n_true - tp], axis=1).astype(np.int32)
+
+
+def score_images(image_emb: np.ndarray, node_emb: np.ndarray, image_nodes: np.ndarray, logit_scale: float,
+                 k: int = TOP_K, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k labeled nodes per image and the true node's logit.
+
+    Args:
+        image_emb: (n, d) unit rows; node_emb: (m, d) unit rows; image_nodes: (n,) int in [0, m).
+    Returns:
+        topk_nodes (n, k') int32, topk_logits (n, k') float16, true_logit (n,) float16, k' = min(k, m).
+    """
+    n, m = len(image_emb), len(node_emb)
+    k = min(k, m)
+    nodes = np.empty((n, k), np.int32)
+    logits = np.empty((n, k), np.float16)
+    true = np.empty(n, np.float16)
+    node_t = np.asarray(node_emb, np.float32).T
+    for s in range(0, n, chunk):
+        block = logit_scale * (np.asarray(image_emb[s:s + chunk], np.float32) @ node_t)
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (len(block), 1))
+        vals = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        nodes[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+        logits[s:s + chunk] = np.take_along_axis(vals, order, axis=1)
+        true[s:s + chunk] = block[np.arange(len(block)), image_nodes[s:s + chunk]]
+    return nodes, logits, true
+
+
+def _encode_texts(loaded: LoadedModel, texts: Sequence[str], device: str, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    out = [np.zeros((0, 0), np.float32)]
+    with torch.no_grad(), torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
+        for s in range(0, len(texts), batch_size):
+            tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)
+            emb = loaded.model.encode_text(tokens).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+    return np.concatenate(out[1:]) if len(out) > 1 else out[0]
+
+
+def _encode_images(loaded: LoadedModel, pixels: np.ndarray, rows: Sequence[int], device: str, batch_size: int,
+                   progress: bool, desc: str) -> np.ndarray:
+    """(len(rows), d) float32 unit image embeddings of pixels[rows] ((n, 3, H, W) float16)."""
+    import torch
+    from tqdm import tqdm
+
+    out = [np.zeros((0, 0), np.float32)]
+    started, done = time.perf_counter(), 0
+    with torch.no_grad(), torch.autocast(device_type="cuda", enabled=device.startswith("cuda")), \
+            tqdm(total=len(rows), desc=f"label {desc}", unit="img", disable=not progress) as bar:
+        for s in range(0, len(rows), batch_size):
+            batch = torch.from_numpy(np.asarray(pixels[list(rows[s:s + batch_size])], np.float32))
+            batch = batch.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else batch
+            emb = loaded.model.encode_image(batch).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+            done += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(img_s=f"{done / max(time.perf_counter() - started, 1e-9):.0f}")
+    return np.concatenate(out[1:]) if len(out) > 1 else out[0]
+
+
+@dataclass
+class ModelLabel:
+    """A stored label, arrays memory-mapped; see the module docstring for shapes."""
+
+    model_id: str
+    manifest: dict[str, Any]
+    image_embeddings: np.ndarray
+    node_embeddings: np.ndarray
+    topk_nodes: np.ndarray
+    topk_logits: np.ndarray
+    true_logit: np.ndarray
+    counts: np.ndarray
+
+
+def labels_dir(index_path: Path) -> Path:
+    return Path(index_path) / "labels"
+
+
+def _table_path(index_path: Path, fingerprint: str) -> Path:
+    return labels_dir(index_path) / f"samples-{fingerprint}.json"
+
+
+def read_sample_table(index_path: Path, fingerprint: str) -> SampleTable:
+    """The sample table a label refers to (labels/samples-<fingerprint>.json)."""
+    path = _table_path(index_path, fingerprint)
+    try:
+        return SampleTable.from_json(read_json(path))
+    except (KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{path}: not a sample table (missing {exc})") from None
+
+
+def load_label(index_path: Path, model_id: str, verify: bool = False) -> ModelLabel:
+    """Open one model's label (memory-mapped); errors name the file."""
+    folder = labels_dir(index_path) / model_dir_name(model_id)
+    manifest = read_manifest(folder, KIND, verify=verify)
+    arrays = {}
+    for name in LABEL_FILES:
+        try:
+            arrays[name[:-4]] = np.load(folder / name, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise IndexFormatError(f"{folder / name}: cannot read ({exc})") from None
+    n = manifest["counts"]["images"]
+    if arrays["topk_nodes"].shape[0] != n or arrays["image_embeddings"].shape[0] != n:
+        raise IndexFormatError(f"{folder}: arrays disagree with the manifest's {n} images")
+    return ModelLabel(model_id, manifest, **arrays)
+
+
+def labeled_models(index_path: Path) -> dict[str, str]:
+    """Model id -> sample fingerprint, for every complete label folder of the index."""
+    root = labels_dir(index_path)
+    out: dict[str, str] = {}
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and not folder.name.startswith(".") and (folder / "manifest.json").is_file():
+                try:
+                    manifest = read_json(folder / "manifest.json")
+                    out[manifest["model"]["id"]] = manifest["samples"]
+                except (IndexFormatError, KeyError, TypeError):
+                    log.warning("%s: unreadable label manifest, the model will be labeled again", folder)
+    return out
+
+
+def _reusable(index_path: Path, model: HubModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The image and node embeddings an existing label of `model` holds, by image path and wnid."""
+    if not (labels_dir(index_path) / model_dir_name(model.id) / "manifest.json").is_file():
+        return {}, {}
+    try:
+        old = load_label(index_path, model.id)
+        same = old.manifest["model"] == model.describe() and old.manifest["prompt"] == templates()["label_prompt"]
+        if not same:
+            return {}, {}
+        table = read_sample_table(index_path, old.manifest["samples"])
+    except MLLIndexError as exc:
+        log.warning("labeling %s from scratch: %s", model.id, exc)
+        return {}, {}
+    return dict(zip(table.image_keys(), old.image_embeddings)), dict(zip(table.node_wnids, old.node_embeddings))
+
+
+@dataclass
+class LabelReport:
+    """What a labeling run did."""
+
+    labeled: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    images_per_s: dict[str, float] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    skipped_folders: list[str] = field(default_factory=list)
+
+
+def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequence[str] | None = None,
+                 device: str | None = None, batch_size: int = 64, progress: bool = False,
+                 cache_dir: Path | None = None) -> LabelReport:
+    """Label every model of `hub` (or the `models` named) that the index does not hold for these samples.
+
+    Images are decoded and preprocessed once per preprocessing configuration. A model whose label
+    is current (same sample images) is skipped; one labeled on fewer images or nodes encodes only
+    what is new. Models that cannot be loaded are reported in `failed`; the others go on.
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index = load_index(index_path)
+    chosen = [hub.get(m) for m in models] if models else list(hub)
+    valid = {index.graph.wnids[r] for r in index.graph.nodes}
+    samples = scan_samples(Path(samples_root), valid)
+    report = LabelReport(skipped_folders=list(samples.skipped_folders))
+    done = labeled_models(index_path)
+    cache_dir = cache_dir or labels_dir(index_path) / ".pixels"
+    groups: dict[str, list[HubModel]] = {}
+    for model in chosen:
+        if done.get(model.id) == samples.fingerprint:
+            report.skipped.append(model.id)
+        else:
+            groups.setdefault(preprocess_key(model), []).append(model)
+    for key, group in groups.items():
+        pixels, table = None, None
+        for model in group:
+            try:
+                loaded = load_model(model, device)
+            except MLLIndexError as exc:
+                report.failed[model.id] = str(exc)
+                log.info("%s", exc)
+                continue
+            if pixels is None:
+                pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress)
+                report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
+                table = sample_table(samples, pixels.indices)
+                if not _table_path(index_path, samples.fingerprint).is_file():
+                    write_json(_table_path(index_path, samples.fingerprint), table.to_json())
+            rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
+                              batch_size, progress)
+            report.labeled.append(model.id)
+            report.images_per_s[model.id] = rate
+    return report
+
+
+def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,
+               fingerprint: str, device: str, batch_size: int, progress: bool) -> float:
+    """Encode what is new for one model, score, and write its label folder atomically; returns images/s."""
+    model = loaded.hub_model
+    old_images, old_nodes = _reusable(index_path, model)
+    keys = table.image_keys()
+    new_rows = [i for i, key in enumerate(keys) if key not in old_images]
+    started = time.perf_counter()
+    fresh = _encode_images(loaded, pixels.pixels, new_rows, device, batch_size, progress, model.id)
+    seconds = time.perf_counter() - started
+    new_nodes = [w for w in table.node_wnids if w not in old_nodes]
+    fresh_nodes = dict(zip(new_nodes, _encode_texts(loaded, node_prompts(index, new_nodes), device)))
+    node_emb = np.stack([old_nodes[w] if w in old_nodes else fresh_nodes[w] for w in table.node_wnids])
+    image_emb = np.empty((len(table.paths), node_emb.shape[1]), np.float16)
+    for j, i in enumerate(new_rows):
+        image_emb[i] = fresh[j]
+    for i, key in enumerate(keys):
+        if key in old_images:
+            image_emb[i] = old_images[key]
+    node_emb = node_emb.astype(np.float16)
+    logit_scale = float(loaded.model.logit_scale.exp().item()) if hasattr(loaded.model, "logit_scale") else 100.0
+    image_nodes = table.image_nodes
+    topk_nodes, topk_logits, true_logit = score_images(image_emb, node_emb, image_nodes, logit_scale)
+    counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
+    folder = labels_dir(index_path) / model_dir_name(model.id)
+    with atomic_dir(folder) as tmp:
+        for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
+                            ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
+                            ("true_logit", true_logit), ("counts", counts)):
+            np.save(tmp / f"{name}.npy", array)
+        manifest = new_manifest(KIND, model=model.describe(), samples=fingerprint, preprocess=loaded.preprocess_key,
+                                prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
+                                logit_scale=logit_scale, dim=int(node_emb.shape[1]),
+                                counts={"images": len(table.paths), "nodes": len(table.node_wnids),
+                                        "encoded_images": len(new_rows), "encoded_nodes": len(new_nodes)},
+                                accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
+        seal_manifest(tmp, manifest, LABEL_FILES)
+    return len(new_rows) / seconds if new_rows and seconds > 0 else 0.0
