@@ -259,6 +259,16 @@ def _reusable(index_path: Path, model: HubModel) -> tuple[dict[str, np.ndarray],
     return dict(zip(table.image_keys(), old.image_embeddings)), dict(zip(table.node_wnids, old.node_embeddings))
 
 
+def _label_sound(index_path: Path, model_id: str) -> bool:
+    """Whether a stored label opens (sizes match its manifest); a damaged one is labeled again."""
+    try:
+        load_label(index_path, model_id)
+        return True
+    except MLLIndexError as exc:
+        log.warning("labeling %s again: %s", model_id, exc)
+        return False
+
+
 @dataclass
 class LabelReport:
     """What a labeling run did."""
@@ -292,7 +302,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     cache_dir = cache_dir or labels_dir(index_path) / ".pixels"
     groups: dict[str, list[HubModel]] = {}
     for model in chosen:
-        if done.get(model.id) == samples.fingerprint:
+        if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
             report.skipped.append(model.id)
         else:
             groups.setdefault(preprocess_key(model), []).append(model)

@@ -1,0 +1,258 @@
+"""Model labeling with tiny real open_clip models on generated sample images."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER
+from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+
+from mll_index.errors import IndexFormatError, InputError
+from mll_index.hub import load_hub, load_model
+from mll_index.index import load_index
+from mll_index.labels import (confusion_counts, label_models, labeled_models, labels_dir, load_label,
+                              node_prompts, read_sample_table, score_images)
+from mll_index.samples import preprocess_images, scan_samples
+
+FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
+LATER = [CRANE_BIRD, CRANE_MACHINE]
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub file of four tiny models: two ViTs and a ResNet at 32 px, one ViT at 48 px."""
+    root = tmp_path_factory.mktemp("hub")
+    vit = write_tiny_arch(root / "arch", "tinylabvit", vision="vit")
+    rn = write_tiny_arch(root / "arch", "tinylabrn", vision="resnet")
+    big = write_tiny_arch(root / "arch", "tinylabvit48", vision="vit", image_size=48)
+    models = []
+    for i, (cfg, name) in enumerate([(vit, "vit-a"), (vit, "vit-b"), (rn, "rn"), (big, "vit48")]):
+        make_tiny_checkpoint(cfg, root / "weights" / f"{name}.pt", seed=i)
+        models.append({"id": f"tiny-{name}", "arch": cfg.stem, "checkpoint": f"weights/{name}.pt",
+                       "config": f"arch/{cfg.name}", "imagenet_acc": 0.1 * (i + 1)})
+    (root / "hub.json").write_text(json.dumps({"name": "tiny", "models": models}))
+    return root / "hub.json"
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, index_dir: Path, tiny_hub: Path) -> tuple[Path, Path, Path]:
+    index = tmp_path / "index"
+    shutil.copytree(index_dir, index)
+    samples = tmp_path / "samples"
+    make_sample_images(samples, FIRST, per_node=4, corrupt=True, non_wnid_folder="not-a-wnid")
+    return index, samples, tiny_hub
+
+
+def direct_counts(index: Path, hub_file: Path, model_id: str, samples_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The model's confusion over the labeled nodes, computed straight from open_clip."""
+    import torch
+
+    idx = load_index(index)
+    loaded = load_model(load_hub(hub_file).get(model_id))
+    samples = scan_samples(samples_root)
+    pre = preprocess_images(samples, loaded.preprocess, "direct")
+    wnids = [samples.wnids[i] for i in pre.indices]
+    nodes = sorted(set(wnids))
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(loaded.model.encode_image(torch.from_numpy(np.asarray(pre.pixels, np.float32))), dim=-1)
+        txt = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(node_prompts(idx, nodes))), dim=-1)
+    pred = (img @ txt.T).argmax(1).numpy()
+    true = np.array([nodes.index(w) for w in wnids])
+    out = np.zeros((len(nodes), 4), np.int64)
+    for t, p in zip(true, pred):
+        out[t, 0] += 1
+        out[t, 1] += t == p
+        out[p, 2] += t != p
+        out[t, 3] += t != p
+    return out, pred
+
+
+def test_label_counts_match_direct_computation(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    report = label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a", "tiny-rn"])
+    assert sorted(report.labeled) == ["tiny-rn", "tiny-vit-a"]
+    assert report.unreadable == [f"{TENCH}/corrupt.jpg"] and report.skipped_folders
+    for model_id in ("tiny-vit-a", "tiny-rn"):
+        label = load_label(index, model_id, verify=True)
+        expected, pred = direct_counts(index, hub_file, model_id, samples)
+        np.testing.assert_array_equal(np.asarray(label.counts), expected)
+        # Top-1 of the stored top-K is the model's prediction; the true logit is among the logits.
+        np.testing.assert_array_equal(np.asarray(label.topk_nodes[:, 0]), pred)
+        assert label.topk_nodes.shape == (20, 5)
+        assert np.all(np.diff(np.asarray(label.topk_logits, np.float32), axis=1) <= 1e-3)
+        assert label.manifest["counts"]["images"] == 20 and label.manifest["counts"]["nodes"] == 5
+
+
+def test_score_images_against_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(50, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    nodes = rng.normal(size=(40, 8)).astype(np.float32)
+    nodes /= np.linalg.norm(nodes, axis=1, keepdims=True)
+    truth = rng.integers(0, 40, 50)
+    top, logits, true = score_images(img, nodes, truth, 10.0, k=5, chunk=7)
+    full = 10.0 * img @ nodes.T
+    np.testing.assert_array_equal(top, np.argsort(-full, axis=1)[:, :5])
+    np.testing.assert_allclose(true, full[np.arange(50), truth], atol=1e-2)
+    counts = confusion_counts(top, truth, 40)
+    assert counts[:, 0].sum() == 50 and counts[:, 1].sum() + counts[:, 2].sum() == 50
+    np.testing.assert_array_equal(counts[:, 3], counts[:, 0] - counts[:, 1])
+
+
+def test_rerun_skips_and_growth_by_model(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    hub = load_hub(hub_file)
+    label_models(index, hub, samples, models=["tiny-vit-a"])
+    before = (labels_dir(index) / "tiny-vit-a" / "image_embeddings.npy").stat().st_mtime_ns
+    report = label_models(index, hub, samples)
+    assert report.skipped == ["tiny-vit-a"]
+    assert sorted(report.labeled) == ["tiny-rn", "tiny-vit-b", "tiny-vit48"]
+    # Growing the hub never rewrites the label of a model that did not change.
+    assert (labels_dir(index) / "tiny-vit-a" / "image_embeddings.npy").stat().st_mtime_ns == before
+    assert set(labeled_models(index)) == {m.id for m in hub}
+
+
+def test_growth_by_nodes_encodes_only_new_images(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    hub = load_hub(hub_file)
+    label_models(index, hub, samples, models=["tiny-vit-a"])
+    old = load_label(index, "tiny-vit-a")
+    old_embeddings = {p: np.array(e) for p, e in zip(read_sample_table(index, old.manifest["samples"]).paths,
+                                                     old.image_embeddings)}
+    extra = tmp = samples.parent / "extra"
+    make_sample_images(tmp, FIRST + LATER, per_node=3, seed=7)
+    for wnid in LATER:
+        shutil.copytree(extra / wnid, samples / wnid)
+    report = label_models(index, hub, samples, models=["tiny-vit-a"])
+    assert report.labeled == ["tiny-vit-a"]
+    new = load_label(index, "tiny-vit-a")
+    assert new.manifest["counts"] == {"images": 26, "nodes": 7, "encoded_images": 6, "encoded_nodes": 2}
+    table = read_sample_table(index, new.manifest["samples"])
+    for path, emb in zip(table.paths, new.image_embeddings):
+        if path in old_embeddings:
+            np.testing.assert_array_equal(np.asarray(emb), old_embeddings[path])
+    expected, _ = direct_counts(index, hub_file, "tiny-vit-a", samples)
+    np.testing.assert_array_equal(np.asarray(new.counts), expected)
+
+
+def test_replaced_image_is_encoded_again(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    hub = load_hub(hub_file)
+    label_models(index, hub, samples, models=["tiny-vit-a"])
+    target = samples / LAPTOP / "0.png"
+    shutil.copy(samples / PIZZA / "0.png", target)
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
+    label_models(index, hub, samples, models=["tiny-vit-a"])
+    assert load_label(index, "tiny-vit-a").manifest["counts"]["encoded_images"] == 1
+
+
+def test_unloadable_model_is_reported_and_others_go_on(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    index, samples, hub_file = setup
+    data = json.loads(hub_file.read_text())
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    data["models"].append({"id": "tiny-broken", "arch": "tinylabvit", "checkpoint": str(broken),
+                           "config": str(hub_file.parent / "arch" / "tinylabvit.json")})
+    (hub_file.parent / "hub2.json").write_text(json.dumps(data))
+    report = label_models(index, load_hub(hub_file.parent / "hub2.json"), samples,
+                          models=["tiny-broken", "tiny-vit-a"])
+    assert report.labeled == ["tiny-vit-a"]
+    assert "tiny-broken" in report.failed["tiny-broken"]
+
+
+def test_no_valid_sample_folder_is_an_error(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    index, _, hub_file = setup
+    empty = tmp_path / "empty"
+    (empty / "cats").mkdir(parents=True)
+    with pytest.raises(InputError, match="empty"):
+        label_models(index, load_hub(hub_file), empty)
+
+
+def _label_subprocess(index: Path, samples: Path, hub_file: Path, fsize: int | None = None) -> subprocess.Popen:
+    code = (
+        "import sys, resource, signal\n"
+        "from pathlib import Path\n"
+        "from mll_index.hub import load_hub\n"
+        "from mll_index.labels import label_models\n"
+        f"limit = {fsize!r}\n"
+        "if limit:\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+        f"label_models(Path({str(index)!r}), load_hub({str(hub_file)!r}), Path({str(samples)!r}), batch_size=4)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_loses_at_most_the_model_in_progress(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    make_sample_images(samples, FIRST, per_node=40, seed=3)
+    proc = _label_subprocess(index, samples, hub_file)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not labeled_models(index):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = labeled_models(index)
+    load_index(index)  # still loadable
+    for model_id in done:
+        load_label(index, model_id, verify=True)  # every finished label is whole
+    report = label_models(index, load_hub(hub_file), samples)
+    assert sorted(report.skipped) == sorted(done)
+    assert sorted(report.labeled + report.skipped) == sorted(m.id for m in load_hub(hub_file))
+
+
+def test_full_disk_keeps_every_label(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a"])
+    before = {p.name: p.read_bytes() for p in (labels_dir(index) / "tiny-vit-a").iterdir()}
+    make_sample_images(samples, FIRST, per_node=30, seed=5)
+    # Files may not grow past 4 KiB: the first larger write fails as on a full disk.
+    proc = _label_subprocess(index, samples, hub_file, fsize=4096)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and ("File too large" in err or "No space" in err or "Errno 27" in err)
+    after = {p.name: p.read_bytes() for p in (labels_dir(index) / "tiny-vit-a").iterdir()}
+    assert after == before
+    assert labeled_models(index) == {"tiny-vit-a": load_label(index, "tiny-vit-a").manifest["samples"]}
+    assert not [p for p in labels_dir(index).iterdir() if p.name.startswith(".tiny")]
+
+
+def test_damaged_label_names_the_file(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a"])
+    counts = labels_dir(index) / "tiny-vit-a" / "counts.npy"
+    counts.write_bytes(counts.read_bytes()[:-8])
+    with pytest.raises(IndexFormatError, match="counts.npy"):
+        load_label(index, "tiny-vit-a")
+    # The damaged label is labeled again from scratch.
+    report = label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a"])
+    assert report.labeled == ["tiny-vit-a"]
+    load_label(index, "tiny-vit-a", verify=True)
+
+
+def test_cli_label_and_bad_hub(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    index, samples, hub_file = setup
+    done = run_cli("label", "--index", str(index), "--hub", str(hub_file), "--samples", str(samples),
+                   "--model", "tiny-vit-a")
+    assert done.returncode == 0, done.stderr
+    assert "labeled  tiny-vit-a" in done.stdout and "not-a-wnid" in done.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"models": [{"id": "x", "arch": "NoSuchArch", "pretrained": "openai"}]}))
+    failed = run_cli("label", "--index", str(index), "--hub", str(bad), "--samples", str(samples))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert str(bad) in failed.stderr and "NoSuchArch" in failed.stderr
+    again = run_cli("label", "--index", str(index), "--hub", str(hub_file), "--samples", str(samples),
+                    "--model", "tiny-vit-a")
+    assert again.returncode == 0 and "current  tiny-vit-a" in again.stdout
