@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from mll_index.graph import Graph, normalize_name
 log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 200
+# A bullet or a number with '.' or ')' and a space: a list marker, not part of the caption.
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def parse_caption_reply(text: str) -> list[str]:
                 return [" ".join(str(s).split()) for s in items if str(s).strip()]
         except json.JSONDecodeError:
             pass
-    lines = [line.strip().lstrip("-*0123456789.) ").strip() for line in body.splitlines()]
+    lines = [_LIST_MARKER.sub("", line).strip() for line in body.splitlines()]
     return [line for line in lines if line]
 
 

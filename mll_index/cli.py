@@ -63,7 +63,10 @@ def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Choose vision-language models per class from an index built once."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Without -v the command's own output says what matters (errors, skipped files); library
+    # warnings (retries, open_clip's root logger) would break the one-line error promise.
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
@@ -168,6 +171,8 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
         raise InputError(f"{recipe}: recipe file not found") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{recipe}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{recipe}: a recipe is a JSON object of build options, got {type(data).__name__}")
     known = {"node_set", "wnids", "folder", "embedder", "search", "expander", "llm_url", "llm_model", "caption_file"}
     unknown = sorted(set(data) - known - {"description"})
     if unknown:

@@ -226,7 +226,7 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
         (n, d) float32, L2-normalised, row i for texts[i].
     """
     unique = list(dict.fromkeys(texts))
-    known = cache.get_many(embedder.embedder_id, unique) if cache else {}
+    known = cache.get_many(embedder.embedder_id, unique) if cache is not None else {}
     missing = [t for t in unique if t not in known]
     if missing:
         log.info("embedding %d new texts with %s", len(missing), embedder.embedder_id)
@@ -237,7 +237,7 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
             for start in range(0, len(missing), chunk):
                 part = missing[start:start + chunk]
                 fresh = embedder.encode(part)
-                if cache:
+                if cache is not None:
                     cache.put_many(embedder.embedder_id, part, fresh)
                 known.update(zip(part, fresh))
                 bar.update(len(part))

@@ -80,9 +80,11 @@ def make_faiss(vectors: np.ndarray, search: SearchKind = "flat") -> Any:
     if search == "flat":
         index = faiss.IndexFlatIP(d)
     elif search == "hnsw":
-        # HNSW needs no training and keeps recall high for graphs of millions of nodes.
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
+        # HNSW needs no training and keeps recall high for graphs of millions of nodes. It is
+        # built on L2, which ranks unit vectors as cosine does: inner-product HNSW was seen to
+        # lose near-duplicate nodes entirely. search() turns distances back into cosines.
+        index = faiss.IndexHNSWFlat(d, 48, faiss.METRIC_L2)
+        index.hnsw.efConstruction = 200
         index.hnsw.efSearch = 128
     else:
         raise InputError(f"unknown search kind {search!r}; choose flat or hnsw")
@@ -131,7 +133,10 @@ class NodeIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise EmbedderMismatchError(f"{self.path}: queries have shape {queries.shape}, index dimension is {self.dim}")
-        return self.faiss_index.search(queries, k)
+        scores, positions = self.faiss_index.search(queries, k)
+        if self.faiss_index.metric_type == 1:  # METRIC_L2: |a - b|^2 = 2 - 2 cos for unit vectors
+            scores = np.where(positions >= 0, 1.0 - scores / 2.0, scores).astype(np.float32)
+        return scores, positions
 
 
 def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: CaptionExpander | None = None,
@@ -143,6 +148,8 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
     """
     if not graph.nodes:
         raise InputError("the graph's node set is empty")
+    if search not in ("flat", "hnsw"):
+        raise InputError(f"unknown search kind {search!r}; choose flat or hnsw")
     expander = expander or WordNetExpander()
     cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
     started = time.time()
@@ -162,7 +169,16 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
         np.save(tmp / "node_vectors.npy", vectors)
         import faiss
 
-        faiss.write_index(make_faiss(vectors, search), str(tmp / "nodes.faiss"))
+        faiss_index = make_faiss(vectors, search)
+        faiss.write_index(faiss_index, str(tmp / "nodes.faiss"))
+        extra = {}
+        if search == "hnsw":
+            # HNSW can leave an outlying node without in-links; record how many nodes find themselves.
+            _, top = faiss_index.search(np.ascontiguousarray(vectors, np.float32), 1)
+            extra["hnsw_self_recall"] = round(float((top[:, 0] == np.arange(len(vectors))).mean()), 5)
+            if extra["hnsw_self_recall"] < 1.0:
+                log.warning("HNSW: %.3f%% of nodes are not found by their own vector; use flat search for exact results",
+                            100 * (1 - extra["hnsw_self_recall"]))
         manifest = new_manifest(
             KIND,
             embedder={"id": embedder.embedder_id, "dim": embedder.dim},
@@ -172,6 +188,7 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
             expander=expander.expander_id,
             counts={"nodes": len(graph.nodes), "captions": sum(len(c) for c in captions)},
             build_seconds=round(time.time() - started, 1),
+            **extra,
         )
         seal_manifest(tmp, manifest, FILES)
     log.info("wrote %s: %d nodes in %.0f s", path, len(graph.nodes), time.time() - started)
@@ -188,6 +205,11 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
 
     path = Path(path)
     manifest = read_manifest(path, KIND, verify=verify)
+    try:
+        n, dim = int(manifest["counts"]["nodes"]), int(manifest["embedder"]["dim"])
+        str(manifest["embedder"]["id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}") from None
     graph = load_graph(path / "graph.json")
     try:
         vectors = np.load(path / "node_vectors.npy", mmap_mode="r")
@@ -197,7 +219,6 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
         faiss_index = faiss.read_index(str(path / "nodes.faiss"))
     except RuntimeError as exc:
         raise IndexFormatError(f"{path / 'nodes.faiss'}: not a readable FAISS index ({str(exc).splitlines()[0]})") from None
-    n, dim = manifest["counts"]["nodes"], manifest["embedder"]["dim"]
     for what, got in (("graph.json nodes", len(graph.nodes)), ("node_vectors.npy rows", vectors.shape[0]),
                       ("nodes.faiss vectors", faiss_index.ntotal)):
         if got != n:

@@ -1,0 +1,289 @@
+"""Tests of mll_index.index: building, loading and searching the node index (real model, real FAISS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from mll_index import artifacts as A
+from mll_index import index as I
+from mll_index.captions import Concept, WordNetExpander, node_concept
+from mll_index.embed import TextEmbedder
+from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
+from mll_index.graph import Graph, resolve_node_set, wnid_node_set
+
+try:
+    from conftest import GOLDFISH, LAPTOP, TENCH
+except ImportError:  # pragma: no cover
+    from tests.conftest import GOLDFISH, LAPTOP, TENCH
+
+QUERIES = ["golden retriever", "a photo of a tench.", "a laptop computer", "pizza", "a crane lifting steel"]
+
+
+class ExplodingExpander:
+    """A caption expander that fails, as a flaky LLM endpoint would."""
+
+    expander_id = "exploding-v1"
+
+    def expand(self, concepts: Sequence[Concept]) -> list[list[str]]:
+        raise RuntimeError("the expander broke down")
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.parent.iterdir() if p.name.startswith(f".{directory.name}."))
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(taxonomy: Graph) -> Graph:
+    return resolve_node_set(taxonomy, wnid_node_set([TENCH, GOLDFISH, LAPTOP]))
+
+
+@pytest.fixture(scope="module")
+def hnsw_index(tmp_path_factory: pytest.TempPathFactory, small_graph: Graph, embedder: TextEmbedder) -> I.NodeIndex:
+    """The small graph again, with HNSW search.
+
+    FAISS adds HNSW nodes from several OpenMP threads, so the graph (and which near-duplicate
+    node ends up without in-links) changes from run to run; one thread makes the build
+    deterministic.
+    """
+    root = tmp_path_factory.mktemp("hnsw")
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return I.build_index(root / "hnsw", small_graph, embedder, search="hnsw", cache=None)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+# --- build and load -------------------------------------------------------------------------
+
+def test_build_load_round_trip(index_dir: Path, node_index: I.NodeIndex, small_graph: Graph) -> None:
+    n = len(small_graph.nodes)
+    assert n == 197  # dog.n.01 and below (190) + 7 others
+    assert node_index.size == n
+    m = node_index.manifest
+    assert m["kind"] == "node-index"
+    assert m["embedder"] == {"id": "sentence-transformers/all-MiniLM-L6-v2@bf16", "dim": 384}
+    assert node_index.embedder_id == "sentence-transformers/all-MiniLM-L6-v2@bf16" and node_index.dim == 384
+    assert m["counts"] == {"nodes": n, "captions": 3 * n}
+    assert m["search"] == "flat" and m["metric"] == "inner_product"
+    assert m["expander"] == "wordnet-v1"
+    assert m["graph"] == {"wordnet": "3.0", "node_set": {"kind": "wnids", "value": f"{n} wnids"}, "synsets": 82115}
+    assert set(m["files"]) == set(I.FILES)
+    assert A.read_manifest(index_dir, "node-index", verify=True) == m
+    assert node_index.graph.nodes == small_graph.nodes
+    assert node_index.faiss_index.ntotal == n
+
+
+def test_vectors_are_memory_mapped_unit_rows(node_index: I.NodeIndex) -> None:
+    vectors = node_index.vectors
+    assert isinstance(vectors, np.memmap)
+    assert vectors.shape == (node_index.size, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_node_table_lists_nodes_in_row_order(index_dir: Path, node_index: I.NodeIndex) -> None:
+    rows = [json.loads(line) for line in (index_dir / "nodes.jsonl").read_text(encoding="utf-8").splitlines()]
+    g = node_index.graph
+    assert [r["row"] for r in rows] == list(range(node_index.size))
+    assert [r["wnid"] for r in rows] == g.node_wnids
+    tench = rows[g.node_position[g.row(TENCH)]]
+    assert tench["synset"] == "tench.n.01"
+    assert tench["captions"] == WordNetExpander().expand([node_concept(g, g.row(TENCH))])[0]
+
+
+def test_node_vector_is_the_pooled_caption_embedding(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
+    g = node_index.graph
+    pos = g.node_position[g.row(LAPTOP)]
+    captions = WordNetExpander().expand([node_concept(g, g.row(LAPTOP))])
+    expected = I.embed_concept_captions(captions, embedder, None)[0]
+    assert float(expected @ node_index.vectors[pos]) > 0.999
+
+
+def test_pool_caption_vectors() -> None:
+    vectors = np.array([[1, 0], [0, 1], [3, 4]], np.float32)
+    pooled = I.pool_caption_vectors(vectors, np.array([0, 0, 1]), 3)
+    np.testing.assert_allclose(pooled, [[2 ** -0.5, 2 ** -0.5], [0.6, 0.8], [0, 0]], atol=1e-6)
+
+
+def test_build_index_refuses_an_empty_node_set(tmp_path: Path, taxonomy: Graph, embedder: TextEmbedder) -> None:
+    with pytest.raises(InputError, match="empty"):
+        I.build_index(tmp_path / "idx", taxonomy, embedder)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_default_index_path_follows_mll_index_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLL_INDEX_HOME", str(tmp_path))
+    assert I.default_index_path() == tmp_path / "default"
+
+
+# --- search ---------------------------------------------------------------------------------
+
+def test_search_equals_brute_force(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
+    queries = embedder.encode(QUERIES)
+    k = 10
+    scores, ids = node_index.search(queries, k)
+    assert scores.shape == ids.shape == (len(QUERIES), k)
+    brute = queries @ np.asarray(node_index.vectors).T
+    expected_ids = np.argsort(-brute, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected_ids, axis=1), atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_search_pads_with_minus_one_when_k_exceeds_the_index(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
+    n = node_index.size
+    scores, ids = node_index.search(embedder.encode(["tench"]), n + 5)
+    assert ids.shape == (1, n + 5)
+    assert sorted(ids[0, :n].tolist()) == list(range(n))
+    assert ids[0, n:].tolist() == [-1] * 5
+
+
+def test_check_embedder(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
+    node_index.check_embedder(embedder.embedder_id, embedder.dim)
+    node_index.check_embedder(embedder.embedder_id)
+    other = "sentence-transformers/all-MiniLM-L6-v2@fp32"
+    with pytest.raises(EmbedderMismatchError) as info:
+        node_index.check_embedder(other, 384)
+    message = str(info.value)
+    assert embedder.embedder_id in message and other in message
+    with pytest.raises(EmbedderMismatchError, match=r"dim 16"):
+        node_index.check_embedder(embedder.embedder_id, 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (2, 383), (384,)])
+def test_search_refuses_queries_of_another_dimension(node_index: I.NodeIndex, shape: tuple[int, ...]) -> None:
+    queries = np.ones(shape, np.float32)
+    with pytest.raises(EmbedderMismatchError, match=re.escape(str(shape))):
+        node_index.search(queries, 3)
+
+
+def test_hnsw_index_finds_the_same_top1_as_flat(hnsw_index: I.NodeIndex, node_index: I.NodeIndex,
+                                                embedder: TextEmbedder) -> None:
+    assert hnsw_index.manifest["search"] == "hnsw"
+    assert isinstance(hnsw_index.faiss_index, faiss.IndexHNSWFlat)
+    assert isinstance(node_index.faiss_index, faiss.IndexFlatIP)
+    assert hnsw_index.size == node_index.size
+    queries = embedder.encode(QUERIES)
+    _, flat_ids = node_index.search(queries, 1)
+    hnsw_scores, hnsw_ids = hnsw_index.search(queries, 1)
+    np.testing.assert_array_equal(hnsw_ids, flat_ids)
+    brute = np.sum(queries * np.asarray(node_index.vectors)[flat_ids[:, 0]], axis=1)
+    np.testing.assert_allclose(hnsw_scores[:, 0], brute, atol=1e-4)
+
+
+def test_make_faiss_unknown_kind() -> None:
+    with pytest.raises(InputError, match=r"'ivf'.*flat or hnsw"):
+        I.make_faiss(np.eye(4, dtype=np.float32), "ivf")  # type: ignore[arg-type]
+
+
+# --- damaged indexes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["nodes.faiss", "node_vectors.npy", "graph.json", "nodes.jsonl"])
+def test_truncated_file_is_index_format_error_naming_it(index_copy: Path, name: str) -> None:
+    path = index_copy / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match=re.escape(str(path))):
+        I.load_index(index_copy)
+
+
+@pytest.mark.parametrize("name", ["nodes.faiss", "node_vectors.npy", "graph.json"])
+def test_overwritten_file_of_same_size_is_index_format_error_naming_it(index_copy: Path, name: str) -> None:
+    path = index_copy / name
+    path.write_bytes(b"\x00" * path.stat().st_size)
+    with pytest.raises(IndexFormatError, match=re.escape(str(path))):
+        I.load_index(index_copy)
+
+
+def test_verify_catches_a_changed_byte(index_copy: Path) -> None:
+    path = index_copy / "node_vectors.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert I.load_index(index_copy).size == 197  # sizes match: only --verify reads every byte
+    with pytest.raises(IndexFormatError, match=re.escape(str(path)) + ": checksum differs"):
+        I.load_index(index_copy, verify=True)
+
+
+def test_missing_index_directory(tmp_path: Path) -> None:
+    with pytest.raises(IndexFormatError, match=re.escape(str(tmp_path / "none")) + ": no index here"):
+        I.load_index(tmp_path / "none")
+
+
+def test_manifest_node_count_disagrees(index_copy: Path) -> None:
+    path = index_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["counts"]["nodes"] = 5
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"graph\.json nodes = 197, the manifest says 5 nodes"):
+        I.load_index(index_copy)
+
+
+def test_manifest_of_another_kind(index_copy: Path) -> None:
+    path = index_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["kind"] = "graph"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"manifest\.json: holds a 'graph', expected 'node-index'"):
+        I.load_index(index_copy)
+
+
+@pytest.mark.parametrize("key", ["counts", "embedder"])
+def test_manifest_missing_required_field_is_index_format_error(index_copy: Path, key: str) -> None:
+    path = index_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest[key]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"manifest\.json"):
+        I.load_index(index_copy)
+
+
+def test_load_index_recovers_an_interrupted_swap(index_copy: Path) -> None:
+    before = snapshot(index_copy)
+    os.rename(index_copy, index_copy.with_name(f".{index_copy.name}.old"))
+    assert I.load_index(index_copy).size == 197
+    assert snapshot(index_copy) == before
+    assert leftovers(index_copy) == []
+
+
+# --- interrupted builds ---------------------------------------------------------------------
+
+def test_failed_build_before_writing_leaves_previous_index(index_copy: Path, tiny_graph: Graph,
+                                                           embedder: TextEmbedder) -> None:
+    before = snapshot(index_copy)
+    with pytest.raises(RuntimeError, match="expander broke down"):
+        I.build_index(index_copy, tiny_graph, embedder, expander=ExplodingExpander(), cache=None)
+    assert snapshot(index_copy) == before
+    assert I.load_index(index_copy, verify=True).size == 197
+    assert leftovers(index_copy) == []
+
+
+def test_build_failing_inside_the_index_directory_leaves_previous_index(index_copy: Path, tiny_graph: Graph,
+                                                                        embedder: TextEmbedder) -> None:
+    before = snapshot(index_copy)
+    # graph.json, nodes.jsonl and node_vectors.npy are written before the FAISS index fails.
+    with pytest.raises(InputError, match="unknown search kind 'bogus'"):
+        I.build_index(index_copy, tiny_graph, embedder, search="bogus", cache=None)  # type: ignore[arg-type]
+    assert snapshot(index_copy) == before
+    loaded = I.load_index(index_copy, verify=True)
+    assert loaded.size == 197 and loaded.manifest == json.loads(before["manifest.json"])
+    assert leftovers(index_copy) == []
+
+
+def test_rebuild_replaces_the_index(index_copy: Path, tiny_graph: Graph, embedder: TextEmbedder) -> None:
+    new = I.build_index(index_copy, tiny_graph, embedder, cache=None)
+    assert new.size == 3
+    assert sorted(I.load_index(index_copy, verify=True).graph.node_wnids) == sorted([TENCH, GOLDFISH, LAPTOP])
+    assert leftovers(index_copy) == []

@@ -1,0 +1,165 @@
+"""Tests of mll_index.match on the small session index (real model, real FAISS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mll_index import match as M
+from mll_index.embed import EmbeddingCache, TextEmbedder
+from mll_index.errors import EmbedderMismatchError, InputError
+from mll_index.index import NodeIndex
+
+try:
+    from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN, TENCH, TIGER
+except ImportError:  # pragma: no cover
+    from tests.conftest import (CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN,
+                                TENCH, TIGER)
+
+EXPECTED = {"golden retriever": GOLDEN_RETRIEVER, "tench": TENCH, "laptop": LAPTOP, "Pomeranian": POMERANIAN,
+            "goldfish": GOLDFISH}
+NAMES = ["golden retriever", "tench", "laptop", "Pomeranian", "goldfish", "crane", "pizza", "tiger", "a red sports car"]
+
+
+@pytest.fixture(scope="module")
+def fp32_embedder() -> TextEmbedder:
+    """The same model in fp32: another embedder id of the same dimension."""
+    from mll_index.embed import load_embedder
+
+    return load_embedder("minilm@fp32")
+
+
+@pytest.mark.parametrize("method", ["combined", "captions", "name"])
+def test_known_names_match_their_node_first(node_index: NodeIndex, embedder: TextEmbedder, method: str) -> None:
+    results = M.match_names(node_index, list(EXPECTED), embedder, k=3, method=method)
+    assert [r[0].wnid for r in results] == list(EXPECTED.values())
+
+
+def test_combined_matches_carry_wnid_synset_score_and_lemma_flag(node_index: NodeIndex, embedder: TextEmbedder) -> None:
+    (matches,) = M.match_names(node_index, ["golden retriever"], embedder, k=3)
+    best = matches[0]
+    assert best.wnid == GOLDEN_RETRIEVER and best.synset == "golden_retriever.n.01"
+    assert best.lemma_match is True
+    assert not any(m.lemma_match for m in matches[1:])
+    assert node_index.graph.node_wnids[best.node] == GOLDEN_RETRIEVER
+    assert best.to_dict() == {"node": best.node, "wnid": GOLDEN_RETRIEVER, "synset": "golden_retriever.n.01",
+                              "score": best.score, "lemma_match": True}
+    # the combined score adds the lemma bonus (+ the first-sense bonus) to the cosine
+    s = M.match_settings()
+    assert best.score > s["lemma_bonus"] + s["sense_bonus"]
+
+
+def test_combined_ranks_both_cranes_first(node_index: NodeIndex, embedder: TextEmbedder) -> None:
+    (matches,) = M.match_names(node_index, ["crane"], embedder, k=4)
+    assert {m.wnid for m in matches[:2]} == {CRANE_BIRD, CRANE_MACHINE}
+    assert all(m.lemma_match for m in matches[:2])
+
+
+def test_lemma_method_returns_senses_in_order_within_the_node_set(node_index: NodeIndex) -> None:
+    (crane,) = M.match_names(node_index, ["crane"], None, k=10, method="lemma")
+    # WordNet: crane.n.01 and n.02 are people, grus.n.01 a constellation: not in the node set.
+    assert [m.synset for m in crane] == ["crane.n.04", "crane.n.05"]
+    assert [m.wnid for m in crane] == [CRANE_MACHINE, CRANE_BIRD]
+    assert all(m.lemma_match for m in crane)
+    assert crane[0].score > crane[1].score
+    (tiger,) = M.match_names(node_index, ["Tiger"], None, method="lemma")
+    assert [m.wnid for m in tiger] == [TIGER]  # tiger.n.01 (a fierce person) is not a node
+    (crane1,) = M.match_names(node_index, ["crane"], None, k=1, method="lemma")
+    assert [m.wnid for m in crane1] == [CRANE_MACHINE]
+
+
+def test_lemma_method_finds_nothing_for_unknown_names(node_index: NodeIndex) -> None:
+    assert M.match_names(node_index, ["a red sports car", "crème brûlée"], method="lemma") == [[], []]
+
+
+@pytest.mark.parametrize("method", M.METHODS)
+@pytest.mark.parametrize("k", [1, 5, 500])
+def test_each_method_returns_at_most_k_in_descending_order(node_index: NodeIndex, embedder: TextEmbedder,
+                                                          method: str, k: int) -> None:
+    results = M.match_names(node_index, NAMES, embedder, k=k, method=method)
+    assert len(results) == len(NAMES)
+    for matches in results:
+        assert len(matches) <= min(k, node_index.size)
+        scores = [m.score for m in matches]
+        assert scores == sorted(scores, reverse=True)
+        assert len({m.node for m in matches}) == len(matches)
+        assert all(0 <= m.node < node_index.size for m in matches)
+        assert all(m.wnid in set(node_index.graph.node_wnids) for m in matches)
+    if method != "lemma":
+        assert all(len(matches) == min(k, node_index.size) for matches in results)
+
+
+def test_results_follow_input_order_and_pizza(node_index: NodeIndex, embedder: TextEmbedder) -> None:
+    results = M.match_names(node_index, ["pizza", "tench"], embedder, k=1)
+    assert [r[0].wnid for r in results] == [PIZZA, TENCH]
+
+
+def test_match_through_an_embedding_cache(node_index: NodeIndex, embedder: TextEmbedder, tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    cache.put_many(embedder.embedder_id, ["seed"], embedder.encode(["seed"]))  # a non-empty cache
+    first = M.match_names(node_index, list(EXPECTED), embedder, k=3, cache=cache)
+    size = len(cache)
+    assert size > 1
+    second = M.match_names(node_index, list(EXPECTED), embedder, k=3, cache=cache)
+    assert len(cache) == size
+    assert first == second
+    cache.close()
+
+
+def test_embed_classes(embedder: TextEmbedder) -> None:
+    bare = M.embed_classes(["tench", "laptop"], embedder, bare=True)
+    pooled = M.embed_classes(["tench", "laptop"], embedder)
+    assert bare.shape == pooled.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(bare, embedder.encode(["tench", "laptop"]), atol=1e-6)
+    assert float(bare[0] @ pooled[0]) > 0.9
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def test_mismatched_embedder_is_refused(node_index: NodeIndex, fp32_embedder: TextEmbedder) -> None:
+    assert fp32_embedder.dim == node_index.dim and fp32_embedder.embedder_id != node_index.embedder_id
+    for method in ("combined", "captions", "name"):
+        with pytest.raises(EmbedderMismatchError) as info:
+            M.match_names(node_index, ["tench"], fp32_embedder, method=method)  # type: ignore[arg-type]
+        assert fp32_embedder.embedder_id in str(info.value) and node_index.embedder_id in str(info.value)
+
+
+def test_openai_embedder_of_another_dimension_is_refused(node_index: NodeIndex) -> None:
+    try:
+        from tests.openai_server import OpenAITestServer
+    except ImportError:
+        from openai_server import OpenAITestServer
+    from mll_index.embed import load_embedder
+
+    with OpenAITestServer(embed_dim=16) as server:
+        other = load_embedder(f"openai:{server.base_url}#m")
+        with pytest.raises(EmbedderMismatchError, match=r"dim 16"):
+            M.match_names(node_index, ["tench"], other)
+    assert len(server.requests) == 1  # the dimension probe only: nothing embedded before the check
+
+
+def test_embedding_methods_need_an_embedder(node_index: NodeIndex) -> None:
+    with pytest.raises(InputError, match="'combined' needs the index's text embedder"):
+        M.match_names(node_index, ["tench"])
+
+
+@pytest.mark.parametrize("method", ["fuzzy", "", "LEMMA"])
+def test_unknown_method_lists_methods(node_index: NodeIndex, method: str) -> None:
+    with pytest.raises(InputError, match=rf"unknown match method '{method}'.*'lemma', 'name', 'captions', 'combined'"):
+        M.match_names(node_index, ["tench"], method=method)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_k_below_one(node_index: NodeIndex, k: int) -> None:
+    with pytest.raises(InputError, match=rf"k must be at least 1, got {k}"):
+        M.match_names(node_index, ["tench"], method="lemma", k=k)
+
+
+def test_bad_names_are_refused(node_index: NodeIndex) -> None:
+    with pytest.raises(InputError, match="class name 2 is empty"):
+        M.match_names(node_index, ["tench", "  "], method="lemma")
+    with pytest.raises(InputError, match=r"duplicate class name 'TENCH' \(entries 1 and 2\)"):
+        M.match_names(node_index, ["tench", "TENCH"], method="lemma")
