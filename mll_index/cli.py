@@ -191,8 +191,8 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
 @_with(_node_set_options)
 @click.option("--embedder", default="minilm", show_default=True,
               help="minilm | minilm@fp32 | st:<model>[@fp32] | openai:<base url>#<model>.")
-@click.option("--search", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="Exact (flat) or approximate (hnsw) FAISS search.")
+@click.option("--search", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
+              help="Exact (flat) or approximate (ivf) FAISS search.")
 @_with(_expander_options)
 def build(index_path: Path | None, recipe: Path | None, **options: object) -> None:
     """Build a node index: graph, node captions, embeddings and FAISS index (written atomically)."""

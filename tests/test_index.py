@@ -50,18 +50,13 @@ def tiny_graph(taxonomy: Graph) -> Graph:
 
 
 @pytest.fixture(scope="module")
-def hnsw_index(tmp_path_factory: pytest.TempPathFactory, small_graph: Graph, embedder: TextEmbedder) -> I.NodeIndex:
-    """The small graph again, with HNSW search.
-
-    FAISS adds HNSW nodes from several OpenMP threads, so the graph (and which near-duplicate
-    node ends up without in-links) changes from run to run; one thread makes the build
-    deterministic.
-    """
-    root = tmp_path_factory.mktemp("hnsw")
+def ivf_index(tmp_path_factory: pytest.TempPathFactory, small_graph: Graph, embedder: TextEmbedder) -> I.NodeIndex:
+    """The small graph again, with approximate (IVF) search, built on one thread."""
+    root = tmp_path_factory.mktemp("ivf")
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        return I.build_index(root / "hnsw", small_graph, embedder, search="hnsw", cache=None)
+        return I.build_index(root / "ivf", small_graph, embedder, search="ivf", cache=None)
     finally:
         faiss.omp_set_num_threads(threads)
 
@@ -169,23 +164,24 @@ def test_search_refuses_queries_of_another_dimension(node_index: I.NodeIndex, sh
         node_index.search(queries, 3)
 
 
-def test_hnsw_index_finds_the_same_top1_as_flat(hnsw_index: I.NodeIndex, node_index: I.NodeIndex,
+def test_ivf_index_finds_the_same_top1_as_flat(ivf_index: I.NodeIndex, node_index: I.NodeIndex,
                                                 embedder: TextEmbedder) -> None:
-    assert hnsw_index.manifest["search"] == "hnsw"
-    assert isinstance(hnsw_index.faiss_index, faiss.IndexHNSWFlat)
+    assert ivf_index.manifest["search"] == "ivf"
+    assert ivf_index.manifest["ivf_self_recall"] == 1.0
+    assert isinstance(ivf_index.faiss_index, faiss.IndexIVFFlat)
     assert isinstance(node_index.faiss_index, faiss.IndexFlatIP)
-    assert hnsw_index.size == node_index.size
+    assert ivf_index.size == node_index.size
     queries = embedder.encode(QUERIES)
     _, flat_ids = node_index.search(queries, 1)
-    hnsw_scores, hnsw_ids = hnsw_index.search(queries, 1)
-    np.testing.assert_array_equal(hnsw_ids, flat_ids)
+    ivf_scores, ivf_ids = ivf_index.search(queries, 1)
+    np.testing.assert_array_equal(ivf_ids, flat_ids)
     brute = np.sum(queries * np.asarray(node_index.vectors)[flat_ids[:, 0]], axis=1)
-    np.testing.assert_allclose(hnsw_scores[:, 0], brute, atol=1e-4)
+    np.testing.assert_allclose(ivf_scores[:, 0], brute, atol=1e-4)
 
 
 def test_make_faiss_unknown_kind() -> None:
-    with pytest.raises(InputError, match=r"'ivf'.*flat or hnsw"):
-        I.make_faiss(np.eye(4, dtype=np.float32), "ivf")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"'hnsw'.*flat or ivf"):
+        I.make_faiss(np.eye(4, dtype=np.float32), "hnsw")  # type: ignore[arg-type]
 
 
 # --- damaged indexes ------------------------------------------------------------------------
