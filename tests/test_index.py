@@ -172,11 +172,14 @@ def test_ivf_index_finds_the_same_top1_as_flat(ivf_index: I.NodeIndex, node_inde
     assert isinstance(node_index.faiss_index, faiss.IndexFlatIP)
     assert ivf_index.size == node_index.size
     queries = embedder.encode(QUERIES)
-    _, flat_ids = node_index.search(queries, 1)
+    # Against brute force over the IVF index's own vectors: bf16 embeddings of the same text
+    # differ in the last bits with the batch they were encoded in, which can swap near ties.
+    full = queries @ np.asarray(ivf_index.vectors).T
     ivf_scores, ivf_ids = ivf_index.search(queries, 1)
-    np.testing.assert_array_equal(ivf_ids, flat_ids)
-    brute = np.sum(queries * np.asarray(node_index.vectors)[flat_ids[:, 0]], axis=1)
-    np.testing.assert_allclose(ivf_scores[:, 0], brute, atol=1e-4)
+    np.testing.assert_array_equal(ivf_ids[:, 0], full.argmax(1))
+    np.testing.assert_allclose(ivf_scores[:, 0], full.max(1), atol=1e-4)
+    _, flat_ids = node_index.search(queries, 1)
+    assert (ivf_ids == flat_ids).mean() >= 0.6
 
 
 def test_make_faiss_unknown_kind() -> None:
