@@ -283,8 +283,10 @@ def hub_show(source: str, fmt: str) -> None:
 @click.option("--model", "models", multiple=True, help="Label only these model ids (repeatable).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 65536))
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Threads decoding images (0: decode in the main thread).")
 def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple[str, ...], device: str | None,
-          batch_size: int) -> None:
+          batch_size: int, workers: int) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
@@ -294,7 +296,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     if not path.exists():
         raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
     report = label_models(path, load_hub(hub_source), samples, models=list(models) or None, device=device,
-                          batch_size=batch_size, progress=True)
+                          batch_size=batch_size, progress=True, workers=workers)
     for model_id in report.labeled:
         click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s)")
     for model_id in report.skipped:

@@ -283,7 +283,7 @@ class LabelReport:
 
 def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequence[str] | None = None,
                  device: str | None = None, batch_size: int = 64, progress: bool = False,
-                 cache_dir: Path | None = None) -> LabelReport:
+                 cache_dir: Path | None = None, workers: int = 0) -> LabelReport:
     """Label every model of `hub` (or the `models` named) that the index does not hold for these samples.
 
     Images are decoded and preprocessed once per preprocessing configuration. A model whose label
@@ -316,7 +316,8 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                 log.info("%s", exc)
                 continue
             if pixels is None:
-                pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress)
+                pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress,
+                                           workers=workers)
                 report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
                 table = sample_table(samples, pixels.indices)
                 if not _table_path(index_path, samples.fingerprint).is_file():
