@@ -29,8 +29,7 @@ DEFAULT_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ima
 
 def mistake_kind(graph, got: str, want: str, name: str) -> str:  # type: ignore[no-untyped-def]
     """Why a top-1 match is wrong: another sense of the same word, a relative in the tree, or elsewhere."""
-    got_row, want_row = graph.row(got), graph.row(want)
-    if got_row in graph.lookup(name, nodes_only=False):
+    if graph.row(got) in graph.lookup(name, nodes_only=False):
         return "another sense of the same name"
     got_path, want_path = graph.hypernym_path(got), graph.hypernym_path(want)
     if got in want_path or want in got_path:

@@ -25,7 +25,6 @@ or not at all.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,7 +38,7 @@ import numpy as np
 
 from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest, write_json
 from mll_index.captions import node_concept, templates
-from mll_index.errors import IndexFormatError, InputError, MLLIndexError
+from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
 from mll_index.samples import SampleSet, preprocess_images, scan_samples

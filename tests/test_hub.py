@@ -262,13 +262,19 @@ def test_checkpoint_that_is_not_weights_is_a_model_load_error(tmp_path: Path, ti
         load_model(load_hub(path).get("junk"))
 
 
-def test_weights_that_need_a_download_fail_fast_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+RN50_REPO = "timm/resnet50_clip.openai"
+
+
+def _rn50_weights_cached() -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    repo = "timm/resnet50_clip.openai"
-    if any(isinstance(try_to_load_from_cache(repo, name), str)
-           for name in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")):
-        pytest.skip(f"the weights of RN50/openai are in this machine's Hugging Face cache ({repo})")
+    return any(isinstance(try_to_load_from_cache(RN50_REPO, name), str)
+               for name in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"))
+
+
+@pytest.mark.skipif(_rn50_weights_cached(), reason=f"the weights of RN50/openai are in this machine's "
+                                                   f"Hugging Face cache ({RN50_REPO})")
+def test_weights_that_need_a_download_fail_fast_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a machine online must not download 100 MB here
