@@ -205,6 +205,17 @@ class Graph:
                 return path[::-1]
             row = self.hypernyms[row][0]
 
+    def ancestors(self, wnid: str) -> set[str]:
+        """wnids of every hypernym of `wnid`, through all hypernym paths (not `wnid` itself)."""
+        seen: set[int] = set()
+        stack = list(self.hypernyms[self.row(wnid)])
+        while stack:
+            row = stack.pop()
+            if row not in seen:
+                seen.add(row)
+                stack.extend(self.hypernyms[row])
+        return {self.wnids[r] for r in seen}
+
     def children(self, wnid: str) -> list[str]:
         """wnids of the direct hyponyms of `wnid` in the whole taxonomy."""
         return [self.wnids[c] for c in self.hyponyms[self.row(wnid)]]

@@ -33,12 +33,21 @@ POMERANIAN = "n02112018"
 OTHERS = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA, CRANE_BIRD, CRANE_MACHINE]
 
 
+# The emoji art tarballs that set-up fetched with npm (`mll-index world fetch`); read in
+# place, since tests are offline.
+USER_NPM_DIR = Path(os.environ.get("MLL_INDEX_NPM_DIR") or os.path.join(
+    os.environ.get("MLL_INDEX_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                                      "mll-index"), "world", "npm"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point $MLL_INDEX_CACHE at a fresh folder so no test touches ~/.cache/mll-index."""
     cache = tmp_path_factory.mktemp("mll-index-cache")
     saved = os.environ.get("MLL_INDEX_CACHE")
+    saved_npm = os.environ.get("MLL_INDEX_NPM_DIR")
     os.environ["MLL_INDEX_CACHE"] = str(cache)
+    os.environ["MLL_INDEX_NPM_DIR"] = str(USER_NPM_DIR)
     try:
         yield cache
     finally:
@@ -46,6 +55,10 @@ def hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("MLL_INDEX_CACHE", None)
         else:
             os.environ["MLL_INDEX_CACHE"] = saved
+        if saved_npm is None:
+            os.environ.pop("MLL_INDEX_NPM_DIR", None)
+        else:
+            os.environ["MLL_INDEX_NPM_DIR"] = saved_npm
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +138,18 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
     env.pop("MLL_INDEX_HOME", None)
     return subprocess.run([sys.executable, "-m", "mll_index.cli", *args], input=stdin if stdin is not None else "",
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory, taxonomy: graph_mod.Graph):  # type: ignore[no-untyped-def]
+    """The small emoji world (4 tasks of 5 classes, 3 briefly trained models), built once (~15 s).
+
+    Needs the emoji art tarballs that set-up fetches; the tests are offline, so without them
+    the world's tests fail with the message that says to run set-up.
+    """
+    from mll_index.world import build_world
+
+    tarballs = list(USER_NPM_DIR.glob("*.tgz"))
+    assert len(tarballs) >= 3, (f"the emoji art tarballs are not in {USER_NPM_DIR}; "
+                                "run `bash setup.sh --install-only` (it runs `mll-index world fetch`)")
+    return build_world("small", tmp_path_factory.mktemp("world") / "small")

@@ -1,0 +1,442 @@
+"""Building and loading the emoji world: corpus, sample set, target tasks and trained hub.
+
+A built world is a directory (by default `<cache>/world/<size>`):
+
+    manifest.json            kind "emoji-world": size, counts, domains, the hash of its inputs
+    concepts.json            the concepts used, with the domains each appears in
+    samples/<wnid>/*.png     the sample set for labeling (ImageFolder by wnid)
+    tasks/<task>/<class>/*.png  target tasks' test images (ImageFolder by class name)
+    tasks.json               the task definitions used (names, domains, classes with wnids)
+    general.npz              the general benchmark: images (n, 32, 32, 3) uint8, concept, domain
+    hub/hub.json             the hub file (open_clip arch + config + checkpoint per model)
+    hub/<arch>.json, hub/<model>.pt
+    accuracy.json            every model's accuracy on the general benchmark and on every task
+
+Images come in four pools drawn from the same art with different seeds, so no image is in
+two pools: `train` (hub training, never written), `samples` (labeling), `general` (the
+general benchmark) and `task` (target tasks). The directory is written through a temporary
+folder and renamed; trained weights are also kept in `<cache>/world/models/` by a hash of
+what shaped them, so a rebuild after a change retrains only the models it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest,
+                                 write_json)
+from mll_index.errors import InputError, MLLIndexError
+from mll_index.graph import cache_dir, load_taxonomy
+from mll_index.world.art import VENDORS, fetch_art_packages, read_art
+from mll_index.world.concepts import EmojiConcept, load_concepts, mapping_path
+from mll_index.world.domains import DOMAINS, draw_image, image_rng
+from mll_index.world.tasks import TaskSpec, load_task_specs, tasks_path
+from mll_index.world.train import (HubSpec, ModelSpec, TrainingData, load_hub_spec, normalise, phrasings_of, spec_hash,
+                                   train_model)
+
+log = logging.getLogger(__name__)
+
+WORLD_KIND = "emoji-world"
+# Bump when the drawing of images or the training loop changes: it invalidates cached worlds and weights.
+WORLD_VERSION = 1
+WORLD_SEED = 20250130
+POOLS = ("train", "samples", "general", "task")
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    """How big a world is: images per (concept, domain) and pool, which tasks and models, how long to train.
+
+    `task_classes` keeps the first n classes of each task (None: all), and the concepts are
+    then those of the kept tasks; `steps_scale` multiplies every model's training steps.
+    """
+
+    name: str
+    per_cell: dict[str, int]
+    tasks: int | None = None
+    task_classes: int | None = None
+    models: tuple[str, ...] | None = None
+    steps_scale: float = 1.0
+    batch: int | None = None
+
+
+SIZES = {
+    "full": WorldSize("full", {"train": 24, "samples": 6, "general": 4, "task": 8}),
+    "small": WorldSize("small", {"train": 8, "samples": 3, "general": 2, "task": 3}, tasks=4, task_classes=5,
+                       models=("vit-s-general", "noto-expert", "animal-expert"), steps_scale=0.02, batch=64),
+}
+
+
+@dataclass
+class World:
+    """A built world on disk. Paths are inside `root`; `accuracy[model][task or 'general']` in [0, 1]."""
+
+    root: Path
+    manifest: dict[str, Any]
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    @property
+    def hub_path(self) -> Path:
+        return self.root / "hub" / "hub.json"
+
+    def task_dir(self, name: str) -> Path:
+        return self.tasks_dir / name
+
+    @property
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        return read_json(self.root / "accuracy.json")
+
+    @property
+    def concepts(self) -> list[dict[str, Any]]:
+        return read_json(self.root / "concepts.json")
+
+
+def npm_dir() -> Path:
+    """Where the vendors' npm tarballs are kept: $MLL_INDEX_NPM_DIR or <cache>/world/npm."""
+    return Path(os.environ.get("MLL_INDEX_NPM_DIR") or cache_dir() / "world" / "npm")
+
+
+def fetch_world_art() -> dict[str, Path]:
+    """Fetch the emoji art packages with npm (once; set-up does this); package name → tarball."""
+    return fetch_art_packages(npm_dir())
+
+
+def default_world_dir(size: str = "full") -> Path:
+    return cache_dir() / "world" / size
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _inputs_hash(size: WorldSize, hub: HubSpec, task_file: Path, mapping_file: Path) -> str:
+    payload = json.dumps({"version": WORLD_VERSION, "seed": WORLD_SEED, "size": size.__dict__,
+                          "mapping": _file_hash(mapping_file), "tasks": _file_hash(task_file),
+                          "hub": [hub.archs, [m.__dict__ for m in hub.models]],
+                          "domains": [d.__dict__ for d in DOMAINS.values()]}, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_world(size: str = "full", root: Path | None = None) -> World:
+    """A world built before; an InputError says how to build it if there is none."""
+    root = Path(root) if root else default_world_dir(size)
+    recover_dir(root)
+    if not (root / "manifest.json").is_file():
+        raise InputError(f"no emoji world at {root}; build it with `mll-index world build --size {size}`")
+    manifest = read_manifest(root, WORLD_KIND)
+    return World(root=root, manifest=manifest, tasks=load_task_specs(root / "tasks.json"))
+
+
+def _select(size: WorldSize, concepts: list[EmojiConcept], tasks: list[TaskSpec]) -> tuple[list[EmojiConcept], list[TaskSpec]]:
+    if size.tasks is None and size.task_classes is None:
+        return concepts, tasks
+    kept_tasks = [TaskSpec(t.name, t.description, t.domains, t.classes[:size.task_classes])
+                  for t in tasks[:size.tasks]]
+    wnids = {c.wnid for t in kept_tasks for c in t.classes}
+    return [c for c in concepts if c.wnid in wnids], kept_tasks
+
+
+def _read_all_art(concepts: list[EmojiConcept], npm_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    codes = [c.unified for c in concepts]
+    tarballs = fetch_art_packages(npm_dir)
+    return {name: read_art(v, tarballs[v.package], codes) for name, v in VENDORS.items()}
+
+
+def _concept_domains(concept: EmojiConcept, art: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    return [d.name for d in DOMAINS.values() if any(concept.unified in art[s] for s in d.sources)]
+
+
+def _draw_cells(job: tuple[list[tuple[int, str, dict[str, np.ndarray], list[str]]], dict[str, int]]) -> dict[str, Any]:
+    """Draw every image of some concepts: {pool: (images, concept indices, domain indices)}."""
+    cells, per_cell = job
+    domain_index = {name: i for i, name in enumerate(DOMAINS)}
+    out: dict[str, Any] = {}
+    for pool, count in per_cell.items():
+        images, concept_ids, domain_ids = [], [], []
+        for ci, unified, arts, domains in cells:
+            for dname in domains:
+                domain = DOMAINS[dname]
+                sources = [s for s in domain.sources if s in arts]
+                for i in range(count):
+                    rng = image_rng(WORLD_SEED, unified, dname, pool, i)
+                    images.append(draw_image(arts[sources[i % len(sources)]], domain, rng))
+                    concept_ids.append(ci)
+                    domain_ids.append(domain_index[dname])
+        out[pool] = (np.stack(images) if images else np.zeros((0, 32, 32, 3), np.uint8),
+                     np.array(concept_ids, np.int32), np.array(domain_ids, np.int32))
+    return out
+
+
+def _draw_corpus(concepts: list[EmojiConcept], art: dict[str, dict[str, np.ndarray]], domains: list[list[str]],
+                 per_cell: dict[str, int], workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    cells = [(i, c.unified, {s: art[s][c.unified] for s in art if c.unified in art[s]}, domains[i])
+             for i, c in enumerate(concepts)]
+    chunks = [cells[i::max(1, workers * 4)] for i in range(max(1, workers * 4))]
+    jobs = [(chunk, per_cell) for chunk in chunks if chunk]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_draw_cells, jobs))
+    else:
+        parts = [_draw_cells(job) for job in jobs]
+    corpus = {}
+    for pool_name in per_cell:
+        images = np.concatenate([p[pool_name][0] for p in parts])
+        cids = np.concatenate([p[pool_name][1] for p in parts])
+        dids = np.concatenate([p[pool_name][2] for p in parts])
+        # A stable order (concept, domain, index) whatever the chunking.
+        order = np.lexsort((np.arange(len(cids)), dids, cids))
+        corpus[pool_name] = (images[order], cids[order], dids[order])
+    return corpus
+
+
+def _write_pngs(folder: Path, images: np.ndarray, names: list[str]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for image, name in zip(images, names):
+        Image.fromarray(image).save(folder / name, optimize=False, compress_level=1)
+
+
+def _cell_names(domain_ids: np.ndarray) -> list[str]:
+    """File names `<domain>-<i>.png`, numbering the images of each domain in order."""
+    names, counts = [], {}
+    domain_names = list(DOMAINS)
+    for d in domain_ids:
+        counts[d] = counts.get(d, -1) + 1
+        names.append(f"{domain_names[d]}-{counts[d]:02d}.png")
+    return names
+
+
+def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept], corpus: dict[str, Any],
+               hub_dir: Path, data_key: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """Train (or take from the weights cache) every model of the size; write configs and checkpoints."""
+    from mll_index.captions import node_concept, templates
+
+    graph = load_taxonomy()
+    zero_shot = templates()["zero_shot"]
+    label_template = templates()["label_prompt"]
+    phrasings = []
+    for c in concepts:
+        node = node_concept(graph, graph.row(c.wnid))
+        names = list(dict.fromkeys([c.name, c.lemma] + [lemma.replace("_", " ") for lemma in node.lemmas[:3]]))
+        phrasings.append(phrasings_of(names, node.gloss, node.name, label_template, zero_shot))
+    images, cids, dids = corpus["train"]
+    data = TrainingData(images=images, concepts=cids, domains=dids, domain_names=tuple(DOMAINS),
+                        phrasings=phrasings, allowed=[])
+    import open_clip
+
+    weights_dir = cache_dir() / "world" / "models"
+    facts: dict[str, dict[str, Any]] = {}
+    cached_paths: dict[str, Path] = {}
+    models = [m for m in hub_spec.models if size.models is None or m.id in size.models]
+    for spec in models:
+        arch_config = hub_spec.archs[spec.arch]
+        config_path = hub_dir / f"{spec.arch}.json"
+        if not config_path.exists():
+            config_path.write_text(json.dumps(arch_config, indent=1) + "\n")
+        if open_clip.get_model_config(spec.arch) is None:
+            open_clip.add_model_config(config_path)
+        scaled = _scaled(spec, size)
+        init_path = cached_paths.get(spec.init) if spec.init else None
+        if spec.init and init_path is None:
+            raise InputError(f"hub model {spec.id!r} fine-tunes {spec.init!r}, which this world size does not build")
+        key = spec_hash(scaled, arch_config, data_key + (init_path.name if init_path else ""))
+        cached = weights_dir / f"{spec.id}-{key}.pt"
+        cached_paths[spec.id] = cached
+        info: dict[str, Any] = {"about": spec.about, "arch": spec.arch, "steps": scaled.steps, "init": spec.init,
+                                "domains": spec.domains, "under": list(spec.under), "hash": key}
+        if cached.is_file():
+            info["trained"] = "cached"
+        else:
+            in_scope = np.ones(len(concepts), bool)
+            if spec.under:
+                by_synset = {name: i for i, name in enumerate(graph.synsets)}
+                unknown = [s for s in spec.under if s not in by_synset]
+                if unknown:
+                    raise InputError(f"hub model {spec.id!r}: unknown synset(s) {unknown} in 'under'")
+                roots = {graph.wnids[by_synset[s]] for s in spec.under}
+                in_scope = np.array([bool(({c.wnid} | graph.ancestors(c.wnid)) & roots) for c in concepts])
+            info.update(train_model(scaled, arch_config, data, in_scope, cached, init_path, progress=progress))
+            info["trained"] = "now"
+        # A hard link costs no space; across file systems, a copy.
+        if _same_fs(cached, hub_dir):
+            os.link(cached, hub_dir / f"{spec.id}.pt")
+        else:
+            shutil.copy2(cached, hub_dir / f"{spec.id}.pt")
+        facts[spec.id] = info
+    return facts
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _scaled(spec: ModelSpec, size: WorldSize) -> ModelSpec:
+    """The spec with the size's step scale and batch applied."""
+    return replace(spec, steps=max(1, round(spec.steps * size.steps_scale)), batch=size.batch or spec.batch)
+
+
+def _write_hub_file(hub_dir: Path, facts: dict[str, dict[str, Any]], general: dict[str, float]) -> None:
+    models = []
+    for model_id, info in facts.items():
+        import torch
+
+        state = torch.load(hub_dir / f"{model_id}.pt", map_location="cpu", weights_only=True)
+        params = sum(int(t.numel()) for t in state.values())
+        models.append({"id": model_id, "arch": info["arch"], "checkpoint": f"{model_id}.pt",
+                       "config": f"{info['arch']}.json", "params_m": round(params / 1e6, 3),
+                       "imagenet_acc": round(100 * general[model_id], 2),
+                       "licence": "trained on Noto (Apache-2.0), Twemoji (CC-BY-4.0), OpenMoji (CC-BY-SA-4.0) art"})
+    write_json(hub_dir / "hub.json", {"name": "emoji-world", "source": "trained by `mll-index world build`; "
+                                      "imagenet_acc is the accuracy (%) on the world's general benchmark",
+                                      "models": models})
+
+
+def _evaluate(hub_dir: Path, model_ids: list[str], concepts: list[EmojiConcept], general: tuple[np.ndarray, ...],
+              tasks: list[TaskSpec], task_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+              progress: bool) -> dict[str, dict[str, float]]:
+    """Zero-shot accuracy of every model on the general benchmark (all concepts) and on each task."""
+    from tqdm import tqdm
+
+    from mll_index.hub import load_hub, load_model
+    from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
+
+    hub = load_hub(hub_dir / "hub.json")
+    names = [c.name for c in concepts]
+    general_pixels = normalise(general[0])
+    accuracy: dict[str, dict[str, float]] = {}
+    for model_id in tqdm(model_ids, desc="evaluate hub", unit="model", disable=not progress):
+        loaded = load_model(hub.get(model_id))
+        scale = logit_scale(loaded)
+        row = {}
+        probs = class_probabilities(encode_pixels(loaded, general_pixels), class_embeddings(loaded, names), scale)
+        row["general"] = float((probs.argmax(1) == general[1]).mean())
+        for task in tasks:
+            images, labels = task_sets[task.name]
+            probs = class_probabilities(encode_pixels(loaded, normalise(images)),
+                                        class_embeddings(loaded, task.class_names), scale)
+            row[task.name] = float((probs.argmax(1) == labels).mean())
+        accuracy[model_id] = {k: round(v, 4) for k, v in row.items()}
+    return accuracy
+
+
+def build_world(size: str = "full", root: Path | None = None, *, task_file: Path | None = None,
+                hub_file: Path | None = None, mapping_file: Path | None = None, workers: int | None = None, progress: bool = False,
+                rebuild: bool = False) -> World:
+    """Build the emoji world (or load it, when one built from the same inputs is there).
+
+    Args:
+        size: "full" (the demo's world) or "small" (for tests: a few tasks, 3 models, seconds).
+        root: where to write it; default `<cache>/world/<size>`.
+        task_file, hub_file, mapping_file: other task definitions, hub spec or emoji mapping than
+            the shipped ones.
+        workers: processes drawing images (default: the CPU count, at most 4).
+        rebuild: build even if an up-to-date world is there (trained weights still come from cache).
+    Raises:
+        InputError: an unknown size, a task file or mapping that does not fit, npm unavailable.
+    """
+    if size not in SIZES:
+        raise InputError(f"unknown world size {size!r}; sizes: {sorted(SIZES)}")
+    spec = SIZES[size]
+    root = Path(root) if root else default_world_dir(size)
+    task_file = Path(task_file) if task_file else tasks_path()
+    hub_spec = load_hub_spec(hub_file)
+    mapping_file = Path(mapping_file) if mapping_file else mapping_path()
+    inputs = _inputs_hash(spec, hub_spec, task_file, mapping_file)
+    recover_dir(root)
+    if not rebuild and (root / "manifest.json").is_file():
+        try:
+            world = load_world(size, root)
+            if world.manifest.get("inputs") == inputs:
+                return world
+            log.info("the world at %s was built from other inputs; rebuilding", root)
+        except MLLIndexError as exc:
+            log.warning("rebuilding the world at %s: %s", root, exc)
+    started = time.perf_counter()
+    all_concepts = load_concepts(mapping_file)
+    tasks = load_task_specs(task_file, known_domains=set(DOMAINS), known_wnids={c.wnid for c in all_concepts})
+    concepts, tasks = _select(spec, all_concepts, tasks)
+    if size != "full" and spec.models:
+        unknown = [m for m in spec.models if m not in {h.id for h in hub_spec.models}]
+        if unknown:
+            raise InputError(f"world size {size!r} names model(s) {unknown} that the hub spec lacks")
+    log.info("reading emoji art for %d concepts", len(concepts))
+    art = _read_all_art(concepts, npm_dir())
+    domains = [_concept_domains(c, art) for c in concepts]
+    missing = [c.name for c, d in zip(concepts, domains) if not d]
+    if missing:
+        raise InputError(f"no vendor draws these mapped emoji: {missing[:10]}")
+    workers = workers or min(4, os.cpu_count() or 1)
+    log.info("drawing the corpus (%s per concept and domain)", spec.per_cell)
+    corpus = _draw_corpus(concepts, art, domains, spec.per_cell, workers)
+    t_corpus = time.perf_counter() - started
+    wnid_index = {c.wnid: i for i, c in enumerate(concepts)}
+    domain_names = list(DOMAINS)
+    with atomic_dir(root) as tmp:
+        images, cids, dids = corpus["samples"]
+        for ci, concept in enumerate(concepts):
+            rows = np.flatnonzero(cids == ci)
+            _write_pngs(tmp / "samples" / concept.wnid, images[rows], _cell_names(dids[rows]))
+        task_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        images, cids, dids = corpus["task"]
+        task_counts = {}
+        for task in tasks:
+            wanted = [domain_names.index(d) for d in task.domains]
+            parts, labels = [], []
+            for label, cls in enumerate(task.classes):
+                rows = np.flatnonzero((cids == wnid_index[cls.wnid]) & np.isin(dids, wanted))
+                _write_pngs(tmp / "tasks" / task.name / cls.name, images[rows], _cell_names(dids[rows]))
+                parts.append(images[rows])
+                labels.extend([label] * len(rows))
+            task_sets[task.name] = (np.concatenate(parts), np.array(labels))
+            task_counts[task.name] = len(labels)
+        write_json(tmp / "tasks.json", {"tasks": [
+            {"name": t.name, "description": t.description, "domains": list(t.domains),
+             "classes": [{"name": c.name, "wnid": c.wnid} for c in t.classes]} for t in tasks]})
+        gi, gc, gd = corpus["general"]
+        np.savez(tmp / "general.npz", images=gi, concepts=gc, domains=gd)
+        write_json(tmp / "concepts.json", [
+            {"wnid": c.wnid, "name": c.name, "emoji": c.emoji, "unified": c.unified, "category": c.category,
+             "synset": c.synset, "domains": d} for c, d in zip(concepts, domains)])
+        hub_dir = tmp / "hub"
+        hub_dir.mkdir()
+        t_train = time.perf_counter()
+        data_key = json.dumps({"inputs_without_hub": _inputs_hash(spec, HubSpec({}, ()), task_file, mapping_file),
+                               "concepts": [c.wnid for c in concepts]})
+        facts = _train_hub(hub_spec, spec, concepts, corpus, hub_dir, data_key, progress)
+        t_train = time.perf_counter() - t_train
+        # The hub file needs a general accuracy, which needs the models loadable from a hub file:
+        # write it once without, evaluate through it, then write it again.
+        _write_hub_file(hub_dir, facts, {m: 0.0 for m in facts})
+        labels_general = gc
+        accuracy = _evaluate(hub_dir, list(facts), concepts, (gi, labels_general), tasks, task_sets, progress)
+        _write_hub_file(hub_dir, facts, {m: accuracy[m]["general"] for m in facts})
+        write_json(tmp / "accuracy.json", accuracy)
+        counts = {pool: int(len(corpus[pool][0])) for pool in corpus}
+        manifest = new_manifest(WORLD_KIND, size=size, inputs=inputs, concepts=len(concepts),
+                                domains=domain_names, images=counts, task_images=task_counts, models=facts,
+                                seconds={"corpus": round(t_corpus, 1), "train": round(t_train, 1),
+                                         "total": round(time.perf_counter() - started, 1)})
+        files = ["concepts.json", "tasks.json", "general.npz", "accuracy.json", "hub/hub.json"]
+        files += sorted(f"hub/{p.name}" for p in hub_dir.iterdir() if p.name != "hub.json")
+        seal_manifest(tmp, manifest, files)
+    return load_world(size, root)
