@@ -322,6 +322,206 @@ def info(index_path: Path | None, verify: bool) -> None:
     click.echo(json.dumps(index.manifest, indent=1))
 
 
+def _read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):  # type: ignore[no-untyped-def]
+    from mll_index.select import make_task, read_task_file
+
+    if task_file is not None:
+        if names or file:
+            raise InputError("give the task as class names, --file or --task, not several")
+        return read_task_file(task_file)
+    return make_task(_read_names(names, file))
+
+
+def _selection_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed([
+        click.option("-k", "k", default=1, show_default=True, type=click.IntRange(1, 1000), help="Models per class."),
+        click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0, 1),
+                     help="Weight of the class's own F1 against the task's other classes."),
+        click.option("--nodes", "n_nodes", default=5, show_default=True, type=click.IntRange(1, 1000),
+                     help="Labeled nodes matched per class."),
+        click.option("--mode", type=click.Choice(["restricted", "counts"]), default="restricted", show_default=True,
+                     help="restricted: confusion recomputed among the task's nodes; counts: stored full counts."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
+    for c in selection.classes:
+        if c.low_confidence:
+            best = c.nodes[0] if c.nodes else None
+            click.echo(f"mll-index: warning: task {selection.task!r}: class {c.name!r} matches no labeled node well "
+                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}); "
+                       "its models rest on a weak match", err=True)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--file", "file", default=None, help="File of class names, one per line ('-' for stdin).")
+@click.option("--task", "task_file", type=click.Path(path_type=Path), default=None,
+              help="A task file: JSON (classes, optional captions, domain, description) or one name per line.")
+@click.option("--batch", "batch", type=click.Path(path_type=Path), default=None,
+              help="JSONL of tasks, one per line; writes JSONL selections (to --out or stdout).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the output here.")
+@_index_option
+@_selection_options
+@click.option("--explain", is_flag=True, help="Show why each model won (F1, counts, smoothing).")
+def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
+           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, explain: bool) -> None:
+    """Choose the top-k models per class for a task, from the index's labels."""
+    from mll_index.artifacts import atomic_file
+    from mll_index.index import default_index_path
+    from mll_index.select import open_selector, select_batch, task_from_json
+
+    path = index_path or default_index_path()
+    if batch is not None:
+        if names or file or task_file:
+            raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
+        try:
+            lines = batch.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise InputError(f"{batch}: no such file") from None
+        tasks = []
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{batch}:{number}: not JSON ({exc.msg})") from None
+                tasks.append(task_from_json(data, f"{batch}:{number}"))
+        if not tasks:
+            raise InputError(f"{batch}: no tasks")
+    else:
+        tasks = [_read_task(names, file, task_file)]
+    selector = open_selector(path)
+    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain)
+    for s in selections:
+        _warn_weak(s)
+    if batch is not None:
+        text = "".join(json.dumps(s.to_dict()) + "\n" for s in selections)
+    else:
+        text = json.dumps(selections[0].to_dict(), indent=1) + "\n"
+    if out:
+        with atomic_file(out) as handle:
+            handle.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--hub", "hub_source", required=True, help="Built-in hub name or hub file.")
+@click.option("--selection", "selection_file", type=click.Path(path_type=Path), default=None,
+              help="A selection written by `mll-index select` (else the task is selected here).")
+@click.option("--names", "names_csv", default=None, help="Class names, comma-separated (to select here).")
+@click.option("--task", "task_file", type=click.Path(path_type=Path), default=None, help="A task file (to select here).")
+@_index_option
+@_selection_options
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Predictions file [default: print a summary only].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
+def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv: str | None, task_file: Path | None,
+          index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, out: Path | None, fmt: str,
+          device: str | None) -> None:
+    """Predict a task's images with the selected models, combined per class by inverse entropy.
+
+    IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
+    """
+    from mll_index.hub import load_hub
+    from mll_index.index import default_index_path
+    from mll_index.reuse import reuse_models, write_predictions
+    from mll_index.select import make_task, open_selector, select_models
+
+    hub = load_hub(hub_source, validate=False)
+    if selection_file is not None:
+        if names_csv or task_file:
+            raise InputError("give --selection or a task (--names / --task), not both")
+        try:
+            data = json.loads(selection_file.read_text(encoding="utf-8"))
+            models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
+            name = data.get("task", "task")
+        except FileNotFoundError:
+            raise InputError(f"{selection_file}: no such file") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{selection_file}: not a selection written by `mll-index select` ({exc})") from None
+    else:
+        if names_csv:
+            task = make_task([n for n in names_csv.split(",") if n.strip()] if names_csv.strip() else [])
+        elif task_file:
+            task = _read_task((), None, task_file)
+        else:
+            raise InputError("give --selection, --names or --task")
+        selection = select_models(open_selector(index_path or default_index_path()), task, k=k, alpha=alpha,
+                                  n_nodes=n_nodes, mode=mode)
+        _warn_weak(selection)
+        models, name = selection.models_for(), task.name
+    result = reuse_models(hub, models, images, task=name, device=device, progress=True)
+    if out:
+        write_predictions(result, out, fmt)
+    if result.images.unreadable:
+        click.echo(f"mll-index: warning: skipped {len(result.images.unreadable)} unreadable image(s): "
+                   f"{result.images.unreadable[:5]}", err=True)
+    click.echo(json.dumps(result.summary(), indent=1))
+
+
+@cli.command()
+@_index_option
+@click.option("--hub", "hub_source", default=None, help="Hub file [default: the emoji world's].")
+@click.option("--tasks-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of tasks, each an ImageFolder by class name [default: the emoji world's tasks].")
+@click.option("--world-size", type=click.Choice(["full", "small"]), default="full", show_default=True)
+@click.option("--world-root", type=click.Path(path_type=Path), default=None)
+@click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--mode", type=click.Choice(["restricted", "counts"]), default="restricted", show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("evaluation"), show_default=True,
+              help="Folder for evaluation.{md,csv,json,png}.")
+def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,
+             world_root: Path | None, alpha: float, mode: str, out: Path) -> None:
+    """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
+    from mll_index.evaluate import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
+    from mll_index.hub import load_hub
+    from mll_index.index import default_index_path
+    from mll_index.select import open_selector
+    from mll_index.world import load_world
+
+    world_obj = None
+    if tasks_dir is None or hub_source is None:
+        world_obj = load_world(world_size, world_root)
+    hub = load_hub(hub_source, validate=False) if hub_source else load_hub(world_obj.hub_path)
+    if tasks_dir is not None:
+        if not tasks_dir.is_dir():
+            raise InputError(f"{tasks_dir}: no such folder")
+        tasks = [EvalTask(d.name, tuple(sorted(p.name for p in d.iterdir() if p.is_dir())), d)
+                 for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
+    else:
+        tasks = world_eval_tasks(world_obj)
+    selector = open_selector(index_path or default_index_path(), models=[m for m in hub.ids])
+    result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True)
+    files = write_evaluation(result, out)
+    click.echo(result.table())
+    click.echo(f"written: {', '.join(str(p) for p in files.values())}")
+
+
+@cli.command()
+@_index_option
+@click.option("--size", type=click.Choice(["full", "small"]), default="full", show_default=True,
+              help="The emoji world to run on.")
+@click.option("--world-root", type=click.Path(path_type=Path), default=None)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("demo-results"), show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
+def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path, device: str | None) -> None:
+    """The whole paradigm on the emoji world: build, label, select, reuse, compare with the baselines."""
+    from mll_index.demo import run_demo
+    from mll_index.index import default_index_path
+
+    result = run_demo(index_path or default_index_path(), out, size=size, world_root=world_root, device=device,
+                      progress=True)
+    click.echo(result.evaluation.table())
+    click.echo(f"seconds: {result.seconds}")
+    click.echo(f"written: {', '.join(str(p) for p in result.files.values())}")
+
+
 @cli.group()
 def world() -> None:
     """The emoji world: a real multi-domain corpus, a trained hub and target tasks, built offline."""

@@ -153,3 +153,21 @@ def small_world(tmp_path_factory: pytest.TempPathFactory, taxonomy: graph_mod.Gr
     assert len(tarballs) >= 3, (f"the emoji art tarballs are not in {USER_NPM_DIR}; "
                                 "run `bash setup.sh --install-only` (it runs `mll-index world fetch`)")
     return build_world("small", tmp_path_factory.mktemp("world") / "small")
+
+
+@pytest.fixture(scope="session")
+def world_index(tmp_path_factory: pytest.TempPathFactory, small_world, taxonomy: graph_mod.Graph,  # type: ignore[no-untyped-def]
+                embedder: embed_mod.TextEmbedder) -> Path:
+    """A node index around the small world's concepts (them, their hypernyms and hyponyms), its
+    hub labeled into it. Tests must not modify it (copy it first)."""
+    from mll_index.hub import load_hub
+    from mll_index.labels import label_models
+
+    concepts = {c["wnid"] for c in small_world.concepts}
+    nodes = set(concepts)
+    for wnid in concepts:
+        nodes |= taxonomy.ancestors(wnid) | set(taxonomy.children(wnid))
+    path = tmp_path_factory.mktemp("world-index") / "index"
+    index_mod.build_index(path, graph_mod.resolve_node_set(taxonomy, graph_mod.wnid_node_set(sorted(nodes))), embedder)
+    label_models(path, load_hub(small_world.hub_path), small_world.samples_dir)
+    return path

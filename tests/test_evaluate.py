@@ -1,0 +1,54 @@
+"""Evaluation against the baselines, and the demo, on the small world."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mll_index.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
+from mll_index.evaluate import METHODS, evaluate_tasks, world_eval_tasks, write_evaluation
+from mll_index.hub import load_hub
+from mll_index.select import open_selector
+from tests.conftest import run_cli
+
+
+def test_oracles_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1])
+    a = np.eye(2)[[0, 0, 0, 0]]      # always class 0: recall 1, 0
+    b = np.eye(2)[[1, 1, 1, 1]]      # always class 1: recall 0, 1
+    probs = {"a": a, "b": b}
+    assert oracle_single(probs, labels) == ("a", 0.5)
+    assert oracle_per_class(probs, labels, 2) == pytest.approx(1.0)
+    assert random_accuracy(probs, labels) == pytest.approx(0.5)
+
+
+def test_evaluation_on_the_small_world(small_world, world_index: Path, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    hub = load_hub(small_world.hub_path)
+    result = evaluate_tasks(open_selector(world_index, embedder), hub, world_eval_tasks(small_world),
+                            ks=(1, 2, 3), alphas=(0.5, 0.7))
+    assert set(result.tasks) == {t.name for t in small_world.tasks}
+    for name, row in result.tasks.items():
+        assert set(row) == set(METHODS) and all(0 <= v <= 1 for v in row.values())
+        assert row["oracle_single"] >= max(row["inb"], row["random"], row["text_proxy"]) - 1e-9
+        assert row["oracle_per_class"] >= row["oracle_single"] - 1e-9
+        # The world's own accuracy table agrees with what evaluation measured.
+        assert row["inb"] == pytest.approx(small_world.accuracy[inb_model(hub)][name], abs=1e-3)
+    assert len(result.sweep) == 2 * 2 * 3
+    files = write_evaluation(result, tmp_path / "ev")
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| **mean** |" in files["md"].read_text()
+
+
+def test_demo_cli(small_world, world_index: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    index = tmp_path / "index"
+    shutil.copytree(world_index, index)
+    shutil.rmtree(index / "labels")
+    done = run_cli("demo", "--size", "small", "--world-root", str(small_world.root), "--index", str(index),
+                   "-o", str(tmp_path / "demo"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "| **mean** |" in done.stdout and (tmp_path / "demo" / "evaluation.png").is_file()
+    missing = run_cli("demo", "--size", "small", "--index", str(tmp_path / "no-index"))
+    assert missing.returncode == 1 and "no node index" in missing.stderr

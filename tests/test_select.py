@@ -1,0 +1,142 @@
+"""Model selection from labels: tasks, matching to labeled nodes, confusion, F1, smoothing, top-k, batch, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mll_index.errors import InputError
+from mll_index.select import (class_f1, make_task, match_labeled_nodes, node_confusion, open_labels, open_selector,
+                              read_task_file, select_batch, select_models, smooth_scores, task_from_json)
+from mll_index.labels import load_label, read_sample_table
+from tests.conftest import run_cli
+
+TIGER, LION = "n02129604", "n02129165"
+
+
+@pytest.fixture(scope="module")
+def selector(world_index: Path, embedder):  # type: ignore[no-untyped-def]
+    return open_selector(world_index, embedder)
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([], "at least 2 classes"), (["dog"], "at least 2 classes"), (["dog", "cat", "dog"], "duplicate"),
+    (["dog", "  "], "empty")])
+def test_bad_tasks(classes: list[str], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make_task(classes)
+
+
+def test_task_formats(tmp_path: Path) -> None:
+    assert task_from_json(["cow", "pig"]).classes == ("cow", "pig")
+    t = task_from_json({"name": "farm", "classes": ["cow", {"name": "pig", "captions": ["a pink farm animal"]}],
+                        "domain": "sketch"})
+    assert t.name == "farm" and t.captions == {"pig": ("a pink farm animal",)} and t.domain == "sketch"
+    with pytest.raises(InputError, match="not one of its classes"):
+        make_task(["cow", "pig"], captions={"hen": ["x"]})
+    text = tmp_path / "farm.txt"
+    text.write_text("cow\npig\n\n")
+    assert read_task_file(text).classes == ("cow", "pig") and read_task_file(text).name == "farm"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"classes": [1, 2]}')
+    with pytest.raises(InputError, match="a class is a name"):
+        read_task_file(bad)
+
+
+def test_no_labels_is_a_clear_error(index_dir: Path) -> None:
+    with pytest.raises(InputError, match="no model is labeled"):
+        open_labels(index_dir)
+
+
+def test_restricted_confusion_matches_brute_force(world_index: Path, selector) -> None:  # type: ignore[no-untyped-def]
+    store = selector.store
+    pos = store.node_position
+    nodes = np.array(sorted(pos[w] for w in (TIGER, LION, store.node_wnids[0])), np.int64)
+    conf = node_confusion(store, nodes, "restricted")
+    for i, model in enumerate(store.model_ids):
+        label = load_label(world_index, model)
+        table = read_sample_table(world_index, label.manifest["samples"])
+        wanted = [store.node_wnids[j] for j in nodes]
+        rows = [r for r, w in enumerate(table.wnids) if w in wanted]
+        node_emb = np.array([label.node_embeddings[table.node_wnids.index(w)] for w in wanted], np.float32)
+        pred = (np.asarray(label.image_embeddings[rows], np.float32) @ node_emb.T).argmax(1)
+        true = np.array([wanted.index(table.wnids[r]) for r in rows])
+        for s in range(len(nodes)):
+            assert conf[i, s, 0] == ((pred == s) & (true == s)).sum()
+            assert conf[i, s, 1] == ((pred == s) & (true != s)).sum()
+            assert conf[i, s, 2] == ((pred != s) & (true == s)).sum()
+    counts = node_confusion(store, nodes, "counts")
+    assert np.array_equal(counts, store.counts[:, nodes, 1:4])
+    with pytest.raises(InputError, match="unknown selection mode"):
+        node_confusion(store, nodes, "magic")  # type: ignore[arg-type]
+
+
+def test_f1_and_smoothing_by_hand() -> None:
+    confusion = np.array([[[8, 2, 2], [1, 0, 9]]], float)          # 1 model, 2 nodes: TP, FP, FN
+    weights = np.array([[1.0, 0.0], [0.5, 0.5]])                     # class 0 = node 0; class 1 = both, half
+    f1 = class_f1(confusion, weights)
+    assert f1[0, 0] == pytest.approx(16 / 20)
+    assert f1[0, 1] == pytest.approx(2 * 4.5 / (2 * 4.5 + 1 + 5.5))
+    smoothed = smooth_scores(np.array([[0.8, 0.2, 0.5]]), 0.7)
+    assert smoothed[0, 0] == pytest.approx(0.7 * 0.8 + 0.3 * 0.35)
+    assert np.allclose(smooth_scores(f1, 1.0), f1)
+
+
+def test_selection_answers_per_class(selector) -> None:  # type: ignore[no-untyped-def]
+    s = select_models(selector, make_task(["tiger", "lion", "banana"]), k=2)
+    assert s.class_names == ["tiger", "lion", "banana"]
+    assert s.classes[0].nodes[0].wnid == TIGER and s.classes[1].nodes[0].wnid == LION
+    for c in s.classes:
+        assert 1 <= len(c.nodes) <= 5 and len(c.models) == 2
+        assert [m.score for m in c.models] == sorted((m.score for m in c.models), reverse=True)
+        assert c.explain is None and not c.low_confidence
+    assert sorted(m.model for m in s.ranking) == sorted(selector.store.model_ids)
+    assert [m.score for m in s.ranking] == sorted((m.score for m in s.ranking), reverse=True)
+    explained = select_models(selector, make_task(["tiger", "lion"]), explain=True)
+    assert "F1" in explained.classes[0].explain["rule"]
+
+
+def test_unlabeled_best_match_reaches_labeled_relatives(selector) -> None:  # type: ignore[no-untyped-def]
+    # "big cat" is a graph node with no images; its labeled hyponyms are tiger and lion.
+    s = select_models(selector, make_task(["big cat", "banana"]))
+    nodes = {m.wnid: m.via for m in s.classes[0].nodes}
+    assert TIGER in nodes and LION in nodes
+    assert nodes[TIGER].startswith("hyponym:big_cat")
+
+
+def test_weak_matches_are_reported(selector) -> None:  # type: ignore[no-untyped-def]
+    s = select_models(selector, make_task(["qwzx blorf vrrk", "tiger"]))
+    assert s.classes[0].low_confidence and not s.classes[1].low_confidence
+
+
+def test_batch_equals_one_by_one(selector) -> None:  # type: ignore[no-untyped-def]
+    tasks = [make_task(["tiger", "lion"], "a"), make_task(["banana", "apple", "tiger"], "b"),
+             make_task(["cow", "pig"], "c", captions={"pig": ["a pink farm animal with a curly tail"]})]
+    batch = select_batch(selector, tasks, k=2, mode="counts")
+    for task, got in zip(tasks, batch):
+        assert got == select_models(selector, task, k=2, mode="counts")
+    for bad in ({"k": 0}, {"alpha": 1.5}, {"n_nodes": 0}, {"mode": "x"}):
+        with pytest.raises(InputError):
+            select_batch(selector, tasks, **bad)  # type: ignore[arg-type]
+
+
+def test_select_cli(world_index: Path, tmp_path: Path) -> None:
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "-k", "2", "--explain")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert [c["name"] for c in answer["classes"]] == ["tiger", "lion"] and "explain" in answer["classes"][0]
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text('["tiger", "lion"]\n{"name": "fruit", "classes": ["banana", "apple"]}\n')
+    out = tmp_path / "out.jsonl"
+    done = run_cli("select", "--batch", str(batch), "--index", str(world_index), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["task"] for line in out.read_text().splitlines()] == ["task", "fruit"]
+    weak = run_cli("select", "qwzx blorf vrrk", "tiger", "--index", str(world_index))
+    assert weak.returncode == 0 and "matches no labeled node well" in weak.stderr
+    for args, message in ((["tiger"], "at least 2 classes"), (["tiger", "tiger"], "duplicate"),
+                          (["--batch", str(tmp_path / "none.jsonl")], "no such file")):
+        bad = run_cli("select", *args, "--index", str(world_index))
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
