@@ -42,6 +42,7 @@ from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
+from mll_index.zeroshot import encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +146,6 @@ def score_images(image_emb: np.ndarray, node_emb: np.ndarray, image_nodes: np.nd
         logits[s:s + chunk] = np.take_along_axis(vals, order, axis=1)
         true[s:s + chunk] = block[np.arange(len(block)), image_nodes[s:s + chunk]]
     return nodes, logits, true
-
-
-def _encode_texts(loaded: LoadedModel, texts: Sequence[str], device: str, batch_size: int = 256) -> np.ndarray:
-    import torch
-
-    out = [np.zeros((0, 0), np.float32)]
-    with torch.no_grad(), torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
-        for s in range(0, len(texts), batch_size):
-            tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)
-            emb = loaded.model.encode_text(tokens).float()
-            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
-    return np.concatenate(out[1:]) if len(out) > 1 else out[0]
 
 
 def _encode_images(loaded: LoadedModel, pixels: np.ndarray, rows: Sequence[int], device: str, batch_size: int,
@@ -339,7 +328,7 @@ def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: 
     fresh = _encode_images(loaded, pixels.pixels, new_rows, device, batch_size, progress, model.id)
     seconds = time.perf_counter() - started
     new_nodes = [w for w in table.node_wnids if w not in old_nodes]
-    fresh_nodes = dict(zip(new_nodes, _encode_texts(loaded, node_prompts(index, new_nodes), device)))
+    fresh_nodes = dict(zip(new_nodes, encode_texts(loaded, node_prompts(index, new_nodes), device)))
     node_emb = np.stack([old_nodes[w] if w in old_nodes else fresh_nodes[w] for w in table.node_wnids])
     image_emb = np.empty((len(table.paths), node_emb.shape[1]), np.float16)
     for j, i in enumerate(new_rows):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.select import (class_f1, make_task, match_labeled_nodes, node_confusion, open_labels, open_selector,
+from mll_index.select import (class_f1, make_task, node_confusion, open_labels, open_selector,
                               read_task_file, select_batch, select_models, smooth_scores, task_from_json)
 from mll_index.labels import load_label, read_sample_table
 from tests.conftest import run_cli
