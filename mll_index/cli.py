@@ -365,9 +365,12 @@ def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the output here.")
 @_index_option
 @_selection_options
+@click.option("--domain", default=None, help="The task's image domain (e.g. sketch): only sample images tagged "
+              "with it count, where there are such.")
 @click.option("--explain", is_flag=True, help="Show why each model won (F1, counts, smoothing).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
-           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, explain: bool) -> None:
+           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
+           explain: bool) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
@@ -393,6 +396,10 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
             raise InputError(f"{batch}: no tasks")
     else:
         tasks = [_read_task(names, file, task_file)]
+    if domain:
+        from dataclasses import replace
+
+        tasks = [replace(t, domain=domain) for t in tasks]
     selector = open_selector(path)
     selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain)
     for s in selections:

@@ -32,17 +32,22 @@ from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pix
 log = logging.getLogger(__name__)
 
 METHODS = ("mll_k1", "mll_k3", "inb", "random", "text_proxy", "oracle_single", "oracle_per_class")
+# MLL without the tasks' domain words, to show what the domain word adds.
+EXTRA = ("mll_k1_no_domain", "mll_k3_no_domain")
+COLUMNS = METHODS + EXTRA
 KS = (1, 2, 3, 5)
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 
 @dataclass(frozen=True)
 class EvalTask:
-    """A task with ground truth: class names and an ImageFolder by class name."""
+    """A task with ground truth: class names, an ImageFolder by class name, and the domain word a user
+    would give (None for mixed images)."""
 
     name: str
     class_names: tuple[str, ...]
     folder: Path
+    domain: str | None = None
 
 
 @dataclass
@@ -62,9 +67,9 @@ class Evaluation:
 
     def table(self) -> str:
         """A Markdown table: one row per task, one column per method, and the mean."""
-        head = "| task | " + " | ".join(METHODS) + " |\n|---|" + "---|" * len(METHODS) + "\n"
-        rows = [f"| {t} | " + " | ".join(f"{r[m]:.3f}" for m in METHODS) + " |" for t, r in self.tasks.items()]
-        rows.append("| **mean** | " + " | ".join(f"**{self.mean[m]:.3f}**" for m in METHODS) + " |")
+        head = "| task | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
+        rows = [f"| {t} | " + " | ".join(f"{r[m]:.3f}" for m in COLUMNS) + " |" for t, r in self.tasks.items()]
+        rows.append("| **mean** | " + " | ".join(f"**{self.mean[m]:.3f}**" for m in COLUMNS) + " |")
         return head + "\n".join(rows) + "\n"
 
 
@@ -122,7 +127,7 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     started = time.perf_counter()
     probs, proxy = _all_probabilities(hub, tasks, images, device, progress)
     t_predict = time.perf_counter() - started
-    task_inputs = [make_task(t.class_names, t.name) for t in tasks]
+    task_inputs = [make_task(t.class_names, t.name, domain=t.domain) for t in tasks]
     labeled = list(selector.store.model_ids)
     sweep: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -143,6 +148,8 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
         selections[(m, a, k)] = chosen
         sweep.append({"mode": m, "alpha": a, "k": k, "mean": round(float(np.mean(accs)), 4),
                       "tasks": {t.name: round(v, 4) for t, v in zip(tasks, accs)}})
+    no_domain = {k: select_batch(selector, task_inputs, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode,
+                                 use_domain=False) for k in (1, 3)}
     t_select = time.perf_counter() - started
     table: dict[str, dict[str, float]] = {}
     chosen_out: dict[str, dict[str, Any]] = {}
@@ -157,11 +164,14 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
             "inb": accuracy_of(p[inb], labels), "random": random_accuracy(p, labels),
             "text_proxy": accuracy_of(p[proxy_best], labels), "oracle_single": best_acc,
             "oracle_per_class": oracle_per_class(p, labels, len(t.class_names))}
+        for k in (1, 3):
+            scores = combine(p, no_domain[k][i].models_for(), t.class_names)
+            table[t.name][f"mll_k{k}_no_domain"] = float((scores.argmax(axis=1) == labels).mean())
         table[t.name] = {k: round(v, 4) for k, v in table[t.name].items()}
-        chosen_out[t.name] = {"mll_k1": selections[(mode, alpha, 1)][i].models_for(), "inb": inb,
+        chosen_out[t.name] = {"domain": t.domain, "mll_k1": selections[(mode, alpha, 1)][i].models_for(), "inb": inb,
                               "text_proxy": proxy_best, "oracle_single": best_single,
                               "images": int(len(labels))}
-    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in METHODS}
+    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in COLUMNS}
     return Evaluation(table, mean, sweep, chosen_out,
                       {"predict_all_models": round(t_predict, 2), "selection_sweep": round(t_select, 2)},
                       {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)})
@@ -185,10 +195,10 @@ def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
         handle.write("\n".join(md) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["task", *METHODS])
+    writer.writerow(["task", *COLUMNS])
     for t, row in result.tasks.items():
-        writer.writerow([t, *[row[m] for m in METHODS]])
-    writer.writerow(["mean", *[result.mean[m] for m in METHODS]])
+        writer.writerow([t, *[row[m] for m in COLUMNS]])
+    writer.writerow(["mean", *[result.mean[m] for m in COLUMNS]])
     with atomic_file(paths["csv"]) as handle:
         handle.write(buf.getvalue())
     _plot(result, paths["png"])
@@ -228,8 +238,9 @@ def _plot(result: Evaluation, path: Path) -> None:
 
 
 def world_eval_tasks(world: Any) -> list[EvalTask]:
-    """The emoji world's target tasks as EvalTasks."""
-    return [EvalTask(t.name, tuple(t.class_names), world.task_dir(t.name)) for t in world.tasks]
+    """The emoji world's target tasks as EvalTasks; a task of one domain states it, as a user would."""
+    return [EvalTask(t.name, tuple(t.class_names), world.task_dir(t.name), t.domains[0] if len(t.domains) == 1 else None)
+            for t in world.tasks]
 
 
 def dumps(result: Evaluation) -> str:

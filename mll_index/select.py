@@ -9,7 +9,9 @@
    reason).
 2. For every model, the confusion on the union S of the task's matched nodes:
    - `restricted` (default): among the sample images of S's nodes, which node of S does the
-     model predict? Exact, recomputed from the stored image and node embeddings;
+     model predict? Exact, recomputed from the stored image and node embeddings. When the
+     task names a domain ("sketch") and sample images carry that domain tag (file names
+     `<domain>-*`), only those images count;
    - `counts`: the per-node counts over the whole labeled node set, stored at labeling time.
      Cheaper (no image is touched) but a node's errors count confusions with nodes that
      have nothing to do with the task.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +45,8 @@ SelectionMode = Literal["restricted", "counts"]
 MODES: tuple[str, ...] = ("restricted", "counts")
 GRAPH_STEP = 0.9      # score kept per hypernym/hyponym step when a match has no images
 GRAPH_DEPTH = 2
-LOW_CONFIDENCE = 0.45  # a class whose best labeled node scores below this is reported as a weak match
+LOW_CONFIDENCE = 0.45
+DOMAIN_TAG_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)-")  # a class whose best labeled node scores below this is reported as a weak match
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,8 +57,8 @@ LOW_CONFIDENCE = 0.45  # a class whose best labeled node scores below this is re
 class Task:
     """A user's task: class names, optionally captions per class, a domain word and a description.
 
-    The domain word and description are passed to an LLM caption expander as context; the
-    offline WordNet expander does not use them (they are kept in the output).
+    The domain word restricts the restricted confusion to the sample images of that domain
+    (where the sample set tags its images); the description is kept in the output.
     """
 
     classes: tuple[str, ...]
@@ -142,6 +146,7 @@ class LabelStore:
     image_embeddings: list[np.ndarray]
     node_embeddings: list[np.ndarray]   # (m, d) per model on the shared axis (zero rows where missing)
     entries: dict[str, dict[str, Any]]  # hub entry of each model, as labeled
+    image_domains: list[np.ndarray] = field(default_factory=list)  # per model, (n_images,) str, "" if none
     _images_of: list[dict[int, np.ndarray]] = field(default_factory=list, repr=False)
 
     @property
@@ -178,7 +183,7 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
     m = len(node_wnids)
     counts = np.zeros((len(ids), m, 4), np.int32)
     has = np.zeros((len(ids), m), bool)
-    image_nodes, image_emb, node_emb, by_node = [], [], [], []
+    image_nodes, image_emb, node_emb, by_node, domains = [], [], [], [], []
     for i, lab in enumerate(labels):
         table = tables[lab.manifest["samples"]]
         cols = np.array([pos[w] for w in table.node_wnids], np.int64)
@@ -189,6 +194,7 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         has[i, cols] = True
         nodes = cols[table.image_nodes]
         image_nodes.append(nodes)
+        domains.append(np.array([image_domain(p) for p in table.paths]))
         image_emb.append(lab.image_embeddings)
         shared = np.zeros((m, lab.node_embeddings.shape[1]), np.float32)
         shared[cols] = lab.node_embeddings
@@ -197,7 +203,16 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         starts = np.searchsorted(nodes[order], np.arange(m + 1))
         by_node.append({j: order[starts[j]:starts[j + 1]] for j in range(m) if starts[j + 1] > starts[j]})
     return LabelStore(tuple(ids), node_wnids, counts, has, image_nodes, image_emb, node_emb,
-                      {lab.model_id: lab.manifest["model"] for lab in labels}, by_node)
+                      {lab.model_id: lab.manifest["model"] for lab in labels}, domains, by_node)
+
+
+def image_domain(path: str) -> str:
+    """The domain tag of a sample image: its file name's prefix before the first '-' (lower case), or "".
+
+    The emoji world names its sample images `<domain>-<n>.png`; any sample set can do the same.
+    """
+    match = DOMAIN_TAG_RE.match(Path(path).name)
+    return match.group(1).lower() if match else ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,11 +304,13 @@ def match_labeled_nodes(index: NodeIndex, store: LabelStore, names: Sequence[str
 # Steps 2-5: confusion, F1, smoothing, top-k
 
 
-def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "restricted") -> np.ndarray:
+def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "restricted",
+                   domain: str | None = None) -> np.ndarray:
     """(n_models, len(nodes), 3) float64 TP, FP, FN of every model on the nodes S (shared positions).
 
     restricted: each sample image of S is assigned the node of S its model scores highest;
-    counts: the stored counts over the whole labeled node set.
+    with a domain, only the images tagged with it count (all images where S has none);
+    counts: the stored counts over the whole labeled node set (no domain).
     """
     nodes = np.asarray(nodes, np.int64)
     if mode == "counts":
@@ -304,11 +321,14 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
     local = np.full(len(store.node_wnids), -1, np.int64)
     local[nodes] = np.arange(len(nodes))
     for i in range(len(store.model_ids)):
-        rows = store.images_of(i, nodes)
+        rows = np.sort(store.images_of(i, nodes))
+        if domain and store.image_domains:
+            in_domain = rows[store.image_domains[i][rows] == domain.lower()]
+            rows = in_domain if len(in_domain) else rows
         if len(rows) == 0:
             continue
-        emb = np.asarray(store.image_embeddings[i][np.sort(rows)], np.float32)
-        true = local[store.image_nodes[i][np.sort(rows)]]
+        emb = np.asarray(store.image_embeddings[i][rows], np.float32)
+        true = local[store.image_nodes[i][rows]]
         pred = np.argmax(emb @ store.node_embeddings[i][nodes].T, axis=1)
         hit = pred == true
         k = len(nodes)
@@ -366,6 +386,7 @@ class Selection:
     labels: str = "image"
     domain: str | None = None
     description: str | None = None
+    domain_images: bool = False  # whether the confusion used only the domain's sample images
 
     @property
     def class_names(self) -> list[str]:
@@ -407,7 +428,7 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
 
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], k: int, alpha: float,
-                mode: SelectionMode, explain: bool) -> Selection:
+                mode: SelectionMode, explain: bool, use_domain: bool = True) -> Selection:
     store = sel.store
     pos = store.node_position
     union = sorted({pos[m.wnid] for ms in matches for m in ms})
@@ -416,7 +437,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], k: in
     for c, ms in enumerate(matches):
         for m in ms:
             weights[c, col[pos[m.wnid]]] = max(m.score, 0.0)
-    confusion = node_confusion(store, np.array(union, np.int64), mode)
+    domain = task.domain if use_domain else None
+    confusion = node_confusion(store, np.array(union, np.int64), mode, domain)
     f1 = class_f1(confusion, weights)
     scores = smooth_scores(f1, alpha)
     k_eff = min(k, len(store.model_ids))
@@ -440,8 +462,10 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], k: in
     task_scores = scores.mean(axis=1)
     ranking = tuple(ModelScore(store.model_ids[i], round(float(task_scores[i]), 4))
                     for i in np.argsort(-task_scores, kind="stable"))
+    used = bool(domain) and mode == "restricted" and any(
+        (d == domain.lower()).any() for d in store.image_domains)
     return Selection(task.name, mode, k_eff, alpha, tuple(classes), ranking, domain=task.domain,
-                     description=task.description)
+                     description=task.description, domain_images=used)
 
 
 def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:
@@ -456,8 +480,10 @@ def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:
 
 
 def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
-                 mode: SelectionMode = "restricted", explain: bool = False) -> list[Selection]:
-    """Select for many tasks; every distinct class name is expanded, embedded and matched once."""
+                 mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> list[Selection]:
+    """Select for many tasks; every distinct class name is expanded, embedded and matched once.
+
+    `use_domain=False` ignores the tasks' domain words (for comparisons)."""
     _check_params(k, alpha, n_nodes, mode)
     distinct: dict[str, int] = {}
     captions: dict[str, tuple[str, ...]] = {}
@@ -478,11 +504,12 @@ def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: flo
     for task in tasks:
         rows = [distinct[name + "\0" + "\0".join(task.captions[name]) if name in task.captions else name]
                 for name in task.classes]
-        out.append(_select_one(sel, task, [matched[r] for r in rows], k, alpha, mode, explain))
+        out.append(_select_one(sel, task, [matched[r] for r in rows], k, alpha, mode, explain, use_domain))
     return out
 
 
 def select_models(sel: Selector, task: Task, *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
-                  mode: SelectionMode = "restricted", explain: bool = False) -> Selection:
+                  mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> Selection:
     """Choose the top-k models per class for one task (see the module docstring)."""
-    return select_batch(sel, [task], k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain)[0]
+    return select_batch(sel, [task], k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
+                        use_domain=use_domain)[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mll_index.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
-from mll_index.evaluate import METHODS, evaluate_tasks, world_eval_tasks, write_evaluation
+from mll_index.evaluate import COLUMNS, evaluate_tasks, world_eval_tasks, write_evaluation
 from mll_index.hub import load_hub
 from mll_index.select import open_selector
 from tests.conftest import run_cli
@@ -31,7 +31,7 @@ def test_evaluation_on_the_small_world(small_world, world_index: Path, embedder,
                             ks=(1, 2, 3), alphas=(0.5, 0.7))
     assert set(result.tasks) == {t.name for t in small_world.tasks}
     for name, row in result.tasks.items():
-        assert set(row) == set(METHODS) and all(0 <= v <= 1 for v in row.values())
+        assert set(row) == set(COLUMNS) and all(0 <= v <= 1 for v in row.values())
         assert row["oracle_single"] >= max(row["inb"], row["random"], row["text_proxy"]) - 1e-9
         assert row["oracle_per_class"] >= row["oracle_single"] - 1e-9
         # The world's own accuracy table agrees with what evaluation measured.

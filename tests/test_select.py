@@ -74,6 +74,21 @@ def test_restricted_confusion_matches_brute_force(world_index: Path, selector) -
         node_confusion(store, nodes, "magic")  # type: ignore[arg-type]
 
 
+def test_domain_word_keeps_only_that_domain_s_images(selector) -> None:  # type: ignore[no-untyped-def]
+    store = selector.store
+    pos = store.node_position
+    nodes = np.array(sorted(pos[w] for w in (TIGER, LION)), np.int64)
+    everything = node_confusion(store, nodes, "restricted")
+    noto = node_confusion(store, nodes, "restricted", domain="noto")
+    per_domain = sum(1 for i in store.images_of(0, nodes) if store.image_domains[0][i] == "noto")
+    assert 0 < per_domain < len(store.images_of(0, nodes))
+    assert noto[0, :, [0, 2]].sum() == per_domain            # TP + FN: every noto image once
+    assert everything[0, :, [0, 2]].sum() == len(store.images_of(0, nodes))
+    assert np.array_equal(node_confusion(store, nodes, "restricted", domain="watercolour"), everything)
+    s = select_models(selector, make_task(["tiger", "lion"], domain="noto"))
+    assert s.domain_images and not select_models(selector, make_task(["tiger", "lion"])).domain_images
+
+
 def test_f1_and_smoothing_by_hand() -> None:
     confusion = np.array([[[8, 2, 2], [1, 0, 9]]], float)          # 1 model, 2 nodes: TP, FP, FN
     weights = np.array([[1.0, 0.0], [0.5, 0.5]])                     # class 0 = node 0; class 1 = both, half
