@@ -530,6 +530,28 @@ def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path,
 
 
 @cli.group()
+def published() -> None:
+    """Labels from published benchmark results (a results table and class-name lists)."""
+
+
+@published.command("import")
+@_index_option
+@click.option("--results", type=click.Path(path_type=Path), required=True,
+              help="Results CSV: name, pretrained, params (M), FLOPs (B), one column per dataset.")
+@click.option("--classnames", "classnames", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Class names: a JSON file {dataset key: [names]} or a folder of <key>.txt (repeatable).")
+@click.option("--mapping", type=click.Path(path_type=Path), default=None,
+              help="Which class-name key each column uses [default: the shipped published_datasets.json].")
+def published_import(index_path: Path | None, results: Path, classnames: tuple[Path, ...], mapping: Path | None) -> None:
+    """Import published results as coarse labels of the index (replaces earlier published labels)."""
+    from mll_index.index import default_index_path
+    from mll_index.published import import_published
+
+    summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping)
+    click.echo(json.dumps(summary, indent=1))
+
+
+@cli.group()
 def world() -> None:
     """The emoji world: a real multi-domain corpus, a trained hub and target tasks, built offline."""
 

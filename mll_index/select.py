@@ -38,6 +38,7 @@ from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import NodeIndex, embed_concept_captions, load_index
 from mll_index.labels import labeled_models, load_label, read_sample_table
 from mll_index.match import _lemma_bonus, _lexname_prior, match_settings
+from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
     """
     done = labeled_models(index_path)
     if not done:
-        raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label` first")
+        raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label`, or import "
+                         "published results with `mll-index published import`")
     if models:
         missing = [m for m in models if m not in done]
         if missing:
@@ -371,6 +373,7 @@ class ClassSelection:
     models: tuple[ModelScore, ...]
     low_confidence: bool
     explain: dict[str, Any] | None = None
+    benchmark: tuple[BenchmarkMatch, ...] = ()  # benchmark classes the published labels rest on
 
 
 @dataclass(frozen=True)
@@ -401,6 +404,8 @@ class Selection:
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
+            if not c["benchmark"]:
+                del c["benchmark"]
         return out
 
 
@@ -409,27 +414,50 @@ class Selector:
     """An opened index and its labels, ready to answer many tasks (open once, select often)."""
 
     index: NodeIndex
-    store: LabelStore
+    store: LabelStore | None
     embedder: TextEmbedder
     expander: CaptionExpander | None = None
     cache: EmbeddingCache | None = None
+    published: PublishedLabels | None = None
 
 
 def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, models: Sequence[str] | None = None,
                   expander: CaptionExpander | None = None, cache: EmbeddingCache | None = None) -> Selector:
-    """Open an index and its labels for selection; the embedder defaults to the index's own."""
+    """Open an index and its labels for selection: image-based labels, published ones, or both.
+
+    `models` restricts the image-based labels to these models (published labels are then not used).
+    The embedder defaults to the index's own.
+    """
     from mll_index.embed import embedder_from_id
 
     index = load_index(index_path)
-    store = open_labels(index_path, models)
+    published = open_published(index_path) if has_published(index_path) and not models else None
+    store = open_labels(index_path, models) if (labeled_models(index_path) or models or published is None) else None
     embedder = embedder or embedder_from_id(index.embedder_id)
     index.check_embedder(embedder.embedder_id, embedder.dim)
-    return Selector(index, store, embedder, expander, cache)
+    return Selector(index, store, embedder, expander, cache, published)
 
 
-def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], k: int, alpha: float,
-                mode: SelectionMode, explain: bool, use_domain: bool = True) -> Selection:
+def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
+    """(n_models, n_classes) ranks in [0, 1] per class (1 = best), ties sharing their mean rank."""
+    n = scores.shape[0]
+    if n == 1:
+        return np.ones_like(scores, dtype=np.float64)
+    order = np.argsort(np.argsort(scores, axis=0, kind="stable"), axis=0, kind="stable").astype(np.float64)
+    ranks = order / (n - 1)
+    for c in range(scores.shape[1]):
+        values = scores[:, c]
+        for v in np.unique(values):
+            tie = values == v
+            if tie.sum() > 1:
+                ranks[tie, c] = ranks[tie, c].mean()
+    return ranks
+
+
+def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha: float, mode: SelectionMode,
+                use_domain: bool) -> dict[str, Any]:
     store = sel.store
+    assert store is not None
     pos = store.node_position
     union = sorted({pos[m.wnid] for ms in matches for m in ms})
     col = {j: i for i, j in enumerate(union)}
@@ -440,32 +468,67 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], k: in
     domain = task.domain if use_domain else None
     confusion = node_confusion(store, np.array(union, np.int64), mode, domain)
     f1 = class_f1(confusion, weights)
-    scores = smooth_scores(f1, alpha)
-    k_eff = min(k, len(store.model_ids))
+    used = bool(domain) and mode == "restricted" and any((d == domain.lower()).any() for d in store.image_domains)
+    return {"ids": list(store.model_ids), "scores": smooth_scores(f1, alpha), "f1": f1, "confusion": confusion,
+            "weights": weights, "domain_used": used}
+
+
+def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
+                published_raw: np.ndarray | None, k: int, alpha: float, mode: SelectionMode, explain: bool,
+                use_domain: bool = True) -> Selection:
+    image = _image_part(sel, task, matches, alpha, mode, use_domain) if sel.store is not None else None
+    published = smooth_scores(published_raw, alpha) if published_raw is not None else None
+    if image is not None and published is not None:
+        # Two scales (F1 on sample images, published accuracy): each becomes a rank among its own
+        # models per class, and a model's score is the mean of the ranks it has.
+        pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
+        ids = image["ids"] + [m for m in pub_ids if m not in image["ids"]]
+        total = np.zeros((len(ids), len(task.classes)))
+        count = np.zeros((len(ids), 1))
+        for part_ids, part in ((image["ids"], image["scores"]), (pub_ids, published)):
+            rows = [ids.index(m) for m in part_ids]
+            total[rows] += _percentile_ranks(part)
+            count[rows] += 1
+        scores, labels = total / count, "both"
+    elif image is not None:
+        ids, scores, labels = image["ids"], image["scores"], "image"
+    else:
+        ids, scores, labels = [m["id"] for m in sel.published.models], published, "published"  # type: ignore[union-attr]
+    k_eff = min(k, len(ids))
     classes = []
     for c, name in enumerate(task.classes):
         order = np.argsort(-scores[:, c], kind="stable")[:k_eff]
-        chosen = tuple(ModelScore(store.model_ids[i], round(float(scores[i, c]), 4)) for i in order)
-        weak = not matches[c] or matches[c][0].score < LOW_CONFIDENCE
+        chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
+        weak_image = not matches[c] or matches[c][0].score < LOW_CONFIDENCE
+        weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
+        weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None
         if explain:
-            summed = np.einsum("s,msk->mk", weights[c], confusion)
-            detail = {store.model_ids[i]: {
-                "f1": round(float(f1[i, c]), 4),
-                "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
-                "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
-                "score": round(float(scores[i, c]), 4)} for i in np.argsort(-scores[:, c], kind="stable")[:max(k_eff, 3)]}
-            detail = {"rule": f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; "
-                              f"F1 from TP/FP/FN of the matched nodes ({mode} confusion), weighted by node score",
-                      "models": detail}
-        classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail))
+            detail = {"labels": labels}
+            if image is not None:
+                f1, confusion, w = image["f1"], image["confusion"], image["weights"]
+                summed = np.einsum("s,msk->mk", w[c], confusion)
+                detail["rule"] = (f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; F1 from "
+                                  f"TP/FP/FN of the matched nodes ({mode} confusion), weighted by node score")
+                detail["models"] = {image["ids"][i]: {
+                    "f1": round(float(f1[i, c]), 4),
+                    "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
+                    "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
+                    "score": round(float(image["scores"][i, c]), 4)}
+                    for i in np.argsort(-image["scores"][:, c], kind="stable")[:max(k_eff, 3)]}
+            if published is not None:
+                pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
+                detail["published_rule"] = ("published score = similarity-weighted mean accuracy on the matched "
+                                            f"benchmark classes, smoothed with alpha {alpha}")
+                detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
+                                              for i in np.argsort(-published[:, c], kind="stable")[:max(k_eff, 3)]}
+            if labels == "both":
+                detail["combined_rule"] = "mean of the model's per-class rank among image-labeled and published models"
+        classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
     task_scores = scores.mean(axis=1)
-    ranking = tuple(ModelScore(store.model_ids[i], round(float(task_scores[i]), 4))
-                    for i in np.argsort(-task_scores, kind="stable"))
-    used = bool(domain) and mode == "restricted" and any(
-        (d == domain.lower()).any() for d in store.image_domains)
-    return Selection(task.name, mode, k_eff, alpha, tuple(classes), ranking, domain=task.domain,
-                     description=task.description, domain_images=used)
+    ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in np.argsort(-task_scores, kind="stable"))
+    return Selection(task.name, mode, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
+                     description=task.description, domain_images=bool(image and image["domain_used"]))
 
 
 def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:
@@ -499,12 +562,21 @@ def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: flo
     keys = list(distinct)
     names = [key.split("\0", 1)[0] for key in keys]
     queries = _embed_tasks_classes(keys, captions, sel.embedder, sel.expander, sel.cache) if keys else None
-    matched = match_labeled_nodes(sel.index, sel.store, names, queries, n_nodes) if keys else []
+    if sel.store is not None and keys:
+        matched = match_labeled_nodes(sel.index, sel.store, names, queries, n_nodes)
+    else:
+        matched = [[] for _ in keys]
+    if sel.published is not None and keys:
+        published_raw, bench = published_scores(sel.published, queries, n_nodes)
+    else:
+        published_raw, bench = None, [[] for _ in keys]
     out = []
     for task in tasks:
         rows = [distinct[name + "\0" + "\0".join(task.captions[name]) if name in task.captions else name]
                 for name in task.classes]
-        out.append(_select_one(sel, task, [matched[r] for r in rows], k, alpha, mode, explain, use_domain))
+        raw = published_raw[:, rows] if published_raw is not None else None
+        out.append(_select_one(sel, task, [matched[r] for r in rows], [bench[r] for r in rows], raw, k, alpha, mode,
+                               explain, use_domain))
     return out
 
 

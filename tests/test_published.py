@@ -60,3 +60,43 @@ def test_import_and_score(tmp_path: Path, index_copy: Path, embedder) -> None:  
     assert hidden_matches[0][0].dataset == "Food"
     with pytest.raises(InputError, match="every benchmark dataset is hidden"):
         published_scores(pub, queries, hidden=["Dogs", "Food"])
+
+
+def test_select_with_published_labels_only_and_mixed(tmp_path: Path, index_copy: Path, world_index: Path,
+                                                    embedder) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from mll_index.select import make_task, open_selector, select_models
+
+    results, names, mapping = _files(tmp_path)
+    import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    only = select_models(open_selector(index_copy, embedder), make_task(["golden retriever", "pizza"]), explain=True)
+    assert only.labels == "published"
+    assert [c.models[0].model for c in only.classes] == ["A-x", "B-y"]   # A is the dog model, B the food model
+    assert only.classes[0].benchmark[0].name == "golden retriever" and not only.classes[0].nodes
+    assert "published_rule" in only.classes[0].explain
+
+    mixed_index = tmp_path / "mixed"
+    shutil.copytree(world_index, mixed_index)
+    import_published(mixed_index, results, [names], mapping=mapping, embedder=embedder)
+    mixed = select_models(open_selector(mixed_index, embedder), make_task(["tiger", "pizza"]), k=2)
+    assert mixed.labels == "both"
+    ranked = {m.model for m in mixed.ranking}
+    assert {"A-x", "B-y"} <= ranked and len(ranked) == 2 + len(open_selector(world_index, embedder).store.model_ids)
+    assert all(0.0 <= m.score <= 1.0 for m in mixed.ranking)
+
+
+def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
+    from tests.conftest import run_cli
+
+    results, names, mapping = _files(tmp_path)
+    done = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
+                   "--classnames", str(names), "--mapping", str(mapping))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["datasets"] == ["Dogs", "Food"]
+    selected = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy))
+    assert selected.returncode == 0, selected.stderr
+    assert json.loads(selected.stdout)["labels"] == "published"
+    bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(tmp_path / "none.csv"),
+                  "--classnames", str(names))
+    assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
