@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, new_manifest, read_manifest, seal_manifest
+from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.embed import EmbeddingCache, TextEmbedder, embed_texts
-from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
+from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.graph import Graph, cache_dir, load_graph, save_graph
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,17 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
         # Model labels name nodes by wnid: they stay valid across a rebuild, so keep them.
         if (path / "labels").is_dir():
             shutil.copytree(path / "labels", tmp / "labels")
+        # Published labels hold class embeddings: valid only under the same embedder.
+        if (path / "published" / "manifest.json").is_file():
+            try:
+                same = read_json(path / "published" / "manifest.json")["embedder"]["id"] == embedder.embedder_id
+            except (MLLIndexError, KeyError, TypeError):
+                same = False
+            if same:
+                shutil.copytree(path / "published", tmp / "published")
+            else:
+                log.warning("%s: published labels were embedded with another embedder; import them again",
+                            path / "published")
         save_graph(graph, tmp / "graph.json")
         with open(tmp / "nodes.jsonl", "w", encoding="utf-8") as handle:
             for i, (row, caps) in enumerate(zip(graph.nodes, captions)):

@@ -225,9 +225,13 @@ def has_published(index_path: Path) -> bool:
 
 
 def open_published(index_path: Path) -> PublishedLabels:
-    """Open an index's published labels; errors name the file."""
+    """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
     folder = Path(index_path) / FOLDER
     manifest = read_manifest(folder, KIND)
+    index_embedder = read_manifest(Path(index_path), "node-index").get("embedder", {}).get("id")
+    if manifest.get("embedder", {}).get("id") != index_embedder:
+        raise IndexFormatError(f"{folder}: published labels embedded with {manifest.get('embedder', {}).get('id')!r}, "
+                               f"the index with {index_embedder!r}; import them again")
     classes = read_json(folder / "classes.json")
     try:
         vectors = np.load(folder / "class_vectors.npy", mmap_mode="r")

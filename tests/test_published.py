@@ -100,3 +100,13 @@ def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
     bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(tmp_path / "none.csv"),
                   "--classnames", str(names))
     assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_published_labels_survive_a_rebuild_with_the_same_embedder(tmp_path: Path, index_copy: Path, small_graph,
+                                                                   embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.index import build_index
+
+    results, names, mapping = _files(tmp_path)
+    import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    build_index(index_copy, small_graph, embedder)
+    assert open_published(index_copy).class_names[0] == "golden retriever"
