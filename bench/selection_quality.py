@@ -30,18 +30,15 @@ def main() -> None:
     parser.add_argument("--batch-tasks", type=int, default=1000)
     args = parser.parse_args()
 
-    from mll_index.evaluate import evaluate_tasks, world_eval_tasks, write_evaluation
+    from mll_index.demo import run_demo
     from mll_index.hub import load_hub
-    from mll_index.labels import label_models
     from mll_index.select import make_task, open_selector, select_batch, select_models
-    from mll_index.world import build_world
+    from mll_index.world import load_world
 
-    world = build_world("full", progress=True)
-    hub = load_hub(world.hub_path)
-    label_models(args.index, hub, world.samples_dir, batch_size=512, progress=True)
-    selector = open_selector(args.index, models=list(hub.ids))
-    result = evaluate_tasks(selector, hub, world_eval_tasks(world), progress=True)
-    files = write_evaluation(result, RESULTS / "selection_quality_eval")
+    demo = run_demo(args.index, RESULTS / "selection_quality_eval", progress=True)
+    result, files = demo.evaluation, demo.files
+    world = load_world("full")
+    selector = open_selector(args.index, models=list(load_hub(world.hub_path).ids))
 
     timings: dict[str, list[float]] = {"restricted": [], "counts": []}
     for mode in timings:

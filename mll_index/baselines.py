@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mll_index.captions import CaptionExpander, Concept, WordNetExpander
-from mll_index.hub import Hub, load_model
-from mll_index.zeroshot import class_embeddings, encode_texts
+from mll_index.hub import Hub, LoadedModel
+from mll_index.zeroshot import encode_texts
 
 RANDOM_SEEDS = (0, 1, 2, 3, 4)
 
@@ -59,17 +58,11 @@ def oracle_per_class(probs: Mapping[str, np.ndarray], labels: np.ndarray, n_clas
     return float((recall.max(axis=0) * counts).sum() / counts.sum())
 
 
-def text_proxy_scores(hub: Hub, class_names: Sequence[str], expander: CaptionExpander | None = None,
-                      device: str = "cpu") -> dict[str, float]:
-    """Per model, the fraction of the classes' generated captions its text tower assigns to their class."""
-    expander = expander or WordNetExpander()
-    captions = expander.expand([Concept(name=n) for n in class_names])
+def text_proxy_score(loaded: LoadedModel, captions: Sequence[Sequence[str]], class_emb: np.ndarray,
+                     device: str = "cpu") -> float:
+    """The fraction of the classes' generated captions (captions[c] for class c) that the model's
+    text tower assigns to their own class, given its (n_classes, d) class prompt embeddings."""
     flat = [c for caps in captions for c in caps]
-    owner = np.repeat(np.arange(len(class_names)), [len(c) for c in captions])
-    scores = {}
-    for model in hub:
-        loaded = load_model(model, device)
-        text = encode_texts(loaded, flat, device)
-        classes = class_embeddings(loaded, class_names, device)
-        scores[model.id] = float(((text @ classes.T).argmax(axis=1) == owner).mean())
-    return scores
+    owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    text = encode_texts(loaded, flat, device)
+    return float(((text @ class_emb.T).argmax(axis=1) == owner).mean())

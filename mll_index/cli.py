@@ -22,13 +22,9 @@ def _read_names(names: tuple[str, ...], file: str | None) -> list[str]:
     if names:
         return list(names)
     if file and file != "-":
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"{file}: no such file") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{file}: not UTF-8 text") from None
-        where = file
+        from mll_index.artifacts import read_user_text
+
+        text, where = read_user_text(Path(file)), file
     else:
         if sys.stdin.isatty():
             raise InputError("no class names: give them as arguments, with --file, or on stdin")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -21,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from mll_index.artifacts import atomic_file, write_json
-from mll_index.baselines import (accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy)
+from mll_index.baselines import (accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy,
+                                 text_proxy_score)
 from mll_index.captions import Concept, WordNetExpander
 from mll_index.errors import InputError
 from mll_index.hub import Hub, load_model, preprocess_key
 from mll_index.reuse import TaskImages, combine, decode_images, scan_task_images
-from mll_index.select import Selector, make_task, select_batch
-from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, encode_texts, logit_scale
+from mll_index.select import Selector, make_task, prepare_tasks, select_prepared
+from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,7 @@ def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, Ta
                     classes = class_embeddings(loaded, t.class_names, device)
                     probs[t.name][model.id] = class_probabilities(encode_pixels(loaded, pixels[t.name], device),
                                                                   classes, scale)
-                    flat = [c for caps in captions[t.name] for c in caps]
-                    owner = np.repeat(np.arange(len(t.class_names)), [len(c) for c in captions[t.name]])
-                    text = encode_texts(loaded, flat, device)
-                    proxy[t.name][model.id] = float(((text @ classes.T).argmax(axis=1) == owner).mean())
+                    proxy[t.name][model.id] = text_proxy_score(loaded, captions[t.name], classes, device)
                 bar.update(1)
     return probs, proxy
 
@@ -127,7 +124,7 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     started = time.perf_counter()
     probs, proxy = _all_probabilities(hub, tasks, images, device, progress)
     t_predict = time.perf_counter() - started
-    task_inputs = [make_task(t.class_names, t.name, domain=t.domain) for t in tasks]
+    prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], n_nodes)
     labeled = list(selector.store.model_ids)
     sweep: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -138,7 +135,7 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     for m, a, k in grid:
         if (m, a, k) in results:
             continue
-        chosen = select_batch(selector, task_inputs, k=k, alpha=a, n_nodes=n_nodes, mode=m)
+        chosen = select_prepared(selector, prepared, k=k, alpha=a, mode=m)
         accs = []
         for t, sel in zip(tasks, chosen):
             labels = images[t.name].labels
@@ -148,8 +145,8 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
         selections[(m, a, k)] = chosen
         sweep.append({"mode": m, "alpha": a, "k": k, "mean": round(float(np.mean(accs)), 4),
                       "tasks": {t.name: round(v, 4) for t, v in zip(tasks, accs)}})
-    no_domain = {k: select_batch(selector, task_inputs, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode,
-                                 use_domain=False) for k in (1, 3)}
+    no_domain = {k: select_prepared(selector, prepared, k=k, alpha=alpha, mode=mode, use_domain=False)
+                 for k in (1, 3)}
     t_select = time.perf_counter() - started
     table: dict[str, dict[str, float]] = {}
     chosen_out: dict[str, dict[str, Any]] = {}
@@ -242,6 +239,3 @@ def world_eval_tasks(world: Any) -> list[EvalTask]:
     return [EvalTask(t.name, tuple(t.class_names), world.task_dir(t.name), t.domains[0] if len(t.domains) == 1 else None)
             for t in world.tasks]
 
-
-def dumps(result: Evaluation) -> str:
-    return json.dumps(result.to_dict(), indent=1)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mll_index.artifacts import read_user_json
 from mll_index.errors import InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,7 @@ def load_hub(source: str | Path, validate: bool = True) -> Hub:
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable JSON hub file ({exc})") from None
+    data = read_user_json(path, "JSON hub file")
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise InputError(f'{path}: a hub file is a JSON object with a "models" list')
     if not all(isinstance(row, dict) for row in data["models"]):

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest, write_json
+from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
+                                 write_json)
 from mll_index.captions import CaptionExpander, Concept, WordNetExpander
 from mll_index.embed import EmbeddingCache, TextEmbedder, embedder_from_id
 from mll_index.errors import IndexFormatError, InputError
@@ -47,16 +48,11 @@ IMAGENET_COLUMN = "ImageNet 1k"
 
 def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """Column → {"classnames": key, "family": name}: the shipped data/published_datasets.json or a user's file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8") if path else \
-            resources.files("mll_index").joinpath("data/published_datasets.json").read_text()
-        data = json.loads(text)["datasets"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a dataset mapping ({exc}); expected {{\"datasets\": {{column: "
-                         f"{{\"classnames\": key}}}}}}") from None
-    return data
+    data = read_user_json(path, "dataset mapping") if path else \
+        json.loads(resources.files("mll_index").joinpath("data/published_datasets.json").read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+        raise InputError(f'{path}: a dataset mapping is {{"datasets": {{column: {{"classnames": key}}}}}}')
+    return data["datasets"]
 
 
 def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
@@ -69,10 +65,7 @@ def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
                 names = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
                 out[f.stem] = names
         elif source.is_file():
-            try:
-                data = json.loads(source.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError(f"{source}: not a JSON class-name file ({exc})") from None
+            data = read_user_json(source, "JSON class-name file")
             if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
                 raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
             out.update({k: [str(n) for n in v] for k, v in data.items()})

@@ -211,11 +211,10 @@ def write_predictions(result: ReuseResult, path: Path, fmt: str = "csv") -> None
     """Write one row per image (path, prediction, label if known), through a temporary file."""
     if fmt not in ("csv", "jsonl"):
         raise InputError(f"unknown predictions format {fmt!r}; formats: ['csv', 'jsonl']")
-    rows = []
-    for i, rel in enumerate(result.images.paths):
-        label = int(result.images.labels[i])
-        rows.append({"path": rel, "prediction": result.predictions[i],
-                     "label": result.class_names[label] if label >= 0 else ""})
+    predictions = result.predictions
+    rows = [{"path": rel, "prediction": predictions[i],
+             "label": result.class_names[label] if label >= 0 else ""}
+            for i, (rel, label) in enumerate(zip(result.images.paths, result.images.labels.tolist()))]
     with atomic_file(Path(path), "w") as handle:
         if fmt == "jsonl":
             for row in rows:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mll_index.artifacts import read_user_text
 from mll_index.captions import CaptionExpander, Concept, WordNetExpander, clean_class_names
 from mll_index.embed import EmbeddingCache, TextEmbedder
 from mll_index.errors import IndexFormatError, InputError
@@ -110,12 +111,7 @@ def task_from_json(data: Any, where: str = "task") -> Task:
 
 def read_task_file(path: Path) -> Task:
     """A task from a file: JSON (see task_from_json) or plain text, one class name per line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
+    text = read_user_text(path)
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
@@ -440,18 +436,12 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
 
 def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
     """(n_models, n_classes) ranks in [0, 1] per class (1 = best), ties sharing their mean rank."""
+    from scipy.stats import rankdata
+
     n = scores.shape[0]
     if n == 1:
         return np.ones_like(scores, dtype=np.float64)
-    order = np.argsort(np.argsort(scores, axis=0, kind="stable"), axis=0, kind="stable").astype(np.float64)
-    ranks = order / (n - 1)
-    for c in range(scores.shape[1]):
-        values = scores[:, c]
-        for v in np.unique(values):
-            tie = values == v
-            if tie.sum() > 1:
-                ranks[tie, c] = ranks[tie, c].mean()
-    return ranks
+    return (rankdata(scores, method="average", axis=0) - 1) / (n - 1)
 
 
 def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha: float, mode: SelectionMode,
@@ -542,22 +532,38 @@ def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:
         raise InputError(f"unknown selection mode {mode!r}; modes: {list(MODES)}")
 
 
-def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
-                 mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> list[Selection]:
-    """Select for many tasks; every distinct class name is expanded, embedded and matched once.
+def _class_key(task: Task, name: str) -> str:
+    """The key a class is embedded under: its name, plus its captions when the task gives some
+    (given captions make a class distinct from the same name without them)."""
+    return name + "\0" + "\0".join(task.captions[name]) if name in task.captions else name
 
-    `use_domain=False` ignores the tasks' domain words (for comparisons)."""
-    _check_params(k, alpha, n_nodes, mode)
+
+@dataclass
+class PreparedTasks:
+    """Tasks with every distinct class embedded and matched once, ready to select under any settings.
+
+    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`.
+    """
+
+    tasks: list[Task]
+    n_nodes: int
+    rows: list[list[int]]
+    matched: list[list[NodeMatch]]
+    bench: list[list[BenchmarkMatch]]
+    published_raw: np.ndarray | None
+
+
+def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> PreparedTasks:
+    """Expand, embed and match every distinct class of the tasks once (step 1 of selection)."""
+    if n_nodes < 1:
+        raise InputError(f"the number of nodes per class must be at least 1, got {n_nodes}")
     distinct: dict[str, int] = {}
     captions: dict[str, tuple[str, ...]] = {}
     for task in tasks:
         for name in task.classes:
+            key = _class_key(task, name)
             if name in task.captions:
-                # Given captions make a class distinct from the same name without them.
-                key = name + "\0" + "\0".join(task.captions[name])
                 captions[key] = task.captions[name]
-            else:
-                key = name
             distinct.setdefault(key, len(distinct))
     keys = list(distinct)
     names = [key.split("\0", 1)[0] for key in keys]
@@ -570,14 +576,31 @@ def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: flo
         published_raw, bench = published_scores(sel.published, queries, n_nodes)
     else:
         published_raw, bench = None, [[] for _ in keys]
+    rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]
+    return PreparedTasks(list(tasks), n_nodes, rows, matched, bench, published_raw)
+
+
+def select_prepared(sel: Selector, prepared: PreparedTasks, *, k: int = 1, alpha: float = 0.7,
+                    mode: SelectionMode = "restricted", explain: bool = False,
+                    use_domain: bool = True) -> list[Selection]:
+    """Steps 2-5 for prepared tasks; a sweep over k, alpha and mode embeds nothing again."""
+    _check_params(k, alpha, prepared.n_nodes, mode)
     out = []
-    for task in tasks:
-        rows = [distinct[name + "\0" + "\0".join(task.captions[name]) if name in task.captions else name]
-                for name in task.classes]
-        raw = published_raw[:, rows] if published_raw is not None else None
-        out.append(_select_one(sel, task, [matched[r] for r in rows], [bench[r] for r in rows], raw, k, alpha, mode,
-                               explain, use_domain))
+    for task, rows in zip(prepared.tasks, prepared.rows):
+        raw = prepared.published_raw[:, rows] if prepared.published_raw is not None else None
+        out.append(_select_one(sel, task, [prepared.matched[r] for r in rows], [prepared.bench[r] for r in rows], raw,
+                               k, alpha, mode, explain, use_domain))
     return out
+
+
+def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
+                 mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> list[Selection]:
+    """Select for many tasks; every distinct class name is expanded, embedded and matched once.
+
+    `use_domain=False` ignores the tasks' domain words (for comparisons)."""
+    _check_params(k, alpha, n_nodes, mode)
+    return select_prepared(sel, prepare_tasks(sel, tasks, n_nodes), k=k, alpha=alpha, mode=mode, explain=explain,
+                           use_domain=use_domain)
 
 
 def select_models(sel: Selector, task: Task, *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,

@@ -241,7 +241,7 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
         phrasings.append(phrasings_of(names, node.gloss, node.name, label_template, zero_shot))
     images, cids, dids = corpus["train"]
     data = TrainingData(images=images, concepts=cids, domains=dids, domain_names=tuple(DOMAINS),
-                        phrasings=phrasings, allowed=[])
+                        phrasings=phrasings)
     import open_clip
 
     weights_dir = cache_dir() / "world" / "models"

@@ -8,12 +8,12 @@ tasks are `data/emoji_tasks.json`; a user adds tasks with a file of the same sha
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from mll_index.artifacts import read_user_json
 from mll_index.errors import InputError
 
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -52,10 +52,7 @@ def load_task_specs(path: Path | None = None, known_domains: set[str] | None = N
             class name or wnid, an unknown domain or a wnid that is not a concept of the world.
     """
     path = Path(path) if path else tasks_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable task file ({exc})") from None
+    data = read_user_json(path, "task file")
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise InputError(f'{path}: a task file is a JSON object with a "tasks" list')
     specs: list[TaskSpec] = []

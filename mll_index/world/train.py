@@ -121,7 +121,6 @@ class TrainingData:
     domains: np.ndarray
     domain_names: tuple[str, ...]
     phrasings: list[list[str]]
-    allowed: list[set[int]]  # per model: concept indices under its synsets (filled by the caller)
 
 
 def _sampling_weights(spec: ModelSpec, data: TrainingData, in_scope: np.ndarray) -> np.ndarray:
