@@ -170,8 +170,10 @@ def test_rate_limit_spaces_requests() -> None:
             client.embed("m", [text])
     gaps = [b - a for a, b in zip(server.request_times, server.request_times[1:])]
     assert len(gaps) == 3
-    # Small slack for the server stamping arrival rather than send time.
-    assert all(gap >= 0.095 for gap in gaps), gaps
+    # The server stamps arrival, not send time, so one gap can look short when the previous request
+    # arrived late; the span of the three gaps cannot, and no two requests come in a burst.
+    assert sum(gaps) >= 0.29, gaps
+    assert all(gap >= 0.05 for gap in gaps), gaps
 
 
 def test_rate_limit_is_thread_safe() -> None:
