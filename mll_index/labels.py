@@ -18,6 +18,8 @@ re-encodes an image a model has already encoded.
             topk_logits.npy       (n_images, K) float16, logit scale applied
             true_logit.npy        (n_images,) float16, the logit of the image's own node
             counts.npy            (n_nodes, 4) int32: n_true, TP, FP, FN over all labeled nodes
+        matrix/                 every model's TP, FP, FN stacked node-major (see label_matrix.py);
+                                a model's counts join it as soon as its folder is written
 
 Only the model being labeled can be lost to a crash: each model's folder appears whole
 or not at all.
@@ -41,6 +43,7 @@ from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
+from mll_index.label_matrix import append_labels, has_matrix, open_matrix
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
 from mll_index.zeroshot import encode_texts
 
@@ -222,7 +225,8 @@ def labeled_models(index_path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     if root.is_dir():
         for folder in sorted(root.iterdir()):
-            if folder.is_dir() and not folder.name.startswith(".") and (folder / "manifest.json").is_file():
+            if (folder.is_dir() and not folder.name.startswith(".") and folder.name != "matrix"
+                    and (folder / "manifest.json").is_file()):
                 try:
                     manifest = read_json(folder / "manifest.json")
                     out[manifest["model"]["id"]] = manifest["samples"]
@@ -308,13 +312,83 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                                            workers=workers)
                 report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
                 table = sample_table(samples, pixels.indices)
-                if not _table_path(index_path, samples.fingerprint).is_file():
-                    write_json(_table_path(index_path, samples.fingerprint), table.to_json())
+                write_sample_table(index_path, samples.fingerprint, table)
             rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
                               batch_size, progress)
             report.labeled.append(model.id)
             report.images_per_s[model.id] = rate
+            sync_matrix(index_path, [model.id])
+    sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
     return report
+
+
+def matrix_entry(label: ModelLabel) -> dict[str, Any]:
+    """A label folder's model entry in the label matrix: its hub entry and the sample set it was labeled on."""
+    return {**label.manifest["model"], "label_samples": label.manifest["samples"]}
+
+
+def stale_in_matrix(index_path: Path) -> list[str]:
+    """Models whose label folder is missing from the label matrix, or newer than what it holds."""
+    done = labeled_models(index_path)
+    if not done:
+        return []
+    held = {}
+    if has_matrix(index_path):
+        matrix = open_matrix(index_path)
+        held = {m: e.get("label_samples") for m, e in zip(matrix.model_ids, matrix.entries)}
+    return [m for m, fp in done.items() if held.get(m) != fp]
+
+
+def folder_counts(index_path: Path, model_id: str) -> tuple[list[str], dict[str, Any], np.ndarray]:
+    """(node wnids, matrix entry, (n_nodes, 3) TP, FP, FN) of a label folder."""
+    label = load_label(index_path, model_id)
+    table = read_sample_table(index_path, label.manifest["samples"])
+    return list(table.node_wnids), matrix_entry(label), np.asarray(label.counts[:, 1:4])
+
+
+def sync_matrix(index_path: Path, models: Sequence[str] | None = None) -> list[str]:
+    """Append to the label matrix the counts of label folders it lacks (all stale ones, or these); returns them."""
+    stale = stale_in_matrix(index_path)
+    todo = [m for m in stale if models is None or m in models]
+    for model_id in todo:
+        wnids, entry, counts = folder_counts(index_path, model_id)
+        append_labels(index_path, wnids, [(model_id, entry)], counts[:, None, :], what=f"label of {model_id}")
+    return todo
+
+
+def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fingerprint: str,
+                image_emb: np.ndarray, node_emb: np.ndarray, logit_scale: float, *, preprocess: str = "",
+                encoded: dict[str, int] | None = None) -> None:
+    """Score a model's image and node embeddings and write its label folder atomically.
+
+    Args:
+        model: the model's hub entry (its "id" names the folder).
+        table: the sample table (already written as labels/samples-<fingerprint>.json).
+        image_emb: (len(table.paths), d) unit rows; node_emb: (len(table.node_wnids), d) unit rows.
+    """
+    image_emb = np.asarray(image_emb, np.float16)
+    node_emb = np.asarray(node_emb, np.float16)
+    image_nodes = table.image_nodes
+    topk_nodes, topk_logits, true_logit = score_images(image_emb, node_emb, image_nodes, logit_scale)
+    counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
+    folder = labels_dir(index_path) / model_dir_name(model["id"])
+    with atomic_dir(folder) as tmp:
+        for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
+                            ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
+                            ("true_logit", true_logit), ("counts", counts)):
+            np.save(tmp / f"{name}.npy", array)
+        manifest = new_manifest(KIND, model=model, samples=fingerprint, preprocess=preprocess,
+                                prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
+                                logit_scale=logit_scale, dim=int(node_emb.shape[1]),
+                                counts={"images": len(table.paths), "nodes": len(table.node_wnids), **(encoded or {})},
+                                accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
+        seal_manifest(tmp, manifest, LABEL_FILES)
+
+
+def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -> None:
+    """Write labels/samples-<fingerprint>.json (once: a fingerprint names one table)."""
+    if not _table_path(index_path, fingerprint).is_file():
+        write_json(_table_path(index_path, fingerprint), table.to_json())
 
 
 def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,
@@ -336,22 +410,8 @@ def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: 
     for i, key in enumerate(keys):
         if key in old_images:
             image_emb[i] = old_images[key]
-    node_emb = node_emb.astype(np.float16)
     logit_scale = float(loaded.model.logit_scale.exp().item()) if hasattr(loaded.model, "logit_scale") else 100.0
-    image_nodes = table.image_nodes
-    topk_nodes, topk_logits, true_logit = score_images(image_emb, node_emb, image_nodes, logit_scale)
-    counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
-    folder = labels_dir(index_path) / model_dir_name(model.id)
-    with atomic_dir(folder) as tmp:
-        for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
-                            ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
-                            ("true_logit", true_logit), ("counts", counts)):
-            np.save(tmp / f"{name}.npy", array)
-        manifest = new_manifest(KIND, model=model.describe(), samples=fingerprint, preprocess=loaded.preprocess_key,
-                                prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
-                                logit_scale=logit_scale, dim=int(node_emb.shape[1]),
-                                counts={"images": len(table.paths), "nodes": len(table.node_wnids),
-                                        "encoded_images": len(new_rows), "encoded_nodes": len(new_nodes)},
-                                accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
-        seal_manifest(tmp, manifest, LABEL_FILES)
+    write_label(index_path, model.describe(), table, fingerprint, image_emb, node_emb, logit_scale,
+                preprocess=loaded.preprocess_key,
+                encoded={"encoded_images": len(new_rows), "encoded_nodes": len(new_nodes)})
     return len(new_rows) / seconds if new_rows and seconds > 0 else 0.0
