@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -158,51 +159,150 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
     concepts = [node_concept(graph, row) for row in graph.nodes]
     captions = expander.expand(concepts)
     vectors = embed_concept_captions(captions, embedder, cache, progress)
+    write_index(path, graph, vectors, captions, embedder_id=embedder.embedder_id, expander_id=expander.expander_id,
+                search=search, build_seconds=time.time() - started)
+    log.info("wrote %s: %d nodes in %.0f s", path, len(graph.nodes), time.time() - started)
+    return load_index(path)
+
+
+def _carry_labels(old: Path, new: Path, embedder_id: str) -> None:
+    """Keep an index's labels across a rewrite of its nodes.
+
+    Model labels name nodes by wnid, so they stay valid. Their files are never modified once
+    written, so they are hard-linked, not copied: a rewrite costs the same with 10 or 10,000
+    labeled models. Published labels hold class embeddings: kept only under the same embedder.
+    """
+    if (old / "labels").is_dir():
+        shutil.copytree(old / "labels", new / "labels", copy_function=_link_or_copy)
+    if (old / "published" / "manifest.json").is_file():
+        try:
+            same = read_json(old / "published" / "manifest.json")["embedder"]["id"] == embedder_id
+        except (MLLIndexError, KeyError, TypeError):
+            same = False
+        if same:
+            shutil.copytree(old / "published", new / "published", copy_function=_link_or_copy)
+        else:
+            log.warning("%s: published labels were embedded with another embedder; import them again",
+                        old / "published")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequence[Sequence[str]], *,
+                embedder_id: str, expander_id: str, search: SearchKind = "flat",
+                build_seconds: float | None = None, node_table_from: Path | None = None) -> None:
+    """Write an index directory from node vectors already embedded, atomically; labels at `path` are kept.
+
+    Args:
+        vectors: (len(graph.nodes), d) float32, unit rows; row i is node graph.nodes[i].
+        captions: the captions each node's vector pools (recorded in nodes.jsonl); with
+            `node_table_from`, only those of the last rows, the first ones being that node
+            table's lines, copied as they are (growth appends without re-reading them).
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    first = len(graph.nodes) - len(captions) if node_table_from is not None else 0
+    if vectors.ndim != 2 or len(vectors) != len(graph.nodes) or not 0 <= first <= len(graph.nodes) \
+            or (node_table_from is None and len(captions) != len(graph.nodes)):
+        raise InputError(f"{len(graph.nodes)} nodes, {vectors.shape} vectors and {len(captions)} caption lists")
     path = Path(path)
     with atomic_dir(path) as tmp:
-        # Model labels name nodes by wnid: they stay valid across a rebuild, so keep them.
-        if (path / "labels").is_dir():
-            shutil.copytree(path / "labels", tmp / "labels")
-        # Published labels hold class embeddings: valid only under the same embedder.
-        if (path / "published" / "manifest.json").is_file():
-            try:
-                same = read_json(path / "published" / "manifest.json")["embedder"]["id"] == embedder.embedder_id
-            except (MLLIndexError, KeyError, TypeError):
-                same = False
-            if same:
-                shutil.copytree(path / "published", tmp / "published")
-            else:
-                log.warning("%s: published labels were embedded with another embedder; import them again",
-                            path / "published")
+        if path.is_dir():
+            _carry_labels(path, tmp, embedder_id)
         save_graph(graph, tmp / "graph.json")
-        with open(tmp / "nodes.jsonl", "w", encoding="utf-8") as handle:
-            for i, (row, caps) in enumerate(zip(graph.nodes, captions)):
+        if node_table_from is not None:
+            shutil.copyfile(node_table_from, tmp / "nodes.jsonl")
+        with open(tmp / "nodes.jsonl", "a", encoding="utf-8") as handle:
+            for i, caps in enumerate(captions, first):
+                row = graph.nodes[i]
                 handle.write(json.dumps({"row": i, "wnid": graph.wnids[row], "synset": graph.synsets[row],
-                                         "captions": caps}, ensure_ascii=False) + "\n")
+                                         "captions": list(caps)}, ensure_ascii=False) + "\n")
         np.save(tmp / "node_vectors.npy", vectors)
-        import faiss
-
         faiss_index = make_faiss(vectors, search)
         faiss.write_index(faiss_index, str(tmp / "nodes.faiss"))
-        extra = {}
+        extra: dict[str, Any] = {}
         if search == "ivf":
             # Recorded so a user can judge the approximation: how many nodes find themselves.
-            _, top = faiss_index.search(np.ascontiguousarray(vectors, np.float32), 1)
+            _, top = faiss_index.search(vectors, 1)
             extra["ivf_self_recall"] = round(float((top[:, 0] == np.arange(len(vectors))).mean()), 5)
+        if build_seconds is not None:
+            extra["build_seconds"] = round(build_seconds, 1)
         manifest = new_manifest(
             KIND,
-            embedder={"id": embedder.embedder_id, "dim": embedder.dim},
+            embedder={"id": embedder_id, "dim": int(vectors.shape[1])},
             metric="inner_product",
             search=search,
             graph={"wordnet": "3.0", "node_set": graph.node_set, "synsets": len(graph.wnids)},
-            expander=expander.expander_id,
+            expander=expander_id,
             counts={"nodes": len(graph.nodes), "captions": sum(len(c) for c in captions)},
-            build_seconds=round(time.time() - started, 1),
             **extra,
         )
         seal_manifest(tmp, manifest, FILES)
-    log.info("wrote %s: %d nodes in %.0f s", path, len(graph.nodes), time.time() - started)
-    return load_index(path)
+
+
+@dataclass(frozen=True)
+class GrowthReport:
+    """What add_nodes did: nodes added and skipped (already there), and where the time went."""
+
+    added: list[str]
+    skipped: list[str]
+    embed_seconds: float
+    write_seconds: float
+
+
+def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = None, *,
+              expander: CaptionExpander | None = None, cache: EmbeddingCache | None = None) -> GrowthReport:
+    """Add WordNet noun synsets to an index's node set without re-embedding the nodes it has.
+
+    The new nodes are expanded and embedded; the rest is appended to the existing files and the
+    index is swapped in atomically, its labels hard-linked. Nodes already there are skipped.
+
+    Raises:
+        InputError: no wnid given, or a wnid that is not a WordNet 3.0 noun synset.
+        EmbedderMismatchError: `embedder` is not the index's.
+    """
+    from mll_index.embed import embedder_from_id
+
+    index = load_index(path)
+    if not wnids:
+        raise InputError("no node to add: give at least one wnid")
+    graph = index.graph
+    rows = [graph.row(w.strip()) for w in wnids]     # raises on an unknown wnid, naming it
+    present = graph.node_position
+    new_rows = list(dict.fromkeys(r for r in rows if r not in present))
+    skipped = sorted({graph.wnids[r] for r in rows if r in present})
+    if not new_rows:
+        return GrowthReport([], skipped, 0.0, 0.0)
+    embedder = embedder or embedder_from_id(index.embedder_id)
+    index.check_embedder(embedder.embedder_id, embedder.dim)
+    expander = expander or WordNetExpander()
+    if index.manifest.get("expander") not in (None, expander.expander_id):
+        log.warning("%s: built with expander %s, adding nodes with %s", path, index.manifest.get("expander"),
+                    expander.expander_id)
+    cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    started = time.perf_counter()
+    captions = expander.expand([node_concept(graph, r) for r in new_rows])
+    fresh = embed_concept_captions(captions, embedder, cache)
+    embedded = time.perf_counter()
+    grown = graph.subgraph(graph.nodes, graph.node_set)
+    grown.nodes = list(graph.nodes) + new_rows      # appended: existing nodes keep their positions
+    before = graph.node_set.get("added", 0) if graph.node_set.get("kind") == "grown" else 0
+    base = graph.node_set.get("value") if graph.node_set.get("kind") == "grown" else graph.node_set
+    grown.node_set = {"kind": "grown", "value": base, "added": before + len(new_rows)}
+    vectors = np.concatenate([np.asarray(index.vectors, np.float32), fresh])
+    write_index(path, grown, vectors, [list(c) for c in captions], embedder_id=index.embedder_id,
+                expander_id=index.manifest.get("expander", expander.expander_id),
+                search=index.manifest.get("search", "flat"), node_table_from=Path(path) / "nodes.jsonl")
+    done = time.perf_counter()
+    log.info("added %d nodes to %s (%.2f s embedding, %.2f s writing)", len(new_rows), path, embedded - started,
+             done - embedded)
+    return GrowthReport([graph.wnids[r] for r in new_rows], skipped, embedded - started, done - embedded)
 
 
 def load_index(path: Path, verify: bool = False) -> NodeIndex:

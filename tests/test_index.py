@@ -286,3 +286,53 @@ def test_rebuild_replaces_the_index(index_copy: Path, tiny_graph: Graph, embedde
     assert new.size == 3
     assert sorted(I.load_index(index_copy, verify=True).graph.node_wnids) == sorted([TENCH, GOLDFISH, LAPTOP])
     assert leftovers(index_copy) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Growth: add nodes without rebuilding
+
+LION, ZEBRA, ORANGE = "n02129165", "n02391049", "n07747607"
+
+
+def test_add_nodes_appends_what_a_full_build_would_embed(index_dir: Path, index_copy: Path, taxonomy: Graph,
+                                                         small_wnids: list[str], embedder: TextEmbedder,
+                                                         tmp_path: Path) -> None:
+    from mll_index.embed import EmbeddingCache
+
+    old = I.load_index(index_dir)
+    report = I.add_nodes(index_copy, [LION, ZEBRA, TENCH, ORANGE], embedder,
+                         cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    assert report.added == [LION, ZEBRA, ORANGE] and report.skipped == [TENCH]
+    grown = I.load_index(index_copy, verify=True)
+    assert grown.size == old.size + 3
+    assert grown.graph.nodes[:old.size] == old.graph.nodes          # existing nodes keep their rows
+    assert np.array_equal(np.asarray(grown.vectors[:old.size]), np.asarray(old.vectors))
+    built = I.build_index(tmp_path / "built", resolve_node_set(taxonomy, wnid_node_set(small_wnids + [LION, ZEBRA, ORANGE])),
+                          embedder, cache=EmbeddingCache(tmp_path / "cache2.sqlite"))
+    where = {w: i for i, w in enumerate(built.graph.node_wnids)}
+    for i, w in enumerate(grown.graph.node_wnids):   # bf16 results shift with the batch a text lands in
+        assert float(grown.vectors[i] @ built.vectors[where[w]]) > 0.9999, w
+    queries = embedder.encode(["a lion", "a zebra on the savanna", "an orange fruit"])
+    _, top = grown.search(queries, 1)
+    assert [grown.graph.node_wnids[t] for t in top[:, 0]] == [LION, ZEBRA, ORANGE]
+
+
+def test_add_nodes_keeps_labels_and_refuses_bad_wnids(index_copy: Path, embedder: TextEmbedder,
+                                                      tmp_path: Path) -> None:
+    from mll_index.embed import EmbeddingCache
+    from mll_index.label_matrix import append_labels, open_matrix
+
+    append_labels(index_copy, [TENCH, GOLDFISH], [("m", {"id": "m"})], np.ones((2, 1, 3), int))
+
+    def tree() -> dict[str, bytes]:
+        return {str(p.relative_to(index_copy)): p.read_bytes() for p in sorted(index_copy.rglob("*")) if p.is_file()}
+
+    before = tree()
+    for bad, message in (([], "no node to add"), (["n99999999"], "n99999999"), ([LION, "tiger"], "tiger")):
+        with pytest.raises(InputError, match=message):
+            I.add_nodes(index_copy, bad, embedder)
+        assert tree() == before and not leftovers(index_copy)
+    assert I.add_nodes(index_copy, [TENCH], embedder).added == []
+    I.add_nodes(index_copy, [LION], embedder, cache=EmbeddingCache(tmp_path / "c.sqlite"))
+    assert open_matrix(index_copy).dense().sum() == 6                  # labels carried across the rewrite
+    assert I.load_index(index_copy).graph.node_set["kind"] == "grown"
