@@ -314,8 +314,47 @@ def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it."""
     from mll_index.index import default_index_path, load_index
 
-    index = load_index(index_path or default_index_path(), verify=verify)
-    click.echo(json.dumps(index.manifest, indent=1))
+    from mll_index.label_matrix import matrix_counts
+
+    path = index_path or default_index_path()
+    index = load_index(path, verify=verify)
+    out = dict(index.manifest)
+    if matrix_counts(path):
+        out["label_matrix"] = matrix_counts(path)
+    click.echo(json.dumps(out, indent=1))
+
+
+@cli.command("add-nodes")
+@click.argument("wnids", nargs=-1)
+@click.option("--file", "file", default=None, help="File with one wnid per line ('-' for stdin).")
+@_index_option
+def add_nodes_command(wnids: tuple[str, ...], file: str | None, index_path: Path | None) -> None:
+    """Add WordNet synsets (wnids) to an index's node set; only the new nodes are embedded."""
+    from mll_index.index import add_nodes, default_index_path
+
+    report = add_nodes(index_path or default_index_path(), _read_names(wnids, file))
+    click.echo(json.dumps({"added": len(report.added), "skipped_already_there": report.skipped,
+                           "embed_seconds": round(report.embed_seconds, 2),
+                           "write_seconds": round(report.write_seconds, 2)}, indent=1))
+
+
+@cli.group()
+def labels() -> None:
+    """The label matrix: every model's counts on every labeled node."""
+
+
+@labels.command("compact")
+@_index_option
+def labels_compact(index_path: Path | None) -> None:
+    """Store label folders the matrix lacks, then merge its shards into one."""
+    from mll_index.index import default_index_path
+    from mll_index.label_matrix import compact_matrix
+    from mll_index.labels import sync_matrix
+
+    path = index_path or default_index_path()
+    added = sync_matrix(path)
+    report = compact_matrix(path) if added or (path / "labels" / "matrix" / "manifest.json").is_file() else {}
+    click.echo(json.dumps({"stored_from_folders": added, **report}, indent=1))
 
 
 def _read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):  # type: ignore[no-untyped-def]
@@ -335,8 +374,10 @@ def _selection_options(f):  # type: ignore[no-untyped-def]
                      help="Weight of the class's own F1 against the task's other classes."),
         click.option("--nodes", "n_nodes", default=5, show_default=True, type=click.IntRange(1, 1000),
                      help="Labeled nodes matched per class."),
-        click.option("--mode", type=click.Choice(["restricted", "counts"]), default="restricted", show_default=True,
-                     help="restricted: confusion recomputed among the task's nodes; counts: stored full counts."),
+        click.option("--mode", type=click.Choice(["auto", "restricted", "counts"]), default="auto", show_default=True,
+                     help="restricted: confusion recomputed among the task's nodes from image-level labels; "
+                          "counts: the label matrix's stored counts; auto: restricted while it is cheap "
+                          "(image-level labels, a small hub), counts beyond."),
     ]):
         f = option(f)
     return f
@@ -364,9 +405,11 @@ def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
 @click.option("--domain", default=None, help="The task's image domain (e.g. sketch): only sample images tagged "
               "with it count, where there are such.")
 @click.option("--explain", is_flag=True, help="Show why each model won (F1, counts, smoothing).")
+@click.option("--ranking", "ranking_size", default=100, show_default=True, type=click.IntRange(0),
+              help="Models listed in the task-level ranking (0: all).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
-           explain: bool) -> None:
+           explain: bool, ranking_size: int) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
@@ -397,7 +440,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
 
         tasks = [replace(t, domain=domain) for t in tasks]
     selector = open_selector(path)
-    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain)
+    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
+                              ranking_size=ranking_size or None)
     for s in selections:
         _warn_weak(s)
     if batch is not None:
@@ -476,7 +520,8 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
 @click.option("--world-size", type=click.Choice(["full", "small"]), default="full", show_default=True)
 @click.option("--world-root", type=click.Path(path_type=Path), default=None)
 @click.option("--alpha", default=0.7, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--mode", type=click.Choice(["restricted", "counts"]), default="restricted", show_default=True)
+@click.option("--mode", type=click.Choice(["restricted", "counts"]), default="restricted", show_default=True,
+              help="Selection mode scored (the emoji world's hub has image-level labels).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("evaluation"), show_default=True,
               help="Folder for evaluation.{md,csv,json,png}.")
 def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,

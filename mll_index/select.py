@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,14 +38,20 @@ from mll_index.captions import CaptionExpander, Concept, WordNetExpander, clean_
 from mll_index.embed import EmbeddingCache, TextEmbedder
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import NodeIndex, embed_concept_captions, load_index
-from mll_index.labels import labeled_models, load_label, read_sample_table
+from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
+from mll_index.labels import folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
 from mll_index.match import _lemma_bonus, _lexname_prior, match_settings
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
 
 log = logging.getLogger(__name__)
 
-SelectionMode = Literal["restricted", "counts"]
-MODES: tuple[str, ...] = ("restricted", "counts")
+SelectionMode = Literal["auto", "restricted", "counts"]
+MODES: tuple[str, ...] = ("auto", "restricted", "counts")
+# `auto` takes the restricted mode while it costs at most this many image-model scorings
+# (about half a second on 2 cores; bench/scale.py measures it), the counts mode beyond.
+RESTRICTED_BUDGET = 500_000
+RANKING_SIZE = 100
+MATCH_BLOCK = 256     # classes matched at once
 GRAPH_STEP = 0.9      # score kept per hypernym/hyponym step when a match has no images
 GRAPH_DEPTH = 2
 LOW_CONFIDENCE = 0.45
@@ -126,82 +133,145 @@ def read_task_file(path: Path) -> Task:
 
 
 @dataclass
-class LabelStore:
-    """The labels of an index's models on one shared node axis.
+class ImageLabels:
+    """One model's image-level label, on the store's node axis (read only by the restricted mode).
 
-    node_wnids: (m,) labeled nodes (union over models); counts: (n_models, m, 4) int32
-    n_true, TP, FP, FN (zeros where a model lacks the node; `has_node` says which).
-    Per model, `tables[i]` gives its images' node positions on the shared axis and its
-    memory-mapped embeddings, read only by the restricted mode.
+    image_nodes: (n_images,) int64 node-axis positions; image_embeddings: (n_images, d) float16
+    memory-mapped; node_axis: (m_model,) node-axis positions of the rows of node_embeddings
+    (m_model, d); domains: (n_images,) str, "" where untagged.
     """
 
-    model_ids: tuple[str, ...]
-    node_wnids: tuple[str, ...]
-    counts: np.ndarray
-    has_node: np.ndarray
-    image_nodes: list[np.ndarray]
-    image_embeddings: list[np.ndarray]
-    node_embeddings: list[np.ndarray]   # (m, d) per model on the shared axis (zero rows where missing)
-    entries: dict[str, dict[str, Any]]  # hub entry of each model, as labeled
-    image_domains: list[np.ndarray] = field(default_factory=list)  # per model, (n_images,) str, "" if none
-    _images_of: list[dict[int, np.ndarray]] = field(default_factory=list, repr=False)
+    image_nodes: np.ndarray
+    image_embeddings: np.ndarray
+    node_axis: np.ndarray
+    node_embeddings: np.ndarray
+    domains: np.ndarray
+
+    def images_of(self, in_set: np.ndarray) -> np.ndarray:
+        """Rows of the images whose node is in the set (in_set: (n_axis,) bool)."""
+        return np.flatnonzero(in_set[self.image_nodes])
+
+    @cached_property
+    def _axis_order(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.node_axis, kind="stable")
+        return order, self.node_axis[order]
+
+    @cached_property
+    def domain_set(self) -> frozenset[str]:
+        return frozenset(self.domains.tolist())
+
+    def node_rows(self, nodes: np.ndarray) -> np.ndarray:
+        """Rows of node_embeddings for node-axis positions (-1 where this model has no such node)."""
+        order, sorted_axis = self._axis_order
+        at = np.minimum(np.searchsorted(sorted_axis, nodes), len(order) - 1)
+        return np.where(sorted_axis[at] == nodes, order[at], -1)
+
+
+@dataclass
+class LabelStore:
+    """The labels of an index's models on one node axis: the label matrix, and image-level labels on demand.
+
+    `matrix` gives every model's TP, FP, FN per node (the `counts` mode reads only it);
+    `image_labels(i)` opens model i's label folder the first time the restricted mode needs it.
+    """
+
+    index_path: Path
+    matrix: LabelMatrix
+    folders: dict[str, str]  # model id -> sample fingerprint, for models with a label folder
+    _image: dict[int, ImageLabels | None] = field(default_factory=dict, repr=False)
 
     @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(self.matrix.model_ids)
+
+    @property
+    def node_wnids(self) -> list[str]:
+        return self.matrix.node_wnids
+
+    @property
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return dict(zip(self.matrix.model_ids, self.matrix.entries))
+
+    @cached_property
     def node_position(self) -> dict[str, int]:
         return {w: j for j, w in enumerate(self.node_wnids)}
 
-    def images_of(self, model: int, nodes: np.ndarray) -> np.ndarray:
-        """Rows of the model's images whose node is one of `nodes` (shared positions)."""
-        by_node = self._images_of[model]
-        parts = [by_node[int(j)] for j in nodes if int(j) in by_node]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    @cached_property
+    def has_image_labels(self) -> bool:
+        """Whether every model has an image-level label (the restricted mode needs them)."""
+        return all(m in self.folders for m in self.matrix.model_ids)
+
+    def image_labels(self, i: int) -> ImageLabels | None:
+        """Model i's image-level label, opened once; None if it has only counts."""
+        if i not in self._image:
+            model_id = self.matrix.model_ids[i]
+            self._image[i] = _open_image_labels(self.index_path, model_id, self.node_position) \
+                if model_id in self.folders else None
+        return self._image[i]
+
+
+def _open_image_labels(index_path: Path, model_id: str, node_position: dict[str, int]) -> ImageLabels:
+    label = load_label(index_path, model_id)
+    table = read_sample_table(index_path, label.manifest["samples"])
+    if label.counts.shape[0] != len(table.node_wnids):
+        raise IndexFormatError(f"label of {model_id!r}: counts for {label.counts.shape[0]} nodes, "
+                               f"its sample table has {len(table.node_wnids)}")
+    try:
+        axis = np.array([node_position[w] for w in table.node_wnids], np.int64)
+    except KeyError as exc:
+        raise IndexFormatError(f"label of {model_id!r}: node {exc} is not in the label matrix; "
+                               "run `mll-index labels compact`") from None
+    return ImageLabels(axis[table.image_nodes], label.image_embeddings, axis, label.node_embeddings,
+                       np.array([image_domain(p) for p in table.paths]))
 
 
 def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelStore:
     """Open the labels of an index (all labeled models, or those named).
 
+    Label folders the matrix does not hold yet (written by an older version, or a crash between
+    the two writes) are read into it in memory; `mll-index labels compact` stores them.
+
     Raises:
         InputError: no model is labeled, or a named model is not.
     """
-    done = labeled_models(index_path)
-    if not done:
+    folders = labeled_models(index_path)
+    if not folders and not has_matrix(index_path):
         raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label`, or import "
                          "published results with `mll-index published import`")
+    matrix = open_matrix(index_path) if has_matrix(index_path) else LabelMatrix(index_path, [], [], [], [])
+    stale = stale_in_matrix(index_path)
+    if stale:
+        log.info("%s: %d label folder(s) not in the label matrix yet; read in memory", index_path, len(stale))
+        matrix = _with_folders(index_path, matrix, stale)
     if models:
-        missing = [m for m in models if m not in done]
-        if missing:
-            raise InputError(f"model(s) {missing} have no label in {index_path}; labeled: {sorted(done)}")
-        ids = list(models)
+        matrix = matrix.subset(list(models))
     else:
-        ids = sorted(done)
-    labels = [load_label(index_path, m) for m in ids]
-    tables = {fp: read_sample_table(index_path, fp) for fp in {lab.manifest["samples"] for lab in labels}}
-    node_wnids = tuple(sorted({w for t in tables.values() for w in t.node_wnids}))
-    pos = {w: j for j, w in enumerate(node_wnids)}
-    m = len(node_wnids)
-    counts = np.zeros((len(ids), m, 4), np.int32)
-    has = np.zeros((len(ids), m), bool)
-    image_nodes, image_emb, node_emb, by_node, domains = [], [], [], [], []
-    for i, lab in enumerate(labels):
-        table = tables[lab.manifest["samples"]]
-        cols = np.array([pos[w] for w in table.node_wnids], np.int64)
-        if lab.counts.shape[0] != len(cols):
-            raise IndexFormatError(f"label of {lab.model_id!r}: counts for {lab.counts.shape[0]} nodes, "
-                                   f"its sample table has {len(cols)}")
-        counts[i, cols] = lab.counts
-        has[i, cols] = True
-        nodes = cols[table.image_nodes]
-        image_nodes.append(nodes)
-        domains.append(np.array([image_domain(p) for p in table.paths]))
-        image_emb.append(lab.image_embeddings)
-        shared = np.zeros((m, lab.node_embeddings.shape[1]), np.float32)
-        shared[cols] = lab.node_embeddings
-        node_emb.append(shared)
-        order = np.argsort(nodes, kind="stable")
-        starts = np.searchsorted(nodes[order], np.arange(m + 1))
-        by_node.append({j: order[starts[j]:starts[j + 1]] for j in range(m) if starts[j + 1] > starts[j]})
-    return LabelStore(tuple(ids), node_wnids, counts, has, image_nodes, image_emb, node_emb,
-                      {lab.model_id: lab.manifest["model"] for lab in labels}, domains, by_node)
+        matrix = matrix.subset(sorted(matrix.model_ids))
+    return LabelStore(Path(index_path), matrix, folders)
+
+
+def _with_folders(index_path: Path, matrix: LabelMatrix, model_ids: Sequence[str]) -> LabelMatrix:
+    """The matrix extended in memory with these models' label folders (later, so they win)."""
+    nodes, ids, entries = list(matrix.node_wnids), list(matrix.model_ids), list(matrix.entries)
+    node_pos, model_pos = {w: j for j, w in enumerate(nodes)}, {m: j for j, m in enumerate(ids)}
+    shards = list(matrix.shards)
+    for model_id in model_ids:
+        wnids, entry, counts = folder_counts(index_path, model_id)
+        for w in wnids:
+            if w not in node_pos:
+                node_pos[w] = len(nodes)
+                nodes.append(w)
+        if model_id not in model_pos:
+            model_pos[model_id] = len(ids)
+            ids.append(model_id)
+            entries.append(entry)
+        else:
+            entries[model_pos[model_id]] = entry
+        rows = np.array([node_pos[w] for w in wnids], np.int64)
+        order = np.argsort(rows, kind="stable")
+        shards.append(Shard(f"folder:{model_id}", rows[order], np.array([model_pos[model_id]], np.int64),
+                            counts[order][:, None, :]))
+    return LabelMatrix(matrix.path, nodes, ids, entries, shards)
 
 
 def image_domain(path: str) -> str:
@@ -241,46 +311,154 @@ def _embed_tasks_classes(names: Sequence[str], captions: dict[str, tuple[str, ..
     return embed_concept_captions(lists, embedder, cache)
 
 
+@dataclass
+class LabeledNodes:
+    """The store's node axis seen from the node index, computed once per opened selector.
+
+    rows: (m,) taxonomy rows; positions: (m,) node-index positions, -1 where the index lacks
+    the node; prior: (m,) the lexname prior; of_row: taxonomy row -> node-axis position.
+    """
+
+    rows: np.ndarray
+    positions: np.ndarray
+    prior: np.ndarray
+    of_row: dict[int, int]
+
+    @cached_property
+    def in_order(self) -> bool:
+        """Whether labeled node j is node j of the index (then the index's scores need no gather)."""
+        return bool(np.array_equal(self.positions, np.arange(len(self.positions))))
+
+
+def labeled_nodes(index: NodeIndex, store: LabelStore) -> LabeledNodes:
+    """Map the store's node axis onto the node index (see LabeledNodes)."""
+    g = index.graph
+    pos = g.node_position
+    rows = np.array([g.row(w) for w in store.node_wnids], np.int64)
+    positions = np.array([pos.get(int(r), -1) for r in rows], np.int64)
+    prior = np.zeros(len(rows), np.float32)
+    inside = positions >= 0
+    prior[inside] = _lexname_prior(index)[positions[inside]]
+    return LabeledNodes(rows, positions, prior, {int(r): j for j, r in enumerate(rows)})
+
+
+def _top_stable(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n highest finite scores, best first, ties to the lower position (as a stable argsort).
+
+    For the few (n <= 16) that selection asks for, n passes of argmax (which returns the first
+    of equal maxima) beat a partition of the whole row several times over.
+    """
+    if n <= 16 and n < len(score):
+        work = np.array(score, dtype=np.float64 if score.dtype == np.float64 else np.float32)
+        work[np.isnan(work)] = -np.inf          # argmax would take a NaN for the maximum
+        picked = []
+        for _ in range(n):
+            j = int(np.argmax(work))
+            if not np.isfinite(work[j]):
+                break
+            picked.append(j)
+            work[j] = -np.inf
+        order = np.array(picked, np.int64)
+    elif n >= len(score):
+        order = np.argsort(-score, kind="stable")
+    else:
+        kth = np.partition(score, len(score) - n)[len(score) - n]
+        cand = np.flatnonzero(score >= kth)
+        order = cand[np.argsort(-score[cand], kind="stable")][:n]
+    order = order[:n]
+    return order[np.isfinite(score[order])]
+
+
+def _vectors_t(index: NodeIndex) -> np.ndarray:
+    """(d, n) float32 node vectors, transposed once and kept on the index: a contiguous right-hand
+    side makes the product with a batch of queries ~20% faster than the memory-mapped rows."""
+    cached = getattr(index, "_vectors_t", None)
+    if cached is None:
+        cached = np.ascontiguousarray(np.asarray(index.vectors, np.float32).T)
+        index._vectors_t = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _graph_scores(index: NodeIndex, queries: np.ndarray, labeled: LabeledNodes,
+                  depth: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Direct scores of every labeled node, and per query the graph nodes that may lend theirs.
+
+    Returns:
+        direct: (n_q, m) float32 cosine + prior of every labeled node (-inf where the index lacks it);
+        candidates: per query, (positions, cosines) best first: those of the `depth` best graph
+        nodes whose cosine could still beat every labeled node (others cannot lend: step 1).
+    A flat index is scored with one matrix product: the labeled nodes' scores are needed in full
+    anyway, and on 2 cores that product with a threshold is several times faster than FAISS's
+    flat search with its per-query heaps. Other index kinds are searched through FAISS.
+    """
+    inside = labeled.positions >= 0
+    if index.manifest.get("search", "flat") != "flat":
+        direct = np.full((len(queries), len(labeled.rows)), -np.inf, np.float32)
+        direct[:, inside] = queries @ np.asarray(index.vectors[labeled.positions[inside]]).T + labeled.prior[inside]
+        scores, top = index.search(queries, depth)
+        return direct, [(t[t >= 0], sc[t >= 0]) for t, sc in zip(top, scores)]
+    cosine = queries @ _vectors_t(index)                        # (n_q, n_index)
+    if len(labeled.positions) == cosine.shape[1] and labeled.in_order:
+        # Every node of the index is labeled, in index order: no node is left to lend a score.
+        cosine += labeled.prior
+        return cosine, [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(queries)
+    direct = np.full((len(queries), len(labeled.rows)), -np.inf, np.float32)
+    direct[:, inside] = cosine[:, labeled.positions[inside]] + labeled.prior[inside]
+    # A graph node lends only if cosine + prior (+ lemma bonus, added apart) beats the best labeled
+    # node, so nodes at or below that bar are not candidates, whatever their rank.
+    bar = direct.max(axis=1) - max(float(_lexname_prior(index).max(initial=0.0)), 0.0)
+    out = []
+    for q in range(len(queries)):
+        cand = np.flatnonzero(cosine[q] > bar[q])
+        if len(cand) > depth:
+            cand = cand[np.argpartition(-cosine[q, cand], depth - 1)[:depth]]
+        order = np.argsort(-cosine[q, cand], kind="stable")
+        out.append((cand[order], cosine[q, cand[order]]))
+    return direct, out
+
+
 def match_labeled_nodes(index: NodeIndex, store: LabelStore, names: Sequence[str], queries: np.ndarray,
-                        n: int = 5) -> list[list[NodeMatch]]:
+                        n: int = 5, labeled: LabeledNodes | None = None) -> list[list[NodeMatch]]:
     """The n best labeled nodes of each class (see the module docstring, step 1).
 
     Args:
         queries: (len(names), d) unit class embeddings from the index's embedder.
+        labeled: the store's nodes mapped onto the index (computed here if not given).
     """
+    labeled = labeled or labeled_nodes(index, store)
+    queries = np.asarray(queries, np.float32)
+    out: list[list[NodeMatch]] = []
+    # In blocks, so that a batch of thousands of classes never holds (n_classes x n_nodes) scores at once.
+    for s in range(0, len(names), MATCH_BLOCK):
+        out += _match_block(index, store, names[s:s + MATCH_BLOCK], queries[s:s + MATCH_BLOCK], n, labeled)
+    return out
+
+
+def _match_block(index: NodeIndex, store: LabelStore, names: Sequence[str], queries: np.ndarray, n: int,
+                 labeled: LabeledNodes) -> list[list[NodeMatch]]:
     g = index.graph
-    pos = g.node_position
-    labeled_rows = np.array([g.row(w) for w in store.node_wnids], np.int64)
-    labeled_pos = np.array([pos.get(int(r), -1) for r in labeled_rows], np.int64)
-    in_index = labeled_pos >= 0
-    vectors = np.zeros((len(labeled_rows), index.dim), np.float32)
-    vectors[in_index] = np.asarray(index.vectors[labeled_pos[in_index]], np.float32)
-    prior = np.zeros(len(labeled_rows), np.float32)
-    prior[in_index] = _lexname_prior(index)[labeled_pos[in_index]]
-    direct = queries @ vectors.T + prior                      # (n_classes, m)
-    direct[:, ~in_index] = -np.inf
-    labeled_of_row = {int(r): j for j, r in enumerate(labeled_rows)}
+    prior_all = _lexname_prior(index)
     depth = min(index.size, n + match_settings()["candidates"])
-    top_scores, top_pos = index.search(queries, depth)
+    direct, lenders = _graph_scores(index, queries, labeled, depth)
     out = []
     for q, name in enumerate(names):
         score = direct[q].copy()
-        via = ["direct"] * len(score)
+        via: dict[int, str] = {}
         bonus = _lemma_bonus(index, name)
         for p, b in bonus.items():
-            j = labeled_of_row.get(int(g.nodes[p]))
+            j = labeled.of_row.get(int(g.nodes[p]))
             if j is not None:
                 score[j] += b
         # Graph matches with no images of their own lend their score to labeled relatives.
-        candidates = {int(p): float(s) for p, s in zip(top_pos[q], top_scores[q]) if p >= 0}
+        candidates = {int(p): float(s) for p, s in zip(*lenders[q])}
         for p, b in bonus.items():
             candidates[p] = candidates.get(p, float(np.asarray(index.vectors[p]) @ queries[q])) + b
         # Only graph nodes that beat every labeled node lend their score: the class is about them.
         best_direct = float(score.max()) if len(score) else -np.inf
         for p, s in candidates.items():
             row = int(g.nodes[p])
-            s += float(_lexname_prior(index)[p])
-            if row in labeled_of_row or s <= best_direct:
+            s += float(prior_all[p])
+            if row in labeled.of_row or s <= best_direct:
                 continue
             for relation, steps in (("hyponym", g.hyponyms), ("hypernym", g.hypernyms)):
                 frontier, seen = [row], {row}
@@ -288,13 +466,12 @@ def match_labeled_nodes(index: NodeIndex, store: LabelStore, names: Sequence[str
                     frontier = [c for r in frontier for c in steps[r] if c not in seen]
                     seen.update(frontier)
                     for c in frontier:
-                        j = labeled_of_row.get(c)
+                        j = labeled.of_row.get(c)
                         if j is not None and s * GRAPH_STEP ** d > score[j]:
                             score[j] = s * GRAPH_STEP ** d
                             via[j] = f"{relation}:{g.synsets[row]}"
-        best = np.argsort(-score, kind="stable")[:n]
-        out.append([NodeMatch(store.node_wnids[j], g.synsets[labeled_rows[j]], round(float(score[j]), 4), via[j])
-                    for j in best if np.isfinite(score[j])])
+        out.append([NodeMatch(store.node_wnids[j], g.synsets[labeled.rows[j]], round(float(score[j]), 4),
+                              via.get(int(j), "direct")) for j in _top_stable(score, n)])
     return out
 
 
@@ -304,43 +481,69 @@ def match_labeled_nodes(index: NodeIndex, store: LabelStore, names: Sequence[str
 
 def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "restricted",
                    domain: str | None = None) -> np.ndarray:
-    """(n_models, len(nodes), 3) float64 TP, FP, FN of every model on the nodes S (shared positions).
+    """(n_models, len(nodes), 3) float32 TP, FP, FN of every model on the nodes S (node-axis positions).
 
     restricted: each sample image of S is assigned the node of S its model scores highest;
     with a domain, only the images tagged with it count (all images where S has none);
-    counts: the stored counts over the whole labeled node set (no domain).
+    counts: the label matrix's counts over the whole labeled node set (no domain).
+    The result is a view of a node-major array: `class_f1` uses it without a copy.
     """
     nodes = np.asarray(nodes, np.int64)
     if mode == "counts":
-        return store.counts[:, nodes, 1:4].astype(np.float64)
+        return store.matrix.gather(nodes).transpose(1, 0, 2)
     if mode != "restricted":
         raise InputError(f"unknown selection mode {mode!r}; modes: {list(MODES)}")
-    out = np.zeros((len(store.model_ids), len(nodes), 3))
+    if not store.has_image_labels:
+        lacking = [m for m in store.model_ids if m not in store.folders]
+        raise InputError(f"the restricted mode needs image-level labels; {len(lacking)} model(s) have only counts "
+                         f"(e.g. {lacking[:3]}); use --mode counts")
+    out = np.zeros((len(nodes), len(store.model_ids), 3), np.float32)
+    in_set = np.zeros(len(store.node_wnids), bool)
+    in_set[nodes] = True
     local = np.full(len(store.node_wnids), -1, np.int64)
     local[nodes] = np.arange(len(nodes))
+    k = len(nodes)
     for i in range(len(store.model_ids)):
-        rows = np.sort(store.images_of(i, nodes))
-        if domain and store.image_domains:
-            in_domain = rows[store.image_domains[i][rows] == domain.lower()]
+        lab = store.image_labels(i)
+        assert lab is not None
+        rows = lab.images_of(in_set)
+        if domain:
+            in_domain = rows[lab.domains[rows] == domain.lower()]
             rows = in_domain if len(in_domain) else rows
         if len(rows) == 0:
             continue
-        emb = np.asarray(store.image_embeddings[i][rows], np.float32)
-        true = local[store.image_nodes[i][rows]]
-        pred = np.argmax(emb @ store.node_embeddings[i][nodes].T, axis=1)
+        node_rows = lab.node_rows(nodes)
+        has = node_rows >= 0
+        emb = np.asarray(lab.image_embeddings[rows], np.float32)
+        logits = np.full((len(rows), k), -np.inf, np.float32)
+        logits[:, has] = emb @ np.asarray(lab.node_embeddings[node_rows[has]], np.float32).T
+        true = local[lab.image_nodes[rows]]
+        pred = np.argmax(logits, axis=1)
         hit = pred == true
-        k = len(nodes)
         tp = np.bincount(true[hit], minlength=k)
-        out[i, :, 0] = tp
-        out[i, :, 1] = np.bincount(pred[~hit], minlength=k)
-        out[i, :, 2] = np.bincount(true, minlength=k) - tp
-    return out
+        out[:, i, 0] = tp
+        out[:, i, 1] = np.bincount(pred[~hit], minlength=k)
+        out[:, i, 2] = np.bincount(true, minlength=k) - tp
+    return out.transpose(1, 0, 2)
+
+
+def restricted_work(store: LabelStore, counts: np.ndarray) -> int:
+    """Image-model scorings the restricted mode would do on the nodes of `counts` ((n_models, |S|, 3) TP, FP, FN)."""
+    return int(counts[:, :, 0].sum() + counts[:, :, 2].sum())
 
 
 def class_f1(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(n_models, n_classes) F1 from node confusion (n_models, |S|, 3) and class-node weights (n_classes, |S|)."""
-    summed = np.einsum("cs,msk->mck", weights, confusion)
-    tp, fp, fn = summed[..., 0], summed[..., 1], summed[..., 2]
+    """(n_models, n_classes) F1 from node confusion (n_models, |S|, 3) and class-node weights (n_classes, |S|).
+
+    Each class has a handful of nodes, so the weights are multiplied as a sparse matrix: the
+    cost grows with n_classes x nodes per class x n_models, not n_classes x |S| x n_models.
+    """
+    from scipy.sparse import csr_matrix
+
+    n_models, s, _ = confusion.shape
+    node_major = np.ascontiguousarray(confusion.transpose(1, 0, 2), dtype=np.float32).reshape(s, n_models * 3)
+    summed = np.asarray(csr_matrix(weights.astype(np.float32)) @ node_major).reshape(len(weights), n_models, 3)
+    tp, fp, fn = (summed[..., j].T.astype(np.float64) for j in range(3))   # (n_models, n_classes)
     denom = 2 * tp + fp + fn
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
@@ -415,6 +618,7 @@ class Selector:
     expander: CaptionExpander | None = None
     cache: EmbeddingCache | None = None
     published: PublishedLabels | None = None
+    labeled: LabeledNodes | None = None  # the store's node axis mapped onto the index, once
 
 
 def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, models: Sequence[str] | None = None,
@@ -428,10 +632,12 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
 
     index = load_index(index_path)
     published = open_published(index_path) if has_published(index_path) and not models else None
-    store = open_labels(index_path, models) if (labeled_models(index_path) or models or published is None) else None
+    image_labels = labeled_models(index_path) or has_matrix(index_path)
+    store = open_labels(index_path, models) if (image_labels or models or published is None) else None
     embedder = embedder or embedder_from_id(index.embedder_id)
     index.check_embedder(embedder.embedder_id, embedder.dim)
-    return Selector(index, store, embedder, expander, cache, published)
+    return Selector(index, store, embedder, expander, cache, published,
+                    labeled_nodes(index, store) if store is not None else None)
 
 
 def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
@@ -455,17 +661,32 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha
     for c, ms in enumerate(matches):
         for m in ms:
             weights[c, col[pos[m.wnid]]] = max(m.score, 0.0)
+    nodes = np.array(union, np.int64)
     domain = task.domain if use_domain else None
-    confusion = node_confusion(store, np.array(union, np.int64), mode, domain)
+    used: str = mode
+    if mode == "auto":
+        counts = node_confusion(store, nodes, "counts")
+        fits = store.has_image_labels and restricted_work(store, counts) <= RESTRICTED_BUDGET
+        used = "restricted" if fits else "counts"
+        confusion = node_confusion(store, nodes, "restricted", domain) if fits else counts
+    else:
+        confusion = node_confusion(store, nodes, mode, domain)
     f1 = class_f1(confusion, weights)
-    used = bool(domain) and mode == "restricted" and any((d == domain.lower()).any() for d in store.image_domains)
+    domain_used = bool(domain) and used == "restricted" and any(
+        domain.lower() in lab.domain_set for lab in (store.image_labels(i) for i in range(len(store.model_ids)))
+        if lab is not None)
     return {"ids": list(store.model_ids), "scores": smooth_scores(f1, alpha), "f1": f1, "confusion": confusion,
-            "weights": weights, "domain_used": used}
+            "weights": weights, "domain_used": domain_used, "mode": used}
+
+
+def _top_models(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k highest scores, best first, ties to the lower row."""
+    return _top_stable(np.asarray(scores, np.float64), k)
 
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
                 published_raw: np.ndarray | None, k: int, alpha: float, mode: SelectionMode, explain: bool,
-                use_domain: bool = True) -> Selection:
+                use_domain: bool = True, ranking_size: int | None = RANKING_SIZE) -> Selection:
     image = _image_part(sel, task, matches, alpha, mode, use_domain) if sel.store is not None else None
     published = smooth_scores(published_raw, alpha) if published_raw is not None else None
     if image is not None and published is not None:
@@ -487,7 +708,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     k_eff = min(k, len(ids))
     classes = []
     for c, name in enumerate(task.classes):
-        order = np.argsort(-scores[:, c], kind="stable")[:k_eff]
+        order = _top_models(scores[:, c], k_eff)
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
         weak_image = not matches[c] or matches[c][0].score < LOW_CONFIDENCE
         weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
@@ -499,25 +720,27 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                 f1, confusion, w = image["f1"], image["confusion"], image["weights"]
                 summed = np.einsum("s,msk->mk", w[c], confusion)
                 detail["rule"] = (f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; F1 from "
-                                  f"TP/FP/FN of the matched nodes ({mode} confusion), weighted by node score")
+                                  f"TP/FP/FN of the matched nodes ({image['mode']} confusion), weighted by node score")
                 detail["models"] = {image["ids"][i]: {
                     "f1": round(float(f1[i, c]), 4),
                     "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
                     "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
                     "score": round(float(image["scores"][i, c]), 4)}
-                    for i in np.argsort(-image["scores"][:, c], kind="stable")[:max(k_eff, 3)]}
+                    for i in _top_models(image["scores"][:, c], max(k_eff, 3))}
             if published is not None:
                 pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
                 detail["published_rule"] = ("published score = similarity-weighted mean accuracy on the matched "
                                             f"benchmark classes, smoothed with alpha {alpha}")
                 detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
-                                              for i in np.argsort(-published[:, c], kind="stable")[:max(k_eff, 3)]}
+                                              for i in _top_models(published[:, c], max(k_eff, 3))}
             if labels == "both":
                 detail["combined_rule"] = "mean of the model's per-class rank among image-labeled and published models"
         classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
     task_scores = scores.mean(axis=1)
-    ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in np.argsort(-task_scores, kind="stable"))
-    return Selection(task.name, mode, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
+    ranked = _top_models(task_scores, len(ids) if ranking_size is None else ranking_size)
+    ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
+    used = image["mode"] if image is not None else mode
+    return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]))
 
 
@@ -569,7 +792,7 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> Pre
     names = [key.split("\0", 1)[0] for key in keys]
     queries = _embed_tasks_classes(keys, captions, sel.embedder, sel.expander, sel.cache) if keys else None
     if sel.store is not None and keys:
-        matched = match_labeled_nodes(sel.index, sel.store, names, queries, n_nodes)
+        matched = match_labeled_nodes(sel.index, sel.store, names, queries, n_nodes, sel.labeled)
     else:
         matched = [[] for _ in keys]
     if sel.published is not None and keys:
@@ -581,30 +804,34 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> Pre
 
 
 def select_prepared(sel: Selector, prepared: PreparedTasks, *, k: int = 1, alpha: float = 0.7,
-                    mode: SelectionMode = "restricted", explain: bool = False,
-                    use_domain: bool = True) -> list[Selection]:
-    """Steps 2-5 for prepared tasks; a sweep over k, alpha and mode embeds nothing again."""
+                    mode: SelectionMode = "auto", explain: bool = False, use_domain: bool = True,
+                    ranking_size: int | None = RANKING_SIZE) -> list[Selection]:
+    """Steps 2-5 for prepared tasks; a sweep over k, alpha and mode embeds nothing again.
+
+    `ranking_size` bounds each Selection's task-level ranking (None: every model)."""
     _check_params(k, alpha, prepared.n_nodes, mode)
     out = []
     for task, rows in zip(prepared.tasks, prepared.rows):
         raw = prepared.published_raw[:, rows] if prepared.published_raw is not None else None
         out.append(_select_one(sel, task, [prepared.matched[r] for r in rows], [prepared.bench[r] for r in rows], raw,
-                               k, alpha, mode, explain, use_domain))
+                               k, alpha, mode, explain, use_domain, ranking_size))
     return out
 
 
 def select_batch(sel: Selector, tasks: Sequence[Task], *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
-                 mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> list[Selection]:
+                 mode: SelectionMode = "auto", explain: bool = False, use_domain: bool = True,
+                 ranking_size: int | None = RANKING_SIZE) -> list[Selection]:
     """Select for many tasks; every distinct class name is expanded, embedded and matched once.
 
     `use_domain=False` ignores the tasks' domain words (for comparisons)."""
     _check_params(k, alpha, n_nodes, mode)
     return select_prepared(sel, prepare_tasks(sel, tasks, n_nodes), k=k, alpha=alpha, mode=mode, explain=explain,
-                           use_domain=use_domain)
+                           use_domain=use_domain, ranking_size=ranking_size)
 
 
 def select_models(sel: Selector, task: Task, *, k: int = 1, alpha: float = 0.7, n_nodes: int = 5,
-                  mode: SelectionMode = "restricted", explain: bool = False, use_domain: bool = True) -> Selection:
+                  mode: SelectionMode = "auto", explain: bool = False, use_domain: bool = True,
+                  ranking_size: int | None = RANKING_SIZE) -> Selection:
     """Choose the top-k models per class for one task (see the module docstring)."""
     return select_batch(sel, [task], k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
-                        use_domain=use_domain)[0]
+                        use_domain=use_domain, ranking_size=ranking_size)[0]

@@ -296,3 +296,16 @@ def test_console_script_exit_codes(index_dir: Path) -> None:
     bad = subprocess.run([exe, "match", "--index", str(index_dir), "--method", "lemma", ""],
                          capture_output=True, text=True, env=env, timeout=120)
     assert_one_line_error(bad, "class name 1 is empty")
+
+
+def test_add_nodes_and_labels_compact(index_copy: Path) -> None:
+    result = run_cli("add-nodes", "--index", str(index_copy), "n02129165", "n02129165")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["added"] == 1
+    again = run_cli("add-nodes", "--index", str(index_copy), "n02129165")
+    assert json.loads(again.stdout)["skipped_already_there"] == ["n02129165"]
+    bad = run_cli("add-nodes", "--index", str(index_copy), "n99999999")
+    assert bad.returncode != 0 and "n99999999" in bad.stderr and "Traceback" not in bad.stderr
+    compact = run_cli("labels", "compact", "--index", str(index_copy))
+    assert compact.returncode == 0, compact.stderr
+    assert json.loads(compact.stdout)["stored_from_folders"] == []

@@ -69,7 +69,11 @@ def test_restricted_confusion_matches_brute_force(world_index: Path, selector) -
             assert conf[i, s, 1] == ((pred == s) & (true != s)).sum()
             assert conf[i, s, 2] == ((pred != s) & (true == s)).sum()
     counts = node_confusion(store, nodes, "counts")
-    assert np.array_equal(counts, store.counts[:, nodes, 1:4])
+    for i, model in enumerate(store.model_ids):      # the label matrix holds each folder's own counts
+        label = load_label(world_index, model)
+        table = read_sample_table(world_index, label.manifest["samples"])
+        own = [table.node_wnids.index(store.node_wnids[j]) for j in nodes]
+        assert np.array_equal(counts[i], label.counts[own, 1:4])
     with pytest.raises(InputError, match="unknown selection mode"):
         node_confusion(store, nodes, "magic")  # type: ignore[arg-type]
 
@@ -80,10 +84,14 @@ def test_domain_word_keeps_only_that_domain_s_images(selector) -> None:  # type:
     nodes = np.array(sorted(pos[w] for w in (TIGER, LION)), np.int64)
     everything = node_confusion(store, nodes, "restricted")
     noto = node_confusion(store, nodes, "restricted", domain="noto")
-    per_domain = sum(1 for i in store.images_of(0, nodes) if store.image_domains[0][i] == "noto")
-    assert 0 < per_domain < len(store.images_of(0, nodes))
+    lab = store.image_labels(0)
+    in_set = np.zeros(len(store.node_wnids), bool)
+    in_set[nodes] = True
+    rows = lab.images_of(in_set)
+    per_domain = int((lab.domains[rows] == "noto").sum())
+    assert 0 < per_domain < len(rows)
     assert noto[0, :, [0, 2]].sum() == per_domain            # TP + FN: every noto image once
-    assert everything[0, :, [0, 2]].sum() == len(store.images_of(0, nodes))
+    assert everything[0, :, [0, 2]].sum() == len(rows)
     assert np.array_equal(node_confusion(store, nodes, "restricted", domain="watercolour"), everything)
     s = select_models(selector, make_task(["tiger", "lion"], domain="noto"))
     assert s.domain_images and not select_models(selector, make_task(["tiger", "lion"])).domain_images
@@ -155,3 +163,65 @@ def test_select_cli(world_index: Path, tmp_path: Path) -> None:
                           (["--batch", str(tmp_path / "none.jsonl")], "no such file")):
         bad = run_cli("select", *args, "--index", str(world_index))
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# A hub with counts only (the label matrix, no image-level labels)
+
+
+@pytest.fixture(scope="module")
+def counts_hub(tmp_path_factory, index_dir: Path, embedder):  # type: ignore[no-untyped-def]
+    import shutil
+
+    from mll_index.index import load_index
+    from mll_index.label_matrix import append_labels
+
+    path = tmp_path_factory.mktemp("counts-hub") / "index"
+    shutil.copytree(index_dir, path)
+    wnids = load_index(path).graph.node_wnids
+    rng = np.random.default_rng(3)
+    tp = rng.integers(0, 11, (len(wnids), 6))
+    counts = np.stack([tp, rng.integers(0, 6, tp.shape), 10 - tp], axis=-1)
+    append_labels(path, wnids, [(f"model-{j}", {"id": f"model-{j}", "imagenet_acc": j / 10}) for j in range(6)], counts)
+    return path, open_selector(path, embedder)
+
+
+def test_counts_only_hub_selects_in_counts_mode_by_brute_force(counts_hub) -> None:  # type: ignore[no-untyped-def]
+    path, sel = counts_hub
+    task = make_task(["golden retriever", "tench", "laptop"])
+    s = select_models(sel, task, k=2, alpha=0.6)
+    assert s.mode == "counts" and s.labels == "image"
+    dense = sel.store.matrix.dense()                                   # (n_nodes, n_models, 3)
+    pos = sel.store.node_position
+    f1 = np.zeros((6, 3))
+    for c, cls in enumerate(s.classes):
+        tp = fp = fn = np.zeros(6)
+        for m in cls.nodes:
+            w = max(m.score, 0.0)
+            tp, fp, fn = tp + w * dense[pos[m.wnid], :, 0], fp + w * dense[pos[m.wnid], :, 1], fn + w * dense[pos[m.wnid], :, 2]
+        f1[:, c] = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0)
+    scores = 0.6 * f1 + 0.4 * (f1.sum(1, keepdims=True) - f1) / 2
+    for c, cls in enumerate(s.classes):
+        best = np.argsort(-scores[:, c], kind="stable")[:2]
+        assert [m.model for m in cls.models] == [sel.store.model_ids[i] for i in best]
+        assert np.allclose([m.score for m in cls.models], scores[best, c], atol=1e-4)
+    with pytest.raises(InputError, match="image-level labels"):
+        select_models(sel, task, mode="restricted")
+    assert len(select_models(sel, task, ranking_size=2).ranking) == 2
+    assert len(select_models(sel, task, ranking_size=None).ranking) == 6
+
+
+def test_a_model_added_later_joins_the_selection(counts_hub, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from mll_index.label_matrix import append_labels
+
+    path, _ = counts_hub
+    copy = tmp_path / "index"
+    shutil.copytree(path, copy)
+    sel = open_selector(copy, embedder)
+    wnids = sel.store.node_wnids
+    perfect = np.stack([np.full(len(wnids), 10), np.zeros(len(wnids)), np.zeros(len(wnids))], -1)[:, None, :]
+    append_labels(copy, wnids, [("perfect", {"id": "perfect"})], perfect.astype(int))
+    s = select_models(open_selector(copy, embedder), make_task(["golden retriever", "tench"]))
+    assert all(c.models[0].model == "perfect" for c in s.classes)
