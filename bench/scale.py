@@ -1,0 +1,542 @@
+"""Scale: selection latency, batch throughput, growth and memory on synthetic hubs of up to 10,000 x 50,000.
+
+    python bench/scale.py              # the full run (about 30 minutes on 2 cores; hubs cached in ~/.cache)
+    python bench/scale.py --smoke      # smallest sizes, under a minute (CI runs it)
+
+Synthetic hubs (bench/synthetic_hub.py) of 100, 1,000 and 10,000 models over 1,000, 10,000 and
+50,000 nodes are written in the index's own format. Measured side by side in one run: opening an
+index (time, resident memory), one task's selection (10, 100, 1,000 classes; cold and warm caption
+cache; auto, counts and restricted modes), a batch of 10,000 tasks of 20 classes, growth (one
+model, 1,000 nodes) against a rebuild, the straightforward pandas implementation on the same
+inputs, and the cost that selection avoids (evaluating every model). Writes
+bench/results/scale.{json,md} and scale_latency.png, scale_throughput.png (--smoke: scale_smoke.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+SEED = 7
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def name_pool(graph: Any) -> tuple[list[str], str]:
+    """Class names users give: the benchmark datasets' class names where the shared data is here,
+    else the lemmas of the graph's nodes."""
+    names: list[str] = []
+    source = SHARED / "clip_benchmark_classnames.json"
+    if source.is_file():
+        for values in json.loads(source.read_text()).values():
+            names.extend(v for v in values if isinstance(v, str))
+        for task in sorted((SHARED / "target_tasks").glob("*.txt")):
+            names.extend(line.strip() for line in task.read_text().splitlines() if line.strip())
+        origin = "benchmark class names (clip_benchmark_classnames.json, target_tasks/)"
+    else:
+        names = [graph.lemmas[r][0].replace("_", " ") for r in graph.nodes]
+        origin = "lemmas of the graph's nodes"
+    from mll_index.graph import normalize_name
+
+    unique: dict[str, str] = {}
+    for n in names:
+        name = " ".join(n.split())
+        if name and len(name) <= 200:
+            unique.setdefault(normalize_name(name), name)   # names a task may not repeat ("Pickup truck")
+    pool = sorted(unique.values())
+    np.random.default_rng(SEED).shuffle(pool)
+    return pool, origin
+
+
+def draw_tasks(pool: list[str], n_tasks: int, n_classes: int, seed: int) -> list[Any]:
+    """Tasks whose class names repeat as in real sweeps: names drawn by a Zipf law over the pool."""
+    from mll_index.select import make_task
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.8
+    weights /= weights.sum()
+    tasks = []
+    for t in range(n_tasks):
+        picks = rng.choice(len(pool), n_classes, replace=False, p=weights)
+        tasks.append(make_task([pool[i] for i in picks], name=f"task-{t:05d}"))
+    return tasks
+
+
+def fresh_cache(root: Path, name: str) -> Any:
+    from mll_index.embed import EmbeddingCache
+
+    path = root / f"{name}.sqlite"
+    if path.exists():
+        path.unlink()
+    return EmbeddingCache(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Hubs
+
+
+def make_hubs(root: Path, models: list[int], nodes: list[int], source: Path | None, embedder: Any,
+              image_hubs: set[tuple[int, int]], log: dict[str, Any]) -> dict[tuple[int, int], Path]:
+    """Write (or reuse) a node index per size and a hub per (models, nodes)."""
+    import synthetic_hub as sh
+
+    hubs = {}
+    for n in nodes:
+        base = root / f"nodes-{n}"
+        if not (base / "manifest.json").is_file():
+            t = time.perf_counter()
+            log.setdefault("node_indexes", {})[n] = sh.node_index(base, n, source, embedder)
+            log["node_indexes"][n]["seconds"] = round(time.perf_counter() - t, 1)
+        for m in models:
+            hub = root / f"hub-{m}x{n}"
+            done = hub / "labels" / "matrix" / "manifest.json"
+            if not done.is_file():
+                shutil.rmtree(hub, ignore_errors=True)
+                shutil.copytree(base, hub)
+                t = time.perf_counter()
+                if (m, n) in image_hubs:
+                    info = sh.image_labels(hub, m)
+                else:
+                    info = sh.label_matrix(hub, m)
+                info["seconds"] = round(time.perf_counter() - t, 1)
+                log.setdefault("hubs_written", {})[f"{m}x{n}"] = info
+                print(f"wrote hub {m} x {n}: {info}", flush=True)
+            hubs[(m, n)] = hub
+    return hubs
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements
+
+
+def probe_open(index: Path, classes: int) -> dict[str, Any]:
+    """Run in a fresh process: time and memory of opening an index for selection, then of one gather."""
+    import faiss  # noqa: F401  (imported before the baseline, as by any caller)
+
+    from mll_index.index import load_index
+    from mll_index.select import labeled_nodes, node_confusion, open_labels
+
+    before = rss_bytes()
+    t = time.perf_counter()
+    idx = load_index(index)
+    store = open_labels(index)
+    labeled_nodes(idx, store)
+    seconds = time.perf_counter() - t
+    after = rss_bytes()
+    label_bytes = store.matrix.label_bytes
+    rng = np.random.default_rng(SEED)
+    nodes = np.sort(rng.choice(len(store.node_wnids), min(len(store.node_wnids), 5 * classes), replace=False))
+    node_confusion(store, nodes, "counts")
+    touched = rss_bytes()
+    return {"open_s": round(seconds, 3), "rss_open_bytes": after - before, "label_bytes": label_bytes,
+            "node_vector_bytes": int(idx.vectors.nbytes),
+            "open_rss_over_label_bytes": round((after - before) / label_bytes, 4),
+            "rss_after_one_selection_bytes": touched - before}
+
+
+def open_in_subprocess(index: Path, classes: int = 100) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--probe-open", str(index), "--probe-classes", str(classes)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_selects(sel: Any, task: Any, mode: str, reps: int, cold_root: Path | None = None) -> list[float]:
+    """Seconds per selection; with cold_root, every repetition starts from an empty caption cache."""
+    from mll_index.select import select_models
+
+    times = []
+    for r in range(reps):
+        if cold_root is not None:
+            sel.cache = fresh_cache(cold_root, f"cold-{r}")
+        t = time.perf_counter()
+        select_models(sel, task, k=3, mode=mode)  # type: ignore[arg-type]
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {"p50_s": round(percentile(times, 50), 4), "p99_s": round(percentile(times, 99), 4), "n": len(times)}
+
+
+def single_task(sel: Any, tasks: dict[int, Any], modes: list[str], reps: dict[int, int], work: Path,
+                cold: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sel.cache = fresh_cache(work, "warm")
+    for c, task in tasks.items():
+        for mode in modes:
+            key = f"{c}_classes/{mode}"
+            time_selects(sel, task, mode, 1)                       # fills the warm cache
+            out[key] = {"warm": summary(time_selects(sel, task, mode, reps[c]))}
+            if cold:
+                out[key]["cold"] = summary(time_selects(sel, task, mode, max(3, reps[c] // 4), cold_root=work))
+                sel.cache = fresh_cache(work, "warm")
+    return out
+
+
+def profile_restricted(sel: Any, task: Any) -> list[dict[str, Any]]:
+    from mll_index.select import select_models
+
+    select_models(sel, task, k=3, mode="restricted")      # captions cached: the profile is selection alone
+    prof = cProfile.Profile()
+    prof.enable()
+    select_models(sel, task, k=3, mode="restricted")
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, fn), (_, _, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append({"function": f"{Path(file).name}:{fn}", "self_s": round(tottime, 4), "cumulative_s": round(cumtime, 4)})
+    return sorted(rows, key=lambda r: -r["self_s"])[:8]
+
+
+def straightforward(sel: Any, task: Any, reps: int = 3) -> dict[str, Any]:
+    """Steps 2-5 on the same matched nodes: ours (counts mode) against pandas loops per model and class."""
+    from straightforward import label_frames, straightforward_select
+
+    from mll_index.select import prepare_tasks, select_prepared
+
+    prepared = prepare_tasks(sel, [task])
+    ours = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        mine = select_prepared(sel, prepared, k=3, mode="counts")[0]
+        ours.append(time.perf_counter() - t)
+    store = sel.store
+    t = time.perf_counter()
+    dense = store.matrix.dense()                                  # (n_nodes, n_models, 3)
+    frames = label_frames(list(store.model_ids), list(store.node_wnids), dense[..., 0].T, dense[..., 1].T,
+                          dense[..., 2].T)
+    frames_s = time.perf_counter() - t
+    class_nodes = [[(m.wnid, max(m.score, 0.0)) for m in c.nodes] for c in mine.classes]
+    t = time.perf_counter()
+    top, _ = straightforward_select(frames, class_nodes, mine.alpha, 3)
+    theirs = time.perf_counter() - t
+    agree = sum(abs(a[1] - b.score) < 1e-3 and a[0] == b.model
+                for c, row in zip(mine.classes, top) for a, b in zip(row, c.models))
+    total = sum(len(c.models) for c in mine.classes)
+    return {"models": len(store.model_ids), "classes": len(task.classes), "ours_s": round(statistics.median(ours), 4),
+            "straightforward_s": round(theirs, 3), "straightforward_frames_s": round(frames_s, 2),
+            "speedup": round(theirs / statistics.median(ours), 1), "same_choices": f"{agree}/{total}"}
+
+
+def batch(sel: Any, tasks: list[Any], work: Path, cold: bool) -> dict[str, Any]:
+    from mll_index.select import prepare_tasks, select_prepared
+
+    if cold:
+        sel.cache = fresh_cache(work, "batch-cold")
+    t = time.perf_counter()
+    prepared = prepare_tasks(sel, tasks)
+    prepare_s = time.perf_counter() - t
+    select_prepared(sel, prepared, k=3, ranking_size=10)
+    total = time.perf_counter() - t
+    return {"tasks": len(tasks), "classes_per_task": len(tasks[0].classes), "distinct_classes": len(prepared.matched),
+            "cold_cache": cold, "seconds": round(total, 2), "embed_and_match_s": round(prepare_s, 2),
+            "select_s": round(total - prepare_s, 2), "tasks_per_s": round(len(tasks) / total, 1)}
+
+
+def growth(hub: Path, work: Path, n_models: int, embedder: Any, add_nodes_too: bool,
+           n_new: int = 1000) -> dict[str, Any]:
+    """Add one model (and n_new nodes) to a hard-linked copy of a hub; the hub itself stays as it was."""
+    import synthetic_hub as sh
+
+    from mll_index.index import add_nodes, load_index, write_index
+    from mll_index.label_matrix import append_labels, open_matrix
+
+    copy = work / f"grow-{hub.name}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(hub, copy, copy_function=os.link)     # label files are immutable: links are safe
+    matrix = open_matrix(copy)
+    rng = np.random.default_rng(SEED)
+    counts = np.stack([rng.binomial(10, 0.8, matrix.n_nodes), rng.binomial(10, 0.2, matrix.n_nodes)], 1)
+    counts = np.concatenate([counts, 10 - counts[:, :1]], 1).astype(np.uint16)[:, None, :]
+    t = time.perf_counter()
+    append_labels(copy, matrix.node_wnids, [("new-model", {"id": "new-model", "arch": "ViT-B-32"})], counts,
+                  what="one new model")
+    out: dict[str, Any] = {"add_model_s": round(time.perf_counter() - t, 3), "models_before": n_models}
+    if add_nodes_too:
+        index = load_index(copy)
+        graph = index.graph
+        present = set(graph.nodes)
+        inst = set(graph.instances)
+        candidates = [r for r in range(len(graph.wnids)) if r not in present and r not in inst]
+        picks = np.random.default_rng(SEED).choice(len(candidates), n_new, replace=False)
+        wnids = [graph.wnids[candidates[i]] for i in sorted(picks)]
+        report = add_nodes(copy, wnids, embedder, cache=fresh_cache(work, "grow"))
+        new_counts = np.random.default_rng(SEED).integers(0, 10, (n_new, n_models + 1, 3)).astype(np.uint16)
+        ids = open_matrix(copy).model_ids
+        t = time.perf_counter()
+        append_labels(copy, report.added, [(m, {"id": m}) for m in ids], new_counts, what=f"{n_new} new nodes")
+        label_s = time.perf_counter() - t
+        out.update({"nodes_added": n_new, "add_1000_nodes_embed_s": round(report.embed_seconds, 2),
+                    "add_1000_nodes_write_s": round(report.write_seconds, 2),
+                    "add_1000_nodes_labels_s": round(label_s, 2),
+                    "add_1000_nodes_s": round(report.write_seconds + label_s, 2)})
+        # A rebuild writes every node again (and embeds them all: extrapolated from the rate just measured).
+        index = load_index(copy)
+        with open(copy / "nodes.jsonl", encoding="utf-8") as handle:
+            caps = [json.loads(line)["captions"] for line in handle]
+        t = time.perf_counter()
+        write_index(work / "rebuilt", index.graph, np.asarray(index.vectors), caps, embedder_id=index.embedder_id,
+                    expander_id=index.manifest["expander"])
+        write_s = time.perf_counter() - t
+        per_node = report.embed_seconds / max(1, len(report.added))
+        out.update({"rebuild_write_index_s": round(write_s, 2),
+                    "rebuild_embed_all_nodes_s_estimated": round(per_node * index.size, 1),
+                    "rebuild_s_estimated": round(per_node * index.size + write_s, 1)})
+        shutil.rmtree(work / "rebuilt", ignore_errors=True)
+    shutil.rmtree(copy, ignore_errors=True)
+    del sh
+    return out
+
+
+def eval_cost() -> dict[str, Any]:
+    from eval_cost import extrapolate_hub_eval, measure_arch_throughput, measure_world_eval
+
+    out: dict[str, Any] = {}
+    try:
+        out["emoji_world"] = measure_world_eval("full")
+    except Exception as exc:  # the world is built by the demo; without it the measured half is skipped
+        out["emoji_world"] = {"skipped": str(exc)}
+    arch = measure_arch_throughput()
+    out["arch_throughput"] = arch
+    if (SHARED / "hubs" / "mll49.csv").is_file():
+        out["mll49_on_50000_images"] = extrapolate_hub_eval(SHARED / "hubs" / "mll49.csv", arch["gflops_per_s"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def plots(figures: dict[str, Any], out: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for mode in ("counts", "restricted"):
+        for n in figures["sizes"]["nodes"]:
+            xs, ys = [], []
+            for m in figures["sizes"]["models"]:
+                row = figures["select"].get(f"{m}x{n}", {}).get(f"100_classes/{mode}")
+                if row:
+                    xs.append(m)
+                    ys.append(row["warm"]["p50_s"])
+            if xs:
+                ax.plot(xs, ys, marker="o", linestyle="-" if mode == "counts" else "--", label=f"{mode}, {n:,} nodes")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("models in the hub")
+    ax.set_ylabel("p50 seconds, 100-class task, warm")
+    ax.axhline(0.1, color="grey", linewidth=0.8)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=7)
+    ax.set_title("Selection latency against hub size")
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}_latency.png", dpi=110)
+    files.append(f"{stem}_latency.png")
+    plt.close(fig)
+    rows = figures.get("throughput_by_batch_size", [])
+    if rows:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.plot([r["tasks"] for r in rows], [r["tasks_per_s"] for r in rows], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("tasks in the batch (20 classes each, warm cache)")
+        ax.set_ylabel("tasks per second")
+        ax.set_title(f"Batch throughput, hub {figures['largest']}")
+        fig.tight_layout()
+        fig.savefig(out / f"{stem}_throughput.png", dpi=110)
+        files.append(f"{stem}_throughput.png")
+        plt.close(fig)
+    return files
+
+
+def markdown(f: dict[str, Any]) -> str:
+    goals = f["goals"]
+    lines = [f"# Scale ({'smoke' if f['smoke'] else 'full'} run)", "",
+             f"Command: `{f['command_line']}`. Hubs: {f['sizes']['models']} models x {f['sizes']['nodes']} nodes; "
+             f"node vectors: {f['node_vectors']}; class names: {f['class_names']}.", "",
+             "| goal | target | measured | met |", "|---|---|---|---|"]
+    for g in goals:
+        lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else 'NO'} |")
+    lines += ["", "## One task's selection (p50 / p99 seconds; warm, and cold caption cache)", "",
+              "| hub | task | mode | warm p50 | warm p99 | cold p50 | cold p99 |", "|---|---|---|---|---|---|---|"]
+    for hub, rows in f["select"].items():
+        for key, r in rows.items():
+            c, mode = key.split("/")
+            cold = r.get("cold", {})
+            lines.append(f"| {hub} | {c.replace('_', ' ')} | {mode} | {r['warm']['p50_s']} | {r['warm']['p99_s']} | "
+                         f"{cold.get('p50_s', '')} | {cold.get('p99_s', '')} |")
+    lines += ["", "## Opening an index", "", "| hub | open s | RSS after open | label bytes | ratio | RSS after one selection |",
+              "|---|---|---|---|---|---|"]
+    for hub, r in f["open"].items():
+        lines.append(f"| {hub} | {r['open_s']} | {r['rss_open_bytes'] / 2**20:.1f} MiB | {r['label_bytes'] / 2**20:.1f} MiB | "
+                     f"{r['open_rss_over_label_bytes']} | {r['rss_after_one_selection_bytes'] / 2**20:.1f} MiB |")
+    lines += ["", "## Batch", "", "```", json.dumps(f["batch"], indent=1), "```",
+              "", "## Growth", "", "```", json.dumps(f["growth"], indent=1), "```",
+              "", "## Straightforward implementation (pandas, loops over models and classes), same inputs", "",
+              "```", json.dumps(f["straightforward"], indent=1), "```",
+              "", "## Restricted mode: where the time goes (cProfile, one 100-class task)", "", "```",
+              json.dumps(f.get("restricted_profile", {}), indent=1), "```",
+              "", "## The cost selection avoids", "", "```", json.dumps(f.get("eval_cost", {}), indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="Smallest sizes, under a minute.")
+    parser.add_argument("--root", type=Path, default=None, help="Where the synthetic hubs live "
+                        "[default: ~/.cache/mll-index/scale; --smoke: a temporary folder].")
+    parser.add_argument("--source", type=Path, default=REPO / "indexes" / "default",
+                        help="Index whose node vectors the hubs reuse (seeded synthetic vectors if absent).")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--probe-open", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-classes", type=int, default=100, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe_open is not None:
+        print(json.dumps(probe_open(args.probe_open, args.probe_classes)))
+        return
+
+    from mll_index.embed import load_embedder
+    from mll_index.select import open_selector
+
+    started = time.perf_counter()
+    smoke = args.smoke
+    models = [20, 100] if smoke else [100, 1000, 10000]
+    nodes = [1000] if smoke else [1000, 10000, 50000]
+    image_hubs = {(20, 1000)} if smoke else {(100, 1000), (1000, 1000)}
+    tmp = Path(tempfile.mkdtemp(prefix="mll-scale-"))
+    root = args.root or (tmp / "hubs" if smoke else Path.home() / ".cache" / "mll-index" / "scale")
+    root.mkdir(parents=True, exist_ok=True)
+    source = None if smoke else (args.source if (args.source / "manifest.json").is_file() else None)
+    embedder = load_embedder()
+    log: dict[str, Any] = {}
+    hubs = make_hubs(root, models, nodes, source, embedder, image_hubs, log)
+    largest = (models[-1], nodes[-1])
+    figures: dict[str, Any] = {"smoke": smoke, "command_line": "python bench/scale.py" + (" --smoke" if smoke else ""),
+                               "sizes": {"models": models, "nodes": nodes}, "largest": f"{largest[0]}x{largest[1]}",
+                               "node_vectors": "default index" if source else "seeded synthetic", "hub_build": log,
+                               "label_bytes_per_model_node": 6, "select": {}, "open": {}}
+    from mll_index.index import load_index
+
+    pool, origin = name_pool(load_index(hubs[largest]).graph)
+    figures["class_names"] = origin
+    task_sizes = [10, 100] if smoke else [10, 100, 1000]
+    tasks = {c: draw_tasks(pool, 1, c, seed=c)[0] for c in task_sizes}
+    reps = {10: 20, 100: 20, 1000: 5} if not smoke else {10: 5, 100: 5}
+
+    for (m, n), hub in sorted(hubs.items()):
+        key = f"{m}x{n}"
+        figures["open"][key] = open_in_subprocess(hub)
+        sel = open_selector(hub, embedder)
+        modes = ["auto", "counts"] + (["restricted"] if sel.store.has_image_labels else [])
+        cold = (m, n) == largest
+        figures["select"][key] = single_task(sel, tasks, modes, reps, tmp, cold)
+        print(f"{key}: open {figures['open'][key]['open_s']} s; 100 classes warm "
+              f"{figures['select'][key]['100_classes/auto']['warm']}", flush=True)
+        if sel.store.has_image_labels and (m, n) == max(image_hubs):
+            figures["restricted_profile"] = {"hub": key, "top_functions": profile_restricted(sel, tasks[100])}
+        del sel
+
+    sel = open_selector(hubs[largest], embedder)
+    n_batch = 200 if smoke else 10000
+    figures["batch"] = batch(sel, draw_tasks(pool, n_batch, 20, seed=1), tmp, cold=True)
+    print("batch", figures["batch"], flush=True)
+    figures["throughput_by_batch_size"] = [batch(sel, draw_tasks(pool, b, 20, seed=1), tmp, cold=False)
+                                           for b in ([10, 50, 200] if smoke else [10, 100, 1000, 10000])]
+    del sel
+
+    figures["straightforward"] = {}
+    for (m, n) in ([(20, 1000), (100, 1000)] if smoke else [(100, 10000), (1000, 10000)]):
+        sel = open_selector(hubs[(m, n)], embedder)
+        figures["straightforward"][f"{m}x{n}"] = straightforward(sel, tasks[100])
+        print("straightforward", m, n, figures["straightforward"][f"{m}x{n}"], flush=True)
+        del sel
+
+    figures["growth"] = {}
+    for m in models:
+        n = nodes[-1]
+        figures["growth"][f"{m}x{n}"] = growth(hubs[(m, n)], tmp, m, embedder, add_nodes_too=(m, n) == largest,
+                                               n_new=100 if smoke else 1000)
+        print("growth", m, n, figures["growth"][f"{m}x{n}"], flush=True)
+    if not smoke:
+        figures["eval_cost"] = eval_cost()
+
+    big = figures["select"][f"{largest[0]}x{largest[1]}"]["100_classes/auto"]
+    grow = figures["growth"][f"{largest[0]}x{largest[1]}"]
+    sf = figures["straightforward"][f"{1000 if not smoke else 100}x{10000 if not smoke else 1000}"]
+    restricted_ok = [k for k, v in figures["select"].items() if v.get("100_classes/restricted", {}).get("warm", {}).get("p50_s", 9) <= 1.0]
+    figures.update({
+        "select_p50_s": big["cold"]["p50_s"], "select_p50_warm_s": big["warm"]["p50_s"],
+        "speedup_vs_straightforward_1000_models": sf["speedup"],
+        "batch_10000_tasks_s": figures["batch"]["seconds"] if n_batch == 10000 else None,
+        "add_model_s": grow["add_model_s"], "add_1000_nodes_s": grow.get("add_1000_nodes_s"),
+        "open_rss_over_label_bytes": figures["open"][f"{largest[0]}x{largest[1]}"]["open_rss_over_label_bytes"],
+        "restricted_largest_hub_under_1s": max(restricted_ok, key=lambda k: int(k.split("x")[0])) if restricted_ok else None,
+    })
+    figures["goals"] = [
+        {"goal": f"{figures['largest']}: 100-class task, cold caption cache", "target": "<= 1 s p50",
+         "measured": f"{figures['select_p50_s']} s", "met": figures["select_p50_s"] <= 1.0},
+        {"goal": f"{figures['largest']}: 100-class task, warm", "target": "<= 0.1 s p50",
+         "measured": f"{figures['select_p50_warm_s']} s", "met": figures["select_p50_warm_s"] <= 0.1},
+        {"goal": "speed-up over pandas loops at 1,000 models", "target": ">= 100x",
+         "measured": f"{figures['speedup_vs_straightforward_1000_models']}x",
+         "met": figures["speedup_vs_straightforward_1000_models"] >= 100},
+        {"goal": f"{n_batch} tasks of 20 classes, cold cache", "target": "<= 300 s" if n_batch == 10000 else "(smoke)",
+         "measured": f"{figures['batch']['seconds']} s", "met": figures["batch"]["seconds"] <= 300},
+        {"goal": f"add one model to {figures['largest']}", "target": "<= 2 s", "measured": f"{figures['add_model_s']} s",
+         "met": figures["add_model_s"] <= 2},
+        {"goal": "add 1,000 nodes, beyond embedding them", "target": "<= 1 s",
+         "measured": f"{figures['add_1000_nodes_s']} s (+ {grow.get('add_1000_nodes_embed_s')} s embedding)",
+         "met": (figures["add_1000_nodes_s"] or 9) <= 1},
+        {"goal": "resident memory after opening / label bytes", "target": "<= 1.2",
+         "measured": str(figures["open_rss_over_label_bytes"]), "met": figures["open_rss_over_label_bytes"] <= 1.2},
+    ]
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    stem = "scale_smoke" if smoke else "scale"
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures["plots"] = plots(figures, args.out, stem)
+    if args.out == RESULTS:
+        path = write_results(stem, figures, markdown(figures))
+    else:
+        path = args.out / f"{stem}.json"
+        path.write_text(json.dumps(figures, indent=1))
+        (args.out / f"{stem}.md").write_text(markdown(figures))
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {path} in {figures['seconds']} s")
+    for g in figures["goals"]:
+        print(f"{'met ' if g['met'] else 'MISS'} {g['goal']}: {g['measured']} (target {g['target']})")
+
+
+if __name__ == "__main__":
+    main()
