@@ -215,7 +215,7 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
     with atomic_dir(path) as tmp:
         if path.is_dir():
             _carry_labels(path, tmp, embedder_id)
-        save_graph(graph, tmp / "graph.json")
+        save_graph(graph, tmp / "graph.json", atomic=False)
         if node_table_from is not None:
             shutil.copyfile(node_table_from, tmp / "nodes.jsonl")
         with open(tmp / "nodes.jsonl", "a", encoding="utf-8") as handle:

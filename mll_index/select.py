@@ -157,6 +157,11 @@ class ImageLabels:
         return order, self.node_axis[order]
 
     @cached_property
+    def node_vectors(self) -> np.ndarray:
+        """node_embeddings as float32 in memory (a few thousand rows, read by every task)."""
+        return np.asarray(self.node_embeddings, np.float32)
+
+    @cached_property
     def domain_set(self) -> frozenset[str]:
         return frozenset(self.domains.tolist())
 
@@ -515,8 +520,11 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
         node_rows = lab.node_rows(nodes)
         has = node_rows >= 0
         emb = np.asarray(lab.image_embeddings[rows], np.float32)
-        logits = np.full((len(rows), k), -np.inf, np.float32)
-        logits[:, has] = emb @ np.asarray(lab.node_embeddings[node_rows[has]], np.float32).T
+        if has.all():
+            logits = emb @ lab.node_vectors[node_rows].T
+        else:   # a node this model was never labeled on cannot be its prediction
+            logits = np.full((len(rows), k), -np.inf, np.float32)
+            logits[:, has] = emb @ lab.node_vectors[node_rows[has]].T
         true = local[lab.image_nodes[rows]]
         pred = np.argmax(logits, axis=1)
         hit = pred == true
