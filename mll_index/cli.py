@@ -15,10 +15,10 @@ from mll_index.errors import InputError, MLLIndexError
 log = logging.getLogger("mll_index")
 
 
-def _read_names(names: tuple[str, ...], file: str | None) -> list[str]:
-    """Class names from arguments, a file, or stdin ('-' or nothing), one per line."""
+def _read_names(names: tuple[str, ...], file: str | None, what: str = "class names") -> list[str]:
+    """Class names (or other items: `what`) from arguments, a file, or stdin ('-' or nothing), one per line."""
     if names and file:
-        raise InputError("give class names as arguments or with --file, not both")
+        raise InputError(f"give {what} as arguments or with --file, not both")
     if names:
         return list(names)
     if file and file != "-":
@@ -27,16 +27,16 @@ def _read_names(names: tuple[str, ...], file: str | None) -> list[str]:
         text, where = read_user_text(Path(file)), file
     else:
         if sys.stdin.isatty():
-            raise InputError("no class names: give them as arguments, with --file, or on stdin")
+            raise InputError(f"no {what}: give them as arguments, with --file, or on stdin")
         text, where = sys.stdin.read(), "stdin"
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, 1):
         if not line.strip():
-            raise InputError(f"{where}: line {number} is blank (one class name per line)")
+            raise InputError(f"{where}: line {number} is blank ({what}, one per line)")
     if not lines:
-        raise InputError(f"{where}: no class names")
+        raise InputError(f"{where}: no {what}")
     return lines
 
 
@@ -332,7 +332,7 @@ def add_nodes_command(wnids: tuple[str, ...], file: str | None, index_path: Path
     """Add WordNet synsets (wnids) to an index's node set; only the new nodes are embedded."""
     from mll_index.index import add_nodes, default_index_path
 
-    report = add_nodes(index_path or default_index_path(), _read_names(wnids, file))
+    report = add_nodes(index_path or default_index_path(), _read_names(wnids, file, "wnids"))
     click.echo(json.dumps({"added": len(report.added), "skipped_already_there": report.skipped,
                            "embed_seconds": round(report.embed_seconds, 2),
                            "write_seconds": round(report.write_seconds, 2)}, indent=1))
