@@ -265,8 +265,6 @@ def batch(sel: Any, tasks: list[Any], work: Path, cold: bool) -> dict[str, Any]:
 def growth(hub: Path, work: Path, n_models: int, embedder: Any, add_nodes_too: bool,
            n_new: int = 1000) -> dict[str, Any]:
     """Add one model (and n_new nodes) to a hard-linked copy of a hub; the hub itself stays as it was."""
-    import synthetic_hub as sh
-
     from mll_index.index import add_nodes, load_index, write_index
     from mll_index.label_matrix import append_labels, open_matrix
 
@@ -325,7 +323,6 @@ def growth(hub: Path, work: Path, n_models: int, embedder: Any, add_nodes_too: b
                     "rebuild_s_estimated": round(per_node * index.size + write_s, 1)})
         shutil.rmtree(work / "rebuilt", ignore_errors=True)
     shutil.rmtree(copy, ignore_errors=True)
-    del sh
     return out
 
 

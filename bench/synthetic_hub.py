@@ -44,7 +44,6 @@ def node_index(path: Path, n_nodes: int, source: Path | None, embedder: Any) -> 
             with open(source / "nodes.jsonl", encoding="utf-8") as handle:
                 captions = [json.loads(line)["captions"] for line in handle]
             graph = base.graph.subgraph([base.graph.nodes[i] for i in keep], {"kind": "bench", "value": n_nodes})
-            graph.nodes = [base.graph.nodes[i] for i in keep]
             write_index(path, graph, np.asarray(base.vectors[keep]), [captions[i] for i in keep],
                         embedder_id=base.embedder_id, expander_id=base.manifest["expander"])
             return {"vectors": f"the default index ({source}), a seeded subset", "nodes": n_nodes}

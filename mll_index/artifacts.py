@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mll_index import __version__
 from mll_index.errors import IndexFormatError, InputError
 
@@ -192,3 +194,15 @@ def read_manifest(directory: Path, kind: str, verify: bool = False) -> dict[str,
         if verify and sha256_file(file) != record["sha256"]:
             raise IndexFormatError(f"{file}: checksum differs from the manifest (corrupt)")
     return manifest
+
+
+def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
+    """Memory-map the .npy files of an artifact folder, keyed by name without ".npy"; an unreadable one
+    is an IndexFormatError naming it."""
+    arrays = {}
+    for name in files:
+        try:
+            arrays[name[:-4]] = np.load(Path(folder) / name, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise IndexFormatError(f"{Path(folder) / name}: cannot read ({exc})") from None
+    return arrays

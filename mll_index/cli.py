@@ -348,12 +348,12 @@ def labels() -> None:
 def labels_compact(index_path: Path | None) -> None:
     """Store label folders the matrix lacks, then merge its shards into one."""
     from mll_index.index import default_index_path
-    from mll_index.label_matrix import compact_matrix
+    from mll_index.label_matrix import compact_matrix, has_matrix
     from mll_index.labels import sync_matrix
 
     path = index_path or default_index_path()
     added = sync_matrix(path)
-    report = compact_matrix(path) if added or (path / "labels" / "matrix" / "manifest.json").is_file() else {}
+    report = compact_matrix(path) if has_matrix(path) else {}
     click.echo(json.dumps({"stored_from_folders": added, **report}, indent=1))
 
 

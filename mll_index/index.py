@@ -14,6 +14,7 @@ Row i of node_vectors and of the FAISS index is node i of the node table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -290,11 +291,11 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
     captions = expander.expand([node_concept(graph, r) for r in new_rows])
     fresh = embed_concept_captions(captions, embedder, cache)
     embedded = time.perf_counter()
-    grown = graph.subgraph(graph.nodes, graph.node_set)
-    grown.nodes = list(graph.nodes) + new_rows      # appended: existing nodes keep their positions
     before = graph.node_set.get("added", 0) if graph.node_set.get("kind") == "grown" else 0
     base = graph.node_set.get("value") if graph.node_set.get("kind") == "grown" else graph.node_set
-    grown.node_set = {"kind": "grown", "value": base, "added": before + len(new_rows)}
+    # Appended: existing nodes keep their positions.
+    grown = dataclasses.replace(graph, nodes=list(graph.nodes) + new_rows,
+                                node_set={"kind": "grown", "value": base, "added": before + len(new_rows)})
     vectors = np.concatenate([np.asarray(index.vectors, np.float32), fresh])
     write_index(path, grown, vectors, [list(c) for c in captions], embedder_id=index.embedder_id,
                 expander_id=index.manifest.get("expander", expander.expander_id),

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, atomic_file, new_manifest, read_manifest, seal_manifest
+from mll_index.artifacts import atomic_dir, atomic_file, load_arrays, new_manifest, read_manifest, seal_manifest
 from mll_index.errors import IndexFormatError, InputError
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,7 @@ class LabelMatrix:
 
 def _read_shard(folder: Path, n_nodes: int, n_models: int) -> Shard:
     manifest = read_manifest(folder, SHARD_KIND)
-    arrays = {}
-    for name in SHARD_FILES:
-        try:
-            arrays[name[:-4]] = np.load(folder / name, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise IndexFormatError(f"{folder / name}: cannot read ({exc})") from None
+    arrays = load_arrays(folder, SHARD_FILES)
     rows = np.asarray(arrays["rows"], np.int64)
     cols = np.asarray(arrays["cols"], np.int64)
     counts = arrays["counts"]

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest, write_json
+from mll_index.artifacts import atomic_dir, load_arrays, new_manifest, read_json, read_manifest, seal_manifest, write_json
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
-from mll_index.label_matrix import append_labels, has_matrix, open_matrix
+from mll_index.label_matrix import LabelMatrix, append_labels, has_matrix, open_matrix
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
 from mll_index.zeroshot import encode_texts
 
@@ -207,12 +207,7 @@ def load_label(index_path: Path, model_id: str, verify: bool = False) -> ModelLa
     """Open one model's label (memory-mapped); errors name the file."""
     folder = labels_dir(index_path) / model_dir_name(model_id)
     manifest = read_manifest(folder, KIND, verify=verify)
-    arrays = {}
-    for name in LABEL_FILES:
-        try:
-            arrays[name[:-4]] = np.load(folder / name, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise IndexFormatError(f"{folder / name}: cannot read ({exc})") from None
+    arrays = load_arrays(folder, LABEL_FILES)
     n = manifest["counts"]["images"]
     if arrays["topk_nodes"].shape[0] != n or arrays["image_embeddings"].shape[0] != n:
         raise IndexFormatError(f"{folder}: arrays disagree with the manifest's {n} images")
@@ -317,7 +312,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                               batch_size, progress)
             report.labeled.append(model.id)
             report.images_per_s[model.id] = rate
-            sync_matrix(index_path, [model.id])
+            _append_folder(index_path, model.id)
     sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
     return report
 
@@ -327,15 +322,18 @@ def matrix_entry(label: ModelLabel) -> dict[str, Any]:
     return {**label.manifest["model"], "label_samples": label.manifest["samples"]}
 
 
-def stale_in_matrix(index_path: Path) -> list[str]:
-    """Models whose label folder is missing from the label matrix, or newer than what it holds."""
-    done = labeled_models(index_path)
+def stale_in_matrix(index_path: Path, folders: dict[str, str] | None = None,
+                    matrix: LabelMatrix | None = None) -> list[str]:
+    """Models whose label folder is missing from the label matrix, or newer than what it holds.
+
+    `folders` (labeled_models) and `matrix` (open_matrix) are read here unless the caller has them.
+    """
+    done = labeled_models(index_path) if folders is None else folders
     if not done:
         return []
-    held = {}
-    if has_matrix(index_path):
+    if matrix is None and has_matrix(index_path):
         matrix = open_matrix(index_path)
-        held = {m: e.get("label_samples") for m, e in zip(matrix.model_ids, matrix.entries)}
+    held = {m: e.get("label_samples") for m, e in zip(matrix.model_ids, matrix.entries)} if matrix else {}
     return [m for m, fp in done.items() if held.get(m) != fp]
 
 
@@ -346,14 +344,17 @@ def folder_counts(index_path: Path, model_id: str) -> tuple[list[str], dict[str,
     return list(table.node_wnids), matrix_entry(label), np.asarray(label.counts[:, 1:4])
 
 
-def sync_matrix(index_path: Path, models: Sequence[str] | None = None) -> list[str]:
-    """Append to the label matrix the counts of label folders it lacks (all stale ones, or these); returns them."""
+def _append_folder(index_path: Path, model_id: str) -> None:
+    wnids, entry, counts = folder_counts(index_path, model_id)
+    append_labels(index_path, wnids, [(model_id, entry)], counts[:, None, :], what=f"label of {model_id}")
+
+
+def sync_matrix(index_path: Path) -> list[str]:
+    """Append to the label matrix the counts of every label folder it lacks; returns their model ids."""
     stale = stale_in_matrix(index_path)
-    todo = [m for m in stale if models is None or m in models]
-    for model_id in todo:
-        wnids, entry, counts = folder_counts(index_path, model_id)
-        append_labels(index_path, wnids, [(model_id, entry)], counts[:, None, :], what=f"label of {model_id}")
-    return todo
+    for model_id in stale:
+        _append_folder(index_path, model_id)
+    return stale
 
 
 def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fingerprint: str,

@@ -244,7 +244,7 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label`, or import "
                          "published results with `mll-index published import`")
     matrix = open_matrix(index_path) if has_matrix(index_path) else LabelMatrix(index_path, [], [], [], [])
-    stale = stale_in_matrix(index_path)
+    stale = stale_in_matrix(index_path, folders, matrix)
     if stale:
         log.info("%s: %d label folder(s) not in the label matrix yet; read in memory", index_path, len(stale))
         matrix = _with_folders(index_path, matrix, stale)
@@ -687,11 +687,6 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha
             "weights": weights, "domain_used": domain_used, "mode": used}
 
 
-def _top_models(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the k highest scores, best first, ties to the lower row."""
-    return _top_stable(np.asarray(scores, np.float64), k)
-
-
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
                 published_raw: np.ndarray | None, k: int, alpha: float, mode: SelectionMode, explain: bool,
                 use_domain: bool = True, ranking_size: int | None = RANKING_SIZE) -> Selection:
@@ -716,7 +711,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     k_eff = min(k, len(ids))
     classes = []
     for c, name in enumerate(task.classes):
-        order = _top_models(scores[:, c], k_eff)
+        order = _top_stable(scores[:, c], k_eff)
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
         weak_image = not matches[c] or matches[c][0].score < LOW_CONFIDENCE
         weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
@@ -734,18 +729,18 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                     "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
                     "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
                     "score": round(float(image["scores"][i, c]), 4)}
-                    for i in _top_models(image["scores"][:, c], max(k_eff, 3))}
+                    for i in _top_stable(image["scores"][:, c], max(k_eff, 3))}
             if published is not None:
                 pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
                 detail["published_rule"] = ("published score = similarity-weighted mean accuracy on the matched "
                                             f"benchmark classes, smoothed with alpha {alpha}")
                 detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
-                                              for i in _top_models(published[:, c], max(k_eff, 3))}
+                                              for i in _top_stable(published[:, c], max(k_eff, 3))}
             if labels == "both":
                 detail["combined_rule"] = "mean of the model's per-class rank among image-labeled and published models"
         classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
     task_scores = scores.mean(axis=1)
-    ranked = _top_models(task_scores, len(ids) if ranking_size is None else ranking_size)
+    ranked = _top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
     used = image["mode"] if image is not None else mode
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
