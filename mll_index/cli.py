@@ -186,7 +186,8 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
               help="JSON recipe (like indexes/default.json) giving the options below.")
 @_with(_node_set_options)
 @click.option("--embedder", default="minilm", show_default=True,
-              help="minilm | minilm@fp32 | st:<model>[@fp32] | openai:<base url>#<model>.")
+              help="minilm (fp32, ONNX Runtime) | minilm@fp32/torch | minilm@bf16 | st:<model>[@fp32|@bf16] | "
+                   "openai:<base url>#<model>.")
 @click.option("--search", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="Exact (flat) or approximate (ivf) FAISS search.")
 @_with(_expander_options)
@@ -220,13 +221,13 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
 def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: int, method: str, fmt: str,
           **expander_args: object) -> None:
     """Match class names (arguments, --file, or stdin) to their top-k graph nodes."""
-    from mll_index.embed import EmbeddingCache, embedder_from_id
+    from mll_index.embed import EmbeddingCache, LazyEmbedder
     from mll_index.graph import cache_dir
     from mll_index.match import match_names
 
     classes = _read_names(names, file)
     index = _open_index(index_path)
-    embedder = None if method == "lemma" else embedder_from_id(index.embedder_id)
+    embedder = None if method == "lemma" else LazyEmbedder(index.embedder)
     results = match_names(index, classes, embedder, k=k, method=method,  # type: ignore[arg-type]
                           expander=_expander(**expander_args),  # type: ignore[arg-type]
                           cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"))
@@ -629,14 +630,30 @@ def world_fetch() -> None:
 @click.option("--tasks", "task_file", type=click.Path(path_type=Path), default=None,
               help="Task definitions (JSON) [default: the shipped emoji_tasks.json].")
 @click.option("--rebuild", is_flag=True, help="Build even if an up-to-date world is there.")
-def world_build(size: str, root: Path | None, task_file: Path | None, rebuild: bool) -> None:
+@click.option("--retrain", is_flag=True,
+              help="Train every hub model from its spec instead of using the shipped weights, and say whether "
+                   "each equals them.")
+@click.option("--ship-weights", "ship_to", type=click.Path(path_type=Path), default=None,
+              help="Then write the hub's compact weights into this folder (maintainers: mll_index/data/emoji_weights).")
+def world_build(size: str, root: Path | None, task_file: Path | None, rebuild: bool, retrain: bool,
+                ship_to: Path | None) -> None:
     """Build the emoji world (or load it from the cache) and print its accuracy table."""
     from mll_index.world import build_world
+    from mll_index.world.build import ship_world_weights
 
-    built = build_world(size, root, task_file=task_file, progress=True, rebuild=rebuild)
+    built = build_world(size, root, task_file=task_file, progress=True, rebuild=rebuild, retrain=retrain)
     m = built.manifest
     click.echo(f"emoji world at {built.root}: {m['concepts']} concepts, {len(m['domains'])} domains, "
                f"{sum(m['images'].values())} images {m['images']}, {len(m['models'])} models")
+    origin = {model: info.get("trained") for model, info in m["models"].items()}
+    click.echo(f"hub weights: {origin}")
+    compared = {model: info["equals_shipped"] for model, info in m["models"].items() if "equals_shipped" in info}
+    if compared:
+        click.echo(f"retrained weights equal to the shipped ones: {sum(compared.values())} of {len(compared)} "
+                   f"{compared}")
+    if ship_to is not None:
+        shipped = ship_world_weights(built, ship_to)
+        click.echo(f"wrote {len(shipped['models'])} compact checkpoints to {ship_to}")
     click.echo(_accuracy_table(built.accuracy))
 
 

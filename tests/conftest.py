@@ -95,7 +95,7 @@ def small_graph(taxonomy: graph_mod.Graph, small_wnids: list[str]) -> graph_mod.
 
 @pytest.fixture(scope="session")
 def embedder() -> embed_mod.TextEmbedder:
-    """The real all-MiniLM-L6-v2 (bf16), loaded once (~8 s)."""
+    """The real all-MiniLM-L6-v2 (fp32 through ONNX Runtime, the default), loaded once."""
     return embed_mod.load_embedder("minilm")
 
 

@@ -226,9 +226,8 @@ def _cell_names(domain_ids: np.ndarray) -> list[str]:
     return names
 
 
-def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept], corpus: dict[str, Any],
-               hub_dir: Path, data_key: str, progress: bool) -> dict[str, dict[str, Any]]:
-    """Train (or take from the weights cache) every model of the size; write configs and checkpoints."""
+def _phrasings(concepts: list[EmojiConcept]) -> list[list[str]]:
+    """Per concept, the texts the hub is trained with (its names in every template, and its label prompt)."""
     from mll_index.captions import node_concept, templates
 
     graph = load_taxonomy()
@@ -239,10 +238,36 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
         node = node_concept(graph, graph.row(c.wnid))
         names = list(dict.fromkeys([c.name, c.lemma] + [lemma.replace("_", " ") for lemma in node.lemmas[:3]]))
         phrasings.append(phrasings_of(names, node.gloss, node.name, label_template, zero_shot))
-    images, cids, dids = corpus["train"]
-    data = TrainingData(images=images, concepts=cids, domains=dids, domain_names=tuple(DOMAINS),
-                        phrasings=phrasings)
+    return phrasings
+
+
+def _model_keys(hub_spec: HubSpec, size: WorldSize, data_key: str) -> dict[str, str]:
+    """Each model's spec hash: its spec, architecture, training data and (fine-tuned) its parent's hash."""
+    keys: dict[str, str] = {}
+    for spec in hub_spec.models:
+        if size.models is not None and spec.id not in size.models:
+            continue
+        parent = f"{spec.init}-{keys[spec.init]}.pt" if spec.init and spec.init in keys else ""
+        keys[spec.id] = spec_hash(_scaled(spec, size), hub_spec.archs[spec.arch], data_key + parent)
+    return keys
+
+
+def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept], corpus: dict[str, Any] | None,
+               hub_dir: Path, data_key: str, progress: bool, retrain: bool = False) -> dict[str, dict[str, Any]]:
+    """Every model of the size, from the weights cache, the shipped weights, or trained now (`retrain`:
+    always trained, and compared with the shipped weights); writes configs and checkpoints."""
     import open_clip
+
+    from mll_index.world import weights
+
+    graph = load_taxonomy()
+    phrasings = _phrasings(concepts)
+    data = None
+    if corpus is not None:
+        images, cids, dids = corpus["train"]
+        data = TrainingData(images=images, concepts=cids, domains=dids, domain_names=tuple(DOMAINS),
+                            phrasings=phrasings)
+    keys = _model_keys(hub_spec, size, data_key)
 
     weights_dir = cache_dir() / "world" / "models"
     facts: dict[str, dict[str, Any]] = {}
@@ -259,14 +284,21 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
         init_path = cached_paths.get(spec.init) if spec.init else None
         if spec.init and init_path is None:
             raise InputError(f"hub model {spec.id!r} fine-tunes {spec.init!r}, which this world size does not build")
-        key = spec_hash(scaled, arch_config, data_key + (init_path.name if init_path else ""))
+        key = keys[spec.id]
         cached = weights_dir / f"{spec.id}-{key}.pt"
         cached_paths[spec.id] = cached
         info: dict[str, Any] = {"about": spec.about, "arch": spec.arch, "steps": scaled.steps, "init": spec.init,
                                 "domains": spec.domains, "under": list(spec.under), "hash": key}
-        if cached.is_file():
+        shipped = weights.shipped_entry(spec.id, key)
+        if cached.is_file() and not retrain:
             info["trained"] = "cached"
+        elif shipped is not None and not retrain:
+            base = (torch_load(init_path) if init_path is not None else weights.initial_state(spec.arch, spec.seed))
+            weights.materialise(*shipped, base, cached)
+            info["trained"] = "shipped"
         else:
+            if data is None:
+                raise InputError(f"hub model {spec.id!r} must be trained, and the training images were not drawn")
             in_scope = np.ones(len(concepts), bool)
             if spec.under:
                 by_synset = {name: i for i, name in enumerate(graph.synsets)}
@@ -277,6 +309,8 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
                 in_scope = np.array([bool(({c.wnid} | graph.ancestors(c.wnid)) & roots) for c in concepts])
             info.update(train_model(scaled, arch_config, data, in_scope, cached, init_path, progress=progress))
             info["trained"] = "now"
+            if shipped is not None:
+                info["equals_shipped"] = _equals_shipped(cached, shipped, phrasings, spec.arch)
         # A hard link costs no space; across file systems, a copy.
         if _same_fs(cached, hub_dir):
             os.link(cached, hub_dir / f"{spec.id}.pt")
@@ -284,6 +318,61 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
             shutil.copy2(cached, hub_dir / f"{spec.id}.pt")
         facts[spec.id] = info
     return facts
+
+
+def torch_load(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _equals_shipped(checkpoint: Path, shipped: tuple[Path, dict[str, Any]], phrasings: list[list[str]],
+                    arch: str) -> bool:
+    """Whether a freshly trained checkpoint equals the shipped one bit for bit (same CPU kind and torch)."""
+    import open_clip
+
+    from mll_index.world import weights
+
+    state = torch_load(checkpoint)
+    rows = weights.token_rows(open_clip.get_tokenizer(arch), [t for p in phrasings for t in p])
+    ours = weights.compact_state(state, rows)
+    theirs = weights.read_compact(*shipped)
+    return ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+def ship_world_weights(world: World, out_dir: Path) -> dict[str, Any]:
+    """Write the compact weights of a built world's hub (the maintainers' path to refresh the shipped ones)."""
+    import open_clip
+
+    from mll_index.world import weights
+
+    concepts = [c for c in load_concepts(mapping_path()) if c.wnid in {x["wnid"] for x in world.concepts}]
+    phrasings = _phrasings(concepts)
+    facts = world.manifest["models"]
+    archs = {info["arch"] for info in facts.values()}
+    for arch in archs:
+        if open_clip.get_model_config(arch) is None:
+            open_clip.add_model_config(world.root / "hub" / f"{arch}.json")
+    texts = [t for p in phrasings for t in p]
+    rows = {arch: weights.token_rows(open_clip.get_tokenizer(arch), texts) for arch in archs}
+    if len({r.tobytes() for r in rows.values()}) > 1:
+        raise InputError("the hub's architectures tokenise differently; ship them separately")
+    return weights.ship_weights({m: (world.root / "hub" / f"{m}.pt", info["hash"]) for m, info in facts.items()},
+                                next(iter(rows.values())), out_dir)
+
+
+def _must_train(hub_spec: HubSpec, size: WorldSize, data_key: str) -> bool:
+    """Whether some model of the size is neither in the weights cache nor shipped."""
+    from mll_index.world import weights
+
+    weights_dir = cache_dir() / "world" / "models"
+    return any(not (weights_dir / f"{m}-{key}.pt").is_file() and weights.shipped_entry(m, key) is None
+               for m, key in _model_keys(hub_spec, size, data_key).items())
+
+
+def _train_pool_size(concepts: list[EmojiConcept], domains: list[list[str]], size: WorldSize) -> int:
+    """How many images the training pool holds (counted, not drawn, when no model is trained)."""
+    return int(sum(len(d) for d in domains) * size.per_cell.get("train", 0))
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -341,7 +430,7 @@ def _evaluate(hub_dir: Path, model_ids: list[str], concepts: list[EmojiConcept],
 
 def build_world(size: str = "full", root: Path | None = None, *, task_file: Path | None = None,
                 hub_file: Path | None = None, mapping_file: Path | None = None, workers: int | None = None, progress: bool = False,
-                rebuild: bool = False) -> World:
+                rebuild: bool = False, retrain: bool = False) -> World:
     """Build the emoji world (or load it, when one built from the same inputs is there).
 
     Args:
@@ -351,6 +440,8 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
             the shipped ones.
         workers: processes drawing images (default: the CPU count, at most 4).
         rebuild: build even if an up-to-date world is there (trained weights still come from cache).
+        retrain: train every hub model from its spec instead of taking the cached or shipped weights
+            (implies rebuild); the manifest says per model whether the result equals the shipped weights.
     Raises:
         InputError: an unknown size, a task file or mapping that does not fit, npm unavailable.
     """
@@ -363,7 +454,7 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
     mapping_file = Path(mapping_file) if mapping_file else mapping_path()
     inputs = _inputs_hash(spec, hub_spec, task_file, mapping_file)
     recover_dir(root)
-    if not rebuild and (root / "manifest.json").is_file():
+    if not (rebuild or retrain) and (root / "manifest.json").is_file():
         try:
             world = load_world(size, root)
             if world.manifest.get("inputs") == inputs:
@@ -386,8 +477,13 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
     if missing:
         raise InputError(f"no vendor draws these mapped emoji: {missing[:10]}")
     workers = workers or min(4, os.cpu_count() or 1)
-    log.info("drawing the corpus (%s per concept and domain)", spec.per_cell)
-    corpus = _draw_corpus(concepts, art, domains, spec.per_cell, workers)
+    data_key = json.dumps({"inputs_without_hub": _inputs_hash(spec, HubSpec({}, ()), task_file, mapping_file),
+                           "concepts": [c.wnid for c in concepts]})
+    must_train = retrain or _must_train(hub_spec, spec, data_key)
+    # The training pool (over half the images) is drawn only if a model is to be trained.
+    per_cell = spec.per_cell if must_train else {k: v for k, v in spec.per_cell.items() if k != "train"}
+    log.info("drawing the corpus (%s per concept and domain)", per_cell)
+    corpus = _draw_corpus(concepts, art, domains, per_cell, workers)
     t_corpus = time.perf_counter() - started
     wnid_index = {c.wnid: i for i, c in enumerate(concepts)}
     domain_names = list(DOMAINS)
@@ -420,9 +516,8 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
         hub_dir = tmp / "hub"
         hub_dir.mkdir()
         t_train = time.perf_counter()
-        data_key = json.dumps({"inputs_without_hub": _inputs_hash(spec, HubSpec({}, ()), task_file, mapping_file),
-                               "concepts": [c.wnid for c in concepts]})
-        facts = _train_hub(hub_spec, spec, concepts, corpus, hub_dir, data_key, progress)
+        facts = _train_hub(hub_spec, spec, concepts, corpus if must_train else None, hub_dir, data_key, progress,
+                           retrain)
         t_train = time.perf_counter() - t_train
         # The hub file needs a general accuracy, which needs the models loadable from a hub file:
         # write it once without, evaluate through it, then write it again.
@@ -432,6 +527,8 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
         _write_hub_file(hub_dir, facts, {m: accuracy[m]["general"] for m in facts})
         write_json(tmp / "accuracy.json", accuracy)
         counts = {pool: int(len(corpus[pool][0])) for pool in corpus}
+        if not must_train:
+            counts["train"] = _train_pool_size(concepts, domains, spec)
         manifest = new_manifest(WORLD_KIND, size=size, inputs=inputs, concepts=len(concepts),
                                 domains=domain_names, images=counts, task_images=task_counts, models=facts,
                                 seconds={"corpus": round(t_corpus, 1), "train": round(t_train, 1),
