@@ -15,20 +15,44 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu() -> dict[str, Any]:
+    """The CPU: model name, torch's capability level (AVX2, AVX512, ...), native bf16, cores."""
+    model, flags = "", []
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        capability = None
+    return {"model": model, "cpu_capability": capability, "cores": os.cpu_count(),
+            "native_bf16": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+            "avx512f": "avx512f" in flags}
+
+
 def machine() -> dict[str, Any]:
-    """Cores, memory, Python and library versions of this run."""
+    """CPU, cores, memory, Python and library versions of this run."""
     try:
         with open("/proc/meminfo") as handle:
             mem_kb = int(handle.readline().split()[1])
     except OSError:
         mem_kb = 0
     versions = {}
-    for dist in ("mll-index", "numpy", "faiss-cpu", "torch", "sentence-transformers", "open_clip_torch", "nltk"):
+    for dist in ("mll-index", "numpy", "faiss-cpu", "torch", "sentence-transformers", "open_clip_torch", "nltk",
+                 "onnxruntime", "tokenizers"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "platform": platform.platform(),
+    return {"cpu": cpu(), "cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "platform": platform.platform(),
             "processor": platform.machine(), "python": platform.python_version(), "versions": versions}
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results  # noqa: E402
 
-from mll_index.embed import embedder_from_id  # noqa: E402
+from mll_index.embed import embedder_for  # noqa: E402
 from mll_index.index import default_index_path, load_index  # noqa: E402
 from mll_index.match import METHODS, match_names  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
         rows = list(csv.DictReader(handle, delimiter="\t"))[: args.limit]
     names, truth = [r["openclip_name"] for r in rows], [r["wnid"] for r in rows]
     index = load_index(args.index)
-    embedder = embedder_from_id(index.embedder_id)
+    embedder = embedder_for(index.embedder)
     missing = [w for w in truth if index.graph.row_of.get(w) not in index.graph.node_position]
     methods, mistakes = {}, []
     for method in METHODS:
@@ -75,11 +75,11 @@ def main() -> None:
         "default_method": "combined",
         "top1": default["top1"], "top5": default["top5"], "seconds_per_name": default["seconds_per_name"],
         "nodes": index.size, "classes": len(names), "classes_not_in_graph": len(missing),
-        "embedder": index.embedder_id, "methods": methods,
+        "embedder": index.embedder.to_dict(), "methods": methods,
         "mistake_kinds": dict(kinds.most_common()), "mistakes": examples,
     }
     lines = ["# Matching ImageNet-1k class names to graph nodes", "",
-             f"{len(names)} CLIP-style class names against {index.size} nodes ({index.embedder_id}).", "",
+             f"{len(names)} CLIP-style class names against {index.size} nodes ({index.embedder.describe()}).", "",
              "| method | top-1 | top-5 | ms per name |", "|---|---|---|---|"]
     lines += [f"| {m}{' (default)' if m == 'combined' else ''} | {v['top1']:.3f} | {v['top5']:.3f} | "
               f"{v['seconds_per_name'] * 1000:.1f} |" for m, v in methods.items()]

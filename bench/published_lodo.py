@@ -37,13 +37,13 @@ def main() -> None:
     args = parser.parse_args()
     from scipy.stats import kendalltau
 
-    from mll_index.embed import EmbeddingCache, embedder_from_id
+    from mll_index.embed import EmbeddingCache, embedder_for
     from mll_index.graph import cache_dir
     from mll_index.index import load_index
     from mll_index.published import has_published, import_published, open_published, published_scores
     from mll_index.select import _embed_tasks_classes
 
-    embedder = embedder_from_id(load_index(args.index).embedder_id)
+    embedder = embedder_for(load_index(args.index).embedder)
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
     if not has_published(args.index):
         import_published(args.index, args.data / "openclip_results.csv",

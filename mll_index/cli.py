@@ -206,7 +206,8 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
     g = build_graph(nodes)
     index = build_index(path, g, embedder, expander=expander,  # type: ignore[arg-type]
                         search=o["search"], progress=True)  # type: ignore[arg-type]
-    click.echo(f"{path}: {index.size} nodes, embedder {index.embedder_id}, {index.manifest['search']} search")
+    click.echo(f"{path}: {index.size} nodes, embedder {index.embedder_id} ({index.embedder.precision}), "
+               f"{index.manifest['search']} search")
 
 
 @cli.command()

@@ -15,7 +15,7 @@ import pytest
 from mll_index import artifacts as A
 from mll_index import index as I
 from mll_index.captions import Concept, WordNetExpander, node_concept
-from mll_index.embed import TextEmbedder
+from mll_index.embed import EmbedderRecord, TextEmbedder
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.graph import Graph, resolve_node_set, wnid_node_set
 
@@ -69,8 +69,9 @@ def test_build_load_round_trip(index_dir: Path, node_index: I.NodeIndex, small_g
     assert node_index.size == n
     m = node_index.manifest
     assert m["kind"] == "node-index"
-    assert m["embedder"] == {"id": "sentence-transformers/all-MiniLM-L6-v2@bf16", "dim": 384}
-    assert node_index.embedder_id == "sentence-transformers/all-MiniLM-L6-v2@bf16" and node_index.dim == 384
+    assert m["embedder"] == {"id": "sentence-transformers/all-MiniLM-L6-v2", "precision": "fp32",
+                             "runtime": "onnxruntime", "dim": 384}
+    assert node_index.embedder_id == "sentence-transformers/all-MiniLM-L6-v2" and node_index.dim == 384
     assert m["counts"] == {"nodes": n, "captions": 3 * n}
     assert m["search"] == "flat" and m["metric"] == "inner_product"
     assert m["expander"] == "wordnet-v1"
@@ -146,15 +147,25 @@ def test_search_pads_with_minus_one_when_k_exceeds_the_index(node_index: I.NodeI
 
 
 def test_check_embedder(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
-    node_index.check_embedder(embedder.embedder_id, embedder.dim)
-    node_index.check_embedder(embedder.embedder_id)
-    other = "sentence-transformers/all-MiniLM-L6-v2@fp32"
+    node_index.check_embedder(embedder)
+    node_index.check_embedder(EmbedderRecord(embedder.embedder_id, "fp32", "torch", 384))  # another runtime, same vectors
+    other = EmbedderRecord(embedder.embedder_id, "bf16", "torch", 384)
     with pytest.raises(EmbedderMismatchError) as info:
-        node_index.check_embedder(other, 384)
+        node_index.check_embedder(other)
     message = str(info.value)
-    assert embedder.embedder_id in message and other in message
+    assert "bf16" in message and "fp32" in message and embedder.embedder_id in message
     with pytest.raises(EmbedderMismatchError, match=r"dim 16"):
-        node_index.check_embedder(embedder.embedder_id, 16)
+        node_index.check_embedder(EmbedderRecord(embedder.embedder_id, "fp32", "onnxruntime", 16))
+
+
+def test_an_index_of_the_older_embedder_format_still_loads(index_copy: Path, embedder: TextEmbedder) -> None:
+    """Manifests before the precision was recorded apart wrote "<model>@<precision>" as the id."""
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    manifest["embedder"] = {"id": "sentence-transformers/all-MiniLM-L6-v2@fp32", "dim": 384}
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    old = I.load_index(index_copy, verify=True)
+    assert (old.embedder.model, old.embedder.precision, old.embedder.runtime) == (embedder.embedder_id, "fp32", "torch")
+    old.check_embedder(embedder)  # ONNX Runtime fp32 answers an index embedded by torch fp32
 
 
 @pytest.mark.parametrize("shape", [(1, 16), (2, 383), (384,)])
@@ -172,8 +183,8 @@ def test_ivf_index_finds_the_same_top1_as_flat(ivf_index: I.NodeIndex, node_inde
     assert isinstance(node_index.faiss_index, faiss.IndexFlatIP)
     assert ivf_index.size == node_index.size
     queries = embedder.encode(QUERIES)
-    # Against brute force over the IVF index's own vectors: bf16 embeddings of the same text
-    # differ in the last bits with the batch they were encoded in, which can swap near ties.
+    # Against brute force over the IVF index's own vectors: embeddings of the same text differ
+    # in the last bits with the batch they were encoded in, which can swap near ties.
     full = queries @ np.asarray(ivf_index.vectors).T
     ivf_scores, ivf_ids = ivf_index.search(queries, 1)
     np.testing.assert_array_equal(ivf_ids[:, 0], full.argmax(1))
@@ -310,7 +321,7 @@ def test_add_nodes_appends_what_a_full_build_would_embed(index_dir: Path, index_
     built = I.build_index(tmp_path / "built", resolve_node_set(taxonomy, wnid_node_set(small_wnids + [LION, ZEBRA, ORANGE])),
                           embedder, cache=EmbeddingCache(tmp_path / "cache2.sqlite"))
     where = {w: i for i, w in enumerate(built.graph.node_wnids)}
-    for i, w in enumerate(grown.graph.node_wnids):   # bf16 results shift with the batch a text lands in
+    for i, w in enumerate(grown.graph.node_wnids):   # vectors shift in the last bits with the batch a text lands in
         assert float(grown.vectors[i] @ built.vectors[where[w]]) > 0.9999, w
     queries = embedder.encode(["a lion", "a zebra on the savanna", "an orange fruit"])
     _, top = grown.search(queries, 1)

@@ -190,3 +190,59 @@ def test_world_cli_errors(tmp_path: Path) -> None:
     refused = run_cli("world", "build", "--size", "small", "--root", str(tmp_path / "w"), "--tasks", str(bad))
     assert refused.returncode == 1 and "not a readable task file" in refused.stderr
     assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------------------
+# Shipped weights: compact files that make the same checkpoints as training
+
+
+def test_compact_weights_make_the_trained_checkpoints_again(small_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Only the token rows that training texts use change: the rest is open_clip's seeded init."""
+    import torch
+
+    from mll_index.world import weights
+    from mll_index.world.build import ship_world_weights
+    from mll_index.world.train import load_hub_spec
+
+    manifest = ship_world_weights(small_world, tmp_path / "shipped")
+    specs = {m.id: m for m in load_hub_spec().models}
+    made: dict[str, dict] = {}
+    for model_id, entry in manifest["models"].items():
+        spec = specs[model_id]
+        assert weights.shipped_entry(model_id, entry["hash"], tmp_path / "shipped") is not None
+        assert weights.shipped_entry(model_id, "another-hash", tmp_path / "shipped") is None
+        base = made[spec.init] if spec.init else weights.initial_state(spec.arch, spec.seed)
+        out = tmp_path / f"{model_id}.pt"
+        weights.materialise(tmp_path / "shipped" / entry["file"], entry, base, out)
+        made[model_id] = torch.load(out, weights_only=True)
+        trained = torch.load(small_world.root / "hub" / f"{model_id}.pt", weights_only=True)
+        assert made[model_id].keys() == trained.keys()
+        assert all(torch.equal(made[model_id][k], trained[k]) for k in trained), model_id
+        assert entry["bytes"] < (small_world.root / "hub" / f"{model_id}.pt").stat().st_size / 4
+
+
+def test_damaged_shipped_weights_are_refused(small_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.errors import IndexFormatError
+    from mll_index.world import weights
+    from mll_index.world.build import ship_world_weights
+
+    manifest = ship_world_weights(small_world, tmp_path)
+    model_id, entry = next(iter(manifest["models"].items()))
+    path = tmp_path / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=rf"{entry['file']}: does not match its checksum.*--retrain"):
+        weights.read_compact(path, entry)
+
+
+def test_the_shipped_weights_match_their_checksums() -> None:
+    """Every compact file the package ships is the one its manifest lists (content hash)."""
+    from mll_index.world import weights
+
+    folder = weights.shipped_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["models"]) == {m.id for m in load_hub_spec().models}
+    for entry in manifest["models"].values():
+        arrays = weights.read_compact(folder / entry["file"], entry)
+        assert len(arrays[weights.TOKEN_ROWS]) == entry["token_rows"] < 49408
