@@ -154,9 +154,13 @@ class SentenceTransformerEmbedder:
                  device: str | None = None, batch_size: int = 128) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
+        try:
+            import torch
+            import transformers
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ModelLoadError(f"the torch text runtime needs {exc.name or 'sentence-transformers'}, which is not "
+                                 "installed: pip install sentence-transformers torch (or run `bash setup.sh`)") from None
 
         # Weight-loading progress bars would drown the command's own output.
         transformers.logging.disable_progress_bar()
@@ -324,6 +328,9 @@ def embedder_for(record: EmbedderRecord, device: str | None = None) -> TextEmbed
     """
     if record.precision == "remote":
         return load_embedder(record.model, device)
+    if record.precision not in PRECISIONS:
+        raise ModelLoadError(f"the index was embedded with {record.describe()}, which cannot be re-created here "
+                             f"(precisions: {', '.join(PRECISIONS)}); rebuild it with `mll-index build`")
     if record.model == MINILM_ID:
         return load_embedder(f"minilm@{record.precision}", device)
     return load_embedder(f"st:{record.model}@{record.precision}", device)

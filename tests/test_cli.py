@@ -310,3 +310,17 @@ def test_add_nodes_and_labels_compact(index_copy: Path) -> None:
     compact = run_cli("labels", "compact", "--index", str(index_copy))
     assert compact.returncode == 0, compact.stderr
     assert json.loads(compact.stdout)["stored_from_folders"] == []
+
+
+@pytest.mark.parametrize("record, says", [
+    ({"id": "/nowhere/text-model", "precision": "fp32", "runtime": "torch", "dim": 384}, "/nowhere/text-model"),
+    ({"id": "sentence-transformers/all-MiniLM-L6-v2", "precision": "int4", "runtime": "other", "dim": 384},
+     "rebuild it with `mll-index build`"),
+])
+def test_an_embedder_that_cannot_be_recreated_is_one_line(index_copy: Path, record: dict, says: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never probe the network from the tests
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    manifest["embedder"] = record
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run_cli("match", "--index", str(index_copy), "a never cached name 7f3a"), says)
