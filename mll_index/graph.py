@@ -3,7 +3,10 @@
 A graph holds the whole noun taxonomy (82,115 synsets: lemmas, gloss, hypernyms, a lemma
 lexicon in sense order) and a node set, the subset of synsets that are the graph's nodes.
 It is built once with nltk (~15 s) and persisted as one JSON file, so that queries never
-load nltk.
+load nltk. The file's two largest columns are stored flat, because every command reads the file
+and Python's JSON parser spends most of its time making small lists: lemmas as one tab-joined
+string per synset, split on access, and the lexicon as sorted keys with offsets into one row list
+(format 2; format 1 files, with nested lists, still load).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -28,7 +31,72 @@ log = logging.getLogger(__name__)
 
 WNID_RE = re.compile(r"^n\d{8}$")
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2
+READABLE_GRAPH_FORMATS = (1, 2)
+
+
+class Lexicon(Mapping[str, list[int]]):
+    """Normalised lemma -> synset rows in WordNet sense order (most frequent sense first).
+
+    Held as three flat columns, as stored: keys, offsets (len(keys) + 1) and rows.
+    """
+
+    def __init__(self, keys: list[str], offsets: list[int], rows: list[int]) -> None:
+        if len(offsets) != len(keys) + 1:
+            raise ValueError("lexicon offsets must be one longer than its keys")
+        self._keys, self._offsets, self._rows = keys, offsets, rows
+
+    @classmethod
+    def from_dict(cls, entries: Mapping[str, Sequence[int]]) -> Lexicon:
+        keys, offsets, rows = list(entries), [0], []
+        for key in keys:
+            rows.extend(entries[key])
+            offsets.append(len(rows))
+        return cls(keys, offsets, rows)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {"keys": self._keys, "offsets": self._offsets, "rows": self._rows}
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self._keys)}
+
+    def __getitem__(self, key: str) -> list[int]:
+        i = self._position[key]
+        return self._rows[self._offsets[i]:self._offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class JoinedLemmas(Sequence[list[str]]):
+    """Per synset, its lemmas: stored tab-joined, split when read."""
+
+    def __init__(self, joined: list[str]) -> None:
+        self._joined = joined
+
+    @classmethod
+    def from_lists(cls, lemmas: Sequence[Sequence[str]]) -> JoinedLemmas:
+        return cls(["\t".join(names) for names in lemmas])
+
+    def to_json(self) -> list[str]:
+        return self._joined
+
+    def __getitem__(self, row):  # type: ignore[no-untyped-def, override]
+        if isinstance(row, slice):
+            return [names.split("\t") for names in self._joined[row]]
+        return self._joined[row].split("\t")
+
+    def __len__(self) -> int:
+        return len(self._joined)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == list(b) for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def cache_dir() -> Path:
@@ -158,11 +226,11 @@ class Graph:
 
     wnids: list[str]
     synsets: list[str]
-    lemmas: list[list[str]]
+    lemmas: Sequence[list[str]]
     glosses: list[str]
     lexnames: list[str]
     hypernyms: list[list[int]]
-    lexicon: dict[str, list[int]]
+    lexicon: Mapping[str, list[int]]
     instances: list[int]
     nodes: list[int]
     node_set: dict[str, Any] = field(default_factory=dict)
@@ -263,7 +331,7 @@ def build_taxonomy(wordnet: Path | None = None) -> Graph:
     wn = _load_wordnet(wordnet)
     synsets = list(wn.all_synsets("n"))
     row_of = {s.offset(): i for i, s in enumerate(synsets)}
-    lexicon: dict[str, list[int]] = {}
+    lexicon: Mapping[str, list[int]] = {}
     for name in wn.all_lemma_names("n"):
         rows = [row_of[s.offset()] for s in wn.synsets(name, "n")]
         lexicon.setdefault(normalize_name(name), [])
@@ -277,7 +345,7 @@ def build_taxonomy(wordnet: Path | None = None) -> Graph:
         glosses=[s.definition() for s in synsets],
         lexnames=[s.lexname() for s in synsets],
         hypernyms=[[row_of[h.offset()] for h in s.hypernyms() + s.instance_hypernyms()] for s in synsets],
-        lexicon=lexicon,
+        lexicon=Lexicon.from_dict(lexicon),
         # Instance synsets (a named city, a named person) have instance hypernyms only.
         instances=[i for i, s in enumerate(synsets) if s.instance_hypernyms() and not s.hypernyms()],
         nodes=[],
@@ -333,11 +401,12 @@ def save_graph(graph: Graph, path: Path, atomic: bool = True) -> None:
         "node_set": graph.node_set,
         "wnids": graph.wnids,
         "synsets": graph.synsets,
-        "lemmas": graph.lemmas,
+        "lemmas": (graph.lemmas if isinstance(graph.lemmas, JoinedLemmas)
+                   else JoinedLemmas.from_lists(graph.lemmas)).to_json(),
         "glosses": graph.glosses,
         "lexnames": graph.lexnames,
         "hypernyms": graph.hypernyms,
-        "lexicon": graph.lexicon,
+        "lexicon": (graph.lexicon if isinstance(graph.lexicon, Lexicon) else Lexicon.from_dict(graph.lexicon)).to_json(),
         "instances": graph.instances,
         "nodes": graph.nodes,
     }
@@ -353,12 +422,19 @@ def load_graph(path: Path) -> Graph:
     """Load a graph saved by save_graph; a wrong or damaged file is an IndexFormatError naming it."""
     data = read_json(Path(path))
     try:
-        if data["graph_format_version"] != GRAPH_FORMAT_VERSION:
-            raise IndexFormatError(f"{path}: graph format {data['graph_format_version']}, expected {GRAPH_FORMAT_VERSION}")
-        graph = Graph(data["wnids"], data["synsets"], data["lemmas"], data["glosses"],
-                      data["lexnames"], data["hypernyms"], data["lexicon"], data["instances"], data["nodes"],
+        version = data["graph_format_version"]
+        if version not in READABLE_GRAPH_FORMATS:
+            raise IndexFormatError(f"{path}: graph format {version}, expected one of {READABLE_GRAPH_FORMATS}")
+        if version == 1:
+            lemmas: Sequence[list[str]] = data["lemmas"]
+            lexicon: Mapping[str, list[int]] = Lexicon.from_dict(data["lexicon"])
+        else:
+            lemmas = JoinedLemmas(data["lemmas"])
+            lexicon = Lexicon(data["lexicon"]["keys"], data["lexicon"]["offsets"], data["lexicon"]["rows"])
+        graph = Graph(data["wnids"], data["synsets"], lemmas, data["glosses"],
+                      data["lexnames"], data["hypernyms"], lexicon, data["instances"], data["nodes"],
                       data["node_set"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path}: not a graph file (missing {exc})") from None
     if not (len(graph.wnids) == len(graph.synsets) == len(graph.lemmas) == len(graph.glosses) == len(graph.lexnames) == len(graph.hypernyms)):
         raise IndexFormatError(f"{path}: graph columns differ in length")

@@ -18,9 +18,9 @@ from mll_index.cli import cli
 from mll_index.errors import InputError, MLLIndexError
 
 try:
-    from conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
+    from conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
 except ImportError:  # pragma: no cover
-    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
+    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
 
 try:
     from tests.openai_server import OpenAITestServer
@@ -324,3 +324,35 @@ def test_an_embedder_that_cannot_be_recreated_is_one_line(index_copy: Path, reco
     manifest["embedder"] = record
     (index_copy / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(run_cli("match", "--index", str(index_copy), "a never cached name 7f3a"), says)
+
+
+HEAVY = ("torch", "open_clip", "sentence_transformers", "transformers")
+_LIST_MODULES = ("import atexit, sys\n"
+                 "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
+                 "from mll_index.cli import main\n"
+                 "sys.argv = ['mll-index', *sys.argv[1:]]\n"
+                 "main()\n")
+
+
+def modules_of(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run a CLI command in a fresh process; its result and the modules it had imported at exit."""
+    env = dict(os.environ)
+    env.pop("MLL_INDEX_HOME", None)
+    proc = subprocess.run([sys.executable, "-c", _LIST_MODULES, *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=REPO)
+    listed = [line for line in proc.stderr.splitlines() if line.startswith("MODULES ")]
+    assert listed, proc.stderr
+    return proc, {name.split(".")[0] for name in listed[-1].split()[1:]}
+
+
+def test_commands_without_a_vision_model_never_import_torch(index_dir: Path, world_index: Path) -> None:
+    """match, select, info, expand, graph show and hub list answer without torch, open_clip or
+    sentence-transformers, with a cold caption cache too (the text model runs on ONNX Runtime)."""
+    fresh = f"a never seen class {os.getpid()}"
+    commands = [("info", "--index", str(index_dir)), ("match", "--index", str(index_dir), "tench", fresh),
+                ("select", "--index", str(world_index), "goldfish", fresh), ("expand", "tiger"),
+                ("graph", "show", "--index", str(index_dir), TENCH), ("hub", "list")]
+    for command in commands:
+        proc, modules = modules_of(*command)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert not modules & set(HEAVY), (command, modules & set(HEAVY))

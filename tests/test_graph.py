@@ -250,3 +250,25 @@ def test_graph_with_columns_of_different_length(tmp_path: Path) -> None:
 def test_missing_graph_file(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match=r"nothing\.json: file is missing"):
         G.load_graph(tmp_path / "nothing.json")
+
+
+def test_graph_files_store_flat_columns_and_old_files_still_load(tmp_path: Path) -> None:
+    graph = tiny_graph()
+    G.save_graph(graph, tmp_path / "graph.json")
+    data = json.loads((tmp_path / "graph.json").read_text())
+    assert data["graph_format_version"] == 2
+    assert data["lemmas"] == ["entity", "tench\tTinca tinca"]
+    assert data["lexicon"] == {"keys": ["entity", "tench", "tinca tinca"], "offsets": [0, 1, 2, 3], "rows": [0, 1, 1]}
+    loaded = G.load_graph(tmp_path / "graph.json")
+    assert loaded.lemmas[1] == ["tench", "Tinca tinca"] and list(loaded.lemmas) == graph.lemmas
+    assert loaded.lexicon == graph.lexicon and loaded.lookup("Tinca tinca") == [1]
+    # Format 1 (nested lists, a lexicon object), as indexes written before held it.
+    data.update(graph_format_version=1, lemmas=[["entity"], ["tench", "Tinca tinca"]],
+                lexicon={"entity": [0], "tench": [1], "tinca tinca": [1]})
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = G.load_graph(tmp_path / "old.json")
+    assert old.lemmas == loaded.lemmas and old.lexicon == loaded.lexicon and old.lookup("tench") == [1]
+    data["graph_format_version"] = 9
+    (tmp_path / "future.json").write_text(json.dumps(data))
+    with pytest.raises(IndexFormatError, match=r"future.json: graph format 9"):
+        G.load_graph(tmp_path / "future.json")

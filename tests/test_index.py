@@ -131,10 +131,13 @@ def test_search_equals_brute_force(node_index: I.NodeIndex, embedder: TextEmbedd
     k = 10
     scores, ids = node_index.search(queries, k)
     assert scores.shape == ids.shape == (len(QUERIES), k)
-    brute = queries @ np.asarray(node_index.vectors).T
-    expected_ids = np.argsort(-brute, axis=1, kind="stable")[:, :k]
-    np.testing.assert_array_equal(ids, expected_ids)
-    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected_ids, axis=1), atol=1e-5)
+    brute = queries.astype(np.float64) @ np.asarray(node_index.vectors, np.float64).T
+    kth = -np.sort(-brute, axis=1)[:, k - 1]
+    # The same top-k as brute force, up to the order of near ties (BLAS kernels round differently
+    # on different CPUs): every returned node scores at least the k-th best, and scores are right.
+    assert np.all(np.take_along_axis(brute, ids, axis=1) >= kth[:, None] - 1e-5)
+    assert all(len(set(row)) == k for row in ids.tolist())
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, axis=1), atol=1e-5)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
 

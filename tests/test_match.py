@@ -113,7 +113,7 @@ def test_embed_classes(embedder: TextEmbedder) -> None:
     pooled = M.embed_classes(["tench", "laptop"], embedder)
     assert bare.shape == pooled.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(bare, embedder.encode(["tench", "laptop"]), atol=1e-6)
+    assert np.sum(bare * embedder.encode(["tench", "laptop"]), axis=1).min() > 0.99999  # fp32, another batch
     assert float(bare[0] @ pooled[0]) > 0.9
 
 
