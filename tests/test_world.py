@@ -217,7 +217,13 @@ def test_compact_weights_make_the_trained_checkpoints_again(small_world, tmp_pat
         made[model_id] = torch.load(out, weights_only=True)
         trained = torch.load(small_world.root / "hub" / f"{model_id}.pt", weights_only=True)
         assert made[model_id].keys() == trained.keys()
-        assert all(torch.equal(made[model_id][k], trained[k]) for k in trained), model_id
+        for name, value in trained.items():  # stored as float16: equal to its rounding
+            assert made[model_id][name].dtype == value.dtype
+            torch.testing.assert_close(made[model_id][name], value, rtol=2 ** -10, atol=1e-7, msg=name)
+        # Token rows no training text uses are the seeded init (or the parent's), exactly.
+        unused = np.setdiff1d(np.arange(trained[weights.TOKEN_EMBEDDING].shape[0]),
+                              weights.read_compact(tmp_path / "shipped" / entry["file"], entry)[weights.TOKEN_ROWS])
+        assert torch.equal(made[model_id][weights.TOKEN_EMBEDDING][unused], trained[weights.TOKEN_EMBEDDING][unused])
         assert entry["bytes"] < (small_world.root / "hub" / f"{model_id}.pt").stat().st_size / 4
 
 
