@@ -148,7 +148,7 @@ def test_info_prints_the_manifest(index_dir: Path) -> None:
     manifest = json.loads(result.stdout)
     assert manifest == json.loads((index_dir / "manifest.json").read_text())
     assert manifest["kind"] == "node-index"
-    assert manifest["embedder"]["id"] == "sentence-transformers/all-MiniLM-L6-v2@bf16"
+    assert manifest["embedder"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["counts"]["nodes"] == 197
 
 
@@ -196,7 +196,7 @@ def test_build_match_and_info_on_a_new_index(tmp_path: Path, index_dir: Path) ->
     index = tmp_path / "indexes" / "mine"
     result = invoke("build", "--index", str(index), "--folder", str(dataset))
     assert result.exit_code == 0, result.output
-    assert f"{index}: 3 nodes, embedder sentence-transformers/all-MiniLM-L6-v2@bf16, flat search" in result.stdout
+    assert f"{index}: 3 nodes, embedder sentence-transformers/all-MiniLM-L6-v2, flat search" in result.stdout
     info = json.loads(invoke("info", "--index", str(index)).stdout)
     assert info["graph"]["node_set"] == {"kind": "folder", "value": str(dataset)}
     matched = jsonl(invoke("match", "--index", str(index), "--format", "jsonl", "-k", "1", "goldfish").stdout)

@@ -15,7 +15,7 @@ import pytest
 from mll_index import artifacts as A
 from mll_index import index as I
 from mll_index.captions import Concept, WordNetExpander, node_concept
-from mll_index.embed import TextEmbedder
+from mll_index.embed import EmbedderRecord, TextEmbedder
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.graph import Graph, resolve_node_set, wnid_node_set
 
@@ -69,8 +69,9 @@ def test_build_load_round_trip(index_dir: Path, node_index: I.NodeIndex, small_g
     assert node_index.size == n
     m = node_index.manifest
     assert m["kind"] == "node-index"
-    assert m["embedder"] == {"id": "sentence-transformers/all-MiniLM-L6-v2@bf16", "dim": 384}
-    assert node_index.embedder_id == "sentence-transformers/all-MiniLM-L6-v2@bf16" and node_index.dim == 384
+    assert m["embedder"] == {"id": "sentence-transformers/all-MiniLM-L6-v2", "precision": "fp32",
+                             "runtime": "onnxruntime", "dim": 384}
+    assert node_index.embedder_id == "sentence-transformers/all-MiniLM-L6-v2" and node_index.dim == 384
     assert m["counts"] == {"nodes": n, "captions": 3 * n}
     assert m["search"] == "flat" and m["metric"] == "inner_product"
     assert m["expander"] == "wordnet-v1"
@@ -146,15 +147,15 @@ def test_search_pads_with_minus_one_when_k_exceeds_the_index(node_index: I.NodeI
 
 
 def test_check_embedder(node_index: I.NodeIndex, embedder: TextEmbedder) -> None:
-    node_index.check_embedder(embedder.embedder_id, embedder.dim)
-    node_index.check_embedder(embedder.embedder_id)
-    other = "sentence-transformers/all-MiniLM-L6-v2@fp32"
+    node_index.check_embedder(embedder)
+    node_index.check_embedder(EmbedderRecord(embedder.embedder_id, "fp32", "torch", 384))  # another runtime
+    other = EmbedderRecord("sentence-transformers/all-mpnet-base-v2", "fp32", "torch", 384)
     with pytest.raises(EmbedderMismatchError) as info:
-        node_index.check_embedder(other, 384)
+        node_index.check_embedder(other)
     message = str(info.value)
-    assert embedder.embedder_id in message and other in message
+    assert embedder.embedder_id in message and other.model in message
     with pytest.raises(EmbedderMismatchError, match=r"dim 16"):
-        node_index.check_embedder(embedder.embedder_id, 16)
+        node_index.check_embedder(EmbedderRecord(embedder.embedder_id, "fp32", "onnxruntime", 16))
 
 
 @pytest.mark.parametrize("shape", [(1, 16), (2, 383), (384,)])
