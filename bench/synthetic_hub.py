@@ -15,7 +15,6 @@ folders with image and node embeddings), so the restricted mode can be measured 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -33,26 +32,29 @@ def node_index(path: Path, n_nodes: int, source: Path | None, embedder: Any) -> 
     """Write an N-node index at `path`: a seeded subset of `source`'s nodes with their real vectors
     (all of them, and more synsets embedded with `add_nodes`, when N exceeds the source), or,
     without a source, seeded synthetic vectors over WordNet synsets."""
+    from mll_index.embed import record_of
     from mll_index.graph import build_graph
-    from mll_index.index import add_nodes, load_index, write_index
+    from mll_index.index import add_nodes, compact_index, load_index, read_node_table, write_index
 
     rng = np.random.default_rng(SEED + n_nodes)
     if source is not None and (source / "manifest.json").is_file():
         base = load_index(source)
         if n_nodes <= base.size:
             keep = np.sort(rng.choice(base.size, n_nodes, replace=False))
-            with open(source / "nodes.jsonl", encoding="utf-8") as handle:
-                captions = [json.loads(line)["captions"] for line in handle]
+            captions = [row["captions"] for row in read_node_table(source)]
             graph = base.graph.subgraph([base.graph.nodes[i] for i in keep], {"kind": "bench", "value": n_nodes})
-            write_index(path, graph, np.asarray(base.vectors[keep]), [captions[i] for i in keep],
-                        embedder_id=base.embedder_id, expander_id=base.manifest["expander"])
+            # subgraph sorts the nodes by taxonomy row: the vectors and captions follow that order.
+            order = [base.graph.node_position[r] for r in graph.nodes]
+            write_index(path, graph, np.asarray(base.vectors[order]), [captions[i] for i in order],
+                        embedder=base.embedder, expander_id=base.manifest["expander"])
             return {"vectors": f"the default index ({source}), a seeded subset", "nodes": n_nodes}
-        shutil.copytree(source, path, ignore=shutil.ignore_patterns("labels", "published"))
+        shutil.copytree(source, path, ignore=shutil.ignore_patterns("labels", "published", ".lock"))
         graph = base.graph
         present, inst = set(graph.nodes), set(graph.instances)
         extra = [r for r in range(len(graph.wnids)) if r not in present and r not in inst]
         picks = sorted(rng.choice(len(extra), n_nodes - base.size, replace=False).tolist())
         report = add_nodes(path, [graph.wnids[extra[i]] for i in picks], embedder)
+        compact_index(path)             # one segment, as a build of this size would write
         return {"vectors": f"the default index ({source}), all {base.size} nodes, and {len(report.added)} more "
                            f"synsets embedded by add_nodes ({report.embed_seconds:.0f} s)", "nodes": n_nodes}
     graph = build_graph()
@@ -61,7 +63,7 @@ def node_index(path: Path, n_nodes: int, source: Path | None, embedder: Any) -> 
     graph = graph.subgraph([pool[r] for r in rows], {"kind": "bench", "value": n_nodes})
     vectors = rng.standard_normal((n_nodes, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    write_index(path, graph, vectors, [["(synthetic vector)"]] * n_nodes, embedder_id=embedder.embedder_id,
+    write_index(path, graph, vectors, [["(synthetic vector)"]] * n_nodes, embedder=record_of(embedder),
                 expander_id="wordnet-v1")
     return {"vectors": "seeded synthetic (unit Gaussian, dim 384)", "nodes": n_nodes}
 

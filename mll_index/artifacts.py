@@ -6,12 +6,13 @@ Imports nothing else from the package but its errors, so every stage can use it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +142,37 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
-def new_manifest(kind: str, **fields: Any) -> dict[str, Any]:
+@contextlib.contextmanager
+def writer_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder/.lock` exclusively: one writer at a time for artifacts that grow in place.
+
+    A writer that swaps the whole folder in (`atomic_dir`) leaves waiting writers holding the
+    old folder's lock file; they notice that it is no longer the folder's and lock the new one.
+    """
+    folder = Path(folder)
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(folder / ".lock").st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def new_manifest(kind: str, version: int = FORMAT_VERSION, **fields: Any) -> dict[str, Any]:
     """A manifest skeleton: format name and version, package version, artifact kind."""
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "kind": kind,
         "package_version": __version__,
         **fields,
@@ -159,13 +186,15 @@ def seal_manifest(directory: Path, manifest: dict[str, Any], files: list[str]) -
     write_json(directory / MANIFEST, manifest)
 
 
-def read_manifest(directory: Path, kind: str, verify: bool = False) -> dict[str, Any]:
+def read_manifest(directory: Path, kind: str, verify: bool = False,
+                  versions: Sequence[int] = (FORMAT_VERSION,)) -> dict[str, Any]:
     """Read and check a manifest: format, version, kind, and every listed file's size.
 
     Args:
         directory: the artifact directory.
         kind: the artifact kind expected (e.g. "node-index").
         verify: also compare each file's SHA-256 (reads every byte).
+        versions: the format versions of this kind that the caller reads.
     Raises:
         IndexFormatError: naming the directory or the file that is wrong.
     """
@@ -177,10 +206,11 @@ def read_manifest(directory: Path, kind: str, verify: bool = False) -> dict[str,
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{directory / MANIFEST}: not an {FORMAT_NAME} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in versions:
+        readable = ", ".join(str(v) for v in versions)
         raise IndexFormatError(
             f"{directory / MANIFEST}: format version {version!r}, this mll-index {__version__} "
-            f"reads version {FORMAT_VERSION}; rebuild the index"
+            f"reads version{'s' if len(versions) > 1 else ''} {readable}; rebuild the index"
         )
     if manifest.get("kind") != kind:
         raise IndexFormatError(f"{directory / MANIFEST}: holds a {manifest.get('kind')!r}, expected {kind!r}")

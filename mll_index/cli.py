@@ -135,10 +135,9 @@ def graph_build(node_set: str, wnids: str | None, folder: Path | None, output: P
 @_index_option
 def graph_show(wnids: tuple[str, ...], index_path: Path | None) -> None:
     """Print nodes (lemmas, gloss, hypernym path, children) as JSON lines."""
-    from mll_index.graph import load_graph
-    from mll_index.index import default_index_path
+    from mll_index.index import default_index_path, load_index_graph
 
-    g = load_graph((index_path or default_index_path()) / "graph.json")
+    g = load_index_graph(index_path or default_index_path())
     for wnid in wnids:
         click.echo(json.dumps(g.describe(wnid), ensure_ascii=False))
 

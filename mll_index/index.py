@@ -1,33 +1,46 @@
-"""The node index: the graph's node embeddings in FAISS, persisted as one directory.
+"""The node index: the graph's node embeddings in FAISS, persisted as one directory that grows by segments.
 
     indexes/<name>/
         manifest.json      format version, embedder id and dimension, graph and expander settings,
-                           counts, and the size and SHA-256 of every file below
-        graph.json         the WordNet noun taxonomy and the node set (see graph.py)
-        nodes.jsonl        the node table: row, wnid, synset, captions embedded for it
-        node_vectors.npy   (n, d) float32, L2-normalised node embeddings, memory-mappable
-        nodes.faiss        FAISS index over node_vectors (inner product = cosine; flat or IVF)
+                           counts, the segments in row order, and the size and SHA-256 of every file below
+        graph.json         the WordNet noun taxonomy and the node set of the first segment (see graph.py)
+        nodes.jsonl        segment 0's node table: row, wnid, synset, captions embedded for it
+        node_vectors.npy   segment 0's (n0, d) float32, L2-normalised node embeddings, memory-mappable
+        nodes.faiss        IVF search only: the trained IVF index over segment 0's vectors
+        nodes-<k>.jsonl    segment k's node table (rows continue where segment k-1's stop)
+        node_vectors-<k>.npy  segment k's (n_k, d) float32 node embeddings
         labels/            model labels (see labels.py), kept when the node index is rebuilt
 
-Row i of node_vectors and of the FAISS index is node i of the node table.
+A full build writes segment 0; `add_nodes` writes one more segment (its two files) and then the
+manifest, replaced last: the taxonomy, the nodes and the vectors there are never rewritten, and a
+crash before the manifest leaves the old index, its unlisted files ignored (the next growth
+removes them). `compact_index` folds the segments back into one. Row i of the index is node i of
+the concatenated node tables and row i of the concatenated vectors; graph.json's node list holds
+segment 0's nodes and the node tables' wnids the later ones'. Flat search needs no file of its own:
+its FAISS index is built from the vectors at load. An IVF index adds the later segments' vectors to
+the lists it was trained with (a rebuild retrains it). Format version 1 (no segments: one set of
+files, nodes.faiss always written) is still read, and grows into version 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, new_manifest, read_json, read_manifest, seal_manifest
+from mll_index import __version__
+from mll_index.artifacts import (atomic_dir, atomic_file, file_record, new_manifest, read_json, read_manifest,
+                                 seal_manifest, write_json, writer_lock)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_texts,
                              record_of)
@@ -37,8 +50,11 @@ from mll_index.graph import Graph, cache_dir, load_graph, save_graph
 log = logging.getLogger(__name__)
 
 KIND = "node-index"
+FORMAT_VERSION = 2             # 2: node segments; 1: one set of files, all rewritten by growth
+READ_VERSIONS = (1, 2)
 SearchKind = Literal["flat", "ivf"]
-FILES = ["graph.json", "nodes.jsonl", "node_vectors.npy", "nodes.faiss"]
+FILES = ["graph.json", "nodes.jsonl", "node_vectors.npy"]   # and nodes.faiss with IVF search
+FAISS_FILE = "nodes.faiss"
 
 
 def default_index_path() -> Path:
@@ -102,7 +118,11 @@ def make_faiss(vectors: np.ndarray, search: SearchKind = "flat") -> Any:
 
 @dataclass
 class NodeIndex:
-    """A loaded node index: manifest, graph, node vectors (memory-mapped) and the FAISS index."""
+    """A loaded node index: manifest, graph, node vectors and the FAISS index.
+
+    `vectors` is (size, d) float32, L2-normalised, row i = node graph.nodes[i]: memory-mapped for a
+    one-segment index, in memory for a grown one.
+    """
 
     path: Path
     manifest: dict[str, Any]
@@ -204,41 +224,56 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """The index's writer lock (growth and rewrites, one at a time); nothing to lock before the first build."""
+    return writer_lock(path) if Path(path).is_dir() else contextlib.nullcontext()
+
+
+def _write_table(handle: IO[str], graph: Graph, rows: Sequence[int], captions: Sequence[Sequence[str]],
+                 first: int) -> None:
+    """Node table lines for taxonomy rows `rows`, numbered from index row `first`."""
+    for i, (row, caps) in enumerate(zip(rows, captions), first):
+        handle.write(json.dumps({"row": i, "wnid": graph.wnids[row], "synset": graph.synsets[row],
+                                 "captions": list(caps)}, ensure_ascii=False) + "\n")
+
+
 def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequence[Sequence[str]], *,
                 embedder: EmbedderRecord, expander_id: str, search: SearchKind = "flat",
-                build_seconds: float | None = None, node_table_from: Path | None = None) -> None:
-    """Write an index directory from node vectors already embedded, atomically; labels at `path` are kept.
+                build_seconds: float | None = None) -> None:
+    """Write an index directory (one segment) from node vectors already embedded, atomically; labels at
+    `path` are kept.
 
     Args:
         vectors: (len(graph.nodes), d) float32, unit rows; row i is node graph.nodes[i].
-        captions: the captions each node's vector pools (recorded in nodes.jsonl); with
-            `node_table_from`, only those of the last rows, the first ones being that node
-            table's lines, copied as they are (growth appends without re-reading them).
+        captions: the captions each node's vector pools (recorded in nodes.jsonl), one list per node.
     """
+    with _lock(path):
+        _write_index(Path(path), graph, vectors, captions, embedder=embedder, expander_id=expander_id, search=search,
+                     build_seconds=build_seconds)
+
+
+def _write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequence[Sequence[str]], *,
+                 embedder: EmbedderRecord, expander_id: str, search: SearchKind, build_seconds: float | None) -> None:
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    first = len(graph.nodes) - len(captions) if node_table_from is not None else 0
-    if vectors.ndim != 2 or len(vectors) != len(graph.nodes) or not 0 <= first <= len(graph.nodes) \
-            or (node_table_from is None and len(captions) != len(graph.nodes)):
+    if vectors.ndim != 2 or len(vectors) != len(graph.nodes) or len(captions) != len(graph.nodes):
         raise InputError(f"{len(graph.nodes)} nodes, {vectors.shape} vectors and {len(captions)} caption lists")
-    path = Path(path)
+    if search not in ("flat", "ivf"):
+        raise InputError(f"unknown search kind {search!r}; choose flat or ivf")
     with atomic_dir(path) as tmp:
         if path.is_dir():
             _carry_labels(path, tmp, embedder)
         save_graph(graph, tmp / "graph.json", atomic=False)
-        if node_table_from is not None:
-            shutil.copyfile(node_table_from, tmp / "nodes.jsonl")
-        with open(tmp / "nodes.jsonl", "a", encoding="utf-8") as handle:
-            for i, caps in enumerate(captions, first):
-                row = graph.nodes[i]
-                handle.write(json.dumps({"row": i, "wnid": graph.wnids[row], "synset": graph.synsets[row],
-                                         "captions": list(caps)}, ensure_ascii=False) + "\n")
+        with open(tmp / "nodes.jsonl", "w", encoding="utf-8") as handle:
+            _write_table(handle, graph, graph.nodes, captions, 0)
         np.save(tmp / "node_vectors.npy", vectors)
-        faiss_index = make_faiss(vectors, search)
-        faiss.write_index(faiss_index, str(tmp / "nodes.faiss"))
+        files = list(FILES)
         extra: dict[str, Any] = {}
         if search == "ivf":
+            faiss_index = make_faiss(vectors, search)
+            faiss.write_index(faiss_index, str(tmp / FAISS_FILE))
+            files.append(FAISS_FILE)
             # Recorded so a user can judge the approximation: how many nodes find themselves.
             _, top = faiss_index.search(vectors, 1)
             extra["ivf_self_recall"] = round(float((top[:, 0] == np.arange(len(vectors))).mean()), 5)
@@ -246,15 +281,32 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
             extra["build_seconds"] = round(build_seconds, 1)
         manifest = new_manifest(
             KIND,
+            version=FORMAT_VERSION,
             embedder=dataclasses.replace(embedder, dim=int(vectors.shape[1])).to_dict(),
             metric="inner_product",
             search=search,
             graph={"wordnet": "3.0", "node_set": graph.node_set, "synsets": len(graph.wnids)},
             expander=expander_id,
             counts={"nodes": len(graph.nodes), "captions": sum(len(c) for c in captions)},
+            segments=[{"vectors": "node_vectors.npy", "table": "nodes.jsonl", "nodes": len(graph.nodes)}],
+            faiss=FAISS_FILE if search == "ivf" else None,
+            next_segment=1,
             **extra,
         )
-        seal_manifest(tmp, manifest, FILES)
+        seal_manifest(tmp, manifest, files)
+
+
+def compact_index(path: Path) -> NodeIndex:
+    """Rewrite a grown index as one segment: the same nodes, vectors and labels; an IVF index is retrained."""
+    path = Path(path)
+    read_index_manifest(path)                     # an error naming the path, before any lock is taken
+    with writer_lock(path):
+        index = load_index(path)
+        captions = [row["captions"] for row in read_node_table(path)]
+        _write_index(path, index.graph, np.asarray(index.vectors), captions, embedder=index.embedder,
+                     expander_id=index.manifest.get("expander", "wordnet-v1"), search=index.manifest.get("search", "flat"),
+                     build_seconds=None)
+    return load_index(path)
 
 
 @dataclass(frozen=True)
@@ -271,51 +323,178 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
               expander: CaptionExpander | None = None, cache: EmbeddingCache | None = None) -> GrowthReport:
     """Add WordNet noun synsets to an index's node set without re-embedding the nodes it has.
 
-    The new nodes are expanded and embedded; the rest is appended to the existing files and the
-    index is swapped in atomically, its labels hard-linked. Nodes already there are skipped.
+    The new nodes are expanded and embedded into one new segment; the files there are not
+    rewritten, only the manifest is replaced (see the module docstring). Nodes already there
+    are skipped.
 
     Raises:
         InputError: no wnid given, or a wnid that is not a WordNet 3.0 noun synset.
         EmbedderMismatchError: `embedder` is not the index's.
     """
-    index = load_index(path)
+    path = Path(path)
+    read_index_manifest(path)                     # an error naming the path, before any lock is taken
     if not wnids:
         raise InputError("no node to add: give at least one wnid")
-    graph = index.graph
-    rows = [graph.row(w.strip()) for w in wnids]     # raises on an unknown wnid, naming it
-    present = graph.node_position
-    new_rows = list(dict.fromkeys(r for r in rows if r not in present))
-    skipped = sorted({graph.wnids[r] for r in rows if r in present})
-    if not new_rows:
-        return GrowthReport([], skipped, 0.0, 0.0)
-    embedder = embedder or LazyEmbedder(index.embedder)
-    index.check_embedder(embedder)
-    expander = expander or WordNetExpander()
-    if index.manifest.get("expander") not in (None, expander.expander_id):
-        log.warning("%s: built with expander %s, adding nodes with %s", path, index.manifest.get("expander"),
-                    expander.expander_id)
-    cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
-    started = time.perf_counter()
-    captions = expander.expand([node_concept(graph, r) for r in new_rows])
-    fresh = embed_concept_captions(captions, embedder, cache)
-    embedded = time.perf_counter()
-    before = graph.node_set.get("added", 0) if graph.node_set.get("kind") == "grown" else 0
-    base = graph.node_set.get("value") if graph.node_set.get("kind") == "grown" else graph.node_set
-    # Appended: existing nodes keep their positions.
-    grown = dataclasses.replace(graph, nodes=list(graph.nodes) + new_rows,
-                                node_set={"kind": "grown", "value": base, "added": before + len(new_rows)})
-    vectors = np.concatenate([np.asarray(index.vectors, np.float32), fresh])
-    write_index(path, grown, vectors, [list(c) for c in captions], embedder=index.embedder,
-                expander_id=index.manifest.get("expander", expander.expander_id),
-                search=index.manifest.get("search", "flat"), node_table_from=Path(path) / "nodes.jsonl")
-    done = time.perf_counter()
+    with writer_lock(path):
+        manifest = read_index_manifest(path)
+        graph = load_index_graph(path, manifest)
+        rows = [graph.row(w.strip()) for w in wnids]     # raises on an unknown wnid, naming it
+        present = graph.node_position
+        new_rows = list(dict.fromkeys(r for r in rows if r not in present))
+        skipped = sorted({graph.wnids[r] for r in rows if r in present})
+        if not new_rows:
+            return GrowthReport([], skipped, 0.0, 0.0)
+        built = EmbedderRecord.from_dict(manifest["embedder"])
+        embedder = embedder or LazyEmbedder(built)
+        check_agreement(built, record_of(embedder), str(path))
+        expander = expander or WordNetExpander()
+        if manifest.get("expander") not in (None, expander.expander_id):
+            log.warning("%s: built with expander %s, adding nodes with %s", path, manifest.get("expander"),
+                        expander.expander_id)
+        cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
+        started = time.perf_counter()
+        captions = expander.expand([node_concept(graph, r) for r in new_rows])
+        fresh = embed_concept_captions(captions, embedder, cache)
+        embedded = time.perf_counter()
+        _append_segment(path, manifest, graph, new_rows, captions, fresh)
+        done = time.perf_counter()
     log.info("added %d nodes to %s (%.2f s embedding, %.2f s writing)", len(new_rows), path, embedded - started,
              done - embedded)
     return GrowthReport([graph.wnids[r] for r in new_rows], skipped, embedded - started, done - embedded)
 
 
+def _append_segment(path: Path, manifest: dict[str, Any], graph: Graph, new_rows: Sequence[int],
+                    captions: Sequence[Sequence[str]], vectors: np.ndarray) -> None:
+    """Write one segment's files, then the manifest listing them, replaced last."""
+    segments, faiss_file = _layout(path, manifest)
+    number = int(manifest.get("next_segment", len(segments)))
+    first = sum(int(s["nodes"]) for s in segments)
+    segment = {"vectors": f"node_vectors-{number:06d}.npy", "table": f"nodes-{number:06d}.jsonl",
+               "nodes": len(new_rows)}
+    files = dict(manifest.get("files", {}))
+    _remove_unlisted(path, files)
+    with atomic_file(path / segment["vectors"], "wb") as handle:
+        np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
+    with atomic_file(path / segment["table"]) as handle:
+        _write_table(handle, graph, new_rows, captions, first)
+    files.update({segment["vectors"]: file_record(path / segment["vectors"]),
+                  segment["table"]: file_record(path / segment["table"])})
+    node_set = manifest.get("graph", {}).get("node_set") or graph.node_set
+    before = node_set.get("added", 0) if node_set.get("kind") == "grown" else 0
+    base = node_set.get("value") if node_set.get("kind") == "grown" else node_set
+    counts = dict(manifest["counts"])
+    counts["nodes"] = first + len(new_rows)
+    counts["captions"] = int(counts.get("captions", 0)) + sum(len(c) for c in captions)
+    grown = {key: value for key, value in manifest.items() if key != "files"}
+    grown.update({"format_version": FORMAT_VERSION, "package_version": __version__,
+                  "graph": {**manifest.get("graph", {}),
+                            "node_set": {"kind": "grown", "value": base, "added": before + len(new_rows)}},
+                  "counts": counts, "segments": segments + [segment], "faiss": faiss_file,
+                  "next_segment": number + 1, "files": files})
+    write_json(path / "manifest.json", grown)
+
+
+def _remove_unlisted(path: Path, listed: dict[str, Any]) -> None:
+    """Delete segment files a crashed growth left behind: no manifest lists them, no reader opens them."""
+    for pattern in ("node_vectors-*.npy", "nodes-*.jsonl", ".node_vectors-*.tmp", ".nodes-*.tmp"):
+        for file in path.glob(pattern):
+            if file.name not in listed:
+                file.unlink(missing_ok=True)
+
+
+def read_index_manifest(path: Path, verify: bool = False) -> dict[str, Any]:
+    """An index's manifest (format version 1 or 2), checked: every listed file's size, and with
+    `verify` its SHA-256 (every segment's files).
+
+    Raises:
+        IndexFormatError: a missing, truncated, corrupt or other-version file, named.
+    """
+    return read_manifest(Path(path), KIND, verify=verify, versions=READ_VERSIONS)
+
+
+def _layout(path: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The segments ({"vectors", "table", "nodes"} each, in row order) and the FAISS file (None: flat, built
+    from the vectors at load) of an index; a version-1 index is one segment with its FAISS file."""
+    try:
+        if manifest["format_version"] == 1:
+            return [{"vectors": "node_vectors.npy", "table": "nodes.jsonl",
+                     "nodes": int(manifest["counts"]["nodes"])}], FAISS_FILE
+        segments = [{"vectors": str(s["vectors"]), "table": str(s["table"]), "nodes": int(s["nodes"])}
+                    for s in manifest["segments"]]
+        if not segments:
+            raise ValueError("'segments' is empty")
+        return segments, manifest.get("faiss")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{Path(path) / 'manifest.json'}: missing or malformed field {exc}") from None
+
+
+def _read_table(file: Path) -> Iterator[dict[str, Any]]:
+    try:
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise IndexFormatError(f"{file}: line {number} is not valid JSON ({exc})") from None
+    except FileNotFoundError:
+        raise IndexFormatError(f"{file}: file listed in the manifest is missing") from None
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(f"{file}: not UTF-8 text ({exc})") from None
+
+
+def read_node_table(path: Path) -> Iterator[dict[str, Any]]:
+    """The node table of an index in row order, across its segments: {"row", "wnid", "synset", "captions"} per node."""
+    path = Path(path)
+    segments, _ = _layout(path, read_index_manifest(path))
+    for segment in segments:
+        yield from _read_table(path / segment["table"])
+
+
+def load_index_graph(path: Path, manifest: dict[str, Any] | None = None) -> Graph:
+    """An index's graph: graph.json's taxonomy, with the nodes of every segment in row order.
+
+    Raises:
+        IndexFormatError: graph.json or a node table disagrees with the manifest, naming the file.
+    """
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_index_manifest(path)
+    segments, _ = _layout(path, manifest)
+    graph = load_graph(path / "graph.json")
+    if len(segments) == 1:
+        return graph
+    if len(graph.nodes) != segments[0]["nodes"]:
+        raise IndexFormatError(f"{path / 'graph.json'}: {len(graph.nodes)} nodes, the manifest's first segment "
+                               f"holds {segments[0]['nodes']}")
+    nodes = list(graph.nodes)
+    for segment in segments[1:]:
+        file = path / segment["table"]
+        wnids = [row.get("wnid") for row in _read_table(file)]
+        unknown = [w for w in wnids if w not in graph.row_of]
+        if unknown or len(wnids) != segment["nodes"]:
+            raise IndexFormatError(f"{file}: {len(wnids)} nodes ({len(unknown)} unknown wnids: {unknown[:3]}), "
+                                   f"the manifest lists {segment['nodes']}")
+        nodes += [graph.row_of[w] for w in wnids]
+    node_set = manifest.get("graph", {}).get("node_set") or graph.node_set
+    return dataclasses.replace(graph, nodes=nodes, node_set=node_set)
+
+
+def _open_vectors(file: Path, rows: int, dim: int) -> np.ndarray:
+    """One segment's vectors, memory-mapped; (rows, dim) float32 or an IndexFormatError naming the file."""
+    try:
+        vectors = np.load(file, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"{file}: cannot read ({exc})") from None
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or vectors.shape[0] != rows:
+        raise IndexFormatError(f"{file}: {vectors.dtype} array of shape {vectors.shape}, the manifest lists "
+                               f"{rows} nodes of dimension {dim}")
+    if vectors.shape[1] != dim:
+        raise IndexFormatError(f"{file}: vectors of dimension {vectors.shape[1]}, the manifest says {dim}")
+    return vectors
+
+
 def load_index(path: Path, verify: bool = False) -> NodeIndex:
-    """Open an index directory; node vectors are memory-mapped.
+    """Open an index directory. A one-segment index's vectors are memory-mapped; a grown one's are
+    concatenated in memory ((n, d) float32) until `compact_index` folds its segments.
 
     Raises:
         IndexFormatError: a missing, truncated, corrupt or other-version file, named.
@@ -323,25 +502,35 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
     import faiss
 
     path = Path(path)
-    manifest = read_manifest(path, KIND, verify=verify)
+    manifest = read_index_manifest(path, verify=verify)
     try:
         n, dim = int(manifest["counts"]["nodes"]), int(manifest["embedder"]["dim"])
         EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}") from None
-    graph = load_graph(path / "graph.json")
-    try:
-        vectors = np.load(path / "node_vectors.npy", mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise IndexFormatError(f"{path / 'node_vectors.npy'}: cannot read ({exc})") from None
-    try:
-        faiss_index = faiss.read_index(str(path / "nodes.faiss"))
-    except RuntimeError as exc:
-        raise IndexFormatError(f"{path / 'nodes.faiss'}: not a readable FAISS index ({str(exc).splitlines()[0]})") from None
-    for what, got in (("graph.json nodes", len(graph.nodes)), ("node_vectors.npy rows", vectors.shape[0]),
-                      ("nodes.faiss vectors", faiss_index.ntotal)):
-        if got != n:
-            raise IndexFormatError(f"{path}: {what} = {got}, the manifest says {n} nodes")
-    if vectors.shape[1] != dim or faiss_index.d != dim:
-        raise IndexFormatError(f"{path}: vectors of dimension {vectors.shape[1]}/{faiss_index.d}, the manifest says {dim}")
+    segments, faiss_file = _layout(path, manifest)
+    graph = load_index_graph(path, manifest)
+    if len(graph.nodes) != n:
+        raise IndexFormatError(f"{path}: graph.json nodes = {len(graph.nodes)}, the manifest says {n} nodes")
+    files = [path / s["vectors"] for s in segments]
+    parts = [_open_vectors(f, s["nodes"], dim) for f, s in zip(files, segments)]
+    if sum(len(p) for p in parts) != n:
+        raise IndexFormatError(f"{path}: node vector rows = {sum(len(p) for p in parts)}, the manifest says {n} nodes")
+    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
+    if faiss_file is None:
+        faiss_index = faiss.IndexFlatIP(dim)
+        added = files
+    else:
+        try:
+            faiss_index = faiss.read_index(str(path / faiss_file))
+        except RuntimeError as exc:
+            raise IndexFormatError(f"{path / faiss_file}: not a readable FAISS index ({str(exc).splitlines()[0]})") from None
+        if faiss_index.ntotal != segments[0]["nodes"] or faiss_index.d != dim:
+            raise IndexFormatError(f"{path / faiss_file}: {faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
+                                   f"the manifest says {segments[0]['nodes']} of dimension {dim}")
+        added = files[1:]
+    for file in added:
+        # A mapping of its own, dropped after the copy: the pages FAISS reads do not stay resident.
+        faiss_index.add(np.load(file, mmap_mode="r"))
     return NodeIndex(path, manifest, graph, vectors, faiss_index)

@@ -6,47 +6,61 @@ so a selection over 10,000 models reads megabytes, not the whole matrix. The mat
 shards, each an immutable block written once:
 
     <index>/labels/matrix/
-        manifest.json       kind "label-matrix": the node axis (wnids), the model axis (id + hub entry),
-                            and the shards in write order
+        manifest.json       kind "label-matrix", the base: the node axis (wnids), the model axis (id + hub
+                            entry), the shards in write order, and the name of the log
+        log-<n>.jsonl       append-only, one line per shard written since the base: its name, the nodes
+                            and models it adds to the axes (and hub entries it changes); read to its last
+                            complete line
         shard-<n>/          written atomically, never modified
             manifest.json   kind "label-shard": its rows, columns and dtype, checksums of the files
             rows.npy        (r,) int32 positions on the node axis, ascending
             cols.npy        (c,) int32 positions on the model axis, ascending
             counts.npy      (r, c, 3) uint16 (uint32 if a count exceeds 65,535): TP, FP, FN
 
-Adding a model writes one (n_nodes, 1) shard and rewrites the manifest; adding nodes writes
-one (n_new, n_models) shard: neither touches what is there. Where shards overlap, the later
-one wins (a model labeled again). An all-zero entry means "no label": the model was never
-evaluated on that node, and it then adds nothing to any score. `compact_matrix` merges the
-shards into one when many small ones have piled up.
+The axes are the base's, then each log record's additions in order. Adding a model writes one
+(n_nodes, 1) shard and appends one line to the log; adding nodes writes one (n_new, n_models)
+shard and one line: an append writes bytes in proportion to its shard, whatever the hub's size,
+and touches nothing that is there. Where shards overlap, the later one wins (a model labeled
+again). An all-zero entry means "no label": the model was never evaluated on that node, and it
+then adds nothing to any score. `compact_matrix` merges the shards into one and writes a fresh
+base (a new manifest and an empty log) when many small ones have piled up.
 
 A (model, node) label costs 6 bytes (12 with uint32 counts). One writer at a time (a lock
-file); readers see the manifest's shards, each whole.
+file); readers see the shards the manifest and the log's complete lines list, each whole. A
+crash leaves at worst a shard no line lists (ignored; compaction deletes it) or a torn last
+line (ignored; the next append cuts it off). The log is copied before an append when it has
+other hard links (an index copied with links): appends never write into a file another
+folder shares. Format version 1 (no log: the manifest listed every shard and was rewritten on
+each append) is still read, and its first append turns it into a base.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
+import os
+import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, atomic_file, load_arrays, new_manifest, read_manifest, seal_manifest
+from mll_index.artifacts import (atomic_dir, atomic_file, load_arrays, new_manifest, read_manifest, seal_manifest,
+                                 writer_lock)
 from mll_index.errors import IndexFormatError, InputError
 
 log = logging.getLogger(__name__)
 
 KIND = "label-matrix"
+FORMAT_VERSION = 2          # 2: a base and an append-only log; 1: a manifest rewritten on every append
+READ_VERSIONS = (1, 2)
 SHARD_KIND = "label-shard"
 SHARD_FILES = ["rows.npy", "cols.npy", "counts.npy"]
+SHARD_NAME = re.compile(r"shard-\d+")
 MANY_SHARDS = 64  # beyond this, opening and gathering pay per shard: `compact` is suggested
 
 
@@ -191,45 +205,141 @@ def open_matrix(index_path: Path) -> LabelMatrix:
         IndexFormatError: a missing, truncated or inconsistent file, named.
     """
     folder = matrix_dir(index_path)
-    manifest = read_manifest(folder, KIND)
-    try:
-        nodes = list(manifest["nodes"])
-        models = manifest["models"]
-        ids = [m["id"] for m in models]
-        entries = [m["entry"] for m in models]
-        shard_names = list(manifest["shards"])
-    except (KeyError, TypeError) as exc:
-        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed field {exc}") from None
-    shards = [_read_shard(folder / name, len(nodes), len(ids)) for name in shard_names]
+    axes = _read_axes(folder, missing_ok=False)
+    ids = [m["id"] for m in axes.models]
+    shards = [_read_shard(folder / name, len(axes.nodes), len(ids)) for name in axes.shards]
     if len(shards) > MANY_SHARDS:
         log.info("%s: %d shards; `mll-index labels compact` merges them and speeds up selection",
                     folder, len(shards))
-    return LabelMatrix(folder, nodes, ids, entries, shards)
+    return LabelMatrix(folder, axes.nodes, ids, [m["entry"] for m in axes.models], shards)
 
 
-@contextlib.contextmanager
-def _writer_lock(folder: Path) -> Iterator[None]:
-    """One writer at a time: appends and compaction read, extend and rewrite the manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+@dataclass
+class _Axes:
+    """The matrix as its writer sees it: the base manifest, then the log's records applied."""
+
+    manifest: dict[str, Any]            # the base (version 1 or 2), or a new one's
+    nodes: list[str] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)   # {"id", "entry"} in axis order
+    shards: list[str] = field(default_factory=list)
+    next_shard: int = 0
+    log_end: int = 0                    # bytes of the log's complete lines
+
+    @property
+    def log_name(self) -> str | None:
+        return self.manifest.get("log")
+
+    def apply(self, record: dict[str, Any], node_pos: dict[str, int], model_pos: dict[str, int]) -> None:
+        for w in record.get("nodes", []):
+            if w not in node_pos:
+                node_pos[w] = len(self.nodes)
+                self.nodes.append(w)
+        for m in record.get("models", []):
+            if m["id"] in model_pos:
+                self.models[model_pos[m["id"]]]["entry"] = m["entry"]
+            else:
+                model_pos[m["id"]] = len(self.models)
+                self.models.append({"id": m["id"], "entry": m["entry"]})
+        self.shards.append(record["shard"])
+        self.next_shard = max(self.next_shard, _shard_number(record["shard"]) + 1)
 
 
-def _read_axes(folder: Path) -> dict[str, Any]:
-    if not (folder / "manifest.json").is_file():
-        return new_manifest(KIND, nodes=[], models=[], shards=[], next_shard=0)
-    return read_manifest(folder, KIND)
+def _shard_number(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+def _read_axes(folder: Path, missing_ok: bool = True) -> _Axes:
+    """The base manifest with the log's complete records applied (a new matrix's empty axes if
+    there is none yet and `missing_ok`)."""
+    if missing_ok and not (folder / "manifest.json").is_file():
+        return _Axes(new_manifest(KIND, version=FORMAT_VERSION, nodes=[], models=[], shards=[], next_shard=0))
+    manifest = read_manifest(folder, KIND, versions=READ_VERSIONS)
+    try:
+        axes = _Axes(manifest, list(manifest["nodes"]), [{"id": m["id"], "entry": m["entry"]} for m in manifest["models"]],
+                     list(manifest["shards"]), int(manifest.get("next_shard", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed field {exc}") from None
+    if axes.log_name is None:
+        return axes
+    file = folder / axes.log_name
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise IndexFormatError(f"{file}: the log the manifest names is missing") from None
+    node_pos = {w: i for i, w in enumerate(axes.nodes)}
+    model_pos = {m["id"]: j for j, m in enumerate(axes.models)}
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines[:-1], 1):      # lines[-1]: after the last newline, torn or empty
+        record = _parse_record(line)
+        if record is None:
+            if number == len(lines) - 1 and not lines[-1]:
+                break       # the last line, damaged by a crash as it was written: ignored like a torn one
+            raise IndexFormatError(f"{file}: line {number} is not a valid log record")
+        axes.apply(record, node_pos, model_pos)
+        axes.log_end += len(line) + 1
+    return axes
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    """A log line's record, or None if it is not one: {"shard": "shard-<n>", "nodes": [wnid], "models": [{"id", "entry"}]}."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("shard"), str) \
+            or not SHARD_NAME.fullmatch(record["shard"]):
+        return None
+    nodes, models = record.get("nodes", []), record.get("models", [])
+    if not isinstance(nodes, list) or not all(isinstance(w, str) for w in nodes) or not isinstance(models, list) \
+            or not all(isinstance(m, dict) and isinstance(m.get("id"), str) and "entry" in m for m in models):
+        return None
+    return record
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Compact JSON: with 50,000 nodes and 10,000 models it is rewritten on every append."""
+    """Compact JSON: with 50,000 nodes and 10,000 models the base is megabytes."""
     with atomic_file(folder / "manifest.json") as handle:
         handle.write(json.dumps(manifest, ensure_ascii=False, separators=(",", ":")))
         handle.write("\n")
+
+
+def _new_base(axes: _Axes, shards: list[str], next_shard: int, log_name: str) -> dict[str, Any]:
+    """A version-2 manifest holding the axes as they are, these shards and this (empty or new) log."""
+    return new_manifest(KIND, version=FORMAT_VERSION, nodes=axes.nodes, models=axes.models, shards=shards,
+                        next_shard=next_shard, log=log_name,
+                        updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _log_line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _append_record(folder: Path, axes: _Axes, record: dict[str, Any]) -> None:
+    """Record a shard just written: one line appended to the log, fsynced.
+
+    A matrix without a log (a new one, or one of format version 1) gets a base first: its log is
+    written holding the line, then the manifest naming it, replaced last.
+    """
+    if axes.log_name is None or axes.manifest.get("format_version") != FORMAT_VERSION:
+        name = f"log-{_shard_number(record['shard']):06d}.jsonl"
+        with atomic_file(folder / name, "wb") as handle:
+            handle.write(_log_line(record))
+        _write_manifest(folder, _new_base(axes, axes.shards, axes.next_shard, name))
+        return
+    file = folder / axes.log_name
+    stat = file.stat()
+    if stat.st_nlink > 1 or stat.st_size != axes.log_end:
+        # Shared with a linked copy, or a torn last line: write a private copy of the complete lines.
+        with open(file, "rb") as handle:
+            kept = handle.read(axes.log_end)
+        with atomic_file(file, "wb") as handle:
+            handle.write(kept)
+    fd = os.open(file, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, _log_line(record))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _counts_dtype(max_count: int) -> type:
@@ -275,20 +385,23 @@ def append_labels(index_path: Path, node_wnids: Sequence[str], models: Sequence[
         raise InputError("label counts must be non-negative")
     dtype = _counts_dtype(int(counts.max()) if counts.size else 0)
     folder = matrix_dir(index_path)
-    with _writer_lock(folder):
-        manifest = _read_axes(folder)
-        node_pos = {w: j for j, w in enumerate(manifest["nodes"])}
-        for w in node_wnids:
-            if w not in node_pos:
-                node_pos[w] = len(manifest["nodes"])
-                manifest["nodes"].append(w)
-        model_pos = {m["id"]: j for j, m in enumerate(manifest["models"])}
-        for model_id, entry in models:
-            if model_id in model_pos:
-                manifest["models"][model_pos[model_id]]["entry"] = entry
-            else:
-                model_pos[model_id] = len(manifest["models"])
-                manifest["models"].append({"id": model_id, "entry": entry})
+    with writer_lock(folder):
+        axes = _read_axes(folder)
+        node_pos = {w: i for i, w in enumerate(axes.nodes)}
+        model_pos = {m["id"]: j for j, m in enumerate(axes.models)}
+        # The record holds what the axes gain: new nodes, new models and changed hub entries.
+        record: dict[str, Any] = {
+            "shard": f"shard-{axes.next_shard:06d}",
+            "nodes": [w for w in node_wnids if w not in node_pos],
+            "models": [{"id": m, "entry": e} for m, e in models
+                       if m not in model_pos or axes.models[model_pos[m]]["entry"] != e],
+            "content": what,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        for w in record["nodes"]:
+            node_pos[w] = len(node_pos)
+        for m in record["models"]:
+            model_pos.setdefault(m["id"], len(model_pos))
         rows = np.array([node_pos[w] for w in node_wnids], np.int64)
         cols = np.array([model_pos[m] for m, _ in models], np.int64)
         r_order, c_order = np.argsort(rows, kind="stable"), np.argsort(cols, kind="stable")
@@ -301,27 +414,27 @@ def append_labels(index_path: Path, node_wnids: Sequence[str], models: Sequence[
                 block = counts[s:s + 4096] if same_rows else counts[r_order[s:s + 4096]]
                 target[s:s + 4096] = block if same_cols else block[:, c_order]
 
-        name = f"shard-{int(manifest.get('next_shard', 0)):06d}"
-        _write_shard(folder / name, rows[r_order], cols[c_order], fill, dtype, what)
-        manifest["shards"].append(name)
-        manifest["next_shard"] = int(manifest.get("next_shard", 0)) + 1
-        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_manifest(folder, manifest)
-    return name
+        _write_shard(folder / record["shard"], rows[r_order], cols[c_order], fill, dtype, what)
+        _append_record(folder, axes, record)
+    return record["shard"]
 
 
 def compact_matrix(index_path: Path, rows_per_chunk: int = 1024) -> dict[str, Any]:
-    """Merge every shard into one (later shards winning), then delete the old ones.
+    """Merge every shard into one (later shards winning) in a fresh base, then delete the old files.
 
-    A crash before the manifest is rewritten leaves the old shards in use; after it, only
-    unlisted folders remain, which the next compaction deletes.
+    The fresh base (the manifest holding the axes, and an empty log) is written even when there is
+    one shard, if the log has records or the matrix is of format version 1.
+
+    A crash before the manifest is replaced leaves the old shards and log in use; after it, only
+    unlisted folders and logs remain, which the next compaction deletes.
     """
     folder = matrix_dir(index_path)
-    with _writer_lock(folder):
+    with writer_lock(folder):
         matrix = open_matrix(index_path)
-        manifest = _read_axes(folder)
+        axes = _read_axes(folder)
         before = len(matrix.shards)
-        listed = set(manifest["shards"])
+        listed = set(axes.shards)
+        log_name = axes.log_name
         if before > 1:
             rows = np.unique(np.concatenate([s.rows for s in matrix.shards]))
             cols = np.unique(np.concatenate([s.cols for s in matrix.shards]))
@@ -333,17 +446,23 @@ def compact_matrix(index_path: Path, rows_per_chunk: int = 1024) -> dict[str, An
                     block = matrix.gather(rows[s:s + rows_per_chunk])
                     target[s:s + rows_per_chunk] = block if full_cols else block[:, cols]
 
-            name = f"shard-{int(manifest['next_shard']):06d}"
+            name = f"shard-{axes.next_shard:06d}"
             _write_shard(folder / name, rows, cols, fill, dtype, "compacted")
-            manifest["shards"] = [name]
-            manifest["next_shard"] = int(manifest["next_shard"]) + 1
-            _write_manifest(folder, manifest)
             listed = {name}
+        if before > 1 or axes.log_end or axes.manifest.get("format_version") != FORMAT_VERSION:
+            # A fresh base: the axes and shards in the manifest, and an empty log.
+            next_shard = axes.next_shard + (before > 1)
+            log_name = f"log-{next_shard:06d}.jsonl"
+            with atomic_file(folder / log_name, "wb"):
+                pass
+            _write_manifest(folder, _new_base(axes, sorted(listed), next_shard, log_name))
         removed = 0
         for child in folder.iterdir():
             if child.is_dir() and child.name.startswith(("shard-", ".shard-")) and child.name not in listed:
                 shutil.rmtree(child, ignore_errors=True)
                 removed += 1
+            elif child.is_file() and child.name.startswith(("log-", ".log-")) and child.name != log_name:
+                child.unlink(missing_ok=True)
     return {"shards_before": before, "shards_after": len(listed), "folders_removed": removed}
 
 

@@ -36,7 +36,7 @@ from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manif
 from mll_index.captions import CaptionExpander, Concept, WordNetExpander
 from mll_index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, record_of
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
-from mll_index.index import embed_concept_captions, load_index
+from mll_index.index import embed_concept_captions, load_index, read_index_manifest
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def open_published(index_path: Path) -> PublishedLabels:
     folder = Path(index_path) / FOLDER
     manifest = read_manifest(folder, KIND)
     try:
-        index_embedder = EmbedderRecord.from_dict(read_manifest(Path(index_path), "node-index")["embedder"])
+        index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
         own = EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed embedder ({exc})") from None

@@ -231,6 +231,43 @@ def test_read_manifest_other_format_version(tmp_path: Path) -> None:
         A.read_manifest(target, KIND)
 
 
+def test_read_manifest_accepts_the_versions_a_kind_reads(tmp_path: Path) -> None:
+    target = tmp_path / "artifact"
+    make_artifact(target)
+    path = edit_manifest(target, format_version=2)
+    assert A.read_manifest(target, KIND, versions=(1, 2))["format_version"] == 2
+    edit_manifest(target, format_version=3)
+    with pytest.raises(IndexFormatError, match=re.escape(str(path)) + r": format version 3.*reads versions 1, 2"):
+        A.read_manifest(target, KIND, versions=(1, 2))
+
+
+def test_writer_lock_follows_a_folder_swapped_while_waiting(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    target = tmp_path / "artifact"
+    make_artifact(target)
+    order: list[str] = []
+    held = A.writer_lock(target)
+
+    def wait() -> None:
+        held.__enter__()
+        order.append("locked")
+
+    with A.writer_lock(target):
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(0.2)
+        assert order == []                                   # waits for the holder
+        make_artifact(target, {"c.txt": b"new\n"})              # the folder is swapped in while held
+    waiter.join(5)
+    assert order == ["locked"]
+    with open(target / ".lock") as handle:                   # the waiter holds the new folder's lock
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.__exit__(None, None, None)
+
+
 def test_read_manifest_not_our_format(tmp_path: Path) -> None:
     target = tmp_path / "artifact"
     make_artifact(target)

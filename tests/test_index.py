@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,8 +77,11 @@ def test_build_load_round_trip(index_dir: Path, node_index: I.NodeIndex, small_g
     assert m["search"] == "flat" and m["metric"] == "inner_product"
     assert m["expander"] == "wordnet-v1"
     assert m["graph"] == {"wordnet": "3.0", "node_set": {"kind": "wnids", "value": f"{n} wnids"}, "synsets": 82115}
+    assert m["format_version"] == I.FORMAT_VERSION == 2
+    assert m["segments"] == [{"vectors": "node_vectors.npy", "table": "nodes.jsonl", "nodes": n}]
+    assert m["faiss"] is None and m["next_segment"] == 1      # flat search: built from the vectors at load
     assert set(m["files"]) == set(I.FILES)
-    assert A.read_manifest(index_dir, "node-index", verify=True) == m
+    assert I.read_index_manifest(index_dir, verify=True) == m
     assert node_index.graph.nodes == small_graph.nodes
     assert node_index.faiss_index.ntotal == n
 
@@ -169,6 +173,8 @@ def test_an_index_of_the_older_embedder_format_still_loads(index_copy: Path, emb
     old = I.load_index(index_copy, verify=True)
     assert (old.embedder.model, old.embedder.precision, old.embedder.runtime) == (embedder.embedder_id, "fp32", "torch")
     old.check_embedder(embedder)  # ONNX Runtime fp32 answers an index embedded by torch fp32
+    with pytest.raises(EmbedderMismatchError, match="all-mpnet-base-v2"):
+        old.check_embedder(EmbedderRecord("sentence-transformers/all-mpnet-base-v2", "fp32", "torch", 384))
 
 
 @pytest.mark.parametrize("shape", [(1, 16), (2, 383), (384,)])
@@ -203,7 +209,7 @@ def test_make_faiss_unknown_kind() -> None:
 
 # --- damaged indexes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["nodes.faiss", "node_vectors.npy", "graph.json", "nodes.jsonl"])
+@pytest.mark.parametrize("name", ["node_vectors.npy", "graph.json", "nodes.jsonl"])
 def test_truncated_file_is_index_format_error_naming_it(index_copy: Path, name: str) -> None:
     path = index_copy / name
     data = path.read_bytes()
@@ -212,12 +218,24 @@ def test_truncated_file_is_index_format_error_naming_it(index_copy: Path, name: 
         I.load_index(index_copy)
 
 
-@pytest.mark.parametrize("name", ["nodes.faiss", "node_vectors.npy", "graph.json"])
+@pytest.mark.parametrize("name", ["node_vectors.npy", "graph.json"])
 def test_overwritten_file_of_same_size_is_index_format_error_naming_it(index_copy: Path, name: str) -> None:
     path = index_copy / name
     path.write_bytes(b"\x00" * path.stat().st_size)
     with pytest.raises(IndexFormatError, match=re.escape(str(path))):
         I.load_index(index_copy)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_damaged_ivf_file_is_index_format_error_naming_it(ivf_index: I.NodeIndex, tmp_path: Path,
+                                                          damage: str) -> None:
+    copy = tmp_path / "ivf"
+    shutil.copytree(ivf_index.path, copy)
+    path = copy / "nodes.faiss"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * len(data))
+    with pytest.raises(IndexFormatError, match=re.escape(str(path))):
+        I.load_index(copy)
 
 
 def test_verify_catches_a_changed_byte(index_copy: Path) -> None:
@@ -306,6 +324,7 @@ def test_rebuild_replaces_the_index(index_copy: Path, tiny_graph: Graph, embedde
 # Growth: add nodes without rebuilding
 
 LION, ZEBRA, ORANGE = "n02129165", "n02391049", "n07747607"
+COUGAR = "n02125311"
 
 
 def test_add_nodes_appends_what_a_full_build_would_embed(index_dir: Path, index_copy: Path, taxonomy: Graph,
@@ -338,8 +357,9 @@ def test_add_nodes_keeps_labels_and_refuses_bad_wnids(index_copy: Path, embedder
 
     append_labels(index_copy, [TENCH, GOLDFISH], [("m", {"id": "m"})], np.ones((2, 1, 3), int))
 
-    def tree() -> dict[str, bytes]:
-        return {str(p.relative_to(index_copy)): p.read_bytes() for p in sorted(index_copy.rglob("*")) if p.is_file()}
+    def tree() -> dict[str, bytes]:   # the writer's lock file is not content
+        return {str(p.relative_to(index_copy)): p.read_bytes() for p in sorted(index_copy.rglob("*"))
+                if p.is_file() and p.name != ".lock"}
 
     before = tree()
     for bad, message in (([], "no node to add"), (["n99999999"], "n99999999"), ([LION, "tiger"], "tiger")):
@@ -350,3 +370,147 @@ def test_add_nodes_keeps_labels_and_refuses_bad_wnids(index_copy: Path, embedder
     I.add_nodes(index_copy, [LION], embedder, cache=EmbeddingCache(tmp_path / "c.sqlite"))
     assert open_matrix(index_copy).dense().sum() == 6                  # labels carried across the rewrite
     assert I.load_index(index_copy).graph.node_set["kind"] == "grown"
+
+
+def file_state(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Inode, size and modification time of every file under `directory` but the writer's lock file."""
+    return {str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def grown_dir(index_dir: Path, tmp_path_factory: pytest.TempPathFactory, embedder: TextEmbedder) -> Path:
+    """The session index, copied and grown by one segment (lion, zebra, orange). Tests copy it before damaging it."""
+    from mll_index.embed import EmbeddingCache
+
+    root = tmp_path_factory.mktemp("grown")
+    shutil.copytree(index_dir, root / "grown")
+    I.add_nodes(root / "grown", [LION, ZEBRA, ORANGE], embedder, cache=EmbeddingCache(root / "cache.sqlite"))
+    return root / "grown"
+
+
+@pytest.fixture()
+def grown_copy(grown_dir: Path, tmp_path: Path) -> Path:
+    shutil.copytree(grown_dir, tmp_path / "grown")
+    return tmp_path / "grown"
+
+
+def test_growth_writes_one_segment_and_the_manifest(index_dir: Path, index_copy: Path, embedder: TextEmbedder,
+                                                    tmp_path: Path) -> None:
+    from mll_index.embed import EmbeddingCache
+
+    before = file_state(index_copy)
+    I.add_nodes(index_copy, [LION, ZEBRA], embedder, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    after = file_state(index_copy)
+    touched = sorted(name for name in after if after[name] != before.get(name))
+    assert touched == ["manifest.json", "node_vectors-000001.npy", "nodes-000001.jsonl"]
+    assert after["node_vectors-000001.npy"][1] == 128 + 2 * 384 * 4          # the new rows, nothing more
+    m = I.read_index_manifest(index_copy, verify=True)
+    assert m["segments"][1] == {"vectors": "node_vectors-000001.npy", "table": "nodes-000001.jsonl", "nodes": 2}
+    assert m["counts"]["nodes"] == 199 and m["next_segment"] == 2
+    assert m["graph"]["node_set"] == {"kind": "grown", "value": {"kind": "wnids", "value": "197 wnids"}, "added": 2}
+    rows = list(I.read_node_table(index_copy))
+    assert [r["row"] for r in rows] == list(range(199)) and [r["wnid"] for r in rows[-2:]] == [LION, ZEBRA]
+
+
+def test_grown_index_equals_its_compacted_rebuild(grown_dir: Path, grown_copy: Path, embedder: TextEmbedder) -> None:
+    grown = I.load_index(grown_dir, verify=True)
+    assert grown.size == 200 and len(grown.manifest["segments"]) == 2
+    assert grown.graph.node_wnids[-3:] == [LION, ZEBRA, ORANGE]
+    compacted = I.compact_index(grown_copy)                       # one segment, written by write_index
+    assert len(compacted.manifest["segments"]) == 1 and compacted.manifest["counts"] == grown.manifest["counts"]
+    assert compacted.graph.nodes == grown.graph.nodes and compacted.graph.node_set == grown.graph.node_set
+    assert np.array_equal(np.asarray(compacted.vectors), np.asarray(grown.vectors))
+    assert list(I.read_node_table(grown_copy)) == list(I.read_node_table(grown_dir))
+    queries = embedder.encode(QUERIES + ["a lion", "a zebra on the savanna", "an orange fruit"])
+    for k in (1, 10):
+        grown_result, compacted_result = grown.search(queries, k), compacted.search(queries, k)
+        assert np.array_equal(grown_result[1], compacted_result[1])
+        assert np.array_equal(grown_result[0], compacted_result[0])
+    brute = queries @ np.asarray(grown.vectors).T
+    assert np.array_equal(grown.search(queries, 1)[1][:, 0], brute.argmax(1))
+
+
+def test_an_unlisted_or_partial_segment_is_ignored_and_cleared_by_the_next_growth(
+        grown_dir: Path, grown_copy: Path, embedder: TextEmbedder, tmp_path: Path) -> None:
+    from mll_index.embed import EmbeddingCache
+
+    # What a growth that died before its manifest leaves: segment 2's files, one cut short, and a temporary file.
+    np.save(grown_copy / "node_vectors-000002.npy", np.ones((5, 384), np.float32))
+    (grown_copy / "nodes-000002.jsonl").write_text('{"row": 200, "wnid": "n0212')
+    (grown_copy / ".node_vectors-000003.npy.x1y2.tmp").write_bytes(b"\x93NUMPY")
+    grown = I.load_index(grown_copy, verify=True)
+    assert grown.size == 200 and np.array_equal(np.asarray(grown.vectors), np.asarray(I.load_index(grown_dir).vectors))
+    I.add_nodes(grown_copy, [COUGAR], embedder, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    again = I.load_index(grown_copy, verify=True)
+    assert again.size == 201 and again.graph.node_wnids[-1] == COUGAR
+    assert sorted(p.name for p in grown_copy.iterdir() if "-00000" in p.name) == [
+        "node_vectors-000001.npy", "node_vectors-000002.npy", "nodes-000001.jsonl", "nodes-000002.jsonl"]
+
+
+@pytest.mark.parametrize("name", ["node_vectors-000001.npy", "nodes-000001.jsonl"])
+def test_a_corrupt_segment_fails_verification_naming_it(grown_copy: Path, name: str) -> None:
+    path = grown_copy / name
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=re.escape(str(path)) + ": checksum differs"):
+        I.load_index(grown_copy, verify=True)
+
+
+@pytest.mark.parametrize("name", ["node_vectors-000001.npy", "nodes-000001.jsonl"])
+def test_a_missing_or_cut_segment_is_an_error_naming_it(grown_copy: Path, name: str) -> None:
+    path = grown_copy / name
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(IndexFormatError, match=re.escape(str(path))):
+        I.load_index(grown_copy)
+    path.unlink()
+    with pytest.raises(IndexFormatError, match=re.escape(str(path)) + ": file listed in the manifest is missing"):
+        I.load_index(grown_copy)
+
+
+def write_format_1(path: Path) -> None:
+    """Turn a one-segment index into what format version 1 wrote: the same files and nodes.faiss, no segments."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert len(manifest["segments"]) == 1
+    index = I.load_index(path)
+    faiss.write_index(I.make_faiss(np.asarray(index.vectors), manifest["search"]), str(path / "nodes.faiss"))
+    for key in ("segments", "faiss", "next_segment"):
+        del manifest[key]
+    manifest["format_version"] = 1
+    manifest["files"]["nodes.faiss"] = A.file_record(path / "nodes.faiss")
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def test_a_format_1_index_loads_and_grows(index_dir: Path, index_copy: Path, embedder: TextEmbedder,
+                                          tmp_path: Path) -> None:
+    from mll_index.embed import EmbeddingCache
+
+    write_format_1(index_copy)
+    old, current = I.load_index(index_copy, verify=True), I.load_index(index_dir)
+    assert old.manifest["format_version"] == 1 and old.graph.nodes == current.graph.nodes
+    assert np.array_equal(np.asarray(old.vectors), np.asarray(current.vectors))
+    queries = embedder.encode(QUERIES)
+    assert np.array_equal(old.search(queries, 5)[1], current.search(queries, 5)[1])
+    graph_before = (index_copy / "graph.json").stat()
+    I.add_nodes(index_copy, [LION], embedder, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    grown = I.load_index(index_copy, verify=True)
+    assert grown.manifest["format_version"] == 2 and grown.manifest["faiss"] == "nodes.faiss"
+    assert (index_copy / "graph.json").stat().st_mtime_ns == graph_before.st_mtime_ns
+    assert grown.size == 198 and grown.faiss_index.ntotal == 198
+    assert grown.graph.node_wnids[-1] == LION and grown.search(embedder.encode(["a lion"]), 1)[1][0, 0] == 197
+
+
+def test_ivf_index_grows_by_adding_to_its_lists(ivf_index: I.NodeIndex, tmp_path: Path,
+                                                embedder: TextEmbedder) -> None:
+    from mll_index.embed import EmbeddingCache
+
+    copy = tmp_path / "ivf"
+    shutil.copytree(ivf_index.path, copy)
+    faiss_bytes = (copy / "nodes.faiss").read_bytes()
+    I.add_nodes(copy, [LION, ZEBRA, ORANGE], embedder, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    assert (copy / "nodes.faiss").read_bytes() == faiss_bytes        # trained once; the new vectors join at load
+    grown = I.load_index(copy, verify=True)
+    assert isinstance(grown.faiss_index, faiss.IndexIVFFlat) and grown.faiss_index.ntotal == 200
+    _, top = grown.search(np.asarray(grown.vectors[-3:]), 1)
+    assert top[:, 0].tolist() == [197, 198, 199]
