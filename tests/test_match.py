@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,9 @@ def test_combined_matches_carry_wnid_synset_score_and_lemma_flag(node_index: Nod
     assert node_index.graph.node_wnids[best.node] == GOLDEN_RETRIEVER
     assert best.to_dict() == {"node": best.node, "wnid": GOLDEN_RETRIEVER, "synset": "golden_retriever.n.01",
                               "score": best.score, "lemma_match": True}
-    # the combined score adds the lemma bonus (+ the first-sense bonus) to the cosine
+    # the combined score adds the lemma bonus to the cosine
     s = M.match_settings()
-    assert best.score > s["lemma_bonus"] + s["sense_bonus"]
+    assert best.score > s["kind_bonus"]["exact"]
 
 
 def test_combined_ranks_both_cranes_first(node_index: NodeIndex, embedder: TextEmbedder) -> None:
@@ -161,5 +162,15 @@ def test_k_below_one(node_index: NodeIndex, k: int) -> None:
 def test_bad_names_are_refused(node_index: NodeIndex) -> None:
     with pytest.raises(InputError, match="class name 2 is empty"):
         M.match_names(node_index, ["tench", "  "], method="lemma")
-    with pytest.raises(InputError, match=r"duplicate class name 'TENCH' \(entries 1 and 2\)"):
-        M.match_names(node_index, ["tench", "TENCH"], method="lemma")
+
+
+@pytest.mark.parametrize("name", ["of the", "???", "(a) -- the", "  /  "])
+def test_names_of_stop_words_or_punctuation_are_refused_naming_them(node_index: NodeIndex, name: str) -> None:
+    with pytest.raises(InputError, match=rf"class name 2 \({re.escape(repr(' '.join(name.split())))}\) has no word to match"):
+        M.match_names(node_index, ["tench", name], method="lemma")
+
+
+def test_repeated_names_are_each_answered(node_index: NodeIndex, embedder: TextEmbedder) -> None:
+    results = M.match_names(node_index, ["tench", "TENCH", "laptop", "tench"], embedder, k=2)
+    assert [r[0].wnid for r in results] == [TENCH, TENCH, LAPTOP, TENCH]
+    assert results[0] == results[1] == results[3]
