@@ -1,20 +1,28 @@
 """Match class names to graph nodes: the one scoring rule behind `mll-index match` and selection.
 
 A class name is read as users write it (`read_class_name`): underscores and hyphens as
-spaces, a parenthesised sense kept apart (`bat (animal)`, `salmon (food)`), plurals and
-one-word/two-word spellings folded. Its lemma hits are the graph nodes that have the whole
-name, a spelling variant of it, or a run of its words (the head noun of `horse carriage`,
-`crane` in `crane bird`) as a lemma. Every node of the index then scores
+spaces, a parenthesised sense kept apart (`bat (animal)`, `salmon (food)`, `cooler (for
+food)`), names after a slash as other names of the class, plurals and one-word/two-word
+spellings folded. Its lemma hits are the graph nodes that have the whole name, a spelling of
+it, or a run of its words (the head noun of `horse carriage`, `crane` in `crane bird`) as a
+lemma. Every node of the index then scores (`Matcher.node_scores`)
 
     cosine(class captions, node captions) + lexname prior(node)
-        + for a lemma hit: bonus(kind of hit, share of the name's words it covers)
-                          + sense weight * the sense's share of WordNet's tagged uses of the lemma
-                          + first-sense weight / WordNet sense number
-                          + evidence weight * share of the name's other words found in the node's
-                            lemmas, gloss or hypernyms ("animal" for bat.n.01, "horse" for carriage.n.02)
+        + for a lemma hit, times the share of the name's words the lemma covers:
+              kind bonus (exact, spelling variant, head noun, other part)
+            + sense weight * the sense's share of WordNet's tagged uses of the lemma
+            + hyponym weight * ln(1 + the sense's hyponyms)
+            + parent weight * cosine(class captions, the sense's nearest hypernym node)
+        + evidence weight * share of the name's other words found in the node's lemmas,
+          gloss or hypernyms' lemmas ("horse" for carriage.n.02)
+        + is-a weight if the parenthesised sense names a hypernym or the lexicographer
+          file ("animal" for bat.n.01, "food" for salmon.n.03)
+        - negated weight * share of ruled-out words found ("pin (non jewelry)")
 
-(`node_scores`). The sense share makes the everyday sense win (dog.n.01 has 42 tagged uses,
-the man 0) unless the name says otherwise; the constants, and how each was chosen, are in
+and a head-noun hit lends its bonus to the nodes below it among the class's nearest, where
+the whole name is no lemma ("stop sign" reaches street_sign.n.01 through sign.n.02). The
+sense share makes the everyday sense win (dog.n.01 has 42 tagged uses, the man 0) unless
+the name says otherwise; the constants, and how each was chosen, are in
 data/match_settings.json.
 
 Methods (compared in bench/match_lvis.py and bench/match_imagenet.py):
