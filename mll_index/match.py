@@ -56,8 +56,7 @@ MatchMethod = Literal["lemma", "name", "captions", "combined"]
 METHODS: tuple[str, ...] = ("lemma", "name", "captions", "combined")
 HitKind = Literal["exact", "variant", "head", "part"]
 HIT_KINDS: tuple[str, ...] = ("exact", "variant", "head", "part")
-# A class whose best node scores below this is reported as a weak match (`select` and `match`):
-# a name whose words are no lemma and whose captions are not close to any node's.
+# A class whose best node scores below this is reported as a weak match (`select` and `match`; see is_weak).
 LOW_CONFIDENCE = 0.45
 MAX_WORDS = 8  # runs of words are looked up for names of at most this many words (longer ones: whole name only)
 
@@ -211,7 +210,7 @@ class LemmaHit:
 
     position: int
     row: int
-    kind: str
+    kind: HitKind
     coverage: float
     count: int
     total: int
