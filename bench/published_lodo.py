@@ -41,7 +41,7 @@ def main() -> None:
     from mll_index.graph import cache_dir
     from mll_index.index import load_index
     from mll_index.published import has_published, import_published, open_published, published_scores
-    from mll_index.select import _embed_tasks_classes
+    from mll_index.embed import embed_classes
 
     embedder = embedder_for(load_index(args.index).embedder)
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
@@ -60,7 +60,7 @@ def main() -> None:
         family = pub.datasets[j]["family"]
         hidden = [d["name"] for d in pub.datasets if d["family"] == family]
         classes = list(dict.fromkeys(pub.class_names[i] for i in np.flatnonzero(pub.class_dataset == j)))
-        queries = _embed_tasks_classes(classes, {}, embedder, None, cache)
+        queries = embed_classes(classes, embedder, cache=cache)
         scores, matches = published_scores(pub, queries, args.nodes, hidden=hidden)
         truth = truth_table[:, j]
         known = ~np.isnan(truth)

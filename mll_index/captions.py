@@ -49,8 +49,9 @@ def templates() -> dict[str, Any]:
     return json.loads(resources.files("mll_index").joinpath("data/caption_templates.json").read_text())
 
 
-def clean_class_names(names: Sequence[str]) -> list[str]:
-    """Check user class names: strip them; empty, over-long or duplicate names are an InputError."""
+def clean_class_names(names: Sequence[str], *, unique: bool = True) -> list[str]:
+    """Check user class names: strip them; empty or over-long names are an InputError, and so are
+    duplicates when `unique` (a task's classes must differ; a list of names to match may repeat)."""
     cleaned, seen = [], {}
     for i, raw in enumerate(names, 1):
         name = " ".join(str(raw).split())
@@ -59,9 +60,9 @@ def clean_class_names(names: Sequence[str]) -> list[str]:
         if len(name) > MAX_NAME_CHARS:
             raise InputError(f"class name {i} is {len(name)} characters long (at most {MAX_NAME_CHARS}): {name[:40]!r}...")
         key = normalize_name(name)
-        if key in seen:
+        if unique and key in seen:
             raise InputError(f"duplicate class name {name!r} (entries {seen[key]} and {i})")
-        seen[key] = i
+        seen.setdefault(key, i)
         cleaned.append(name)
     return cleaned
 

@@ -223,19 +223,26 @@ def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: 
     """Match class names (arguments, --file, or stdin) to their top-k graph nodes."""
     from mll_index.embed import EmbeddingCache, LazyEmbedder
     from mll_index.graph import cache_dir
-    from mll_index.match import match_names
+    from mll_index.match import Matcher, is_weak, match_names
 
     classes = _read_names(names, file)
     index = _open_index(index_path)
     embedder = None if method == "lemma" else LazyEmbedder(index.embedder)
+    matcher = Matcher(index)
     results = match_names(index, classes, embedder, k=k, method=method,  # type: ignore[arg-type]
                           expander=_expander(**expander_args),  # type: ignore[arg-type]
-                          cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"))
+                          cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"), matcher=matcher)
     for name, matches in zip(classes, results):
+        weak = method != "lemma" and is_weak(matcher, name, matches[0].score if matches else None)
+        if weak:
+            best = matches[0] if matches else None
+            click.echo(f"mll-index: warning: {name!r} matches no node well (best {best.synset if best else 'none'}, "
+                       f"score {best.score if best else 'n/a'})", err=True)
         if fmt == "jsonl":
-            click.echo(json.dumps({"query": name, "matches": [m.to_dict() for m in matches]}, ensure_ascii=False))
+            click.echo(json.dumps({"query": name, "matches": [m.to_dict() for m in matches], "low_confidence": weak},
+                                  ensure_ascii=False))
         else:
-            click.echo(name)
+            click.echo(name + ("  (low confidence)" if weak else ""))
             for m in matches:
                 click.echo(f"  {m.score:7.3f}  {m.wnid}  {m.synset}{'  (lemma)' if m.lemma_match else ''}")
             if not matches:

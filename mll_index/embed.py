@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from mll_index.captions import CaptionExpander, Concept, WordNetExpander
 from mll_index.errors import EmbedderMismatchError, InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -422,3 +423,47 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
     if not texts:
         return np.zeros((0, embedder.dim), np.float32)
     return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)
+
+
+def pool_caption_vectors(vectors: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """Mean of each owner's caption embeddings, re-normalised.
+
+    Args:
+        vectors: (m, d) float32 caption embeddings.
+        owners: (m,) int, the row (0..n-1) each caption belongs to.
+    Returns:
+        (n, d) float32, L2-normalised.
+    """
+    pooled = np.zeros((n, vectors.shape[1]), np.float32)
+    np.add.at(pooled, owners, vectors)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def embed_concept_captions(captions: Sequence[Sequence[str]], embedder: TextEmbedder,
+                           cache: EmbeddingCache | None, progress: bool = False) -> np.ndarray:
+    """(n, d) float32 pooled, L2-normalised embeddings of n caption lists."""
+    flat = [c for caps in captions for c in caps]
+    owners = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    return pool_caption_vectors(embed_texts(embedder, flat, cache, progress), owners, len(captions))
+
+
+def embed_classes(names: Sequence[str], embedder: TextEmbedder, *, expander: CaptionExpander | None = None,
+                  captions: dict[str, Sequence[str]] | None = None, cache: EmbeddingCache | None = None,
+                  bare: bool = False) -> np.ndarray:
+    """Class names as query vectors: each expanded into captions, embedded and pooled.
+
+    Args:
+        names: class names as users write them.
+        expander: writes the captions (WordNet templates by default).
+        captions: captions given for some names; they replace the expander's for those names.
+        bare: embed the names themselves, without captions.
+    Returns:
+        (n, d) float32, L2-normalised, row i for names[i].
+    """
+    if bare:
+        return embed_texts(embedder, list(names), cache)
+    given = captions or {}
+    need = [n for n in dict.fromkeys(names) if n not in given]
+    expanded = dict(zip(need, (expander or WordNetExpander()).expand([Concept(name=n) for n in need]))) if need else {}
+    lists = [list(given[n]) if n in given else list(expanded[n]) for n in names]
+    return embed_concept_captions(lists, embedder, cache)

@@ -42,8 +42,8 @@ from mll_index import __version__
 from mll_index.artifacts import (atomic_dir, atomic_file, file_record, new_manifest, read_json, read_manifest,
                                  seal_manifest, write_json, writer_lock)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
-from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_texts,
-                             record_of)
+from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement,
+                             embed_concept_captions, record_of)
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.graph import Graph, cache_dir, load_graph, save_graph
 
@@ -67,28 +67,6 @@ def default_index_path() -> Path:
     local = Path("indexes") / "default"
     checkout = Path(__file__).resolve().parent.parent / "indexes" / "default"
     return local if local.exists() or not checkout.parent.is_dir() else checkout
-
-
-def pool_caption_vectors(vectors: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
-    """Mean of each owner's caption embeddings, re-normalised.
-
-    Args:
-        vectors: (m, d) float32 caption embeddings.
-        owners: (m,) int, the row (0..n-1) each caption belongs to.
-    Returns:
-        (n, d) float32, L2-normalised.
-    """
-    pooled = np.zeros((n, vectors.shape[1]), np.float32)
-    np.add.at(pooled, owners, vectors)
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-
-def embed_concept_captions(captions: Sequence[Sequence[str]], embedder: TextEmbedder,
-                           cache: EmbeddingCache | None, progress: bool = False) -> np.ndarray:
-    """(n, d) pooled embeddings of n caption lists."""
-    flat = [c for caps in captions for c in caps]
-    owners = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-    return pool_caption_vectors(embed_texts(embedder, flat, cache, progress), owners, len(captions))
 
 
 def make_faiss(vectors: np.ndarray, search: SearchKind = "flat") -> Any:

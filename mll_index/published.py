@@ -33,10 +33,10 @@ import numpy as np
 
 from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
                                  write_json)
-from mll_index.captions import CaptionExpander, Concept, WordNetExpander
-from mll_index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, record_of
+from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
+                             record_of)
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
-from mll_index.index import embed_concept_captions, load_index, read_index_manifest
+from mll_index.index import load_index, read_index_manifest
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,6 @@ def read_results(path: Path) -> ResultsTable:
     return ResultsTable(models, datasets, acc)
 
 
-def _embed_names(names: Sequence[str], embedder: TextEmbedder, expander: CaptionExpander | None,
-                 cache: EmbeddingCache | None) -> np.ndarray:
-    captions = (expander or WordNetExpander()).expand([Concept(name=n) for n in names])
-    return embed_concept_captions(captions, embedder, cache)
-
-
 def clean_benchmark_name(name: str) -> str:
     """A benchmark class name as a user would write it ('apple_pie' → 'apple pie')."""
     return " ".join(name.replace("_", " ").split())
@@ -169,7 +163,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
         key = settings.get(d, {}).get("classnames", d)
         classes.extend((j, clean_benchmark_name(n)) for n in names[key])
     distinct = sorted({n for _, n in classes})
-    vectors = _embed_names(distinct, embedder, None, cache)
+    vectors = embed_classes(distinct, embedder, cache=cache)
     row = {n: i for i, n in enumerate(distinct)}
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]

@@ -1,12 +1,12 @@
 """Model selection (Model Label Learning): from a task's class names to models per class, using labels only.
 
 1. Each class is expanded into captions, embedded, and matched to the `n` labeled nodes most
-   like it (a labeled node has sample images). Matching scores every labeled node directly
-   (cosine + lemma bonus, as `match.py`'s combined method) and also searches the whole graph:
-   a graph node without images that matches the class better than every labeled node
-   lends its score to the labeled nodes among its hyponyms and hypernyms up to two steps
-   away, times 0.9 per step (the paper pools the images of related synsets for the same
-   reason).
+   like it (a labeled node has sample images). Every node of the graph is scored by
+   `match.Matcher.node_scores`, the rule `mll-index match` ranks by (cosine, WordNet sense
+   frequencies, lemma hits); a graph node without images that scores better than every
+   labeled node lends its score to the labeled nodes among its hyponyms and hypernyms up to
+   two steps away, times 0.9 per step (the paper pools the images of related synsets for the
+   same reason).
 2. For every model, the confusion on the union S of the task's matched nodes:
    - `restricted` (default): among the sample images of S's nodes, which node of S does the
      model predict? Exact, recomputed from the stored image and node embeddings. When the
@@ -34,13 +34,13 @@ from typing import Any, Literal
 import numpy as np
 
 from mll_index.artifacts import read_user_text
-from mll_index.captions import CaptionExpander, Concept, WordNetExpander, clean_class_names
-from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder
+from mll_index.captions import CaptionExpander, clean_class_names
+from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.index import NodeIndex, embed_concept_captions, load_index
+from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
 from mll_index.labels import SampleTable, folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
-from mll_index.match import _lemma_bonus, _lexname_prior, match_settings
+from mll_index.match import LOW_CONFIDENCE, ClassName, Matcher, is_weak, read_class_name, read_class_names
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ RANKING_SIZE = 100
 MATCH_BLOCK = 256     # classes matched at once
 GRAPH_STEP = 0.9      # score kept per hypernym/hyponym step when a match has no images
 GRAPH_DEPTH = 2
-LOW_CONFIDENCE = 0.45
-DOMAIN_TAG_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)-")  # a class whose best labeled node scores below this is reported as a weak match
+DOMAIN_TAG_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)-")
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,8 +78,9 @@ class Task:
 
 def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Sequence[str]] | None = None,
               domain: str | None = None, description: str | None = None) -> Task:
-    """A checked Task. Raises InputError for no class, one class or duplicate names."""
+    """A checked Task. Raises InputError for no class, one class, duplicate names or a name of stop words only."""
     cleaned = clean_class_names(list(classes))
+    read_class_names(cleaned)
     if len(cleaned) < 2:
         raise InputError(f"task {name!r}: a task needs at least 2 classes, got {len(cleaned)} ({cleaned})")
     caps = {}
@@ -320,28 +320,19 @@ class NodeMatch:
     via: str = "direct"
 
 
-def _embed_tasks_classes(names: Sequence[str], captions: dict[str, tuple[str, ...]], embedder: TextEmbedder,
-                         expander: CaptionExpander | None, cache: EmbeddingCache | None) -> np.ndarray:
-    """(n, d) pooled caption embeddings; given captions replace the expander's for their class."""
-    expander = expander or WordNetExpander()
-    need = [n for n in names if n not in captions]
-    expanded = dict(zip(need, expander.expand([Concept(name=n) for n in need]))) if need else {}
-    lists = [list(captions[n]) if n in captions else list(expanded[n]) for n in names]
-    return embed_concept_captions(lists, embedder, cache)
-
-
 @dataclass
 class LabeledNodes:
     """The store's node axis seen from the node index, computed once per opened selector.
 
     rows: (m,) taxonomy rows; positions: (m,) node-index positions, -1 where the index lacks
-    the node; prior: (m,) the lexname prior; of_row: taxonomy row -> node-axis position.
+    the node; of_row: taxonomy row -> node-axis position; unlabeled: (n_index,) bool, the index's
+    nodes without images (those that may lend their score).
     """
 
     rows: np.ndarray
     positions: np.ndarray
-    prior: np.ndarray
     of_row: dict[int, int]
+    unlabeled: np.ndarray
 
     @cached_property
     def in_order(self) -> bool:
@@ -355,10 +346,9 @@ def labeled_nodes(index: NodeIndex, store: LabelStore) -> LabeledNodes:
     pos = g.node_position
     rows = np.array([g.row(w) for w in store.node_wnids], np.int64)
     positions = np.array([pos.get(int(r), -1) for r in rows], np.int64)
-    prior = np.zeros(len(rows), np.float32)
-    inside = positions >= 0
-    prior[inside] = _lexname_prior(index)[positions[inside]]
-    return LabeledNodes(rows, positions, prior, {int(r): j for j, r in enumerate(rows)})
+    unlabeled = np.ones(index.size, bool)
+    unlabeled[positions[positions >= 0]] = False
+    return LabeledNodes(rows, positions, {int(r): j for j, r in enumerate(rows)}, unlabeled)
 
 
 def _top_stable(score: np.ndarray, n: int) -> np.ndarray:
@@ -388,97 +378,50 @@ def _top_stable(score: np.ndarray, n: int) -> np.ndarray:
     return order[np.isfinite(score[order])]
 
 
-def _vectors_t(index: NodeIndex) -> np.ndarray:
-    """(d, n) float32 node vectors, transposed once and kept on the index: a contiguous right-hand
-    side makes the product with a batch of queries ~20% faster than the memory-mapped rows."""
-    cached = getattr(index, "_vectors_t", None)
-    if cached is None:
-        cached = np.ascontiguousarray(np.asarray(index.vectors, np.float32).T)
-        index._vectors_t = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def _graph_scores(index: NodeIndex, queries: np.ndarray, labeled: LabeledNodes,
-                  depth: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Direct scores of every labeled node, and per query the graph nodes that may lend theirs.
-
-    Returns:
-        direct: (n_q, m) float32 cosine + prior of every labeled node (-inf where the index lacks it);
-        candidates: per query, (positions, cosines) best first: those of the `depth` best graph
-        nodes whose cosine could still beat every labeled node (others cannot lend: step 1).
-    A flat index is scored with one matrix product: the labeled nodes' scores are needed in full
-    anyway, and on 2 cores that product with a threshold is several times faster than FAISS's
-    flat search with its per-query heaps. Other index kinds are searched through FAISS.
-    """
-    inside = labeled.positions >= 0
-    if index.manifest.get("search", "flat") != "flat":
-        direct = np.full((len(queries), len(labeled.rows)), -np.inf, np.float32)
-        direct[:, inside] = queries @ np.asarray(index.vectors[labeled.positions[inside]]).T + labeled.prior[inside]
-        scores, top = index.search(queries, depth)
-        return direct, [(t[t >= 0], sc[t >= 0]) for t, sc in zip(top, scores)]
-    cosine = queries @ _vectors_t(index)                        # (n_q, n_index)
-    if len(labeled.positions) == cosine.shape[1] and labeled.in_order:
-        # Every node of the index is labeled, in index order: no node is left to lend a score.
-        cosine += labeled.prior
-        return cosine, [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(queries)
-    direct = np.full((len(queries), len(labeled.rows)), -np.inf, np.float32)
-    direct[:, inside] = cosine[:, labeled.positions[inside]] + labeled.prior[inside]
-    # A graph node lends only if cosine + prior (+ lemma bonus, added apart) beats the best labeled
-    # node, so nodes at or below that bar are not candidates, whatever their rank.
-    bar = direct.max(axis=1) - max(float(_lexname_prior(index).max(initial=0.0)), 0.0)
-    out = []
-    for q in range(len(queries)):
-        cand = np.flatnonzero(cosine[q] > bar[q])
-        if len(cand) > depth:
-            cand = cand[np.argpartition(-cosine[q, cand], depth - 1)[:depth]]
-        order = np.argsort(-cosine[q, cand], kind="stable")
-        out.append((cand[order], cosine[q, cand[order]]))
-    return direct, out
-
-
-def match_labeled_nodes(index: NodeIndex, store: LabelStore, names: Sequence[str], queries: np.ndarray,
-                        n: int = 5, labeled: LabeledNodes | None = None) -> list[list[NodeMatch]]:
+def match_labeled_nodes(sel: Selector, names: Sequence[str], queries: np.ndarray,
+                        n: int = 5) -> list[list[NodeMatch]]:
     """The n best labeled nodes of each class (see the module docstring, step 1).
 
+    Every node is scored by `match.Matcher.node_scores`, the rule `mll-index match` ranks by.
+
     Args:
+        names: the class names (as users wrote them).
         queries: (len(names), d) unit class embeddings from the index's embedder.
-        labeled: the store's nodes mapped onto the index (computed here if not given).
     """
-    labeled = labeled or labeled_nodes(index, store)
+    assert sel.store is not None and sel.labeled is not None
+    read = [read_class_name(name) for name in names]
     queries = np.asarray(queries, np.float32)
     out: list[list[NodeMatch]] = []
     # In blocks, so that a batch of thousands of classes never holds (n_classes x n_nodes) scores at once.
     for s in range(0, len(names), MATCH_BLOCK):
-        out += _match_block(index, store, names[s:s + MATCH_BLOCK], queries[s:s + MATCH_BLOCK], n, labeled)
+        out += _match_block(sel, read[s:s + MATCH_BLOCK], queries[s:s + MATCH_BLOCK], n)
     return out
 
 
-def _match_block(index: NodeIndex, store: LabelStore, names: Sequence[str], queries: np.ndarray, n: int,
-                 labeled: LabeledNodes) -> list[list[NodeMatch]]:
+def _match_block(sel: Selector, names: Sequence[ClassName], queries: np.ndarray, n: int) -> list[list[NodeMatch]]:
+    index, store, labeled = sel.index, sel.store, sel.labeled
+    assert store is not None and labeled is not None
     g = index.graph
-    prior_all = _lexname_prior(index)
-    depth = min(index.size, n + match_settings()["candidates"])
-    direct, lenders = _graph_scores(index, queries, labeled, depth)
+    scores = sel.matcher.node_scores(queries, names)              # (n_q, n_index)
+    inside = labeled.positions >= 0
+    if len(labeled.positions) == index.size and labeled.in_order:
+        direct = scores                                           # every node is labeled, in index order
+    else:
+        direct = np.full((len(names), len(labeled.rows)), -np.inf, np.float32)
+        direct[:, inside] = scores[:, labeled.positions[inside]]
+    depth = min(index.size, n + int(sel.matcher.settings["candidates"]))
     out = []
-    for q, name in enumerate(names):
+    for q in range(len(names)):
         score = direct[q].copy()
         via: dict[int, str] = {}
-        bonus = _lemma_bonus(index, name)
-        for p, b in bonus.items():
-            j = labeled.of_row.get(int(g.nodes[p]))
-            if j is not None:
-                score[j] += b
-        # Graph matches with no images of their own lend their score to labeled relatives.
-        candidates = {int(p): float(s) for p, s in zip(*lenders[q])}
-        for p, b in bonus.items():
-            candidates[p] = candidates.get(p, float(np.asarray(index.vectors[p]) @ queries[q])) + b
-        # Only graph nodes that beat every labeled node lend their score: the class is about them.
+        # Graph nodes with no images that match the class better than every labeled node lend
+        # their score to their labeled relatives: the class is about them.
         best_direct = float(score.max()) if len(score) else -np.inf
-        for p, s in candidates.items():
-            row = int(g.nodes[p])
-            s += float(prior_all[p])
-            if row in labeled.of_row or s <= best_direct:
-                continue
+        lenders = np.flatnonzero((scores[q] > best_direct) & labeled.unlabeled)
+        if len(lenders) > depth:
+            lenders = lenders[np.argpartition(-scores[q, lenders], depth - 1)[:depth]]
+        for p in lenders[np.argsort(-scores[q, lenders], kind="stable")]:
+            row, s = int(g.nodes[p]), float(scores[q, p])
             for relation, steps in (("hyponym", g.hyponyms), ("hypernym", g.hypernyms)):
                 frontier, seen = [row], {row}
                 for d in range(1, GRAPH_DEPTH + 1):
@@ -641,6 +584,10 @@ class Selector:
     cache: EmbeddingCache | None = None
     published: PublishedLabels | None = None
     labeled: LabeledNodes | None = None  # the store's node axis mapped onto the index, once
+    matcher: Matcher = field(init=False)  # the class-to-node scoring over `index`, opened once
+
+    def __post_init__(self) -> None:
+        self.matcher = Matcher(self.index)
 
 
 def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, models: Sequence[str] | None = None,
@@ -726,7 +673,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     for c, name in enumerate(task.classes):
         order = _top_stable(scores[:, c], k_eff)
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
-        weak_image = not matches[c] or matches[c][0].score < LOW_CONFIDENCE
+        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None)
         weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
         weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None
@@ -772,9 +719,11 @@ def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:
 
 
 def _class_key(task: Task, name: str) -> str:
-    """The key a class is embedded under: its name, plus its captions when the task gives some
-    (given captions make a class distinct from the same name without them)."""
-    return name + "\0" + "\0".join(task.captions[name]) if name in task.captions else name
+    """The key a class is embedded under: its name as `match` reads it ('golden_retriever' →
+    'golden retriever'), plus its captions when the task gives some (given captions make a class
+    distinct from the same name without them)."""
+    text = read_class_name(name).text
+    return text + "\0" + "\0".join(task.captions[name]) if name in task.captions else text
 
 
 @dataclass
@@ -806,9 +755,9 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> Pre
             distinct.setdefault(key, len(distinct))
     keys = list(distinct)
     names = [key.split("\0", 1)[0] for key in keys]
-    queries = _embed_tasks_classes(keys, captions, sel.embedder, sel.expander, sel.cache) if keys else None
+    queries = embed_classes(keys, sel.embedder, expander=sel.expander, captions=captions, cache=sel.cache) if keys else None
     if sel.store is not None and keys:
-        matched = match_labeled_nodes(sel.index, sel.store, names, queries, n_nodes, sel.labeled)
+        matched = match_labeled_nodes(sel, names, queries, n_nodes)
     else:
         matched = [[] for _ in keys]
     if sel.published is not None and keys:

@@ -99,7 +99,7 @@ def test_match_lemma_method_without_a_match(index_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "a red sports car", "  (no match)",
-        "crane", "    0.350  n03126707  crane.n.04  (lemma)", "    0.325  n02012849  crane.n.05  (lemma)"]
+        "crane", "    1.000  n03126707  crane.n.04  (lemma)", "    0.500  n02012849  crane.n.05  (lemma)"]
 
 
 def test_match_names_and_file_together_is_an_error(index_dir: Path, tmp_path: Path) -> None:
@@ -229,9 +229,22 @@ def test_blank_line_in_the_middle_is_one_line_error(index_dir: Path) -> None:
     assert proc.stdout == ""
 
 
-def test_duplicate_names_are_one_line_error(index_dir: Path) -> None:
-    proc = run_cli("match", "--index", str(index_dir), "--method", "lemma", "tench", "goldfish", "Tench")
-    assert_one_line_error(proc, "duplicate class name 'Tench'", "entries 1 and 3")
+def test_match_answers_every_line_of_a_names_file_repeats_included(index_dir: Path, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("tench\ngoldfish\nTench\ngoldfish\n")
+    result = invoke("match", "--index", str(index_dir), "--format", "jsonl", "-k", "1", "--file", str(names))
+    assert result.exit_code == 0, result.output
+    rows = jsonl(result.stdout)
+    assert [r["query"] for r in rows] == ["tench", "goldfish", "Tench", "goldfish"]
+    assert [r["matches"][0]["wnid"] for r in rows] == [TENCH, GOLDFISH, TENCH, GOLDFISH]
+    assert not any(r["low_confidence"] for r in rows)
+
+
+def test_a_name_of_stop_words_only_is_one_line_error(index_dir: Path) -> None:
+    proc = run_cli("match", "--index", str(index_dir), "--method", "lemma", "tench", "of the")
+    assert_one_line_error(proc, "class name 2 ('of the') has no word to match")
+    proc = run_cli("match", "--index", str(index_dir), "--method", "lemma", stdin="tench\n?!\n")
+    assert_one_line_error(proc, "class name 2 ('?!') has no word to match")
 
 
 def test_missing_index_is_one_line_error_naming_the_path(tmp_path: Path) -> None:

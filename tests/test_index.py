@@ -16,7 +16,7 @@ import pytest
 from mll_index import artifacts as A
 from mll_index import index as I
 from mll_index.captions import Concept, WordNetExpander, node_concept
-from mll_index.embed import EmbedderRecord, TextEmbedder
+from mll_index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.graph import Graph, resolve_node_set, wnid_node_set
 
@@ -107,13 +107,13 @@ def test_node_vector_is_the_pooled_caption_embedding(node_index: I.NodeIndex, em
     g = node_index.graph
     pos = g.node_position[g.row(LAPTOP)]
     captions = WordNetExpander().expand([node_concept(g, g.row(LAPTOP))])
-    expected = I.embed_concept_captions(captions, embedder, None)[0]
+    expected = embed_concept_captions(captions, embedder, None)[0]
     assert float(expected @ node_index.vectors[pos]) > 0.999
 
 
 def test_pool_caption_vectors() -> None:
     vectors = np.array([[1, 0], [0, 1], [3, 4]], np.float32)
-    pooled = I.pool_caption_vectors(vectors, np.array([0, 0, 1]), 3)
+    pooled = pool_caption_vectors(vectors, np.array([0, 0, 1]), 3)
     np.testing.assert_allclose(pooled, [[2 ** -0.5, 2 ** -0.5], [0.6, 0.8], [0, 0]], atol=1e-6)
 
 

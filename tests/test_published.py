@@ -11,7 +11,7 @@ import pytest
 from mll_index.errors import InputError
 from mll_index.published import (has_published, import_published, open_published, published_scores, read_classnames,
                                  read_results)
-from mll_index.select import _embed_tasks_classes
+from mll_index.embed import embed_classes
 
 HEADER = "name,pretrained,params (M),FLOPs (B),Average perf. on 38 datasets,ImageNet 1k,Dogs,Food,Extra\n"
 
@@ -51,7 +51,7 @@ def test_import_and_score(tmp_path: Path, index_copy: Path, embedder) -> None:  
     assert has_published(index_copy)
     pub = open_published(index_copy)
     assert pub.class_names == ["golden retriever", "pomeranian", "pizza", "apple pie"]
-    queries = _embed_tasks_classes(["golden retriever", "pizza"], {}, embedder, None, None)
+    queries = embed_classes(["golden retriever", "pizza"], embedder)
     scores, matches = published_scores(pub, queries, n=1)
     assert matches[0][0].name == "golden retriever" and matches[1][0].dataset == "Food"
     # n = 1: a class's score is the model's accuracy on its one matched dataset.
