@@ -14,7 +14,6 @@ commonest mistakes of the default method.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import sys
 from collections import Counter
@@ -24,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package, not an installed one
 
 from common import write_results  # noqa: E402
-from matching import MatcherAt, median, score_results, timed  # noqa: E402
+from matching import median, run_methods, score_results  # noqa: E402
 
 from mll_index.embed import embedder_for  # noqa: E402
 from mll_index.index import default_index_path, load_index  # noqa: E402
-from mll_index.match import METHODS, Matcher, match_names  # noqa: E402
+from mll_index.match import METHODS  # noqa: E402
 
 DEFAULT_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet1k_classes.tsv"
 
@@ -61,24 +60,8 @@ def main() -> None:
     embedder = embedder_for(index.embedder)
     missing = [w for w in truth if index.graph.row_of.get(w) not in index.graph.node_position]
     embedder.encode(["warm up"])          # the model's load is not a per-name cost
-    unique = list(dict.fromkeys(names))   # ImageNet names two classes 'missile'; older matchers refuse repeats
-    runs: dict[str, list[float]] = {m: [] for m in METHODS}
-    answers: dict[str, list[list[str]]] = {}
-    other_runs: list[float] = []
-    with contextlib.ExitStack() as stack:
-        other = stack.enter_context(MatcherAt(args.compare_ref)) if args.compare_ref else None
-        for _ in range(args.repeats):
-            for method in METHODS:
-                # No caption cache: the time per name includes embedding its captions.
-                results, spent = timed(lambda: match_names(index, names, embedder, k=5, method=method, cache=None,
-                                                           matcher=Matcher(index)))
-                runs[method].append(spent)
-                answers[method] = [[m.wnid for m in r] for r in results]
-                if method == "combined":
-                    combined = results
-            if other is not None:
-                answer = other.run(args.index, unique)
-                other_runs.append(answer["seconds"] * len(names) / len(unique))
+    run = run_methods(index, names, embedder, args.repeats, args.compare_ref, args.index)
+    runs, answers, combined = run["seconds"], run["answers"], run["combined"]
     methods = {}
     for method in METHODS:
         methods[method] = score_results(answers[method], truth, seconds=median(runs[method]))
@@ -86,10 +69,9 @@ def main() -> None:
               f"{methods[method]['seconds_per_name'] * 1000:.1f} ms/name", flush=True)
     mistakes = [(n, r[0].wnid if r else "", w) for n, r, w in zip(names, combined, truth) if not r or r[0].wnid != w]
     compared = None
-    if other is not None:
-        by_name = dict(zip(unique, answer["top5"]))
-        compared = {"ref": args.compare_ref, **score_results([by_name[n] for n in names], truth,
-                                                             seconds=median(other_runs))}
+    if run["ref_top5"] is not None:
+        compared = {"ref": args.compare_ref, **score_results([run["ref_top5"][n] for n in names], truth,
+                                                             seconds=median(run["ref_seconds"]))}
         print(f"ref {args.compare_ref}: top1 {compared['top1']:.3f} top5 {compared['top5']:.3f} "
               f"{compared['seconds_per_name'] * 1000:.1f} ms/name", flush=True)
     default = methods["combined"]

@@ -15,7 +15,6 @@ the LVIS rows judged debatable (bench/data/lvis_debatable.tsv).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -24,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package, not an installed one
 
 from common import write_results  # noqa: E402
-from matching import MatcherAt, median, score_results, timed  # noqa: E402
+from matching import median, run_methods, score_results  # noqa: E402
 
 from mll_index.embed import embedder_for  # noqa: E402
 from mll_index.index import default_index_path, load_index  # noqa: E402
-from mll_index.match import METHODS, Matcher, match_names  # noqa: E402
+from mll_index.match import METHODS, match_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_LVIS = HERE.parents[1] / "shared" / "data" / "lvis_v1_synsets.tsv"
@@ -61,23 +60,9 @@ def main() -> None:
     g = index.graph
     embedder = embedder_for(index.embedder)
     embedder.encode(["warm up"])          # the model's load is not a per-name cost
-    methods, default = {}, None
-    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
-    other_seconds: list[float] = []
-    with contextlib.ExitStack() as stack:
-        other = stack.enter_context(MatcherAt(args.compare_ref)) if args.compare_ref else None
-        for _ in range(args.repeats):
-            for method in METHODS:
-                # A fresh matcher per run: its per-index work (prior, caches) is part of the cost.
-                results, spent = timed(lambda: match_names(index, names, embedder, k=5, method=method, cache=None,
-                                                           matcher=Matcher(index)))
-                seconds[method].append(spent)
-                if method == "combined":
-                    default = results
-                methods[method] = [[m.wnid for m in r] for r in results]
-            if other is not None:
-                answer = other.run(args.index, names)
-                other_seconds.append(answer["seconds"])
+    run = run_methods(index, names, embedder, args.repeats, args.compare_ref, args.index)
+    methods, default, seconds = dict(run["answers"]), run["combined"], run["seconds"]
+    other_seconds = run["ref_seconds"]
     for method in METHODS:
         methods[method] = score_results(methods[method], truth, groups, median(seconds[method]))
         print(f"{method:9s} top1 {methods[method]['top1']:.3f} top5 {methods[method]['top5']:.3f} "
@@ -88,7 +73,8 @@ def main() -> None:
                "seconds_per_name_runs": [round(t / len(names), 5) for t in seconds["combined"]]}
     if args.compare_ref:
         figures["compared_with"] = {"ref": args.compare_ref,
-                                    **score_results(answer["top5"], truth, groups, median(other_seconds)),
+                                    **score_results([run["ref_top5"][n] for n in names], truth, groups,
+                                                  median(other_seconds)),
                                     "seconds_per_name_runs": [round(t / len(names), 5) for t in other_seconds]}
         figures["speed_ratio"] = round(figures["seconds_per_name"] / figures["compared_with"]["seconds_per_name"], 3)
         print(f"ref {args.compare_ref}: top1 {figures['compared_with']['top1']:.3f} "

@@ -4,6 +4,7 @@ the two timed in turn `--repeats` times (the median: a shared machine's load com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -90,3 +91,34 @@ def timed(fn):  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
+
+
+def run_methods(index: Any, names: Sequence[str], embedder: Any, repeats: int, compare_ref: str | None,
+                index_path: Path) -> dict[str, Any]:
+    """Every match method over `names` (no caption cache), and `compare_ref`'s matcher in turn with them.
+
+    Returns {"answers": {method: [[wnid]*5 per name]}, "combined": the default method's Match lists,
+    "seconds": {method: [run seconds]}, "ref_top5": {name: [wnid]} or None, "ref_seconds": [per run,
+    scaled to len(names)]}. The reference gets the distinct names (older matchers refuse repeats).
+    """
+    from mll_index.match import METHODS, Matcher, match_names
+
+    unique = list(dict.fromkeys(names))
+    out: dict[str, Any] = {"answers": {}, "combined": None, "seconds": {m: [] for m in METHODS},
+                           "ref_top5": None, "ref_seconds": []}
+    with contextlib.ExitStack() as stack:
+        other = stack.enter_context(MatcherAt(compare_ref)) if compare_ref else None
+        for _ in range(repeats):
+            for method in METHODS:
+                # A fresh matcher per run: its per-index work (prior, caches) is part of the cost.
+                results, spent = timed(lambda: match_names(index, list(names), embedder, k=5, method=method,
+                                                           cache=None, matcher=Matcher(index)))
+                out["seconds"][method].append(spent)
+                out["answers"][method] = [[m.wnid for m in r] for r in results]
+                if method == "combined":
+                    out["combined"] = results
+            if other is not None:
+                answer = other.run(index_path, unique)
+                out["ref_top5"] = dict(zip(unique, answer["top5"]))
+                out["ref_seconds"].append(answer["seconds"] * len(names) / len(unique))
+    return out
