@@ -6,11 +6,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
+
+if TYPE_CHECKING:
+    from mll_index.embed import EmbeddingCache
 
 log = logging.getLogger("mll_index")
 
@@ -43,6 +47,14 @@ def _read_names(names: tuple[str, ...], file: str | None, what: str = "class nam
 def _index_option(f):  # type: ignore[no-untyped-def]
     return click.option("--index", "index_path", type=click.Path(path_type=Path), default=None,
                         help="Index directory [default: $MLL_INDEX_HOME/default or ./indexes/default].")(f)
+
+
+def _embedding_cache() -> EmbeddingCache:
+    """The user's caption-vector cache (<cache>/embeddings.sqlite), shared by every command."""
+    from mll_index.embed import EmbeddingCache
+    from mll_index.graph import cache_dir
+
+    return EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
 
 def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
@@ -221,8 +233,7 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
 def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: int, method: str, fmt: str,
           **expander_args: object) -> None:
     """Match class names (arguments, --file, or stdin) to their top-k graph nodes."""
-    from mll_index.embed import EmbeddingCache, LazyEmbedder
-    from mll_index.graph import cache_dir
+    from mll_index.embed import LazyEmbedder
     from mll_index.match import Matcher, is_weak, match_names
 
     classes = _read_names(names, file)
@@ -231,7 +242,7 @@ def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: 
     matcher = Matcher(index)
     results = match_names(index, classes, embedder, k=k, method=method,  # type: ignore[arg-type]
                           expander=_expander(**expander_args),  # type: ignore[arg-type]
-                          cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"), matcher=matcher)
+                          cache=_embedding_cache(), matcher=matcher)
     for name, matches in zip(classes, results):
         weak = method != "lemma" and is_weak(matcher, name, matches[0].score if matches else None)
         if weak:
@@ -447,7 +458,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         from dataclasses import replace
 
         tasks = [replace(t, domain=domain) for t in tasks]
-    selector = open_selector(path)
+    selector = open_selector(path, cache=_embedding_cache())
     selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
                               ranking_size=ranking_size or None)
     for s in selections:
@@ -507,7 +518,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
             task = _read_task((), None, task_file)
         else:
             raise InputError("give --selection, --names or --task")
-        selection = select_models(open_selector(index_path or default_index_path()), task, k=k, alpha=alpha,
+        selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task, k=k, alpha=alpha,
                                   n_nodes=n_nodes, mode=mode)
         _warn_weak(selection)
         models, name = selection.models_for(), task.name
@@ -552,7 +563,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
                  for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
     else:
         tasks = world_eval_tasks(world_obj)
-    selector = open_selector(index_path or default_index_path(), models=[m for m in hub.ids])
+    selector = open_selector(index_path or default_index_path(), models=[m for m in hub.ids],
+                             cache=_embedding_cache())
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True)
     files = write_evaluation(result, out)
     click.echo(result.table())
