@@ -5,7 +5,7 @@ An embedder turns texts into an (n, d) float32 array of L2-normalised rows. Its 
 numeric precision, the runtime and the dimension. An index records it; a query is accepted when it
 comes from the same model and dimension at a precision whose vectors agree with the index's to a
 cosine of at least 0.9999 (`AGREEMENT`). So an index built with ONNX Runtime fp32 answers queries
-embedded by torch fp32 and the other way round, while bf16 (cosine about 0.998 to fp32) is its own space.
+embedded by torch fp32 and the other way round, while bf16 (cosine to fp32 down to 0.99988, and batch-dependent) is its own space.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ Runtime = Literal["onnxruntime", "torch", "http"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
 # Precisions whose vectors of one model agree to cosine >= 0.9999 share a vector space (measured by
-# bench/portable.py: ONNX Runtime fp32 to torch fp32 0.9999999; bf16 to fp32 about 0.998, so not).
+# bench/portable.py: ONNX Runtime fp32 to torch fp32 0.9999996 at worst; bf16 to fp32 0.99988, so not; bf16
+# vectors also move with the batch a text is encoded in, by up to 1e-3 on CPUs that emulate it).
 AGREEMENT: dict[str, str] = {"fp32": "fp32", "bf16": "bf16", "remote": "remote"}
 
 
