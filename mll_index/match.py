@@ -65,6 +65,9 @@ STOP_WORDS = frozenset("""
 a an the of for on in at to with without and or by from as into onto over under near off out up
 its it this that these those some any other type types kind kinds sort sorts style like used use such e g i
 """.split())
+# A name of these words alone names nothing and is refused. Spatial words are not among them:
+# "near", "far", "on", "off", "up" are class names of real benchmarks (KITTI's distances, switch states).
+FUNCTION_WORDS = frozenset("a an the of for to with without and or by from as its this that these those some any".split())
 NEGATIONS = frozenset({"non", "not", "no"})
 PURPOSE_WORDS = frozenset({"for", "on", "at", "in", "of", "used"})  # '(for food)' says what it is for, not what it is
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -182,10 +185,11 @@ def read_class_name(name: str, position: int | None = None) -> ClassName:
     if not any(w not in STOP_WORDS for w in words) and alternatives:
         words, alternatives = alternatives[0], alternatives[1:]
     if not any(w not in STOP_WORDS for w in words):
-        if not sense_words:
+        if sense_words:
+            words, sense_words = tuple(sense_words), []   # '(animal)': the parenthesis is the name
+        elif not any(w not in FUNCTION_WORDS for w in words):
             where = f"class name {position} ({text!r})" if position is not None else f"class name {text!r}"
             raise InputError(f"{where} has no word to match: only stop words or punctuation")
-        words, sense_words = tuple(sense_words), []   # '(animal)': the parenthesis is the name
     return ClassName(text, words, tuple(sense_words), tuple(negated_words), purpose, alternatives)
 
 

@@ -170,6 +170,13 @@ def test_names_of_stop_words_or_punctuation_are_refused_naming_them(node_index: 
         M.match_names(node_index, ["tench", name], method="lemma")
 
 
+@pytest.mark.parametrize("name", ["near", "far", "on", "up"])
+def test_spatial_words_are_class_names_not_stop_words(node_index: NodeIndex, embedder: TextEmbedder, name: str) -> None:
+    """KITTI's distance classes and switch states are named by words a sentence would skip."""
+    results = M.match_names(node_index, ["tench", name], embedder, k=1)
+    assert len(results) == 2 and len(results[1]) == 1
+
+
 def test_repeated_names_are_each_answered(node_index: NodeIndex, embedder: TextEmbedder) -> None:
     results = M.match_names(node_index, ["tench", "TENCH", "laptop", "tench"], embedder, k=2)
     assert [r[0].wnid for r in results] == [TENCH, TENCH, LAPTOP, TENCH]
