@@ -145,10 +145,11 @@ def cli_figures(index: Path, runs: int) -> dict[str, Any]:
     return {"classes": classes, "select_warm": warm, "select_cold": cold, "match": match}
 
 
-def setup_figures() -> dict[str, Any] | None:
+def setup_figures(path: Path | None = None) -> dict[str, Any] | None:
+    """The step times `setup.sh` logged (<cache>/setup_times.json, or the log of another cache's run)."""
     from mll_index.graph import cache_dir
 
-    path = cache_dir() / "setup_times.json"
+    path = path or cache_dir() / "setup_times.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -158,6 +159,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=256, help="Texts per kind (short, long) and embedder.")
     parser.add_argument("--runs", type=int, default=10, help="Runs per CLI command.")
     parser.add_argument("--tests", action="store_true", help="Also time the README's test command.")
+    parser.add_argument("--setup-times", type=Path, default=None,
+                        help="setup_times.json of a set-up run [default: <cache>/setup_times.json]; a fresh-machine "
+                             "run: MLL_INDEX_CACHE=$(mktemp -d) bash setup.sh in a fresh clone.")
     args = parser.parse_args()
 
     machine_cpu = cpu()
@@ -165,7 +169,7 @@ def main() -> None:
     speed, cosine = embedder_figures(_texts(args.index, args.texts))
     cli = cli_figures(args.index, args.runs)
     print(f"CLI: {cli}", flush=True)
-    setup = setup_figures()
+    setup = setup_figures(args.setup_times)
     suite = None
     if args.tests:
         started = time.perf_counter()
