@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import unicodedata
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -157,7 +158,10 @@ def _load_wordnet(source: Path | None = None) -> Any:
     # nltk refuses to read corpora outside its data path.
     if str(data) not in nltk.data.path:
         nltk.data.path.insert(0, str(data))
-    reader = WordNetCorpusReader(str(data / "corpora" / "wordnet"), None)
+    with warnings.catch_warnings():
+        # Debian's WordNet 3.0 has no Open Multilingual Wordnet data; only English lemmas are read.
+        warnings.filterwarnings("ignore", message="The multilingual functions are not available")
+        reader = WordNetCorpusReader(str(data / "corpora" / "wordnet"), None)
     if reader.get_version() != "3.0":
         raise ModelLoadError(f"{data}: WordNet {reader.get_version()} found, wnids need WordNet 3.0")
     return reader
