@@ -338,11 +338,6 @@ def embedder_for(record: EmbedderRecord, device: str | None = None) -> TextEmbed
     return load_embedder(f"st:{record.model}@{record.precision}", device)
 
 
-def embedder_from_id(embedder_id: str, device: str | None = None) -> TextEmbedder:
-    """Re-create an embedder from an older manifest's id ("<model>@<precision>") or a model id (fp32)."""
-    return embedder_for(EmbedderRecord.from_dict({"id": embedder_id, "dim": 0}), device)
-
-
 class EmbeddingCache:
     """Embeddings cached on disk by (vector space, text), in one SQLite file.
 

@@ -37,7 +37,7 @@ import numpy as np
 from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest,
                                  write_json)
 from mll_index.errors import InputError, MLLIndexError
-from mll_index.graph import cache_dir, load_taxonomy
+from mll_index.graph import Graph, cache_dir, load_taxonomy
 from mll_index.world.art import VENDORS, fetch_art_packages, read_art
 from mll_index.world.concepts import EmojiConcept, load_concepts, mapping_path
 from mll_index.world.domains import DOMAINS, draw_image, image_rng
@@ -226,11 +226,10 @@ def _cell_names(domain_ids: np.ndarray) -> list[str]:
     return names
 
 
-def _phrasings(concepts: list[EmojiConcept]) -> list[list[str]]:
+def _phrasings(concepts: list[EmojiConcept], graph: Graph) -> list[list[str]]:
     """Per concept, the texts the hub is trained with (its names in every template, and its label prompt)."""
     from mll_index.captions import node_concept, templates
 
-    graph = load_taxonomy()
     zero_shot = templates()["zero_shot"]
     label_template = templates()["label_prompt"]
     phrasings = []
@@ -261,7 +260,7 @@ def _train_hub(hub_spec: HubSpec, size: WorldSize, concepts: list[EmojiConcept],
     from mll_index.world import weights
 
     graph = load_taxonomy()
-    phrasings = _phrasings(concepts)
+    phrasings = _phrasings(concepts, graph)
     data = None
     if corpus is not None:
         images, cids, dids = corpus["train"]
@@ -347,7 +346,7 @@ def ship_world_weights(world: World, out_dir: Path) -> dict[str, Any]:
     from mll_index.world import weights
 
     concepts = [c for c in load_concepts(mapping_path()) if c.wnid in {x["wnid"] for x in world.concepts}]
-    phrasings = _phrasings(concepts)
+    phrasings = _phrasings(concepts, load_taxonomy())
     facts = world.manifest["models"]
     archs = {info["arch"] for info in facts.values()}
     for arch in archs:

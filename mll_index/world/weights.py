@@ -21,6 +21,7 @@ The hub *is* the rounded weights: the world is built and measured from them on e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -107,8 +108,6 @@ def read_compact(path: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
         data = path.read_bytes()
     except OSError as exc:
         raise IndexFormatError(f"{path}: cannot read the shipped weights ({exc.strerror})") from None
-    import hashlib
-
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise IndexFormatError(f"{path}: does not match its checksum in manifest.json; reinstall mll-index, "
                                "or train the hub with `mll-index world build --retrain`")
