@@ -704,8 +704,13 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line like every other mistake; click's own four-line usage block buries the cause.
+        where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "mll-index --help"
+        click.echo(f"mll-index: error: {exc.format_message()} (see '{where}')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"mll-index: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except MLLIndexError as exc:
         click.echo(f"mll-index: error: {exc}", err=True)
