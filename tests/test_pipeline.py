@@ -188,3 +188,20 @@ def test_errors_name_what_is_wrong(tiny_hub: Path, loaded, samples_root: Path) -
         ImageSet(samples_root, ("a", "b", "c"), (0, 1))
     probs = zero_shot_probabilities(loaded, images.subset([0, 1]), CLASSES)
     assert probs.probabilities["pipe-a"].shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "bench" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    figures = gpu_check.main(["--smoke", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["device"] == "cpu" and written["images"] == 16
+    for runs in figures["models"].values():
+        assert runs["labeling"]["images"] == runs["reuse"]["images"] == 16
+        assert runs["labeling"]["bound_by"] in ("decode", "encode")
