@@ -12,16 +12,18 @@ set of image files. This module does it once, streamed:
   file it was decoding, never a hang;
 - `encode_image_set` runs every model of a preprocessing configuration on each batch, in
   one pass over the images, writing unit embeddings into (n, d) float32 arrays (or handing
-  each batch to a callback); memory is bounded by batch size x models, never by image count;
+  each batch to a callback); the pixels held are bounded by batch size x (workers x
+  prefetch + 1), never by image count, and the models of a pass are the only ones loaded;
 - `zero_shot_probabilities` and `hub_probabilities` turn those embeddings into per-class
   probabilities with the temperature rule of `mll_index.zeroshot.logit_scale` (the model's
-  logit scale, capped at 100), the only one in the package.
+  logit scale, capped at 100), which labeling, reuse and evaluation are to share (labels.py
+  still applies an uncapped scale until it switches over).
 
 Every run measures the time spent waiting on the loader (decoding) apart from the time in
 the models (encoding), so a caller can say which one bounds it (`EncodeStats`).
 
-torch is imported inside the functions that need it, except by the Dataset and DataLoader
-classes, which are defined on first use (`_dataset_class`, `_loader_class`).
+torch is imported inside the functions that need it: importing this module does not import it
+(the DataLoader subclass is defined on first use, in `_loader_class`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Decoder = Callable[[Path], "PIL.Image.Image"]
 DEFAULT_TIMEOUT_S = 120.0
-MAX_LOGIT_SCALE = 100.0  # the cap zeroshot.logit_scale applies, as CLIP does
 
 
 # ---------------------------------------------------------------------------------------
