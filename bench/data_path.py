@@ -93,7 +93,6 @@ def bench_hub(root: Path) -> Path:
     """A hub file of two models of one small 224-px ViT config (patch 32), random weights (seeds 0, 1)."""
     import open_clip
     import torch
-
     from tinyclip import tiny_model_config
 
     hub = root / "hub.json"
@@ -198,6 +197,8 @@ def markdown(fig: dict[str, Any], bars: dict[str, dict[str, Any]], n: int) -> st
     lines.append(f"| labeling bytes written | {fig['label_bytes_written']} |")
     for w, rate in fig["decode_images_per_s"].items():
         lines.append(f"| decode, {w} workers | {rate:.0f} images/s |")
+    lines.append(f"| load average (1, 5, 15 min) while decoding, {os.cpu_count()} CPUs | "
+                 f"{', '.join(str(v) for v in fig['decode_load_average'])} |")
     for m, rate in fig["encode_images_per_s"].items():
         lines.append(f"| encode, {m} | {rate:.0f} images/s |")
     lines += ["", "| bar | value | limit | met |", "|---|---|---|---|"]
@@ -237,7 +238,10 @@ def main() -> None:
     reuse = {c: run_child("reuse", folder, hub_file, c, args.workers, args.batch_size,
                             args.torch_threads) for c in counts}
     label = run_child("label", folder, hub_file, n, args.workers, args.batch_size, args.torch_threads)
+    load_before = os.getloadavg()
     decode = {w: decode_rate(folder, hub_file, decode_n, w, args.batch_size) for w in (0, 1, 2)}
+    # The worker speed-up needs idle cores: the load average says whether other work had them.
+    load = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
     fig: dict[str, Any] = {
         "images": n, "workers": args.workers, "batch_size": args.batch_size, "decode_images": decode_n,
         "torch_threads": args.torch_threads,
@@ -247,6 +251,7 @@ def main() -> None:
         "label_worker_peak_rss_gb": round(label["worker_peak_rss_gb"], 3),
         "label_bytes_written": label["bytes_written"],
         "decode_images_per_s": {str(w): round(r, 1) for w, r in decode.items()},
+        "decode_load_average": load,
         "encode_images_per_s": label["stats"]["encode_images_per_s"],
         "cache_bytes_per_image": None,
         "runs": {"reuse": {str(c): r for c, r in reuse.items()}, "label": label},
