@@ -142,15 +142,17 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert out[56, 16, 2] > 200 and out[56, 16, 0] < 40
 
 
-def test_icc_profile_to_srgb(tmp_path: Path) -> None:
+def test_icc_profiles_do_not_lose_the_image(tmp_path: Path) -> None:
     from PIL import ImageCms
 
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     Image.new("RGB", (4, 4), (12, 140, 230)).save(tmp_path / "tagged.png", icc_profile=srgb)
-    assert np.abs(pixels(tmp_path / "tagged.png")[0, 0].astype(int) - (12, 140, 230)).max() <= 2
-    # A damaged profile leaves the pixels as they are rather than losing the image.
-    Image.new("RGB", (4, 4), (12, 140, 230)).save(tmp_path / "bad-icc.png", icc_profile=b"not a profile")
-    assert tuple(pixels(tmp_path / "bad-icc.png")[0, 0]) == (12, 140, 230)
+    assert tuple(pixels(tmp_path / "tagged.png")[0, 0]) == (12, 140, 230)
+    # A CMYK image whose profile does not fit (or is damaged) keeps Pillow's plain conversion.
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk-rgb-profile.jpg", icc_profile=srgb)
+    assert tuple(pixels(tmp_path / "cmyk-rgb-profile.jpg")[8, 8] > 200) == (True, False, False)
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk-bad.jpg", icc_profile=b"not a profile")
+    assert tuple(pixels(tmp_path / "cmyk-bad.jpg")[8, 8] > 200) == (True, False, False)
 
 
 def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -202,8 +204,9 @@ def test_damaged_files_name_the_reason(tmp_path: Path, damage: str) -> None:
         open_image(bad)
     message = str(caught.value)
     assert message.startswith(f"{bad}: ") and "\n" not in message
-    assert ("truncated" in message) if damage == "truncated" else ("not an image Pillow can read" in message)
-    with pytest.raises(UnreadableImageError, match="No such file"):
+    assert message.endswith("cannot decode (image file is truncated)" if damage == "truncated" else
+                            "not an image Pillow can read (unknown format or damaged header)")
+    with pytest.raises(UnreadableImageError, match="missing.png: no such file$"):
         open_image(tmp_path / "missing.png")
 
 
