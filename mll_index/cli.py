@@ -290,6 +290,15 @@ def hub_show(source: str, fmt: str) -> None:
             click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
 
 
+def _echo_unreadable(paths: list[str], reasons: dict[str, str], root: Path, shown: int = 20) -> None:
+    """One warning line per skipped image (the first `shown`), naming the file and why."""
+    click.echo(f"mll-index: warning: skipped {len(paths)} unreadable image(s) in {root}:", err=True)
+    for rel in paths[:shown]:
+        click.echo(f"  {rel}: {reasons.get(rel, 'cannot be decoded')}", err=True)
+    if len(paths) > shown:
+        click.echo(f"  ... and {len(paths) - shown} more", err=True)
+
+
 @cli.command()
 @_index_option
 @click.option("--hub", "hub_source", required=True, help="Built-in hub name (mll49) or hub file (JSON or CSV).")
@@ -319,7 +328,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     for model_id, why in report.failed.items():
         click.echo(f"failed   {model_id}: {why}", err=True)
     if report.unreadable:
-        click.echo(f"skipped {len(report.unreadable)} unreadable images: {report.unreadable[:5]}", err=True)
+        _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
     if report.skipped_folders:
         click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
     if report.failed:
@@ -526,8 +535,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     if out:
         write_predictions(result, out, fmt)
     if result.images.unreadable:
-        click.echo(f"mll-index: warning: skipped {len(result.images.unreadable)} unreadable image(s): "
-                   f"{result.images.unreadable[:5]}", err=True)
+        _echo_unreadable(result.images.unreadable, result.images.reasons, images)
     click.echo(json.dumps(result.summary(), indent=1))
 
 

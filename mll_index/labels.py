@@ -265,6 +265,7 @@ class LabelReport:
     failed: dict[str, str] = field(default_factory=dict)
     images_per_s: dict[str, float] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    unreadable_reasons: dict[str, str] = field(default_factory=dict)  # path in `unreadable` → why
     skipped_folders: list[str] = field(default_factory=list)
 
 
@@ -306,6 +307,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                 pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress,
                                            workers=workers)
                 report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
+                report.unreadable_reasons.update(pixels.reasons)
                 table = sample_table(samples, pixels.indices)
                 write_sample_table(index_path, samples.fingerprint, table)
             rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
