@@ -226,6 +226,46 @@ def read_manifest(directory: Path, kind: str, verify: bool = False,
     return manifest
 
 
+def check_manifest(directory: Path, kind: str, checksums: bool = False,
+                   versions: Sequence[int] = (FORMAT_VERSION,)) -> tuple[dict[str, Any] | None, list[str]]:
+    """Check a manifest and every file it lists, collecting each problem rather than stopping at the first.
+
+    Returns:
+        (the manifest, or None if it cannot be read or is of another format, version or kind;
+        one line per problem, naming the file: [] when all is sound). With `checksums`, each
+        listed file's SHA-256 is compared too.
+    """
+    directory = Path(directory)
+    try:
+        manifest = read_json(directory / MANIFEST)
+    except IndexFormatError as exc:
+        return None, [str(exc)]
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME \
+            or manifest.get("format_version") not in versions or manifest.get("kind") != kind:
+        try:
+            read_manifest(directory, kind, versions=versions)   # its message says what is wrong
+        except IndexFormatError as exc:
+            return None, [str(exc)]
+    if not isinstance(manifest.get("files", {}), dict):
+        return None, [f"{directory / MANIFEST}: malformed field 'files'"]
+    problems = []
+    for name, record in manifest.get("files", {}).items():
+        file = directory / name
+        try:
+            size = file.stat().st_size
+            if not file.is_file():
+                problems.append(f"{file}: listed in the manifest, not a file")
+            elif size != record["bytes"]:
+                problems.append(f"{file}: {size} bytes, the manifest says {record['bytes']} (truncated or changed)")
+            elif checksums and sha256_file(file) != record["sha256"]:
+                problems.append(f"{file}: checksum differs from the manifest (corrupt)")
+        except FileNotFoundError:
+            problems.append(f"{file}: file listed in the manifest is missing")
+        except (KeyError, TypeError):
+            problems.append(f"{directory / MANIFEST}: malformed record of {name!r}")
+    return manifest, problems
+
+
 def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
     """Memory-map the .npy files of an artifact folder, keyed by name without ".npy"; an unreadable one
     is an IndexFormatError naming it."""
