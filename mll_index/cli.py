@@ -347,10 +347,9 @@ def info(index_path: Path | None, verify: bool) -> None:
             out["label_matrix"] = counts
     if out is not None:
         click.echo(json.dumps(out, indent=1))
-    for problem in problems:
-        click.echo(f"mll-index: damaged: {problem}", err=True)
+    for problem in problems:      # one line per damaged file
+        click.echo(f"mll-index: error: {problem}", err=True)
     if problems:
-        click.echo(f"mll-index: error: {len(problems)} problem(s) in {path}", err=True)
         sys.exit(1)
 
 

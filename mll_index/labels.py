@@ -39,15 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (MANIFEST, atomic_dir, check_manifest, load_arrays, new_manifest, read_json, read_manifest,
-                                 seal_manifest, write_json)
+from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, load_arrays,
+                                 manifest_digest, new_manifest, read_json, read_manifest, seal_manifest, write_json)
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, append_labels, has_matrix, open_matrix
-from mll_index.layout import (SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name, model_folder_name,
-                              model_id_of_folder, sample_table_path)
+from mll_index.layout import (PIXEL_CACHE, SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name,
+                              model_folder_name, model_id_of_folder, sample_table_path)
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
 from mll_index.zeroshot import encode_texts
 
@@ -239,6 +239,9 @@ def load_label(index_path: Path, model_id: str, verify: bool = False) -> ModelLa
     """
     folder = label_folder(index_path, model_id)
     manifest = read_manifest(folder, KIND, verify=verify)
+    own = check_self_digest(folder, manifest)
+    if own:
+        raise IndexFormatError(own)
     try:
         named, n = manifest["model"]["id"], int(manifest["counts"]["images"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -276,6 +279,9 @@ def _open_folder(folder: Path) -> tuple[str, str, bool]:
         IndexFormatError: the manifest is missing, unreadable or names a model another folder belongs to.
     """
     manifest = read_manifest(folder, KIND)
+    own = check_self_digest(folder, manifest)
+    if own:
+        raise IndexFormatError(own)
     try:
         model_id, samples = manifest["model"]["id"], manifest["samples"]
         if not isinstance(model_id, str) or not model_id or not isinstance(samples, str):
@@ -334,8 +340,8 @@ def check_labels(index_path: Path, checksums: bool = False) -> list[str]:
     for folder in _model_folders(index_path):
         manifest, listed = check_manifest(folder, KIND, checksums=checksums)
         guess = model_id_of_folder(folder.name) or folder.name
+        hint = f" (the label of {guess!r}; {relabel_hint(guess)})"
         if manifest is None or listed:
-            hint = f" (the label of {guess!r}; {relabel_hint(guess)})" if manifest is None else ""
             problems += [p + hint for p in listed]
             continue
         try:
@@ -343,6 +349,10 @@ def check_labels(index_path: Path, checksums: bool = False) -> list[str]:
             fingerprints.add(samples)
             if checksums and label_folder(index_path, model_id) == folder:
                 load_label(index_path, model_id)      # the arrays' headers and shapes
+        except IndexFormatError as exc:
+            problems.append(str(exc) + hint)
+            continue
+        try:
             read_sample_table(index_path, samples)
         except IndexFormatError as exc:
             problems.append(str(exc))
@@ -415,7 +425,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     samples = scan_samples(Path(samples_root), valid)
     report = LabelReport(skipped_folders=list(samples.skipped_folders))
     done = labeled_models(index_path)
-    cache_dir = cache_dir or labels_dir(index_path) / ".pixels"
+    cache_dir = cache_dir or labels_dir(index_path) / PIXEL_CACHE
     groups: dict[str, list[HubModel]] = {}
     for model in chosen:
         if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
@@ -515,6 +525,10 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
                                 counts={"images": len(table.paths), "nodes": len(table.node_wnids), **(encoded or {})},
                                 accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
         seal_manifest(tmp, manifest, LABEL_FILES)
+        # Sealed once more with its own checksum: a label's manifest is never rewritten, so any change
+        # to it (a model id, a count) is damage that `scan_labels` and `info` name.
+        manifest[SELF_DIGEST] = manifest_digest(manifest)
+        write_json(tmp / MANIFEST, manifest)
     legacy = _legacy_folder(index_path, model_id)
     if legacy is not None:
         shutil.rmtree(legacy, ignore_errors=True)   # the same model under the old name: replaced by `folder`

@@ -30,7 +30,7 @@ such names hold one); its id is then read from the folder's manifest. Folders wr
 this rule (unsafe runs replaced by "_", `legacy_folder_name`) are still read when their manifest
 names the model.
 
-Imports nothing from the package but its errors and artifact names.
+Imports nothing from the package but its errors: artifacts.py takes its names from here.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ import re
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from mll_index.artifacts import MANIFEST  # noqa: F401  (the manifest name, here with the others)
 from mll_index.errors import InputError
+
+MANIFEST = "manifest.json"          # every artifact folder's manifest (artifacts.py)
 
 # The node index.
 GRAPH = "graph.json"

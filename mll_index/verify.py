@@ -30,10 +30,11 @@ def _check_matrix_axes(index_path: Path) -> list[str]:
                 for w in matrix.node_wnids if w not in graph.row_of]
     scan = scan_labels(index_path)
     for model_id, entry in zip(matrix.model_ids, matrix.entries):
-        if model_id in scan.samples and isinstance(entry, dict) and entry.get("label_samples") == scan.samples[model_id]:
-            if entry != matrix_entry(load_label(index_path, model_id)):
-                problems.append(f"{folder}: the entry of model {model_id!r} differs from its label folder's "
-                                f"({scan.folders[model_id] / 'manifest.json'}): a damaged manifest or log")
+        current = model_id in scan.samples and isinstance(entry, dict) \
+            and entry.get("label_samples") == scan.samples[model_id]
+        if current and entry != matrix_entry(load_label(index_path, model_id)):
+            problems.append(f"{folder}: the entry of model {model_id!r} differs from its label folder's "
+                            f"({scan.folders[model_id] / 'manifest.json'}): a damaged manifest or log")
     return problems
 
 

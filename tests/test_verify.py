@@ -89,6 +89,16 @@ def test_the_last_log_line_damaged_is_named(copy: Path) -> None:
     assert any(str(log) in p and "last line" in p for p in check_index(copy))
 
 
+def test_a_changed_digit_in_a_label_manifest_is_named(copy: Path) -> None:
+    manifest = copy / FOLDER / "manifest.json"
+    text = manifest.read_text()
+    assert '"top_k": 5,' in text
+    manifest.write_text(text.replace('"top_k": 5,', '"top_k": 4,'))        # still valid JSON, same size
+    problems = check_index(copy)
+    assert any(p.startswith(f"{manifest}: its content differs from its own checksum") and "org/vit-a" in p
+               for p in problems), problems
+
+
 def test_a_changed_matrix_entry_is_named(copy: Path) -> None:
     [log] = copy.glob("labels/matrix/log-*.jsonl")
     log.write_text(log.read_text().replace('"arch":"fake"', '"arch":"faux"', 1))
