@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER, run_cli
+from conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER, run_cli
 from fakelabels import fake_label
 
 from mll_index.errors import IndexFormatError, InputError
@@ -129,7 +129,7 @@ def test_info_on_damage_and_on_folders_that_are_no_index(copy: Path, tmp_path: P
     assert json.loads(flipped.stdout)["counts"]                 # the node index is still shown
     empty = tmp_path / "empty"
     empty.mkdir()
-    for folder, shown in ((str(empty), str(empty)), ("/", "/")):
+    for folder, shown in ((str(empty), str(empty)), ("/", "/"), ("", str(REPO))):     # "": the current folder
         out = run_cli("info", "--index", folder)
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
         assert f"{shown} is not an mll-index index (no manifest.json)" in out.stderr
