@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -337,19 +338,28 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
 
 @cli.command()
 @_index_option
-@click.option("--verify", is_flag=True, help="Also check every file's SHA-256.")
+@click.option("--verify", is_flag=True, help="Also check every file's SHA-256 (node index, labels, label matrix, "
+              "published labels).")
 def info(index_path: Path | None, verify: bool) -> None:
-    """Print an index's manifest after checking it."""
+    """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
     from mll_index.index import default_index_path, load_index
-
     from mll_index.label_matrix import matrix_counts
+    from mll_index.verify import check_index
 
     path = index_path or default_index_path()
-    index = load_index(path, verify=verify)
-    out = dict(index.manifest)
-    if matrix_counts(path):
-        out["label_matrix"] = matrix_counts(path)
-    click.echo(json.dumps(out, indent=1))
+    problems = check_index(path, checksums=verify)
+    out = None
+    with contextlib.suppress(MLLIndexError):     # a damaged part is named among the problems
+        out = dict(load_index(path).manifest)
+        counts = matrix_counts(path)
+        if counts:
+            out["label_matrix"] = counts
+    if out is not None:
+        click.echo(json.dumps(out, indent=1))
+    for problem in problems:      # one line per damaged file
+        click.echo(f"mll-index: error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
 
 
 @cli.command("add-nodes")
@@ -472,6 +482,10 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
                               ranking_size=ranking_size or None)
     for s in selections:
         _warn_weak(s)
+    for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
+        # Only the counts mode gets here with a damaged label (the others refuse): say what it did.
+        used = "its counts come from the label matrix" if model_id in selector.store.model_ids else "left out"
+        click.echo(f"mll-index: warning: the label folder of {model_id!r} cannot be used ({why}); {used}", err=True)
     if batch is not None:
         text = "".join(json.dumps(s.to_dict()) + "\n" for s in selections)
     else:

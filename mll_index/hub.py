@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from mll_index.artifacts import read_user_json
 from mll_index.errors import InputError, ModelLoadError
+from mll_index.layout import model_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,20 @@ def load_hub(source: str | Path, validate: bool = True) -> Hub:
         raise InputError(f"{path}: the hub lists no models")
     models: list[HubModel] = []
     seen: dict[str, int] = {}
+    folders: dict[str, int] = {}
     for position, row in enumerate(rows, start=1):
         model = _parse_model(row, path, position)
         if model.id in seen:
             raise InputError(f"{path}: model {model.id!r}: duplicate id (also model #{seen[model.id]})")
         seen[model.id] = position
+        # Label folders are named by id (layout.model_folder_name): one-to-one, but some file systems
+        # ignore case, where `ViT-B` and `vit-b` would share one.
+        folder = model_folder_name(model.id).casefold()
+        if folder in folders:
+            other = models[folders[folder] - 1].id
+            raise InputError(f"{path}: model {model.id!r}: its label folder would be model #{folders[folder]} "
+                             f"({other!r})'s on file systems that ignore case; rename one of them")
+        folders[folder] = position
         models.append(model)
     if validate:
         for model in models:

@@ -31,17 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
-                                 write_json)
+from mll_index.artifacts import (atomic_dir, check_manifest, new_manifest, read_json, read_manifest, read_user_json,
+                                 seal_manifest, write_json)
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
                              record_of)
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index import load_index, read_index_manifest
+from mll_index.layout import MANIFEST, published_dir
 
 log = logging.getLogger(__name__)
 
 KIND = "published-labels"
-FOLDER = "published"
 META_COLUMNS = {"name", "pretrained", "params (M)", "FLOPs (B)", "Average perf. on 38 datasets"}
 IMAGENET_COLUMN = "ImageNet 1k"
 
@@ -167,7 +167,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     row = {n: i for i, n in enumerate(distinct)}
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
-    folder = Path(index_path) / FOLDER
+    folder = published_dir(index_path)
     with atomic_dir(folder) as tmp:
         write_json(tmp / "models.json", table.models)
         write_json(tmp / "datasets.json", [
@@ -208,18 +208,18 @@ class PublishedLabels:
 
 
 def has_published(index_path: Path) -> bool:
-    return (Path(index_path) / FOLDER / "manifest.json").is_file()
+    return (published_dir(index_path) / MANIFEST).is_file()
 
 
 def open_published(index_path: Path) -> PublishedLabels:
     """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
-    folder = Path(index_path) / FOLDER
+    folder = published_dir(index_path)
     manifest = read_manifest(folder, KIND)
     try:
         index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
         own = EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed embedder ({exc})") from None
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed embedder ({exc})") from None
     try:
         check_agreement(index_embedder, own, str(folder))
     except MLLIndexError as exc:
@@ -236,6 +236,21 @@ def open_published(index_path: Path) -> PublishedLabels:
         raise IndexFormatError(f"{folder}: arrays disagree with models.json, datasets.json or classes.json")
     return PublishedLabels(models, datasets, np.array([c["dataset"] for c in classes], np.int64),
                            [c["name"] for c in classes], np.asarray(vectors, np.float32), accuracy, manifest)
+
+
+def check_published(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's published labels, one line each naming the file; [] when all is sound
+    (or there are none): the manifest, each file's size (with `checksums` its SHA-256), then opening them."""
+    folder = published_dir(index_path)
+    if not folder.is_dir():
+        return []
+    manifest, problems = check_manifest(folder, KIND, checksums=checksums)
+    if manifest is not None and not problems:
+        try:
+            open_published(index_path)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 @dataclass(frozen=True)

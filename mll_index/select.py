@@ -39,7 +39,8 @@ from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_cl
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
-from mll_index.labels import SampleTable, folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
+from mll_index.labels import (SampleTable, folder_counts, load_label, read_sample_table, relabel_hint, scan_labels,
+                              stale_in_matrix)
 from mll_index.match import LOW_CONFIDENCE, ClassName, Matcher, is_weak, read_class_name, read_class_names
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
 
@@ -183,6 +184,9 @@ class LabelStore:
     index_path: Path
     matrix: LabelMatrix
     folders: dict[str, str]  # model id -> sample fingerprint, for models with a label folder
+    # Model id -> why its label folder cannot be used (labels.scan_labels): the restricted and auto
+    # modes refuse while there is one, rather than leave the model out or fall back to counts.
+    damaged: dict[str, str] = field(default_factory=dict)
     _image: dict[int, ImageLabels | None] = field(default_factory=dict, repr=False)
     # Sample tables and their images' domain tags, read once per fingerprint: every model of a
     # hub labeled on one sample set shares them.
@@ -246,11 +250,18 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
     Raises:
         InputError: no model is labeled, or a named model is not.
     """
-    folders = labeled_models(index_path)
+    scan = scan_labels(index_path)
+    folders = scan.samples
+    damaged = {m: why for m, why in scan.damaged.items() if not models or m in models}
     if not folders and not has_matrix(index_path):
+        if damaged:
+            raise InputError(damaged_message(damaged))
         raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label`, or import "
                          "published results with `mll-index published import`")
     matrix = open_matrix(index_path) if has_matrix(index_path) else LabelMatrix(index_path, [], [], [], [])
+    lost = {m: why for m, why in damaged.items() if m not in matrix.model_ids}
+    if models and lost:
+        raise InputError(damaged_message(lost))
     stale = stale_in_matrix(index_path, folders, matrix)
     if stale:
         log.info("%s: %d label folder(s) not in the label matrix yet; read in memory", index_path, len(stale))
@@ -259,7 +270,21 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         matrix = matrix.subset(list(models))
     else:
         matrix = matrix.subset(sorted(matrix.model_ids))
-    return LabelStore(Path(index_path), matrix, folders)
+    return LabelStore(Path(index_path), matrix, folders, damaged)
+
+
+def damaged_message(damaged: dict[str, str], mode: str | None = None) -> str:
+    """One line: the first model whose label cannot be used, why, and what to run (see LabelStore.damaged)."""
+    model_id, why = next(iter(damaged.items()))
+    more = f"; {len(damaged) - 1} more model(s) likewise: {list(damaged)[1:4]}" if len(damaged) > 1 else ""
+    counts = " (or select with --mode counts, from the label matrix's counts)" if mode else ""
+    return f"the label of model {model_id!r} cannot be used ({why}); {relabel_hint(model_id)}{counts}{more}"
+
+
+def _refuse_damaged(store: LabelStore, mode: str) -> None:
+    """The restricted mode (and auto, which would otherwise fall back to counts unasked) needs every label."""
+    if store.damaged:
+        raise InputError(damaged_message(store.damaged, mode))
 
 
 def _with_folders(index_path: Path, matrix: LabelMatrix, model_ids: Sequence[str]) -> LabelMatrix:
@@ -455,6 +480,7 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
         return store.matrix.gather(nodes).transpose(1, 0, 2)
     if mode != "restricted":
         raise InputError(f"unknown selection mode {mode!r}; modes: {list(MODES)}")
+    _refuse_damaged(store, mode)
     if not store.has_image_labels:
         lacking = [m for m in store.model_ids if m not in store.folders]
         raise InputError(f"the restricted mode needs image-level labels; {len(lacking)} model(s) have only counts "
@@ -604,7 +630,9 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
     """
     index = load_index(index_path)
     published = open_published(index_path) if has_published(index_path) and not models else None
-    image_labels = labeled_models(index_path) or has_matrix(index_path)
+    # A damaged label folder counts: its model is then named, never left out unsaid.
+    scan = None if has_matrix(index_path) else scan_labels(index_path)
+    image_labels = scan is None or bool(scan.folders or scan.damaged)
     store = open_labels(index_path, models) if (image_labels or models or published is None) else None
     # Loaded only if a caption is not in the cache: a warm select imports no text runtime.
     embedder = embedder or LazyEmbedder(index.embedder)
@@ -638,6 +666,7 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha
     domain = task.domain if use_domain else None
     used: str = mode
     if mode == "auto":
+        _refuse_damaged(store, mode)
         counts = node_confusion(store, nodes, "counts")
         fits = store.has_image_labels and restricted_work(store, counts) <= RESTRICTED_BUDGET
         used = "restricted" if fits else "counts"
