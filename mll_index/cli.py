@@ -421,21 +421,13 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
-    from mll_index.select import open_selector, select_batch, task_from_json
+    from mll_index.select import open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
     if batch is not None:
         if names or file or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
-        from mll_index.userfiles import parse_user_json, read_user_text
-
-        tasks = []
-        for number, line in enumerate(read_user_text(batch).split("\n"), 1):
-            if line.strip():
-                where = f"{batch}:{number}"
-                tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where))
-        if not tasks:
-            raise InputError(f"{batch}: no tasks")
+        tasks = read_batch_file(batch)
     else:
         tasks = [_read_task(names, file, task_file)]
     if domain:

@@ -222,6 +222,8 @@ def _parse_model(row: dict[str, Any], path: Path, position: int) -> HubModel:
 def _resolve_file(value: str | None, hub_path: Path, where: str, name: str) -> Path | None:
     if not value:
         return None
+    if "\0" in value:
+        raise InputError(f"{where}: {name} file {value!r} holds a NUL character")
     file = Path(value).expanduser()
     if not file.is_absolute():
         file = hub_path.parent / file

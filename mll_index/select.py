@@ -116,11 +116,16 @@ def task_from_json(data: Any, where: str = "task") -> Task:
                 captions[names[-1]] = c["captions"]
         else:
             shown = repr(c) if not isinstance(c, (list, dict)) else f"a JSON {'list' if isinstance(c, list) else 'object'}"
-            raise InputError(f"{where}: class {i} is a name or an object with a 'name', not {shown[:80]}")
+            raise InputError(f"{where}: class {i}: a class is a name or an object with a 'name', not {shown[:80]}")
     for key in ("name", "domain", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise InputError(f"{where}: {key!r} must be a string")
-    return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    try:
+        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    except InputError as exc:
+        if where == "task":
+            raise
+        raise InputError(f"{where}: {exc}") from None
 
 
 def read_task_file(path: Path) -> Task:
@@ -135,7 +140,28 @@ def read_task_file(path: Path) -> Task:
     text = read_user_text(path)
     if text.lstrip().startswith(("{", "[")):
         return task_from_json(parse_user_json(text, str(path), "JSON task file"), str(path))
-    return make_task(names_from_text(text, str(path), skip_blank=True), Path(path).stem)
+    names = names_from_text(text, str(path), skip_blank=True)
+    try:
+        return make_task(names, Path(path).stem)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def read_batch_file(path: Path) -> list[Task]:
+    """Tasks from a JSON-lines file, one task (see task_from_json) per line; blank lines are skipped.
+
+    Raises:
+        InputError: naming the file and line ("tasks.jsonl:3"): unreadable text, a line that is not
+            JSON or not a task, or no task at all.
+    """
+    tasks = []
+    for number, line in enumerate(read_user_text(path).split("\n"), 1):
+        if line.strip():
+            where = f"{path}:{number}"
+            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where))
+    if not tasks:
+        raise InputError(f"{path}: no tasks")
+    return tasks
 
 
 # ---------------------------------------------------------------------------------------
