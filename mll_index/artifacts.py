@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mll_index import __version__
-from mll_index.errors import IndexFormatError, InputError
+from mll_index.errors import IndexFormatError
 from mll_index.layout import MANIFEST
 
 FORMAT_NAME = "mll-index"
@@ -83,24 +83,6 @@ def read_json(path: Path) -> Any:
         raise IndexFormatError(f"{path}: file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexFormatError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_user_text(path: Path) -> str:
-    """A user's UTF-8 text file; a missing or undecodable file is an InputError naming it."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
-
-
-def read_user_json(path: Path, what: str) -> Any:
-    """A user's JSON file (`what` names its kind in the message); unreadable or invalid JSON is an InputError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable {what} ({exc})") from None
 
 
 def _backup_of(path: Path) -> Path:

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -33,7 +32,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import read_user_text
 from mll_index.captions import CaptionExpander, clean_class_names
 from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
 from mll_index.errors import IndexFormatError, InputError
@@ -43,6 +41,7 @@ from mll_index.labels import (SampleTable, folder_counts, load_label, read_sampl
                               stale_in_matrix)
 from mll_index.match import LOW_CONFIDENCE, ClassName, Matcher, is_weak, read_class_name, read_class_names
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
+from mll_index.userfiles import names_from_text, normalize_class_name, parse_user_json, read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -96,37 +95,74 @@ def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Se
 
 def task_from_json(data: Any, where: str = "task") -> Task:
     """A Task from JSON: a list of class names, or {"name", "classes": [name | {"name", "captions"}],
-    "domain", "description"}."""
+    "domain", "description"}.
+
+    Args:
+        where: the file (and line, for a batch file) for messages ("tasks.jsonl:3").
+    Raises:
+        InputError: naming `where` (and the class): a malformed task, or a class name empty once
+            cleaned (`userfiles.normalize_class_name`).
+    """
     if isinstance(data, list):
         data = {"classes": data}
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
         raise InputError(f'{where}: a task is a list of class names or an object with a "classes" list')
     names, captions = [], {}
-    for c in data["classes"]:
+    for i, c in enumerate(data["classes"], 1):
         if isinstance(c, str):
-            names.append(c)
+            names.append(normalize_class_name(c, f"{where}: class {i}"))
         elif isinstance(c, dict) and isinstance(c.get("name"), str):
-            names.append(c["name"])
+            names.append(normalize_class_name(c["name"], f"{where}: class {i}"))
             if c.get("captions") is not None:
-                captions[" ".join(c["name"].split())] = c["captions"]
+                captions[names[-1]] = c["captions"]
         else:
-            raise InputError(f"{where}: a class is a name or an object with a 'name', not {c!r}")
+            shown = repr(c) if not isinstance(c, (list, dict)) else f"a JSON {'list' if isinstance(c, list) else 'object'}"
+            raise InputError(f"{where}: class {i}: a class is a name or an object with a 'name', not {shown[:80]}")
     for key in ("name", "domain", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise InputError(f"{where}: {key!r} must be a string")
-    return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    try:
+        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    except InputError as exc:
+        if where == "task":
+            raise
+        raise InputError(f"{where}: {exc}") from None
 
 
 def read_task_file(path: Path) -> Task:
-    """A task from a file: JSON (see task_from_json) or plain text, one class name per line."""
+    """A task from a file: JSON (see task_from_json) or plain text, one class name per line (blank lines skipped).
+
+    The file is read as `userfiles.read_user_text` reads (a byte-order mark, UTF-16, CR LF); it is
+    JSON when its first character is '{' or '['.
+
+    Raises:
+        InputError: naming the file (and line): unreadable text, invalid JSON, a malformed task.
+    """
     text = read_user_text(path)
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return task_from_json(json.loads(text), str(path))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return make_task([line for line in text.splitlines() if line.strip()], Path(path).stem)
+    if text.lstrip().startswith(("{", "[")):
+        return task_from_json(parse_user_json(text, str(path), "JSON task file"), str(path))
+    names = names_from_text(text, str(path), skip_blank=True)
+    try:
+        return make_task(names, Path(path).stem)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def read_batch_file(path: Path) -> list[Task]:
+    """Tasks from a JSON-lines file, one task (see task_from_json) per line; blank lines are skipped.
+
+    Raises:
+        InputError: naming the file and line ("tasks.jsonl:3"): unreadable text, a line that is not
+            JSON or not a task, or no task at all.
+    """
+    tasks = []
+    for number, line in enumerate(read_user_text(path).split("\n"), 1):
+        if line.strip():
+            where = f"{path}:{number}"
+            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where))
+    if not tasks:
+        raise InputError(f"{path}: no tasks")
+    return tasks
 
 
 # ---------------------------------------------------------------------------------------
