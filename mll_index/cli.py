@@ -75,6 +75,8 @@ def cli(verbose: bool) -> None:
     # warnings (retries, open_clip's root logger) would break the one-line error promise.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")
+    # A writer waiting for another one's lock says so, even without -v.
+    logging.getLogger("mll_index.artifacts.lock").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
@@ -331,7 +333,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
 @click.option("--verify", is_flag=True, help="Also check every file's SHA-256.")
 def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it."""
-    from mll_index.index import default_index_path, load_index
+    from mll_index.index import default_index_path, index_leftovers, load_index
 
     from mll_index.label_matrix import matrix_counts
 
@@ -340,6 +342,9 @@ def info(index_path: Path | None, verify: bool) -> None:
     out = dict(index.manifest)
     if matrix_counts(path):
         out["label_matrix"] = matrix_counts(path)
+    leftovers = index_leftovers(path)
+    if leftovers["paths"]:      # what interrupted writes left; the next writer removes it
+        out["leftovers"] = leftovers
     click.echo(json.dumps(out, indent=1))
 
 

@@ -22,7 +22,8 @@ re-encodes an image a model has already encoded.
                                 a model's counts join it as soon as its folder is written
 
 Only the model being labeled can be lost to a crash: each model's folder appears whole
-or not at all.
+or not at all. Models are encoded without a lock; each folder, sample table and matrix append
+is written under the index's writer lock, so a rebuild or growth of the index meanwhile keeps it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, load_arrays, new_manifest, read_json, read_manifest, seal_manifest, write_json
+from mll_index.artifacts import (atomic_dir, index_lock, load_arrays, new_manifest, read_json, read_manifest,
+                                 seal_manifest, write_json, writing)
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
@@ -351,9 +353,10 @@ def _append_folder(index_path: Path, model_id: str) -> None:
 
 def sync_matrix(index_path: Path) -> list[str]:
     """Append to the label matrix the counts of every label folder it lacks; returns their model ids."""
-    stale = stale_in_matrix(index_path)
-    for model_id in stale:
-        _append_folder(index_path, model_id)
+    with index_lock(index_path):
+        stale = stale_in_matrix(index_path)
+        for model_id in stale:
+            _append_folder(index_path, model_id)
     return stale
 
 
@@ -373,11 +376,12 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
     topk_nodes, topk_logits, true_logit = score_images(image_emb, node_emb, image_nodes, logit_scale)
     counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
     folder = labels_dir(index_path) / model_dir_name(model["id"])
-    with atomic_dir(folder) as tmp:
+    with index_lock(index_path), atomic_dir(folder) as tmp:
         for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
                             ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
                             ("true_logit", true_logit), ("counts", counts)):
-            np.save(tmp / f"{name}.npy", array)
+            with writing(folder / f"{name}.npy"):
+                np.save(tmp / f"{name}.npy", array)
         manifest = new_manifest(KIND, model=model, samples=fingerprint, preprocess=preprocess,
                                 prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
                                 logit_scale=logit_scale, dim=int(node_emb.shape[1]),
@@ -388,8 +392,9 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
 
 def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -> None:
     """Write labels/samples-<fingerprint>.json (once: a fingerprint names one table)."""
-    if not _table_path(index_path, fingerprint).is_file():
-        write_json(_table_path(index_path, fingerprint), table.to_json())
+    with index_lock(index_path):
+        if not _table_path(index_path, fingerprint).is_file():
+            write_json(_table_path(index_path, fingerprint), table.to_json())
 
 
 def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,

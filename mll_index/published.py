@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
-                                 write_json)
+from mll_index.artifacts import (atomic_dir, index_lock, new_manifest, read_consistent, read_json, read_manifest,
+                                 read_user_json, seal_manifest, write_json)
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
                              record_of)
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
@@ -168,7 +168,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
     folder = Path(index_path) / FOLDER
-    with atomic_dir(folder) as tmp:
+    with index_lock(index_path), atomic_dir(folder) as tmp:
         write_json(tmp / "models.json", table.models)
         write_json(tmp / "datasets.json", [
             {"name": d, "classnames": settings.get(d, {}).get("classnames", d),
@@ -212,8 +212,14 @@ def has_published(index_path: Path) -> bool:
 
 
 def open_published(index_path: Path) -> PublishedLabels:
-    """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
+    """Open an index's published labels; errors name the file (or the embedder that differs from the index's).
+    An import replacing them meanwhile makes it read again."""
     folder = Path(index_path) / FOLDER
+    return read_consistent(lambda: _open_published(Path(index_path), folder),
+                           [Path(index_path), folder, folder / "manifest.json"])
+
+
+def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
     manifest = read_manifest(folder, KIND)
     try:
         index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
