@@ -86,6 +86,22 @@ def test_add_nodes_and_labels_compact_at_once_keep_both(labeled: tuple[Path, Pat
     assert (matrix.dense() == before).all()
 
 
+def test_a_label_finished_while_the_index_is_rewritten_is_kept(labeled: tuple[Path, Path, Path]) -> None:
+    index, hub, samples = labeled
+    label = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "label", "--index", str(index), "--hub", str(hub),
+                              "--samples", str(samples), "--model", "tiny-m2", "--device", "cpu"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rewrites = 0
+    while label.poll() is None:
+        compact_index(index)                            # the whole folder swapped in, as a build does
+        rewrites += 1
+    out, err = label.communicate()
+    assert label.returncode == 0 and "labeled  tiny-m2" in out, err
+    assert rewrites > 0
+    assert set(labeled_models(index)) == {"tiny-m0", "tiny-m1", "tiny-m2"}
+    assert set(open_matrix(index).model_ids) == {"tiny-m0", "tiny-m1", "tiny-m2"}
+
+
 def test_a_writer_waits_for_the_lock_and_says_so_once(index_copy: Path) -> None:
     with index_lock(index_copy):
         proc = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "add-nodes", "--index", str(index_copy),
