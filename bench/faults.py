@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mll_index.index import add_nodes, index_leftovers, load_index, load_index_graph, read_index_manifest  # noqa: E402
-from mll_index.label_matrix import has_matrix, open_matrix  # noqa: E402
-from mll_index.labels import labeled_models  # noqa: E402
+from mll_index.index import add_nodes, index_leftovers, load_index, load_index_graph, read_index_manifest
+from mll_index.label_matrix import has_matrix, open_matrix
+from mll_index.labels import labeled_models
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
@@ -237,7 +237,7 @@ def run_kills(index: Path, n: int, seed: int = 0, window: float = 1.0) -> dict[s
     """
     index = Path(index)
     rng = np.random.default_rng(seed)
-    anchor = sorted(_nodes(index))[0]
+    anchor = min(_nodes(index))
     out: dict[str, Any] = {"kills": 0, "loads_failed": 0, "verify_failed": 0, "temp_bytes_seen": 0,
                            "temp_bytes_left": 0, "errors": []}
     for i in range(n):

@@ -190,15 +190,14 @@ def settle_swap(directory: Path, own_lock: bool = False, timeout: float = 5.0) -
     deadline = time.monotonic() + timeout
     while not directory.exists() and backup.is_dir():
         if own_lock:
-            with contextlib.suppress(OSError):
-                with open(backup / ".lock", "a") as handle:
-                    try:
-                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        pass                    # a live writer: it renames the new folder in shortly
-                    else:
-                        recover_dir(directory)
-                        return
+            with contextlib.suppress(OSError), open(backup / ".lock", "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass                        # a live writer: it renames the new folder in shortly
+                else:
+                    recover_dir(directory)
+                    return
         if time.monotonic() > deadline:
             return
         time.sleep(0.01)

@@ -20,6 +20,12 @@ segment 0's nodes and the node tables' wnids the later ones'. Flat search needs 
 its FAISS index is built from the vectors at load. An IVF index adds the later segments' vectors to
 the lists it was trained with (a rebuild retrains it). Format version 1 (no segments: one set of
 files, nodes.faiss always written) is still read, and grows into version 2.
+
+Every writer of an index (build, growth, labels, compaction, published import) holds its writer
+lock, `<index>/.lock`, so none drops another's work; readers take no lock and read again when a
+writer replaced the manifest or the folder meanwhile. What a killed writer left (temporary files
+and folders, a swap backup, unlisted segments) is removed by the next writer and reported by
+`index_leftovers`.
 """
 
 from __future__ import annotations

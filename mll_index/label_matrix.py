@@ -379,7 +379,7 @@ def _write_shard(folder: Path, rows: np.ndarray, cols: np.ndarray, blocks: Itera
                 raise ValueError(f"{folder}: {written} rows of counts written, the shard has {shape[0]}")
             handle.flush()
             os.fsync(handle.fileno())
-        manifest = new_manifest(SHARD_KIND, n_rows=int(len(rows)), n_cols=int(len(cols)),
+        manifest = new_manifest(SHARD_KIND, n_rows=len(rows), n_cols=len(cols),
                                 dtype=np.dtype(dtype).name, content=what)
         seal_manifest(tmp, manifest, SHARD_FILES)
 

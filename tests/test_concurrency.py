@@ -26,7 +26,7 @@ from mll_index.label_matrix import open_matrix
 from mll_index.labels import label_models, labeled_models
 
 sys.path.insert(0, str(REPO / "bench"))
-import faults  # noqa: E402
+import faults
 
 SAMPLED = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
 

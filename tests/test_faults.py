@@ -26,7 +26,7 @@ from mll_index.index import load_index, load_index_graph
 from mll_index.label_matrix import append_labels, open_matrix
 
 sys.path.insert(0, str(REPO / "bench"))
-import faults  # noqa: E402
+import faults
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -56,19 +56,17 @@ def test_writes_that_find_no_room_are_one_line_naming_the_file(tmp_path: Path) -
 
     target = tmp_path / "index" / "node_vectors.npy"
     # /dev/full answers every write with ENOSPC, as a full disk does.
-    with pytest.raises(IndexWriteError, match=f"^no space left on device while writing {re.escape(str(target))}$"):
-        with writing(target), open("/dev/full", "wb") as handle:
-            np.save(handle, np.zeros((1000, 8), np.float32))
-    with pytest.raises(IndexWriteError, match="^no space left on device while writing"):
-        with writing(target), open("/dev/full", "wb") as handle:
-            handle.write(faiss.serialize_index(faiss.IndexFlatIP(8)).data)
-            handle.flush()
-    with pytest.raises(IndexWriteError, match="^file size limit reached while writing"):
-        with writing(target):
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
-    with pytest.raises(FileNotFoundError):                 # not a lack of room: unchanged
-        with writing(target):
-            open(tmp_path / "missing" / "file", "rb")
+    with pytest.raises(IndexWriteError, match=f"^no space left on device while writing {re.escape(str(target))}$"), \
+            writing(target), open("/dev/full", "wb") as handle:
+        np.save(handle, np.zeros((1000, 8), np.float32))
+    with pytest.raises(IndexWriteError, match="^no space left on device while writing"), \
+            writing(target), open("/dev/full", "wb") as handle:
+        handle.write(faiss.serialize_index(faiss.IndexFlatIP(8)).data)
+        handle.flush()
+    with pytest.raises(IndexWriteError, match="^file size limit reached while writing"), writing(target):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    with pytest.raises(FileNotFoundError), writing(target):   # not a lack of room: unchanged
+        (tmp_path / "missing" / "file").read_bytes()
 
 
 def test_add_nodes_past_a_file_size_limit_is_one_line_and_keeps_the_index(index_copy: Path, tmp_path: Path) -> None:
