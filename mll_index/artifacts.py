@@ -257,12 +257,13 @@ def _acquire(folder: Path) -> Any:
         try:
             handle = open(folder / ".lock", "a+")
         except FileNotFoundError:
-            # Between the two renames of a swap the folder is briefly missing: making it here would
-            # block the writer's second rename, so wait; only a folder missing for long is made.
+            # Between the two renames of a swap the folder is briefly missing (its backup is there):
+            # making it here would block the writer's second rename, so wait for it first.
             missing_since = missing_since or time.monotonic()
-            if time.monotonic() - missing_since > 5:
+            if not _backup_of(folder).is_dir() or time.monotonic() - missing_since > 5:
                 folder.mkdir(parents=True, exist_ok=True)
-            time.sleep(0.01)
+            else:
+                time.sleep(0.01)
             continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

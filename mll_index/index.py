@@ -45,9 +45,9 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from mll_index import __version__
-from mll_index.artifacts import (atomic_dir, atomic_file, file_record, find_leftovers, index_lock, new_manifest,
-                                 read_consistent, read_json, read_manifest, seal_manifest, size_of, write_json,
-                                 writer_lock, writing)
+from mll_index.artifacts import (atomic_dir, atomic_file, clear_leftovers, file_record, find_leftovers, index_lock,
+                                 new_manifest, read_consistent, read_json, read_manifest, seal_manifest, size_of,
+                                 write_json, writer_lock, writing)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement,
                              embed_concept_captions, record_of)
@@ -270,6 +270,8 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
         vectors: (len(graph.nodes), d) float32, unit rows; row i is node graph.nodes[i].
         captions: the captions each node's vector pools (recorded in nodes.jsonl), one list per node.
     """
+    if not Path(path).is_dir():
+        clear_leftovers(Path(path))     # a first build killed before: nothing to lock, its pid is gone
     with _lock(path):
         _write_index(Path(path), graph, vectors, captions, embedder=embedder, expander_id=expander_id, search=search,
                      build_seconds=build_seconds)
