@@ -69,6 +69,8 @@ def cli(verbose: bool) -> None:
     # warnings (retries, open_clip's root logger) would break the one-line error promise.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")
+    # A writer waiting for another one's lock says so, even without -v.
+    logging.getLogger("mll_index.artifacts.lock").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
@@ -331,7 +333,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
               "published labels).")
 def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
-    from mll_index.index import default_index_path, load_index
+    from mll_index.index import default_index_path, index_leftovers, load_index
     from mll_index.label_matrix import matrix_counts
     from mll_index.verify import check_index
 
@@ -343,6 +345,9 @@ def info(index_path: Path | None, verify: bool) -> None:
         counts = matrix_counts(path)
         if counts:
             out["label_matrix"] = counts
+        leftovers = index_leftovers(path)
+        if leftovers["paths"]:      # what interrupted writes left; the next writer removes it
+            out["leftovers"] = leftovers
     if out is not None:
         click.echo(json.dumps(out, indent=1))
     for problem in problems:      # one line per damaged file

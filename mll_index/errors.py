@@ -25,3 +25,7 @@ class EndpointError(MLLIndexError):
 
 class ModelLoadError(MLLIndexError):
     """A text model or vision-language model cannot be loaded."""
+
+
+class IndexWriteError(MLLIndexError):
+    """An index file could not be written (a full disk, a file-size limit); the previous version is kept."""

@@ -20,6 +20,12 @@ segment 0's nodes and the node tables' wnids the later ones'. Flat search needs 
 its FAISS index is built from the vectors at load. An IVF index adds the later segments' vectors to
 the lists it was trained with (a rebuild retrains it). Format version 1 (no segments: one set of
 files, nodes.faiss always written) is still read, and grows into version 2.
+
+Every writer of an index (build, growth, labels, compaction, published import) holds its writer
+lock, `<index>/.lock`, so none drops another's work; readers take no lock and read again when a
+writer replaced the manifest or the folder meanwhile. What a killed writer left (temporary files
+and folders, a swap backup, unlisted segments) is removed by the next writer and reported by
+`index_leftovers`.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from mll_index import __version__
-from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, file_record, new_manifest, read_json,
-                                 read_manifest, seal_manifest, write_json, writer_lock)
+from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, clear_leftovers, file_record, find_leftovers,
+                                 index_lock, new_manifest, read_consistent, read_json, read_manifest, seal_manifest,
+                                 size_of, write_json, writer_lock, writing)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement,
                              embed_concept_captions, record_of)
@@ -242,8 +249,8 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _lock(path: Path) -> contextlib.AbstractContextManager[None]:
-    """The index's writer lock (growth and rewrites, one at a time); nothing to lock before the first build."""
-    return writer_lock(path) if Path(path).is_dir() else contextlib.nullcontext()
+    """The index's writer lock (see `index_lock`); nothing to lock before the first build."""
+    return index_lock(path) if Path(path).is_dir() else contextlib.nullcontext()
 
 
 def _write_table(handle: IO[str], graph: Graph, rows: Sequence[int], captions: Sequence[Sequence[str]],
@@ -264,6 +271,8 @@ def write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequenc
         vectors: (len(graph.nodes), d) float32, unit rows; row i is node graph.nodes[i].
         captions: the captions each node's vector pools (recorded in nodes.jsonl), one list per node.
     """
+    if not Path(path).is_dir():
+        clear_leftovers(Path(path))     # a first build killed before: nothing to lock, its pid is gone
     with _lock(path):
         _write_index(Path(path), graph, vectors, captions, embedder=embedder, expander_id=expander_id, search=search,
                      build_seconds=build_seconds)
@@ -278,18 +287,26 @@ def _write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequen
         raise InputError(f"{len(graph.nodes)} nodes, {vectors.shape} vectors and {len(captions)} caption lists")
     if search not in ("flat", "ivf"):
         raise InputError(f"unknown search kind {search!r}; choose flat or ivf")
-    with atomic_dir(path) as tmp:
+    with contextlib.ExitStack() as held, atomic_dir(path) as tmp:
+        # The new folder is locked before it is renamed in: a writer that finds it there waits for
+        # this one (the lock of the folder it replaces stays with the old one).
+        held.enter_context(writer_lock(tmp))
         if path.is_dir():
             _carry_labels(path, tmp, embedder)
-        save_graph(graph, tmp / GRAPH, atomic=False)
-        with open(tmp / NODE_TABLE, "w", encoding="utf-8") as handle:
+        with writing(path / GRAPH):
+            save_graph(graph, tmp / GRAPH, atomic=False)
+        with writing(path / NODE_TABLE), open(tmp / NODE_TABLE, "w", encoding="utf-8") as handle:
             _write_table(handle, graph, graph.nodes, captions, 0)
-        np.save(tmp / NODE_VECTORS, vectors)
+        with writing(path / NODE_VECTORS):
+            np.save(tmp / NODE_VECTORS, vectors)
         files = list(FILES)
         extra: dict[str, Any] = {}
         if search == "ivf":
             faiss_index = make_faiss(vectors, search)
-            faiss.write_index(faiss_index, str(tmp / FAISS_FILE))
+            # Serialised here and written by Python: faiss.write_index only prints a failed close
+            # (a full disk noticed at the last flush), leaving a cut file behind.
+            with writing(path / FAISS_FILE), open(tmp / FAISS_FILE, "wb") as handle:
+                handle.write(faiss.serialize_index(faiss_index).data)
             files.append(FAISS_FILE)
             # Recorded so a user can judge the approximation: how many nodes find themselves.
             _, top = faiss_index.search(vectors, 1)
@@ -317,7 +334,7 @@ def compact_index(path: Path) -> NodeIndex:
     """Rewrite a grown index as one segment: the same nodes, vectors and labels; an IVF index is retrained."""
     path = Path(path)
     read_index_manifest(path)                     # an error naming the path, before any lock is taken
-    with writer_lock(path):
+    with index_lock(path):
         index = load_index(path)
         captions = [row["captions"] for row in read_node_table(path)]
         _write_index(path, index.graph, np.asarray(index.vectors), captions, embedder=index.embedder,
@@ -352,8 +369,9 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
     read_index_manifest(path)                     # an error naming the path, before any lock is taken
     if not wnids:
         raise InputError("no node to add: give at least one wnid")
-    with writer_lock(path):
+    with index_lock(path):
         manifest = read_index_manifest(path)
+        _remove_unlisted(path, manifest.get("files", {}))
         graph = load_index_graph(path, manifest)
         rows = [graph.row(w.strip()) for w in wnids]     # raises on an unknown wnid, naming it
         present = graph.node_position
@@ -389,7 +407,6 @@ def _append_segment(path: Path, manifest: dict[str, Any], graph: Graph, new_rows
     vectors_file, table_file = segment_files(number)
     segment = {"vectors": vectors_file, "table": table_file, "nodes": len(new_rows)}
     files = dict(manifest.get("files", {}))
-    _remove_unlisted(path, files)
     with atomic_file(path / segment["vectors"], "wb") as handle:
         np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
     with atomic_file(path / segment["table"]) as handle:
@@ -432,7 +449,7 @@ def read_index_manifest(path: Path, verify: bool = False) -> dict[str, Any]:
     if not path.name or (path.is_dir() and not (path / MANIFEST).is_file()):
         raise IndexFormatError(f"{path} is not an mll-index index (no {MANIFEST}); build one with "
                                f"`mll-index build --index <folder>`")
-    return read_manifest(path, KIND, verify=verify, versions=READ_VERSIONS)
+    return read_manifest(path, KIND, verify=verify, versions=READ_VERSIONS, own_lock=True)
 
 
 def check_index_files(path: Path, checksums: bool = False) -> list[str]:
@@ -455,6 +472,21 @@ def check_index_files(path: Path, checksums: bool = False) -> list[str]:
         except IndexFormatError as exc:
             problems.append(str(exc))
     return problems
+
+
+def index_leftovers(path: Path) -> dict[str, Any]:
+    """What interrupted writes left in or beside an index (temporary files and folders, swap backups,
+    segment files no manifest lists), for `info`: {"paths": [...], "bytes": n}. Reported, not
+    removed: the next writer removes them under its lock."""
+    path = Path(path)
+    found = find_leftovers(path)
+    try:
+        listed = read_json(path / MANIFEST).get("files", {})
+        found += [f for pattern in ("node_vectors-*.npy", "nodes-*.jsonl") for f in path.glob(pattern)
+                  if f.name not in listed]
+    except (MLLIndexError, AttributeError):
+        pass
+    return {"paths": [str(f) for f in sorted(found)], "bytes": size_of(found)}
 
 
 def _layout(path: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -541,10 +573,17 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
     """Open an index directory. A one-segment index's vectors are memory-mapped; a grown one's are
     concatenated in memory ((n, d) float32) until `compact_index` folds its segments.
 
+    A writer replacing the index meanwhile (a rebuild, a growth) makes it read again: what is
+    returned is one version.
+
     Raises:
         IndexFormatError: a missing, truncated, corrupt or other-version file, named.
     """
     path = Path(path)
+    return read_consistent(lambda: _load_index(path, verify), [path, path / MANIFEST])
+
+
+def _load_index(path: Path, verify: bool) -> NodeIndex:
     manifest = read_index_manifest(path, verify=verify)
     try:
         n, dim = int(manifest["counts"]["nodes"]), int(manifest["embedder"]["dim"])

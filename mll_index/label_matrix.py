@@ -25,8 +25,8 @@ again). An all-zero entry means "no label": the model was never evaluated on tha
 then adds nothing to any score. `compact_matrix` merges the shards into one and writes a fresh
 base (a new manifest and an empty log) when many small ones have piled up.
 
-A (model, node) label costs 6 bytes (12 with uint32 counts). One writer at a time (a lock
-file); readers see the shards the manifest and the log's complete lines list, each whole. A
+A (model, node) label costs 6 bytes (12 with uint32 counts). One writer at a time (the index's
+writer lock); readers see the shards the manifest and the log's complete lines list, each whole. A
 crash leaves at worst a shard no line lists (ignored; compaction deletes it) or a torn last
 line (ignored; the next append cuts it off). The log is copied before an append when it has
 other hard links (an index copied with links): appends never write into a file another
@@ -42,15 +42,15 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, load_arrays, new_manifest, read_manifest,
-                                 seal_manifest, writer_lock)
+from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, index_lock, load_arrays, new_manifest,
+                                 read_consistent, read_manifest, seal_manifest, writing)
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.layout import MANIFEST, matrix_dir, shard_name
 from mll_index.layout import log_name as log_file_name
@@ -199,10 +199,16 @@ def _read_shard(folder: Path, n_nodes: int, n_models: int) -> Shard:
 def open_matrix(index_path: Path) -> LabelMatrix:
     """Open an index's label matrix; counts are memory-mapped, nothing is read until gathered.
 
+    A compaction replacing the shards meanwhile makes it read again: what is returned is one version.
+
     Raises:
         IndexFormatError: a missing, truncated or inconsistent file, named.
     """
     folder = matrix_dir(index_path)
+    return read_consistent(lambda: _open_matrix(folder), [Path(index_path), folder, folder / MANIFEST])
+
+
+def _open_matrix(folder: Path) -> LabelMatrix:
     axes = _read_axes(folder, missing_ok=False)
     ids = [m["id"] for m in axes.models]
     shards = [_read_shard(folder / name, len(axes.nodes), len(ids)) for name in axes.shards]
@@ -332,12 +338,13 @@ def _append_record(folder: Path, axes: _Axes, record: dict[str, Any]) -> None:
             kept = handle.read(axes.log_end)
         with atomic_file(file, "wb") as handle:
             handle.write(kept)
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, _log_line(record))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with writing(file):
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, _log_line(record))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _counts_dtype(max_count: int) -> type:
@@ -346,16 +353,31 @@ def _counts_dtype(max_count: int) -> type:
     return np.uint16 if max_count <= np.iinfo(np.uint16).max else np.uint32
 
 
-def _write_shard(folder: Path, rows: np.ndarray, cols: np.ndarray, fill: Any, dtype: type, what: str) -> None:
-    """Write a shard folder atomically; `fill(target)` writes the (r, c, 3) counts into a memory-mapped target."""
+def _write_shard(folder: Path, rows: np.ndarray, cols: np.ndarray, blocks: Iterable[np.ndarray], dtype: type,
+                 what: str) -> None:
+    """Write a shard folder atomically; `blocks` yields the (r, c, 3) counts in consecutive row blocks.
+
+    The counts go through a file handle, not a memory map: on a full disk a write through a map
+    is a SIGBUS that kills the process, through a handle an error that leaves the matrix as it was.
+    """
+    shape = (len(rows), len(cols), 3)
     with atomic_dir(folder) as tmp:
-        np.save(tmp / "rows.npy", rows.astype(np.int32))
-        np.save(tmp / "cols.npy", cols.astype(np.int32))
-        target = np.lib.format.open_memmap(tmp / "counts.npy", mode="w+", dtype=dtype, shape=(len(rows), len(cols), 3))
-        fill(target)
-        target.flush()
-        del target
-        manifest = new_manifest(SHARD_KIND, n_rows=int(len(rows)), n_cols=int(len(cols)),
+        for name, array in (("rows.npy", rows), ("cols.npy", cols)):
+            with writing(folder / name):
+                np.save(tmp / name, array.astype(np.int32))
+        with writing(folder / "counts.npy"), open(tmp / "counts.npy", "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                          "fortran_order": False, "shape": shape})
+            written = 0
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=dtype)
+                handle.write(block.data)
+                written += len(block)
+            if written != shape[0]:
+                raise ValueError(f"{folder}: {written} rows of counts written, the shard has {shape[0]}")
+            handle.flush()
+            os.fsync(handle.fileno())
+        manifest = new_manifest(SHARD_KIND, n_rows=len(rows), n_cols=len(cols),
                                 dtype=np.dtype(dtype).name, content=what)
         seal_manifest(tmp, manifest, SHARD_FILES)
 
@@ -383,7 +405,7 @@ def append_labels(index_path: Path, node_wnids: Sequence[str], models: Sequence[
         raise InputError("label counts must be non-negative")
     dtype = _counts_dtype(int(counts.max()) if counts.size else 0)
     folder = matrix_dir(index_path)
-    with writer_lock(folder):
+    with index_lock(index_path):
         axes = _read_axes(folder)
         node_pos = {w: i for i, w in enumerate(axes.nodes)}
         model_pos = {m["id"]: j for j, m in enumerate(axes.models)}
@@ -407,12 +429,12 @@ def append_labels(index_path: Path, node_wnids: Sequence[str], models: Sequence[
         same_rows = bool((r_order == np.arange(len(r_order))).all())
         same_cols = bool((c_order == np.arange(len(c_order))).all())
 
-        def fill(target: np.ndarray) -> None:
+        def blocks() -> Iterator[np.ndarray]:
             for s in range(0, len(r_order), 4096):
                 block = counts[s:s + 4096] if same_rows else counts[r_order[s:s + 4096]]
-                target[s:s + 4096] = block if same_cols else block[:, c_order]
+                yield block if same_cols else block[:, c_order]
 
-        _write_shard(folder / record["shard"], rows[r_order], cols[c_order], fill, dtype, what)
+        _write_shard(folder / record["shard"], rows[r_order], cols[c_order], blocks(), dtype, what)
         _append_record(folder, axes, record)
     return record["shard"]
 
@@ -427,7 +449,7 @@ def compact_matrix(index_path: Path, rows_per_chunk: int = 1024) -> dict[str, An
     unlisted folders and logs remain, which the next compaction deletes.
     """
     folder = matrix_dir(index_path)
-    with writer_lock(folder):
+    with index_lock(index_path):
         matrix = open_matrix(index_path)
         axes = _read_axes(folder)
         before = len(matrix.shards)
@@ -439,13 +461,13 @@ def compact_matrix(index_path: Path, rows_per_chunk: int = 1024) -> dict[str, An
             dtype = np.result_type(*[s.counts.dtype for s in matrix.shards])
             full_cols = len(cols) == matrix.n_models
 
-            def fill(target: np.ndarray) -> None:
+            def blocks() -> Iterator[np.ndarray]:
                 for s in range(0, len(rows), rows_per_chunk):
                     block = matrix.gather(rows[s:s + rows_per_chunk])
-                    target[s:s + rows_per_chunk] = block if full_cols else block[:, cols]
+                    yield block if full_cols else block[:, cols]
 
             name = shard_name(axes.next_shard)
-            _write_shard(folder / name, rows, cols, fill, dtype, "compacted")
+            _write_shard(folder / name, rows, cols, blocks(), dtype, "compacted")
             listed = {name}
         if before > 1 or axes.log_end or axes.manifest.get("format_version") != FORMAT_VERSION:
             # A fresh base: the axes and shards in the manifest, and an empty log.

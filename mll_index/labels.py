@@ -23,7 +23,8 @@ re-encodes an image a model has already encoded.
                                 a model's counts join it as soon as its folder is written
 
 Only the model being labeled can be lost to a crash: each model's folder appears whole
-or not at all.
+or not at all. Models are encoded without a lock; each folder, sample table and matrix append
+is written under the index's writer lock, so a rebuild or growth of the index meanwhile keeps it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, load_arrays,
-                                 manifest_digest, new_manifest, read_json, read_manifest, seal_manifest, write_json)
+from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, index_lock,
+                                 load_arrays, manifest_digest, new_manifest, read_json, read_manifest, seal_manifest,
+                                 write_json, writing)
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
@@ -492,9 +494,10 @@ def _append_folder(index_path: Path, model_id: str) -> None:
 
 def sync_matrix(index_path: Path) -> list[str]:
     """Append to the label matrix the counts of every label folder it lacks; returns their model ids."""
-    stale = stale_in_matrix(index_path)
-    for model_id in stale:
-        _append_folder(index_path, model_id)
+    with index_lock(index_path):
+        stale = stale_in_matrix(index_path)
+        for model_id in stale:
+            _append_folder(index_path, model_id)
     return stale
 
 
@@ -515,25 +518,27 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
     counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
     model_id = model["id"]
     folder = labels_dir(index_path) / model_folder_name(model_id)
-    _move_legacy_tenant(folder, model_id)
-    with atomic_dir(folder) as tmp:
-        for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
-                            ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
-                            ("true_logit", true_logit), ("counts", counts)):
-            np.save(tmp / f"{name}.npy", array)
-        manifest = new_manifest(KIND, model=model, samples=fingerprint, preprocess=preprocess,
-                                prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
-                                logit_scale=logit_scale, dim=int(node_emb.shape[1]),
-                                counts={"images": len(table.paths), "nodes": len(table.node_wnids), **(encoded or {})},
-                                accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
-        seal_manifest(tmp, manifest, LABEL_FILES)
-        # Sealed once more with its own checksum: a label's manifest is never rewritten, so any change
-        # to it (a model id, a count) is damage that `scan_labels` and `info` name.
-        manifest[SELF_DIGEST] = manifest_digest(manifest)
-        write_json(tmp / MANIFEST, manifest)
-    legacy = _legacy_folder(index_path, model_id)
-    if legacy is not None:
-        shutil.rmtree(legacy, ignore_errors=True)   # the same model under the old name: replaced by `folder`
+    with index_lock(index_path):       # the legacy move, the swap and the old folder's removal as one write
+        _move_legacy_tenant(folder, model_id)
+        with atomic_dir(folder) as tmp:
+            for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
+                                ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
+                                ("true_logit", true_logit), ("counts", counts)):
+                with writing(folder / f"{name}.npy"):
+                    np.save(tmp / f"{name}.npy", array)
+            manifest = new_manifest(KIND, model=model, samples=fingerprint, preprocess=preprocess,
+                                    prompt=templates()["label_prompt"], top_k=int(topk_nodes.shape[1]),
+                                    logit_scale=logit_scale, dim=int(node_emb.shape[1]),
+                                    counts={"images": len(table.paths), "nodes": len(table.node_wnids), **(encoded or {})},
+                                    accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
+            seal_manifest(tmp, manifest, LABEL_FILES)
+            # Sealed once more with its own checksum: a label's manifest is never rewritten, so any change
+            # to it (a model id, a count) is damage that `scan_labels` and `info` name.
+            manifest[SELF_DIGEST] = manifest_digest(manifest)
+            write_json(tmp / MANIFEST, manifest)
+        legacy = _legacy_folder(index_path, model_id)
+        if legacy is not None:
+            shutil.rmtree(legacy, ignore_errors=True)   # the same model under the old name: replaced by `folder`
 
 
 def _move_legacy_tenant(folder: Path, model_id: str) -> None:
@@ -552,8 +557,9 @@ def _move_legacy_tenant(folder: Path, model_id: str) -> None:
 def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -> None:
     """Write labels/samples-<fingerprint>.json (once: a fingerprint names one table)."""
     path = sample_table_path(index_path, fingerprint)
-    if not path.is_file():
-        write_json(path, table.to_json())
+    with index_lock(index_path):
+        if not path.is_file():
+            write_json(path, table.to_json())
 
 
 def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,

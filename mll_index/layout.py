@@ -58,12 +58,12 @@ PIXEL_CACHE = ".pixels"
 SAMPLE_TABLE_PREFIX = "samples-"
 PUBLISHED = "published"
 
-# Temporary names (artifacts.atomic_file / atomic_dir): `.<name>.<random>.tmp`, and `.<name>.old`.
+# Temporary names (artifacts.atomic_file / atomic_dir): `.<name>.<writer pid>-<random>.tmp`, and `.<name>.old`.
 TEMP_SUFFIX = ".tmp"
 BACKUP_SUFFIX = ".old"
 
 # Every model folder name is at most this long: file systems cap a name at 255 bytes, and a
-# write goes through `.<name>.<8 random>.tmp`, 14 bytes more.
+# write goes through `.<name>.<pid>-<8 random>.tmp`, about 22 bytes more.
 MAX_NAME_BYTES = 200
 _HASH_CHARS = 32
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")

@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, check_manifest, new_manifest, read_json, read_manifest, seal_manifest,
-                                 write_json)
+from mll_index.artifacts import (atomic_dir, check_manifest, index_lock, new_manifest, read_consistent, read_json,
+                                 read_manifest, seal_manifest, write_json)
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
                              record_of)
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
@@ -217,7 +217,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
     folder = published_dir(index_path)
-    with atomic_dir(folder) as tmp:
+    with index_lock(index_path), atomic_dir(folder) as tmp:
         write_json(tmp / "models.json", table.models)
         write_json(tmp / "datasets.json", [
             {"name": d, "classnames": settings.get(d, {}).get("classnames", d),
@@ -262,8 +262,14 @@ def has_published(index_path: Path) -> bool:
 
 
 def open_published(index_path: Path) -> PublishedLabels:
-    """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
+    """Open an index's published labels; errors name the file (or the embedder that differs from the index's).
+    An import replacing them meanwhile makes it read again."""
     folder = published_dir(index_path)
+    return read_consistent(lambda: _open_published(Path(index_path), folder),
+                           [Path(index_path), folder, folder / MANIFEST])
+
+
+def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
     manifest = read_manifest(folder, KIND)
     try:
         index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])

@@ -154,12 +154,19 @@ def test_recover_dir_restores_the_backup_after_a_crash_between_renames(tmp_path:
     assert leftovers(tmp_path, "artifact") == []
 
 
-def test_read_manifest_recovers_the_backup_itself(tmp_path: Path) -> None:
+def test_read_manifest_recovers_the_backup_only_when_no_writer_holds_it(tmp_path: Path) -> None:
+    import fcntl
+
     target = tmp_path / "artifact"
     make_artifact(target)
-    os.rename(target, tmp_path / ".artifact.old")
-    assert A.read_manifest(target, KIND, verify=True)["kind"] == KIND
-    assert target.is_dir()
+    backup = tmp_path / ".artifact.old"
+    os.rename(target, backup)
+    with open(backup / ".lock", "a") as handle:             # a writer between its two renames
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        A.settle_swap(target, own_lock=True, timeout=0.05)
+        assert not target.exists() and backup.is_dir()      # left to the writer
+    assert A.read_manifest(target, KIND, verify=True, own_lock=True)["kind"] == KIND
+    assert target.is_dir() and not backup.exists()
 
 
 def test_recover_dir_drops_a_stale_backup_when_the_new_directory_is_in_place(tmp_path: Path) -> None:
