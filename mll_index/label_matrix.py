@@ -508,6 +508,8 @@ def check_matrix(index_path: Path, checksums: bool = False) -> list[str]:
     folder = matrix_dir(index_path)
     if not folder.is_dir():
         return []
+    if not (folder / MANIFEST).is_file() and all(c.name.startswith(".") for c in folder.iterdir()):
+        return []       # a first write killed before its manifest: only leftovers, which `info` lists
     manifest, problems = check_manifest(folder, KIND, checksums=checksums, versions=READ_VERSIONS)
     if manifest is None:
         return problems
