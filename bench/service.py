@@ -127,6 +127,7 @@ def main() -> None:
     from mll_index.select import make_task, open_selector, select_models
 
     tasks = draw_tasks(args.tasks, args.classes, args.seed)
+    load_before = os.getloadavg()[0]  # the figures mean little on a machine busy with other work
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "serve", "--index", str(args.index),
@@ -169,10 +170,12 @@ def main() -> None:
         "levels": {str(c): v for c, v in levels.items()},
         "inprocess_rps": inprocess_rps,
         "cli_server_select_s": server_s, "cli_local_select_s": local_s,
+        "loadavg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     }
     rows = "\n".join(f"| {c} | {v['requests']} | {v['rps']} | {v['p50_ms']} | {v['p99_ms']} |" for c, v in levels.items())
     markdown = (f"# Selection service under load\n\n{len(tasks)} tasks of {args.classes} benchmark class names, "
-                f"index `{args.index}`, {os.cpu_count()} CPUs, one uvicorn worker.\n\n"
+                f"index `{args.index}`, {os.cpu_count()} CPUs, one uvicorn worker; 1-minute load average "
+                f"{figures['loadavg_1min']['before']} before, {figures['loadavg_1min']['after']} after.\n\n"
                 "| clients | requests | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|\n" + rows +
                 f"\n\nIn process (`select_models`, one thread): {inprocess_rps} tasks/s.\n\n"
                 f"`mll-index select --server` from a cold process: {server_s} s; local `mll-index select`: {local_s} s.\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mll_index.select import make_task, open_selector, select_models, task_from_json
+from mll_index.select import open_selector, select_models, task_from_json
 from mll_index.service.app import ServiceSettings, create_app
 from mll_index.service.version import index_version
 from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
@@ -75,6 +75,9 @@ def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # 
     as_array = client.post("/v1/select/batch?k=2&ranking=0", content=json.dumps(tasks))
     as_jsonl = client.post("/v1/select/batch?k=2&ranking=0", content="\n".join(json.dumps(t) for t in tasks) + "\n\n",
                            headers={"content-type": "application/x-ndjson"})
+    one = client.post("/v1/select/batch", content=json.dumps(tasks[0]) + "\n",
+                      headers={"content-type": "application/x-ndjson"})   # one JSONL line: one task, not an array
+    assert one.status_code == 200 and len(one.text.splitlines()) == 1, one.text
     for r in (as_array, as_jsonl):
         assert r.status_code == 200, r.text
         lines = [json.loads(line) for line in r.text.splitlines()]
@@ -193,9 +196,7 @@ def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_in
         v1 = first.json()["index_version"]
         assert holder.check() is False                       # nothing changed: nothing reopened
         present = set(load_index(path).graph.nodes)
-        new = [w for w in (TENCH, GOLDFISH, LAPTOP, PIZZA) if w not in present][:1]
-        assert new, "the world index already holds every candidate node"
-        add_nodes(path, new, embedder)
+        add_nodes(path, _new_node(path), embedder)
         v2 = index_version(path)
         assert v2 != v1
         assert c.post("/v1/select", json={"task": ["tiger", "lion"]}).json()["index_version"] == v1  # not yet
@@ -215,6 +216,32 @@ def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_in
             handle.write(good.decode())
         assert holder.check() is True
         assert c.get("/readyz").json()["pending_version_error"] is None
+
+
+def _new_node(path: Path) -> list[str]:
+    """One wnid the index lacks."""
+    from mll_index.index import load_index
+
+    present = set(load_index(path).graph.nodes)
+    new = [w for w in (TENCH, GOLDFISH, LAPTOP, PIZZA) if w not in present][:1]
+    assert new, "the world index already holds every candidate node"
+    return new
+
+
+def test_the_watcher_swaps_in_a_new_version_by_itself(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.index import add_nodes
+
+    path = tmp_path / "index"
+    shutil.copytree(world_index, path)
+    with TestClient(create_app(path, ServiceSettings(poll_s=0.1))) as c:
+        v1 = c.get("/readyz").json()["index_version"]
+        add_nodes(path, _new_node(path), embedder)
+        deadline = time.monotonic() + 120      # a bound, not a timing claim: the poll is every 0.1 s
+        while c.get("/readyz").json()["index_version"] == v1:
+            assert time.monotonic() < deadline, "the new index version was not picked up"
+            time.sleep(0.1)
+        answer = c.post("/v1/select", json={"task": ["tiger", "lion"]}).json()
+        assert answer["index_version"] == index_version(path) != v1
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, headers: dict[str, str]) -> None:

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -137,8 +138,11 @@ def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-unty
         raise RequestError(422, f"{where}.classes", str(exc)) from None
 
 
-def parse_batch_body(body: bytes, max_batch: int, max_classes: int) -> list[Any]:
-    """Tasks from a batch body: a JSON array of tasks, or JSONL (one task per line, blank lines skipped)."""
+def parse_batch_body(body: bytes, max_batch: int, max_classes: int, jsonl: bool = False) -> list[Any]:
+    """Tasks from a batch body: a JSON array of tasks, or JSONL (one task per line, blank lines skipped).
+
+    `jsonl` (the body was sent as application/x-ndjson or jsonl) reads JSONL even when the body is
+    one line holding one JSON array: a task given as a list of class names."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -147,11 +151,11 @@ def parse_batch_body(body: bytes, max_batch: int, max_classes: int) -> list[Any]
     if not stripped:
         raise RequestError(422, "body", "no tasks: send a JSON array of tasks or JSONL, one task per line")
     items: list[tuple[str, Any]] = []
-    if stripped.startswith("[") and _is_one_json(stripped):
+    if not jsonl and stripped.startswith("[") and _is_one_json(stripped):
         data = json.loads(stripped)
         if data and all(isinstance(x, str) for x in data):
             raise RequestError(422, "body", "a JSON array of class names is one task: send it to /v1/select, "
-                               "or wrap it in another array")
+                               "wrap it in another array, or send it as application/x-ndjson")
         items = [(f"body[{i}]", task) for i, task in enumerate(data)]
     else:
         for number, line in enumerate(text.splitlines(), 1):
@@ -425,7 +429,9 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
         from mll_index.select import select_batch
 
         tasks = [_with_domain(t, domain) for t in
-                 parse_batch_body(await request.body(), settings.max_batch, settings.max_classes)]
+                 parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
+                                  jsonl="ndjson" in request.headers.get("content-type", "")
+                                  or "jsonl" in request.headers.get("content-type", ""))]
         state = holder.current  # one version for the whole batch
         deadline = time.monotonic() + settings.request_timeout_s
 
@@ -438,9 +444,9 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    selections = await asyncio.wait_for(loop.run_in_executor(executor, lambda: select_batch(
-                        state.selector, chunk, k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
-                        ranking_size=ranking or None)), remaining)
+                    work = partial(select_batch, state.selector, chunk, k=k, alpha=alpha, n_nodes=nodes, mode=mode,
+                                   explain=explain, ranking_size=ranking or None)
+                    selections = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "
                                       f"{at} of {len(tasks)} tasks answered")
