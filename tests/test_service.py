@@ -127,6 +127,10 @@ BAD = [  # (route, body, status, field, words in the message)
     ("/v1/select", {"task": "dog, cat"}, 422, "task", "list of class names"),
     ("/v1/select", {"task": {"classes": ["cow", 7]}}, 422, "task.classes", "a class is a name"),
     ("/v1/select", {"task": {"classes": ["cow", "pig"], "domain": 3}}, 422, "task.domain", "must be a string"),
+    ("/v1/select", {"task": {"classes": [{"name": "cow", "captions": 5}, "pig"]}}, 422, "task.classes[0].captions",
+     "list of strings"),
+    ("/v1/select", {"task": {"classes": ["cow", {"name": "pig", "captions": "pink"}]}}, 422,
+     "task.classes[1].captions", "list of strings"),
     ("/v1/select", {"task": {"classes": ["cow", "pig"], "colour": "red"}}, 422, "task.colour", "unknown keys"),
     ("/v1/select", {"task": [f"class {i}" for i in range(51)]}, 413, "task.classes", "at most 50"),
     ("/v1/select", {"task": ["cow", "pig"], "k": "2"}, 422, "k", "valid integer"),
@@ -168,6 +172,16 @@ def test_a_chunked_body_over_the_limit_is_refused(client: TestClient) -> None:
             yield b" " * 4096
     r = client.post("/v1/select", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def test_the_time_limit_is_a_503_or_a_last_error_line(world_index: Path) -> None:
+    with TestClient(create_app(world_index, ServiceSettings(request_timeout_s=0), watch=False)) as c:
+        # 40 names never embedded before: the text model runs for far longer than one turn of the event loop.
+        r = c.post("/v1/select", json={"task": [f"unseen thing {i} {os.getpid()}" for i in range(40)]})
+        assert r.status_code == 503 and "took over" in r.json()["error"]
+        r = c.post("/v1/select/batch", content=json.dumps([["tiger", "lion"]]))
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert r.status_code == 200 and len(lines) == 1 and "took over" in lines[0]["error"]
 
 
 def test_the_token_is_required_everywhere_but_healthz(locked: TestClient) -> None:

@@ -132,6 +132,11 @@ def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-unty
         if unknown:
             raise RequestError(422, f"{where}.{unknown[0]}", f"{where}: unknown keys {unknown}; "
                                "valid: ['classes', 'description', 'domain', 'name']")
+    for i, c in enumerate(classes):
+        captions = c.get("captions") if isinstance(c, dict) else None
+        if captions is not None and not (isinstance(captions, list) and all(isinstance(x, str) for x in captions)):
+            raise RequestError(422, f"{where}.classes[{i}].captions", f"{where}: the captions of class {i + 1} "
+                               "must be a list of strings")
     try:
         return task_from_json(data, where)
     except InputError as exc:
