@@ -45,7 +45,7 @@ def api_key_from_env(name: str | None) -> str | None:
 
 def serve(index_path: Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           api_key_env: str | None = None, settings: ServiceSettings | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "info") -> None:
     """Serve the index at `index_path` until interrupted.
 
     With one worker the app is made here, so the index is open and warm before the port is;
@@ -60,12 +60,25 @@ def serve(index_path: Path, *, host: str = "127.0.0.1", port: int = 8000, worker
     from dataclasses import replace
 
     settings = replace(settings or ServiceSettings(), api_key=api_key_from_env(api_key_env))
+    _log_service_events()
     check_port(host, port)
     app = create_app(index_path, settings)  # opens and warms: a bad index fails here, before the port opens
     if workers > 1:
         del app
         os.environ[CONFIG_ENV] = settings_to_env(index_path, settings, api_key_env)
         uvicorn.run("mll_index.service.app:create_app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level)
+                    workers=workers, log_level=log_level, access_log=False)
     else:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _log_service_events() -> None:
+    """Versions swapped in, versions that failed to open, failed requests: on stderr, whatever -v says
+    (the CLI keeps other library logging quiet so that an error stays one line)."""
+    service_log = logging.getLogger("mll_index.service")
+    if not service_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        service_log.addHandler(handler)
+        service_log.setLevel(logging.INFO)
+        service_log.propagate = False

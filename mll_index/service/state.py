@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # A first selection at start-up (and before each swap) loads what the first request would
 # otherwise pay for: the text model, the FAISS index, the label folders' memory maps.
 WARM_CLASSES = ("dog", "cat")
+RETRY_S = 5.0  # the watcher's wait before opening again a version that failed to open
 PRELOAD_IMAGE_LABELS = 256  # models whose image-level labels are opened ahead (memory maps: cheap)
 
 
@@ -127,7 +128,8 @@ class StateHolder:
     `check()` compares `index_version` with the current state's; on a change it opens and warms
     the new version and swaps it in, unless the files changed again meanwhile (a writer still
     at work) or opening failed (a half-written state): then the old state stays and the next
-    check tries again. `start()` runs `check()` every `poll_s` seconds in a daemon thread.
+    check tries again. `start()` runs `check(settle=True)` every `poll_s` seconds in a daemon
+    thread, so a new version is served within about two polls of its last write.
     """
 
     path: Path
@@ -137,6 +139,8 @@ class StateHolder:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _seen: str | None = field(default=None, repr=False)
+    _failed_at: float = field(default=0.0, repr=False)
     last_error: str | None = None     # why the latest new version could not be opened
     failed_version: str | None = None
     reloads: int = 0
@@ -158,13 +162,20 @@ class StateHolder:
     def ready(self) -> bool:
         return self._state is not None
 
-    def check(self) -> bool:
-        """Swap in a new version of the index if there is one that opens; True if swapped."""
+    def check(self, settle: bool = False) -> bool:
+        """Swap in a new version of the index if there is one that opens; True if swapped.
+
+        settle: open a new version only once two checks in a row have seen it (the watcher's way:
+        a writer at work, such as labeling a hub, changes the files many times a minute).
+        """
         with self._lock:  # one opener at a time (the poller, or a request that hit a vanished file)
             current = self.current
             seen = index_version(self.path)
-            if seen == current.version:
+            previous, self._seen = self._seen, seen
+            if seen == current.version or (settle and seen != previous):
                 return False
+            if settle and seen == self.failed_version and time.monotonic() - self._failed_at < RETRY_S:
+                return False  # the same broken version: retried every few seconds, not every poll
             try:
                 new = open_state(self.path, cache=self.cache, embedder=_embedder_of(current), version=seen)
             except (MLLIndexError, OSError, ValueError) as exc:
@@ -185,6 +196,7 @@ class StateHolder:
         if version != self.failed_version:
             log.warning("%s: index version %s not served yet: %s", self.path, version, why)
         self.failures += 1
+        self._failed_at = time.monotonic()
         self.last_error, self.failed_version = why, version
 
     def start(self) -> None:
@@ -198,7 +210,7 @@ class StateHolder:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                self.check()
+                self.check(settle=True)
             except Exception:  # noqa: BLE001 - the watcher must outlive any one failure; it is logged
                 log.exception("%s: checking for a new index version failed", self.path)
 
