@@ -109,7 +109,9 @@ def test_models_index_health_and_metrics(client: TestClient, selector, world_ind
     assert summary["nodes"] == selector.index.size and summary["index_version"] == version
     assert summary["embedder"]["dim"] == 384 and summary["format_versions"]["index"] in (1, 2)
     assert info.headers["x-index-version"] == version
-    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/select", "/v1/select/batch", "/v1/match"}
+    openapi = client.get("/openapi.json").json()
+    assert openapi["paths"].keys() >= {"/v1/select", "/v1/select/batch", "/v1/match", "/v1/models", "/v1/index"}
+    assert openapi["components"]["schemas"].keys() >= {"SelectRequest", "SelectionAnswer", "MatchAnswer", "ErrorAnswer"}
     assert client.get("/docs").status_code == 200
     client.post("/v1/select", json={"task": ["dog"]})   # a 422, counted by status
     metrics = client.get("/metrics").text

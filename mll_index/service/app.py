@@ -41,6 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
+from mll_index.match import Match
+from mll_index.select import Selection
 from mll_index.service.state import IndexState, StateHolder
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,48 @@ class MatchRequest(BaseModel):
     names: list[str] = Field(description="Class names.", examples=[["tench", "golden retriever"]])
     k: int = Field(5, ge=1, le=1000, description="Nodes per name.")
     method: Literal["combined", "captions", "name", "lemma"] = "combined"
+
+
+# Answers, for the OpenAPI documentation only: the routes send the package's own JSON
+# (`Selection.to_dict`, `Match.to_dict`) as the CLI prints it, unvalidated and unreshaped.
+
+
+@dataclass(frozen=True)
+class SelectionAnswer(Selection):
+    """A selection as `mll-index select` prints it, and the index version it came from."""
+
+    index_version: str = ""
+
+
+@dataclass(frozen=True)
+class MatchRecord:
+    """One class name's nodes, as `mll-index match --format jsonl` prints them."""
+
+    query: str
+    matches: list[Match]
+    low_confidence: bool
+
+
+@dataclass(frozen=True)
+class MatchAnswer:
+    index_version: str
+    results: list[MatchRecord]
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """Every refusal: a one-line message, and the request field at fault (null: the request as a whole)."""
+
+    error: str
+    field: str | None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorAnswer, "description": what} for code, what in [
+        (400, "Malformed JSON, or a body that is not UTF-8."), (401, "A bearer token is required."),
+        (413, "Too large: the body, the classes of a task, the tasks of a batch."),
+        (422, "A field has a wrong type or value (the task, an option)."),
+        (503, "Over the time limit, or the index cannot answer now.")]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +331,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
             holder.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="mll-index selection service", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="mll-index selection service", version=__version__, lifespan=lifespan, responses=ERRORS,
                   description="Choose vision-language models per class of a task, from an index's labels.")
     app.state.holder = holder
     app.state.settings = settings
@@ -403,7 +447,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
         state = holder.current
         return versioned({"index_version": state.version, "models": state.models()}, state)
 
-    @app.post("/v1/select", tags=["select"])
+    @app.post("/v1/select", tags=["select"], responses={200: {"model": SelectionAnswer, "description": "The selection."}})
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
         from mll_index.select import select_models
@@ -464,7 +508,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={VERSION_HEADER: state.version})
 
-    @app.post("/v1/match", tags=["match"])
+    @app.post("/v1/match", tags=["match"], responses={200: {"model": MatchAnswer, "description": "Nodes per name."}})
     async def match(body: MatchRequest) -> JSONResponse:
         """Class names to their top-k nodes: one record per name, as `mll-index match --format jsonl` prints."""
         if not body.names:
