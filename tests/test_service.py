@@ -234,6 +234,30 @@ def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_in
         assert c.get("/readyz").json()["pending_version_error"] is None
 
 
+def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """`labels compact` deletes the shards an opened state read: its answers stay whole (memory maps, or
+    a retry on the new version), and equal to a fresh local selection."""
+    from mll_index.label_matrix import compact_matrix
+    from mll_index.labels import sync_matrix
+
+    path = tmp_path / "index"
+    shutil.copytree(world_index, path)
+    with TestClient(create_app(path, watch=False)) as c:
+        before = c.post("/v1/select", json={"task": ["tiger", "lion", "banana"], "mode": "counts", "k": 2})
+        assert before.status_code == 200
+        sync_matrix(path)
+        compact_matrix(path)
+        assert index_version(path) != before.json()["index_version"]
+        for mode in ("counts", "restricted"):
+            r = c.post("/v1/select", json={"task": ["tiger", "lion", "banana"], "mode": mode, "k": 2})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            body.pop("index_version")
+            local = select_models(open_selector(path, embedder), task_from_json(["tiger", "lion", "banana"]),
+                                  mode=mode, k=2)  # type: ignore[arg-type]
+            assert body == _json(local)
+
+
 def _new_node(path: Path) -> list[str]:
     """One wnid the index lacks."""
     from mll_index.index import load_index
