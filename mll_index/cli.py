@@ -439,10 +439,31 @@ def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
 @click.option("--explain", is_flag=True, help="Show why each model won (F1, counts, smoothing).")
 @click.option("--ranking", "ranking_size", default=100, show_default=True, type=click.IntRange(0),
               help="Models listed in the task-level ranking (0: all).")
+@click.option("--server", default=None, metavar="URL", help="Ask a running `mll-index serve` at URL instead of "
+              "opening the index here (bearer token from $MLL_INDEX_API_KEY).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
-           explain: bool, ranking_size: int) -> None:
+           explain: bool, ranking_size: int, server: str | None) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
+    if server is not None:
+        # Before any other import: this path loads no numpy-heavy module, no text runtime.
+        from mll_index.service.client import remote_select
+
+        if index_path is not None:
+            raise InputError("give --server or --index, not both (the service has its own index)")
+        text, warnings = remote_select(server, None if (task_file or batch) else _read_names(names, file),
+                                       task_file, batch, bool(names or file), k=k, alpha=alpha, nodes=n_nodes,
+                                       mode=mode, domain=domain, explain=explain, ranking=ranking_size)
+        for line in warnings:
+            click.echo(line, err=True)
+        if out:
+            from mll_index.artifacts import atomic_file
+
+            with atomic_file(out) as handle:
+                handle.write(text)
+        else:
+            click.echo(text, nl=False)
+        return
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
     from mll_index.select import open_selector, read_batch_file, select_batch
@@ -476,6 +497,22 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
             handle.write(text)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@_index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes, each holding the index open.")
+@click.option("--api-key-env", default=None, metavar="NAME",
+              help="Require the bearer token held by environment variable NAME on every route but /healthz.")
+def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_env: str | None) -> None:
+    """Serve selection over HTTP (OpenAPI at /docs); new index versions are picked up without a restart."""
+    from mll_index.index import default_index_path
+    from mll_index.service.server import serve as run_service
+
+    run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env)
 
 
 @cli.command()

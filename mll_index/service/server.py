@@ -1,0 +1,84 @@
+"""`serve`: check everything that can be checked, then hand the app to uvicorn.
+
+Checks come before the port opens, each failing with one line (an MLLIndexError the CLI
+prints): the API key's variable is set, the port is free, the index opens, is labeled and
+answers a first selection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from pathlib import Path
+
+from mll_index.errors import InputError
+from mll_index.service.app import CONFIG_ENV, ServiceSettings, create_app, settings_to_env
+
+log = logging.getLogger(__name__)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise InputError naming host:port if it cannot be bound (in use, or not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT after a restart counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(f"{host}:{port}: port already in use; stop what listens there or give --port") from None
+            raise InputError(f"{host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The bearer token from environment variable `name` (None: no token). InputError if it is unset or empty."""
+    if not name:
+        return None
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise InputError(f"--api-key-env {name}: the environment variable {name} is not set or empty")
+    return value
+
+
+def serve(index_path: Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          api_key_env: str | None = None, settings: ServiceSettings | None = None,
+          log_level: str = "info") -> None:
+    """Serve the index at `index_path` until interrupted.
+
+    With one worker the app is made here, so the index is open and warm before the port is;
+    with several, each uvicorn worker process opens its own (the index is checked here first).
+
+    Raises:
+        InputError: the port is in use, or the API key's variable is empty.
+        MLLIndexError: the index is missing, unlabeled or damaged.
+    """
+    import uvicorn
+
+    from dataclasses import replace
+
+    settings = replace(settings or ServiceSettings(), api_key=api_key_from_env(api_key_env))
+    _log_service_events()
+    check_port(host, port)
+    app = create_app(index_path, settings)  # opens and warms: a bad index fails here, before the port opens
+    if workers > 1:
+        del app
+        os.environ[CONFIG_ENV] = settings_to_env(index_path, settings, api_key_env)
+        uvicorn.run("mll_index.service.app:create_app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level, access_log=False)
+    else:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _log_service_events() -> None:
+    """Versions swapped in, versions that failed to open, failed requests: on stderr, whatever -v says
+    (the CLI keeps other library logging quiet so that an error stays one line)."""
+    service_log = logging.getLogger("mll_index.service")
+    if not service_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        service_log.addHandler(handler)
+        service_log.setLevel(logging.INFO)
+        service_log.propagate = False

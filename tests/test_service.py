@@ -1,0 +1,354 @@
+"""The selection service: answers equal to local selection, limits and errors, version swaps, and a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mll_index.select import open_selector, select_models, task_from_json
+from mll_index.service.app import ServiceSettings, create_app
+from mll_index.service.version import index_version
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
+from tests.test_cli import HEAVY, assert_one_line_error, modules_of
+
+TOKEN = "s3cret-token"
+
+
+def _json(selection) -> dict:  # type: ignore[no-untyped-def]
+    """A Selection as the CLI prints it, read back (tuples become lists)."""
+    return json.loads(json.dumps(selection.to_dict()))
+
+
+@pytest.fixture(scope="module")
+def selector(world_index: Path, embedder):  # type: ignore[no-untyped-def]
+    return open_selector(world_index, embedder)
+
+
+@pytest.fixture(scope="module")
+def client(world_index: Path):  # type: ignore[no-untyped-def]
+    app = create_app(world_index, ServiceSettings(batch_chunk=2, max_classes=50, max_batch=20,
+                                                  max_body_bytes=64 * 1024), watch=False)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def locked(world_index: Path):  # type: ignore[no-untyped-def]
+    with TestClient(create_app(world_index, ServiceSettings(api_key=TOKEN), watch=False)) as c:
+        yield c
+
+
+TASKS = [
+    ["tiger", "lion", "banana"],
+    {"name": "farm", "classes": ["cow", {"name": "pig", "captions": ["a pink farm animal"]}], "domain": "noto"},
+    ["golden retriever", "cat"],
+]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_select_equals_select_models(client: TestClient, selector, task) -> None:  # type: ignore[no-untyped-def]
+    options = {"k": 2, "alpha": 0.5, "mode": "restricted", "explain": True, "ranking": 3}
+    r = client.post("/v1/select", json={"task": task, **options})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body.pop("index_version") == r.headers["x-index-version"] == index_version(selector.index.path)
+    expected = select_models(selector, task_from_json(task), k=2, alpha=0.5, mode="restricted", explain=True,
+                             ranking_size=3)
+    assert body == _json(expected)
+    plain = client.post("/v1/select", json={"task": task}).json()
+    plain.pop("index_version")
+    assert plain == _json(select_models(selector, task_from_json(task)))
+
+
+def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
+    tasks = TASKS + [["tench", "goldfish"], ["pizza", "banana", "apple"]]   # 5 tasks in chunks of 2
+    expected = [_json(select_models(selector, task_from_json(t), k=2, ranking_size=None)) for t in tasks]
+    as_array = client.post("/v1/select/batch?k=2&ranking=0", content=json.dumps(tasks))
+    as_jsonl = client.post("/v1/select/batch?k=2&ranking=0", content="\n".join(json.dumps(t) for t in tasks) + "\n\n",
+                           headers={"content-type": "application/x-ndjson"})
+    one = client.post("/v1/select/batch", content=json.dumps(tasks[0]) + "\n",
+                      headers={"content-type": "application/x-ndjson"})   # one JSONL line: one task, not an array
+    assert one.status_code == 200 and len(one.text.splitlines()) == 1, one.text
+    for r in (as_array, as_jsonl):
+        assert r.status_code == 200, r.text
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert {line.pop("index_version") for line in lines} == {r.headers["x-index-version"]}
+        assert lines == expected
+
+
+def test_match_answers_as_the_cli_prints(client: TestClient, world_index: Path) -> None:
+    names = ["tench", "crane", "golden_retrievers"]
+    r = client.post("/v1/match", json={"names": names, "k": 3})
+    assert r.status_code == 200, r.text
+    cli = run_cli("match", "--index", str(world_index), "--format", "jsonl", "-k", "3", *names)
+    assert cli.returncode == 0, cli.stderr
+    assert r.json()["results"] == [json.loads(line) for line in cli.stdout.splitlines()]
+    lemma = client.post("/v1/match", json={"names": ["tiger"], "method": "lemma"}).json()["results"][0]
+    assert lemma["matches"] and all(m["lemma_match"] for m in lemma["matches"]) and lemma["low_confidence"] is False
+
+
+def test_models_index_health_and_metrics(client: TestClient, selector, world_index: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    version = ready.json()["index_version"]
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["models"]] == sorted(selector.store.model_ids)
+    assert all(m["labels"] == ["counts", "image"] for m in models["models"])
+    info = client.get("/v1/index")
+    summary = info.json()
+    assert summary["nodes"] == selector.index.size and summary["index_version"] == version
+    assert summary["embedder"]["dim"] == 384 and summary["format_versions"]["index"] in (1, 2)
+    assert info.headers["x-index-version"] == version
+    openapi = client.get("/openapi.json").json()
+    assert openapi["paths"].keys() >= {"/v1/select", "/v1/select/batch", "/v1/match", "/v1/models", "/v1/index"}
+    assert openapi["components"]["schemas"].keys() >= {"SelectRequest", "SelectionAnswer", "MatchAnswer", "ErrorAnswer"}
+    assert client.get("/docs").status_code == 200
+    client.post("/v1/select", json={"task": ["dog"]})   # a 422, counted by status
+    metrics = client.get("/metrics").text
+    assert 'mll_index_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+    assert 'mll_index_requests_total{method="POST",route="/v1/select",status="422"}' in metrics
+    assert 'mll_index_request_seconds_bucket{le="0.5",route="/v1/select"}' in metrics
+    assert f'version="{version}"' in metrics
+
+
+BAD = [  # (route, body, status, field, words in the message)
+    ("/v1/select", b'{"task": ["a", "b"', 400, "body", "malformed JSON"),
+    ("/v1/select", b'[1, 2]', 422, "body", "valid dictionary"),
+    ("/v1/select", {"task": ["dog"]}, 422, "task.classes", "at least 2 classes"),
+    ("/v1/select", {"task": ["dog", "dog"]}, 422, "task.classes", "duplicate"),
+    ("/v1/select", {"task": "dog, cat"}, 422, "task", "list of class names"),
+    ("/v1/select", {"task": {"classes": ["cow", 7]}}, 422, "task.classes", "a class is a name"),
+    ("/v1/select", {"task": {"classes": ["cow", "pig"], "domain": 3}}, 422, "task.domain", "must be a string"),
+    ("/v1/select", {"task": {"classes": [{"name": "cow", "captions": 5}, "pig"]}}, 422, "task.classes[0].captions",
+     "list of strings"),
+    ("/v1/select", {"task": {"classes": ["cow", {"name": "pig", "captions": "pink"}]}}, 422,
+     "task.classes[1].captions", "list of strings"),
+    ("/v1/select", {"task": {"classes": ["cow", "pig"], "colour": "red"}}, 422, "task.colour", "unknown keys"),
+    ("/v1/select", {"task": [f"class {i}" for i in range(51)]}, 413, "task.classes", "at most 50"),
+    ("/v1/select", {"task": ["cow", "pig"], "k": "2"}, 422, "k", "valid integer"),
+    ("/v1/select", {"task": ["cow", "pig"], "k": 0}, 422, "k", "greater than or equal to 1"),
+    ("/v1/select", {"task": ["cow", "pig"], "alpha": 1.5}, 422, "alpha", "less than or equal to 1"),
+    ("/v1/select", {"task": ["cow", "pig"], "mode": "magic"}, 422, "mode", "'auto', 'restricted' or 'counts'"),
+    ("/v1/select", {"task": ["cow", "pig"], "explain": "yes"}, 422, "explain", "valid boolean"),
+    ("/v1/select", {"task": ["cow", "pig"], "top": 3}, 422, "top", "Extra inputs"),
+    ("/v1/select", {"k": 2}, 422, "task", "Field required"),
+    ("/v1/select", {"task": ["x" * 70_000, "b"]}, 413, "body", "at most 65536"),
+    ("/v1/select/batch", b'["cow", "pig"]\n{"classes": ', 400, "line 2", "malformed JSON"),
+    ("/v1/select/batch", b'["cow", "pig"]', 422, "body", "one task"),
+    ("/v1/select/batch", b'[["cow", "pig"], ["hen"]]', 422, "body[1].classes", "at least 2 classes"),
+    ("/v1/select/batch", b"", 422, "body", "no tasks"),
+    ("/v1/select/batch", json.dumps([["cow", "pig"]] * 21).encode(), 413, "body", "at most 20"),
+    ("/v1/select/batch?mode=magic", b'[["cow", "pig"]]', 422, "mode", "'auto'"),
+    ("/v1/match", {"names": ["tench", "  "]}, 422, "names", "empty"),
+    ("/v1/match", {"names": "tench"}, 422, "names", "valid list"),
+    ("/v1/match", {"names": ["tench"], "method": "magic"}, 422, "method", "'combined'"),
+]
+
+
+@pytest.mark.parametrize("route, body, status, field, words", BAD)
+def test_a_bad_request_is_a_4xx_naming_the_field(client: TestClient, route: str, body, status: int, field: str,  # type: ignore[no-untyped-def]
+                                                 words: str) -> None:
+    if isinstance(body, bytes):
+        r = client.post(route, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(route, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()
+    assert error["field"] == field and words in error["error"], error
+    assert "Traceback" not in r.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused(client: TestClient) -> None:
+    def chunks():  # no Content-Length: the limit is kept while reading
+        for _ in range(40):
+            yield b" " * 4096
+    r = client.post("/v1/select", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def test_the_time_limit_is_a_503_or_a_last_error_line(world_index: Path) -> None:
+    with TestClient(create_app(world_index, ServiceSettings(request_timeout_s=0), watch=False)) as c:
+        # 40 names never embedded before: the text model runs for far longer than one turn of the event loop.
+        r = c.post("/v1/select", json={"task": [f"unseen thing {i} {os.getpid()}" for i in range(40)]})
+        assert r.status_code == 503 and "took over" in r.json()["error"]
+        r = c.post("/v1/select/batch", content=json.dumps([["tiger", "lion"]]))
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert r.status_code == 200 and len(lines) == 1 and "took over" in lines[0]["error"]
+
+
+def test_the_token_is_required_everywhere_but_healthz(locked: TestClient) -> None:
+    assert locked.get("/healthz").status_code == 200
+    for method, route in [("get", "/readyz"), ("get", "/metrics"), ("get", "/v1/models"), ("get", "/openapi.json"),
+                          ("post", "/v1/select")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            r = getattr(locked, method)(route, headers=headers)
+            assert r.status_code == 401 and r.json()["field"] == "Authorization", (route, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+    r = locked.post("/v1/select", json={"task": ["tiger", "lion"]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["classes"][0]["name"] == "tiger"
+
+
+def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_index: Path, tmp_path: Path,
+                                                                         embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.artifacts import atomic_file
+    from mll_index.index import add_nodes, load_index
+
+    path = tmp_path / "index"
+    shutil.copytree(world_index, path)
+    app = create_app(path, watch=False)
+    holder = app.state.holder
+    with TestClient(app) as c:
+        first = c.post("/v1/select", json={"task": ["tiger", "lion"]})
+        v1 = first.json()["index_version"]
+        assert holder.check() is False                       # nothing changed: nothing reopened
+        present = set(load_index(path).graph.nodes)
+        add_nodes(path, _new_node(path), embedder)
+        v2 = index_version(path)
+        assert v2 != v1
+        assert c.post("/v1/select", json={"task": ["tiger", "lion"]}).json()["index_version"] == v1  # not yet
+        assert holder.check() is True
+        second = c.post("/v1/select", json={"task": ["tiger", "lion"]})
+        assert second.json()["index_version"] == second.headers["x-index-version"] == v2
+        assert c.get("/v1/index").json()["nodes"] == len(present) + 1
+
+        good = (path / "manifest.json").read_bytes()
+        with atomic_file(path / "manifest.json") as handle:   # a torn manifest: the new version does not open
+            handle.write(good.decode()[: len(good) // 2])
+        assert holder.check() is False
+        r = c.post("/v1/select", json={"task": ["tiger", "lion"]})
+        assert r.status_code == 200 and r.json()["index_version"] == v2
+        assert c.get("/readyz").json()["pending_version_error"]
+        with atomic_file(path / "manifest.json") as handle:
+            handle.write(good.decode())
+        assert holder.check() is True
+        assert c.get("/readyz").json()["pending_version_error"] is None
+
+
+def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """`labels compact` deletes the shards an opened state read: its answers stay whole (memory maps, or
+    a retry on the new version), and equal to a fresh local selection."""
+    from mll_index.label_matrix import compact_matrix
+    from mll_index.labels import sync_matrix
+
+    path = tmp_path / "index"
+    shutil.copytree(world_index, path)
+    with TestClient(create_app(path, watch=False)) as c:
+        before = c.post("/v1/select", json={"task": ["tiger", "lion", "banana"], "mode": "counts", "k": 2})
+        assert before.status_code == 200
+        sync_matrix(path)
+        compact_matrix(path)
+        assert index_version(path) != before.json()["index_version"]
+        for mode in ("counts", "restricted"):
+            r = c.post("/v1/select", json={"task": ["tiger", "lion", "banana"], "mode": mode, "k": 2})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            body.pop("index_version")
+            local = select_models(open_selector(path, embedder), task_from_json(["tiger", "lion", "banana"]),
+                                  mode=mode, k=2)  # type: ignore[arg-type]
+            assert body == _json(local)
+
+
+def _new_node(path: Path) -> list[str]:
+    """One wnid the index lacks."""
+    from mll_index.index import load_index
+
+    present = set(load_index(path).graph.nodes)
+    new = [w for w in (TENCH, GOLDFISH, LAPTOP, PIZZA) if w not in present][:1]
+    assert new, "the world index already holds every candidate node"
+    return new
+
+
+def test_the_watcher_swaps_in_a_new_version_by_itself(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.index import add_nodes
+
+    path = tmp_path / "index"
+    shutil.copytree(world_index, path)
+    with TestClient(create_app(path, ServiceSettings(poll_s=0.1))) as c:
+        v1 = c.get("/readyz").json()["index_version"]
+        add_nodes(path, _new_node(path), embedder)
+        deadline = time.monotonic() + 120      # a bound, not a timing claim: the poll is every 0.1 s
+        while c.get("/readyz").json()["index_version"] == v1:
+            assert time.monotonic() < deadline, "the new index version was not picked up"
+            time.sleep(0.1)
+        answer = c.post("/v1/select", json={"task": ["tiger", "lion"]}).json()
+        assert answer["index_version"] == index_version(path) != v1
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + "/readyz", headers=headers), timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url}: the service did not become ready")
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_select_server_like_local_select(world_index: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLL_TEST_SERVICE_KEY": TOKEN}
+    env.pop("MLL_INDEX_HOME", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "serve", "--index", str(world_index), "--port",
+                             str(port), "--api-key-env", "MLL_TEST_SERVICE_KEY"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, proc, {"Authorization": f"Bearer {TOKEN}"})
+        task = tmp_path / "farm.json"
+        task.write_text(json.dumps({"name": "farm", "classes": ["tiger", "lion", "qwzx blorf"]}))
+        local = run_cli("select", "--index", str(world_index), "--task", str(task), "-k", "2", "--explain")
+        assert local.returncode == 0, local.stderr
+
+        refused = run_cli("select", "--server", url, "--task", str(task))
+        assert_one_line_error(refused, "401", "bearer token")
+        monkeypatch.setenv("MLL_INDEX_API_KEY", TOKEN)
+        remote, modules = modules_of("select", "--server", url, "--task", str(task), "-k", "2", "--explain")
+        assert remote.returncode == 0, remote.stderr
+        assert remote.stdout == local.stdout
+        warnings = [line for line in remote.stderr.splitlines() if line.startswith("mll-index: warning")]
+        assert warnings and warnings == local.stderr.strip().splitlines()
+        assert not modules & {*HEAVY, "onnxruntime", "faiss", "sklearn"}, modules
+        batch = tmp_path / "tasks.jsonl"
+        batch.write_text('["tiger", "lion"]\n{"classes": ["cow", "pig"]}\n')
+        local_batch = run_cli("select", "--index", str(world_index), "--batch", str(batch))
+        remote_batch = run_cli("select", "--server", url, "--batch", str(batch))
+        assert remote_batch.returncode == 0 and remote_batch.stdout == local_batch.stdout
+
+        in_use = run_cli("serve", "--index", str(world_index), "--port", str(port))
+        assert_one_line_error(in_use, f"127.0.0.1:{port}", "already in use")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_a_missing_index_or_key_stops_serve_before_the_port_opens(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("serve", "--index", str(tmp_path / "none"), "--port", str(free_port())),
+                          "no index here")
+    assert_one_line_error(run_cli("serve", "--index", str(tmp_path), "--api-key-env", "MLL_UNSET_KEY_VARIABLE"),
+                          "MLL_UNSET_KEY_VARIABLE")
+
+
+def test_select_remote_client(world_index: Path) -> None:
+    """The documented client function, against an unreachable URL and a bad one (one-line errors)."""
+    from mll_index.errors import EndpointError, InputError
+    from mll_index.service.client import select_remote
+
+    with pytest.raises(EndpointError, match="no selection service answers"):
+        select_remote(f"http://127.0.0.1:{free_port()}", ["tiger", "lion"], timeout=5)
+    with pytest.raises(InputError, match="http://"):
+        select_remote("ftp://example", ["tiger", "lion"])
