@@ -487,16 +487,18 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
               help="Predictions file [default: print a summary only].")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
+@click.option("--force", is_flag=True, help="Predict even where a model's tokenizer cuts a class name or makes two "
+              "classes' prompts identical (each such model is reported).")
 def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv: str | None, task_file: Path | None,
           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, out: Path | None, fmt: str,
-          device: str | None) -> None:
+          device: str | None, force: bool) -> None:
     """Predict a task's images with the selected models, combined per class by inverse entropy.
 
     IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
     """
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
-    from mll_index.reuse import reuse_models, write_predictions
+    from mll_index.reuse import lemma_of, reuse_models, write_predictions
     from mll_index.select import make_task, open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
@@ -506,6 +508,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
         try:
             data = json.loads(selection_file.read_text(encoding="utf-8"))
             models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
+            lemmas = {c["name"]: lemma_of(c["nodes"][0]["synset"]) for c in data["classes"] if c.get("nodes")}
             name = data.get("task", "task")
         except FileNotFoundError:
             raise InputError(f"{selection_file}: no such file") from None
@@ -522,7 +525,10 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
                                   n_nodes=n_nodes, mode=mode)
         _warn_weak(selection)
         models, name = selection.models_for(), task.name
-    result = reuse_models(hub, models, images, task=name, device=device, progress=True)
+        lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
+    result = reuse_models(hub, models, images, task=name, device=device, progress=True, lemmas=lemmas, force=force)
+    for line in result.warnings:
+        click.echo(f"mll-index: warning: {line}", err=True)
     if out:
         write_predictions(result, out, fmt)
     if result.images.unreadable:

@@ -9,6 +9,7 @@ data/caption_templates.json by default), as CLIP's zero-shot evaluation does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,59 @@ def class_embeddings(loaded: LoadedModel, class_names: Sequence[str], device: st
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
+@dataclass(frozen=True)
+class PromptCheck:
+    """What a model's tokenizer does to a task's class prompts.
+
+    context_length: the tokenizer's row length in tokens; cut: classes whose name is cut off in at
+    least one prompt (the tokens that would follow it are lost); identical: groups of classes (2 or
+    more each) whose prompts are the same token rows, so the model cannot tell them apart.
+    """
+
+    context_length: int
+    cut: tuple[str, ...] = ()
+    identical: tuple[tuple[str, ...], ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.cut and not self.identical
+
+
+def check_prompts(loaded: LoadedModel, class_names: Sequence[str], prompt_names: Sequence[str] | None = None,
+                  prompt_templates: Sequence[str] | None = None) -> PromptCheck:
+    """Tokenize the class prompts as `class_embeddings` does and report cut names and identical prompts.
+
+    A name is cut when the prompt up to the end of the name already fills the tokenizer's context:
+    appending words then changes nothing (open_clip truncates at `context_length` tokens, 77 for
+    most CLIP models). Only the tokenizer runs, no model.
+
+    Args:
+        class_names: the names reported; prompt_names: the names written into the prompts
+            (default: the class names), one per class.
+    """
+    chosen = list(prompt_templates) if prompt_templates else zero_shot_templates()
+    written = list(prompt_names) if prompt_names is not None else list(class_names)
+    full = [t.format(name=name) for name in written for t in chosen]
+    heads = [t.split("{name}", 1)[0] + name for name in written for t in chosen]
+    # Appending words to a prompt that is already cut leaves its token row as it was.
+    longer = [h + " and some more words" for h in heads]
+    rows = np.asarray(loaded.tokenizer(full + heads + longer))
+    n = len(full)
+    whole, head, more = rows[:n], rows[n:2 * n], rows[2 * n:]
+    per_class = len(chosen)
+    cut_rows = (head == more).all(axis=1).reshape(len(written), per_class).any(axis=1)
+    groups: dict[bytes, list[str]] = {}
+    for c, name in enumerate(class_names):
+        groups.setdefault(whole[c * per_class:(c + 1) * per_class].tobytes(), []).append(name)
+    return PromptCheck(int(rows.shape[1]), tuple(n for n, cut in zip(class_names, cut_rows) if cut),
+                       tuple(tuple(g) for g in groups.values() if len(g) > 1))
+
+
+def all_finite(*arrays: Any) -> bool:
+    """Whether every value of the arrays is finite (no NaN, no infinity): a model's outputs are usable."""
+    return all(bool(np.isfinite(np.asarray(a, np.float32)).all()) for a in arrays)
+
+
 def encode_pixels(loaded: LoadedModel, pixels: Any, device: str = "cpu", batch_size: int = 512) -> np.ndarray:
     """(n, d) float32 unit image embeddings of preprocessed pixels ((n, 3, H, W) float array or tensor)."""
     import torch
@@ -58,8 +112,10 @@ def encode_pixels(loaded: LoadedModel, pixels: Any, device: str = "cpu", batch_s
 
 
 def logit_scale(loaded: LoadedModel) -> float:
-    """The model's learned temperature (exp of its logit_scale), capped at 100 as CLIP does."""
-    return float(min(float(loaded.model.logit_scale.detach().exp()), 100.0))
+    """The model's learned temperature (exp of its logit_scale), capped at 100 as CLIP does; NaN stays NaN
+    (a min() would let a NaN through as 100 or as NaN depending on the argument order)."""
+    scale = float(loaded.model.logit_scale.detach().exp())
+    return scale if np.isnan(scale) else min(scale, 100.0)
 
 
 def class_probabilities(image_emb: np.ndarray, class_emb: np.ndarray, scale: float) -> np.ndarray:
