@@ -406,8 +406,9 @@ def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
     for c in selection.classes:
         if c.low_confidence:
             best = c.nodes[0] if c.nodes else None
+            lent = f", lent by {best.via.split(':', 1)[1]}" if best and best.via != "direct" else ""
             click.echo(f"mll-index: warning: task {selection.task!r}: class {c.name!r} matches no labeled node well "
-                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}); "
+                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}{lent}); "
                        "its models rest on a weak match", err=True)
 
 

@@ -6,7 +6,8 @@
    frequencies, lemma hits); a graph node without images that scores better than every
    labeled node lends its score to the labeled nodes among its hyponyms and hypernyms up to
    two steps away, times 0.9 per step (the paper pools the images of related synsets for the
-   same reason).
+   same reason). A lent score counts as weak evidence unless the class name is a lemma of the
+   lender (`lent_blindly`): an unrelated node may match a name on the embedding alone.
 2. For every model, the confusion on the union S of the task's matched nodes:
    - `restricted` (default): among the sample images of S's nodes, which node of S does the
      model predict? Exact, recomputed from the stored image and node embeddings. When the
@@ -437,6 +438,23 @@ def _match_block(sel: Selector, names: Sequence[ClassName], queries: np.ndarray,
     return out
 
 
+def lent_blindly(matcher: Matcher, name: str, match: NodeMatch) -> bool:
+    """Whether a match's score was lent by a graph node the class name does not name.
+
+    A lent score says "the class is about this unlabeled node, and this labeled node is its
+    relative"; that holds when the name is a lemma of the lender (or a plural or joined spelling
+    of one: "big cats" lending from big_cat.n.01 to tiger). When it is not, the lender matched
+    on the embedding alone, and its score, however high, says nothing of the class ("stork"
+    lent through Stradivarius to violin): such a match is weak.
+    """
+    if match.via == "direct":
+        return False
+    lender = match.via.split(":", 1)[1]
+    synsets = matcher.index.graph.synsets
+    named = {synsets[h.row] for h in matcher.lemma_hits(read_class_name(name)) if h.kind in ("exact", "variant")}
+    return lender not in named
+
+
 # ---------------------------------------------------------------------------------------
 # Steps 2-5: confusion, F1, smoothing, top-k
 
@@ -678,7 +696,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     for c, name in enumerate(task.classes):
         order = _top_stable(scores[:, c], k_eff)
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
-        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None)
+        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
+            (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
         weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
         weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None

@@ -135,6 +135,25 @@ def test_weak_matches_are_reported(selector) -> None:  # type: ignore[no-untyped
     assert s.classes[0].low_confidence and not s.classes[1].low_confidence
 
 
+def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.match import is_weak
+    from mll_index.select import NodeMatch, lent_blindly
+
+    # "ungulate" is a lemma of ungulate.n.01, but its best labeled node (horse) got its score from
+    # odd-toed_ungulate.n.01, which matched on the embedding alone: the score is high, the evidence weak.
+    s = select_models(selector, make_task(["ungulate", "big cat", "tiger"]))
+    ungulate, big_cat, tiger = s.classes
+    assert ungulate.nodes[0].via == "hyponym:odd-toed_ungulate.n.01"
+    assert not is_weak(selector.matcher, "ungulate", ungulate.nodes[0].score)
+    assert ungulate.low_confidence
+    # Lent by the node the name names, or not lent at all: as strong as the score says.
+    assert big_cat.nodes[0].via == "hyponym:big_cat.n.01" and not big_cat.low_confidence
+    assert tiger.nodes[0].via == "direct" and not tiger.low_confidence
+    stork = NodeMatch("n00000000", "violin.n.01", 0.4514, "hyponym:stradivarius.n.01")
+    assert lent_blindly(selector.matcher, "stork", stork)
+    assert not lent_blindly(selector.matcher, "big cats", NodeMatch("n0", "lion.n.01", 1.2, "hyponym:big_cat.n.01"))
+
+
 def test_batch_equals_one_by_one(selector) -> None:  # type: ignore[no-untyped-def]
     tasks = [make_task(["tiger", "lion"], "a"), make_task(["banana", "apple", "tiger"], "b"),
              make_task(["cow", "pig"], "c", captions={"pig": ["a pink farm animal with a curly tail"]})]
