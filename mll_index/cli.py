@@ -570,8 +570,13 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
                  for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
     else:
         tasks = world_eval_tasks(world_obj)
-    selector = open_selector(index_path or default_index_path(), models=[m for m in hub.ids],
-                             cache=_embedding_cache())
+    from mll_index.label_matrix import has_matrix
+    from mll_index.labels import labeled_models
+
+    path = index_path or default_index_path()
+    # An index with published labels only is evaluated on those (naming models would ask for image labels).
+    image_labels = path.is_dir() and (bool(labeled_models(path)) or has_matrix(path))
+    selector = open_selector(path, models=list(hub.ids) if image_labels else None, cache=_embedding_cache())
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True)
     files = write_evaluation(result, out)
     click.echo(result.table())

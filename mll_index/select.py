@@ -389,7 +389,9 @@ def match_labeled_nodes(sel: Selector, names: Sequence[str], queries: np.ndarray
         names: the class names (as users wrote them).
         queries: (len(names), d) unit class embeddings from the index's embedder.
     """
-    assert sel.store is not None and sel.labeled is not None
+    if sel.store is None or sel.labeled is None:
+        raise InputError(f"{sel.index.path}: no image-based labels to match classes to (the index holds published "
+                         "labels only); run `mll-index label`")
     read = [read_class_name(name) for name in names]
     queries = np.asarray(queries, np.float32)
     out: list[list[NodeMatch]] = []
@@ -401,7 +403,8 @@ def match_labeled_nodes(sel: Selector, names: Sequence[str], queries: np.ndarray
 
 def _match_block(sel: Selector, names: Sequence[ClassName], queries: np.ndarray, n: int) -> list[list[NodeMatch]]:
     index, store, labeled = sel.index, sel.store, sel.labeled
-    assert store is not None and labeled is not None
+    if store is None or labeled is None:   # match_labeled_nodes checked; a type narrowing that -O keeps
+        raise InputError(f"{index.path}: no image-based labels to match classes to")
     g = index.graph
     scores = sel.matcher.node_scores(queries, names)              # (n_q, n_index)
     inside = labeled.positions >= 0
@@ -485,7 +488,9 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
     k = len(nodes)
     for i in range(len(store.model_ids)):
         lab = store.image_labels(i)
-        assert lab is not None
+        if lab is None:     # has_image_labels said every model has one; a label folder removed since
+            raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
+                                   "folder any more; run `mll-index label` again or use --mode counts")
         rows = lab.images_of(in_set)
         if domain:
             in_domain = rows[lab.domains[rows] == domain.lower()]
@@ -644,7 +649,8 @@ def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
 def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha: float, mode: SelectionMode,
                 use_domain: bool) -> dict[str, Any]:
     store = sel.store
-    assert store is not None
+    if store is None:
+        raise InputError(f"{sel.index.path}: no image-based labels in this index (published labels only)")
     pos = store.node_position
     union = sorted({pos[m.wnid] for ms in matches for m in ms})
     col = {j: i for i, j in enumerate(union)}
