@@ -71,10 +71,32 @@ def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Choose vision-language models per class from an index built once."""
-    # Without -v the command's own output says what matters (errors, skipped files); library
-    # warnings (retries, open_clip's root logger) would break the one-line error promise.
+    # Without -v, third-party logging (open_clip's root logger, transformers) stays quiet, while
+    # mll-index's own warnings (published labels dropped on a rebuild, skipped folders, retries)
+    # reach stderr as one line each; -v shows every logger at INFO.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")
+    ours = logging.getLogger("mll_index")
+    if verbose:
+        ours.removeHandler(_WARNING_LINES)
+        ours.propagate = True
+    elif _WARNING_LINES not in ours.handlers:
+        ours.addHandler(_WARNING_LINES)
+        ours.setLevel(logging.WARNING)
+        ours.propagate = False
+
+
+class _WarningLine(logging.Handler):
+    """Writes a log record as one `mll-index: warning: ...` line on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"mll-index: warning: {' '.join(self.format(record).split())}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never raise into the command
+            self.handleError(record)
+
+
+_WARNING_LINES = _WarningLine(logging.WARNING)
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]

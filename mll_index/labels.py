@@ -319,7 +319,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                                   batch_size, progress)
             except ModelLoadError as exc:   # outputs that are not finite: this model only
                 report.failed[model.id] = str(exc)
-                log.warning("%s", exc)
+                log.info("%s", exc)     # the report carries it (the CLI prints its failures)
                 continue
             report.labeled.append(model.id)
             report.images_per_s[model.id] = rate

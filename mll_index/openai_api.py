@@ -208,7 +208,9 @@ class OpenAIClient:
                 suffix = f" (after {self.max_retries} retries)" if self.max_retries else ""
                 raise EndpointError(failure + suffix)
             delay = self._backoff(attempt, retry_after)
-            logger.warning("%s; retry %d/%d in %.2fs", failure, attempt + 1, self.max_retries, delay)
+            # INFO, not WARNING: a retry that succeeds is no news, and one that fails ends in an
+            # EndpointError saying how many retries it took (the CLI's one line).
+            logger.info("%s; retry %d/%d in %.2fs", failure, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
             attempt += 1
 
