@@ -424,7 +424,10 @@ def _selection_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
+def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-untyped-def]
+    if prompts:     # (reuse checks the prompts itself, with each model's own tokenizer)
+        for line in selection.warnings:
+            click.echo(f"mll-index: warning: {line}", err=True)
     for c in selection.classes:
         if c.low_confidence:
             best = c.nodes[0] if c.nodes else None
@@ -546,7 +549,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
             raise InputError("give --selection, --names or --task")
         selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task, k=k, alpha=alpha,
                                   n_nodes=n_nodes, mode=mode)
-        _warn_weak(selection)
+        _warn_weak(selection, prompts=False)
         models, name = selection.models_for(), task.name
         lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
     result = reuse_models(hub, models, images, task=name, device=device, progress=True, lemmas=lemmas, force=force)

@@ -32,7 +32,7 @@ from mll_index.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
 from mll_index.hub import Hub, LoadedModel, load_model, preprocess_key
 from mll_index.zeroshot import (all_finite, check_prompts, class_embeddings, class_probabilities, encode_pixels,
-                                logit_scale)
+                                lemma_of, logit_scale, prompt_names)
 
 log = logging.getLogger(__name__)
 
@@ -234,43 +234,6 @@ def predict_probabilities(hub: Hub, model_ids: Sequence[str], images: TaskImages
     The models whose outputs are not finite are missing from the result (see `predict`).
     """
     return predict(hub, model_ids, images, class_names, device, progress, force=True).probs
-
-
-def prompt_names(class_names: Sequence[str], lemmas: Mapping[str, str]) -> list[str]:
-    """The name written into each class's prompts: the singular when the typed name, or its last
-    word, is a plural of its matched node's lemma ("apples" with apple.n.01 → "apple", "red bananas"
-    with banana.n.02 → "red banana"), else the typed name.
-
-    A lemma that another class already uses keeps the typed name, so that two classes never share
-    a prompt through this rule.
-
-    Args:
-        lemmas: class name → lemma of its best matched node (synset head, spaces for '_'); classes
-            without one keep their name.
-    """
-    from mll_index.senses import sense_index
-
-    senses = sense_index()
-    out = []
-    for name in class_names:
-        lemma = (lemmas.get(name) or "").replace("_", " ").strip()
-        words = name.replace("_", " ").split()
-        folded = [w.lower() for w in words]
-        singular = None
-        if lemma and folded and " ".join(folded) != lemma.lower():
-            # The whole name or its head noun ("red bananas" matched to banana) is the lemma's plural.
-            for base in senses.plural_bases(folded[-1]):
-                if lemma.lower() in (" ".join([*folded[:-1], base]), base):
-                    singular = " ".join([*words[:-1], base])
-                    break
-        out.append(singular or name)
-    taken = {n.lower() for n in class_names}
-    return [p if p == n or p.lower() not in taken and out.count(p) == 1 else n for n, p in zip(class_names, out)]
-
-
-def lemma_of(synset: str) -> str:
-    """The head lemma of a synset name ('apple.n.01' → 'apple', 'ice_cream.n.01' → 'ice cream')."""
-    return synset.rsplit(".", 2)[0].replace("_", " ")
 
 
 @dataclass

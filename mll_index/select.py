@@ -582,6 +582,7 @@ class Selection:
     domain: str | None = None
     description: str | None = None
     domain_images: bool = False  # whether the confusion used only the domain's sample images
+    warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
 
     @property
     def class_names(self) -> list[str]:
@@ -593,6 +594,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["warnings"] = list(self.warnings)
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -734,7 +736,56 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
     used = image["mode"] if image is not None else mode
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
-                     description=task.description, domain_images=bool(image and image["domain_used"]))
+                     description=task.description, domain_images=bool(image and image["domain_used"]),
+                     warnings=prompt_warnings(sel, task, classes))
+
+
+def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
+    """One line per context length among the chosen models whose tokenizer cuts a class name or
+    makes two classes' prompts identical (the prompts `reuse` writes: see zeroshot.prompt_names).
+
+    Read from the models' configs and CLIP's vocabulary, without torch; models with another
+    tokenizer than open_clip's default are not checked here (`reuse` checks every model).
+    """
+    from mll_index.zeroshot import check_prompt_rows, clip_token_rows, lemma_of, prompt_names, zero_shot_templates
+
+    entries = dict(sel.store.entries) if sel.store is not None else {}
+    if sel.published is not None:
+        entries = {m["id"]: m for m in sel.published.models} | entries
+    by_length: dict[int, list[str]] = {}
+    for model in dict.fromkeys(m.model for c in classes for m in c.models):
+        length = text_context_of(entries.get(model))
+        if length is not None:
+            by_length.setdefault(length, []).append(model)
+    if not by_length:
+        return ()
+    names = list(task.classes)
+    written = prompt_names(names, {c.name: lemma_of(c.nodes[0].synset) for c in classes if c.nodes})
+    longest = max(len(t.format(name=w).lower().encode("utf-8")) for w in written for t in zero_shot_templates())
+    plain = all(w.isascii() for w in written) and len({" ".join(w.lower().split()) for w in written}) == len(written)
+    out = []
+    for length, models in sorted(by_length.items()):
+        if plain and longest + 2 < length:
+            continue    # a CLIP token covers at least one byte: nothing can be cut, and no two names read alike
+        if clip_token_rows([], length) is None:
+            return ()   # open_clip is not installed: reuse cannot run either
+        check = check_prompt_rows(lambda texts: clip_token_rows(texts, length), names, written)  # noqa: B023
+        if check.ok:
+            continue
+        parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
+        if check.cut:
+            parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
+        shown = f"{models[:5]}{' and others' if len(models) > 5 else ''}"
+        out.append(f"task {task.name!r}: model(s) {shown} read at most {length} tokens: " + "; ".join(parts) +
+                   " (reuse refuses them unless --force; shorten or rename those classes)")
+    return tuple(out)
+
+
+def text_context_of(entry: dict[str, Any] | None) -> int | None:
+    """The context length of a labeled model's default CLIP tokenizer (None: unknown or another tokenizer)."""
+    from mll_index.zeroshot import text_context
+
+    return text_context(entry) if entry else None
 
 
 def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:

@@ -205,3 +205,15 @@ def test_prompts_use_the_lemma_of_a_plural_name() -> None:
     # Never two classes on one prompt: "apple" is a class of its own.
     assert prompt_names(["apple", "apples"], {"apple": "apple", "apples": "apple"}) == ["apple", "apples"]
     assert lemma_of("ice_cream.n.01") == "ice cream"
+
+
+def test_clip_tokens_without_torch_equal_open_clip_s() -> None:
+    import open_clip
+
+    from mll_index.zeroshot import clip_token_rows
+
+    texts = ["a photo of a golden retriever.", "Café &amp; naïve  CRÈME brûlée", "it's 2024, don't panic!!",
+             "🍎 apple", "日本語のテキスト", "striped sea creature seen near the reef at dawn " * 12]
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    for length in (77, 16, 8):
+        assert np.array_equal(clip_token_rows(texts, length), np.asarray(tokenizer(texts, context_length=length)))

@@ -154,6 +154,28 @@ def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None
     assert not lent_blindly(selector.matcher, "big cats", NodeMatch("n0", "lion.n.01", 1.2, "hyponym:big_cat.n.01"))
 
 
+LONG = ["striped sea creature seen near the reef at dawn", "striped sea creature seen near the reef at dusk"]
+
+
+def test_prompts_the_models_cannot_read_apart_are_warned(selector) -> None:  # type: ignore[no-untyped-def]
+    # The world's models read 16 tokens: "an emoji of a striped sea creature seen near the reef at d..."
+    s = select_models(selector, make_task([*LONG, "tiger"]), k=2)
+    assert len(s.warnings) == 1
+    line = s.warnings[0]
+    assert "16 tokens" in line and f"classes {LONG}" in line and "identical prompts" in line and "\n" not in line
+    assert all(m.model in line for c in s.classes for m in c.models)
+    assert s.to_dict()["warnings"] == [line]
+    assert select_models(selector, make_task(["tiger", "lion"])).warnings == ()
+
+
+def test_select_cli_warns_about_identical_prompts(world_index: Path) -> None:
+    done = run_cli("select", *LONG, "--index", str(world_index))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["warnings"]
+    warned = [line for line in done.stderr.splitlines() if "identical prompts" in line]
+    assert len(warned) == 1 and warned[0].startswith("mll-index: warning: ")
+
+
 def test_batch_equals_one_by_one(selector) -> None:  # type: ignore[no-untyped-def]
     tasks = [make_task(["tiger", "lion"], "a"), make_task(["banana", "apple", "tiger"], "b"),
              make_task(["cow", "pig"], "c", captions={"pig": ["a pink farm animal with a curly tail"]})]
