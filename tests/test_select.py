@@ -154,11 +154,13 @@ def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None
     assert not lent_blindly(selector.matcher, "big cats", NodeMatch("n0", "lion.n.01", 1.2, "hyponym:big_cat.n.01"))
 
 
-LONG = ["striped sea creature seen near the reef at dawn", "striped sea creature seen near the reef at dusk"]
+LONG = [f"striped sea creature seen swimming slowly near the old coral reef late in the quiet {t}"
+        for t in ("morning", "evening")]
 
 
 def test_prompts_the_models_cannot_read_apart_are_warned(selector) -> None:  # type: ignore[no-untyped-def]
-    # The world's models read 16 tokens: "an emoji of a striped sea creature seen near the reef at d..."
+    # The world's models read 16 tokens: each name alone is 16 tokens, so every prompt of the two is cut
+    # before the last word, the only one that differs.
     s = select_models(selector, make_task([*LONG, "tiger"]), k=2)
     assert len(s.warnings) == 1
     line = s.warnings[0]
