@@ -217,3 +217,26 @@ def test_clip_tokens_without_torch_equal_open_clip_s() -> None:
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     for length in (77, 16, 8):
         assert np.array_equal(clip_token_rows(texts, length), np.asarray(tokenizer(texts, context_length=length)))
+
+
+def test_reuse_cli_refuses_identical_prompts_unless_forced(tiny_reuse_hub: Path, tmp_path: Path) -> None:
+    from tinyclip import make_sample_images
+
+    names = ["striped sea creature seen near the reef at dawn", "striped sea creature seen near the reef at dusk"]
+    images = tmp_path / "images"
+    make_sample_images(images, names, per_node=2)
+    selection = tmp_path / "sel.json"
+    selection.write_text(json.dumps({"task": "reef", "classes": [
+        {"name": n, "models": [{"model": "tiny-short"}], "nodes": []} for n in names]}))
+    args = ("reuse", str(images), "--hub", str(tiny_reuse_hub), "--selection", str(selection))
+    refused = run_cli(*args)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    # (the progress bar also writes to stderr)
+    lines = [line for line in refused.stderr.strip().splitlines() if line.startswith("mll-index:")]
+    assert len(lines) == 1 and lines[0].startswith("mll-index: error: ")
+    assert "tiny-short" in lines[0] and names[0] in lines[0] and names[1] in lines[0] and "--force" in lines[0]
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert any(line.startswith("mll-index: warning: ") and "identical prompts" in line
+               for line in forced.stderr.splitlines())
+    assert json.loads(forced.stdout)["warnings"]
