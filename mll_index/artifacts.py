@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from mll_index import __version__
-from mll_index.errors import IndexFormatError, InputError
+from mll_index.errors import IndexFormatError
+from mll_index.layout import MANIFEST
 
 FORMAT_NAME = "mll-index"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+SELF_DIGEST = "manifest_sha256"   # a manifest's checksum of its own content, where it has one
 
 
 def _umask() -> int:
@@ -82,24 +83,6 @@ def read_json(path: Path) -> Any:
         raise IndexFormatError(f"{path}: file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexFormatError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_user_text(path: Path) -> str:
-    """A user's UTF-8 text file; a missing or undecodable file is an InputError naming it."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
-
-
-def read_user_json(path: Path, what: str) -> Any:
-    """A user's JSON file (`what` names its kind in the message); unreadable or invalid JSON is an InputError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable {what} ({exc})") from None
 
 
 def _backup_of(path: Path) -> Path:
@@ -224,6 +207,65 @@ def read_manifest(directory: Path, kind: str, verify: bool = False,
         if verify and sha256_file(file) != record["sha256"]:
             raise IndexFormatError(f"{file}: checksum differs from the manifest (corrupt)")
     return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """Hex SHA-256 of a manifest's content but its SELF_DIGEST field (canonical JSON: sorted keys, no spaces).
+
+    The files' checksums catch a changed file; this catches a changed manifest (a flipped digit in
+    a count, an id, a checksum) in the manifests written once and never rewritten.
+    """
+    body = {key: value for key, value in manifest.items() if key != SELF_DIGEST}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_self_digest(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """The problem, one line, if a manifest holding SELF_DIGEST does not match it; None otherwise."""
+    if SELF_DIGEST in manifest and manifest[SELF_DIGEST] != manifest_digest(manifest):
+        return f"{Path(directory) / MANIFEST}: its content differs from its own checksum (changed or corrupt)"
+    return None
+
+
+def check_manifest(directory: Path, kind: str, checksums: bool = False,
+                   versions: Sequence[int] = (FORMAT_VERSION,)) -> tuple[dict[str, Any] | None, list[str]]:
+    """Check a manifest and every file it lists, collecting each problem rather than stopping at the first.
+
+    Returns:
+        (the manifest, or None if it cannot be read or is of another format, version or kind;
+        one line per problem, naming the file: [] when all is sound). With `checksums`, each
+        listed file's SHA-256 is compared too.
+    """
+    directory = Path(directory)
+    try:
+        manifest = read_json(directory / MANIFEST)
+    except IndexFormatError as exc:
+        return None, [str(exc)]
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME \
+            or manifest.get("format_version") not in versions or manifest.get("kind") != kind:
+        try:
+            read_manifest(directory, kind, versions=versions)   # its message says what is wrong
+        except IndexFormatError as exc:
+            return None, [str(exc)]
+    if not isinstance(manifest.get("files", {}), dict):
+        return None, [f"{directory / MANIFEST}: malformed field 'files'"]
+    own = check_self_digest(directory, manifest)
+    problems = [own] if own else []
+    for name, record in manifest.get("files", {}).items():
+        file = directory / name
+        try:
+            size = file.stat().st_size
+            if not file.is_file():
+                problems.append(f"{file}: listed in the manifest, not a file")
+            elif size != record["bytes"]:
+                problems.append(f"{file}: {size} bytes, the manifest says {record['bytes']} (truncated or changed)")
+            elif checksums and sha256_file(file) != record["sha256"]:
+                problems.append(f"{file}: checksum differs from the manifest (corrupt)")
+        except FileNotFoundError:
+            problems.append(f"{file}: file listed in the manifest is missing")
+        except (KeyError, TypeError):
+            problems.append(f"{directory / MANIFEST}: malformed record of {name!r}")
+    return manifest, problems
 
 
 def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:

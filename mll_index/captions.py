@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from mll_index.errors import EndpointError, InputError
 from mll_index.graph import Graph, normalize_name
+from mll_index.userfiles import check_name_count, normalize_class_name, read_user_json
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,14 @@ def templates() -> dict[str, Any]:
 
 
 def clean_class_names(names: Sequence[str], *, unique: bool = True) -> list[str]:
-    """Check user class names: strip them; empty or over-long names are an InputError, and so are
+    """Check user class names and normalise them (`userfiles.normalize_class_name`: NFKC, invisible
+    characters removed, whitespace collapsed); names empty once cleaned, over-long or not valid text,
+    and more than `userfiles.MAX_NAMES` names, are an InputError naming the position, and so are
     duplicates when `unique` (a task's classes must differ; a list of names to match may repeat)."""
+    check_name_count(names)
     cleaned, seen = [], {}
     for i, raw in enumerate(names, 1):
-        name = " ".join(str(raw).split())
-        if not name:
-            raise InputError(f"class name {i} is empty")
+        name = normalize_class_name(raw, f"class name {i}")
         if len(name) > MAX_NAME_CHARS:
             raise InputError(f"class name {i} is {len(name)} characters long (at most {MAX_NAME_CHARS}): {name[:40]!r}...")
         key = normalize_name(name)
@@ -122,17 +124,17 @@ class FileExpander:
 
     def __init__(self, path: Path, fallback: CaptionExpander | None = None) -> None:
         self.path = Path(path)
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{self.path}: caption file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{self.path}: not valid JSON ({exc})") from None
+        if not self.path.exists():
+            raise InputError(f"{self.path}: caption file not found")
+        data = read_user_json(self.path, "caption file")
         if not isinstance(data, dict) or not all(
             isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v) for v in data.values()
         ):
             raise InputError(f"{self.path}: expected a JSON object {{class name: [non-empty caption strings]}}")
-        self._captions = {normalize_name(k) if not k.startswith("n") or not k[1:].isdigit() else k: v
+        # Keys are read as class names are, so a key typed with a byte-order mark or a zero-width
+        # character still finds its class.
+        self._captions = {k if k.startswith("n") and k[1:].isdigit()
+                          else normalize_name(normalize_class_name(k, f"{self.path}: key {k[:40]!r}")): v
                           for k, v in data.items()}
         self._fallback = fallback or WordNetExpander()
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -20,28 +21,21 @@ log = logging.getLogger("mll_index")
 
 
 def _read_names(names: tuple[str, ...], file: str | None, what: str = "class names") -> list[str]:
-    """Class names (or other items: `what`) from arguments, a file, or stdin ('-' or nothing), one per line."""
+    """Class names (or other items: `what`) from arguments, a file, or stdin ('-' or nothing), one per line.
+
+    Files and stdin are read by `userfiles` (byte-order marks, UTF-16, CR LF; names normalised).
+    """
+    from mll_index.userfiles import decode_user_bytes, names_from_text, read_names_file
+
     if names and file:
         raise InputError(f"give {what} as arguments or with --file, not both")
     if names:
         return list(names)
     if file and file != "-":
-        from mll_index.artifacts import read_user_text
-
-        text, where = read_user_text(Path(file)), file
-    else:
-        if sys.stdin.isatty():
-            raise InputError(f"no {what}: give them as arguments, with --file, or on stdin")
-        text, where = sys.stdin.read(), "stdin"
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            raise InputError(f"{where}: line {number} is blank ({what}, one per line)")
-    if not lines:
-        raise InputError(f"{where}: no {what}")
-    return lines
+        return read_names_file(Path(file), what)
+    if sys.stdin.isatty():
+        raise InputError(f"no {what}: give them as arguments, with --file, or on stdin")
+    return names_from_text(decode_user_bytes(sys.stdin.buffer.read(), "stdin"), "stdin", what)
 
 
 def _index_option(f):  # type: ignore[no-untyped-def]
@@ -105,10 +99,9 @@ def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: i
     if wnids and folder:
         raise InputError("give --wnids or --folder, not both")
     if wnids:
-        try:
-            return wnid_node_set(Path(wnids).read_text(encoding="utf-8").split())
-        except FileNotFoundError:
-            raise InputError(f"{wnids}: no such file") from None
+        from mll_index.userfiles import read_user_text
+
+        return wnid_node_set(read_user_text(Path(wnids)).split())
     if folder:
         return folder_node_set(folder)
     return recipe_node_set(node_set)
@@ -194,12 +187,9 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
     """Options from a recipe file (indexes/<name>.json); options given on the command line win."""
     if recipe is None:
         return options
-    try:
-        data = json.loads(Path(recipe).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{recipe}: recipe file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{recipe}: not valid JSON ({exc})") from None
+    from mll_index.userfiles import read_user_json
+
+    data = read_user_json(Path(recipe), "recipe file")
     if not isinstance(data, dict):
         raise InputError(f"{recipe}: a recipe is a JSON object of build options, got {type(data).__name__}")
     known = {"node_set", "wnids", "folder", "embedder", "search", "expander", "llm_url", "llm_model", "caption_file"}
@@ -312,6 +302,15 @@ def hub_show(source: str, fmt: str) -> None:
             click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
 
 
+def _echo_unreadable(paths: list[str], reasons: dict[str, str], root: Path, shown: int = 20) -> None:
+    """One warning line per skipped image (the first `shown`), naming the file and why."""
+    click.echo(f"mll-index: warning: skipped {len(paths)} unreadable image(s) in {root}:", err=True)
+    for rel in paths[:shown]:
+        click.echo(f"  {rel}: {reasons.get(rel, 'cannot be decoded')}", err=True)
+    if len(paths) > shown:
+        click.echo(f"  ... and {len(paths) - shown} more", err=True)
+
+
 @cli.command()
 @_index_option
 @click.option("--hub", "hub_source", required=True, help="Built-in hub name (mll49) or hub file (JSON or CSV).")
@@ -341,7 +340,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     for model_id, why in report.failed.items():
         click.echo(f"failed   {model_id}: {why}", err=True)
     if report.unreadable:
-        click.echo(f"skipped {len(report.unreadable)} unreadable images: {report.unreadable[:5]}", err=True)
+        _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
     if report.skipped_folders:
         click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
     if report.failed:
@@ -350,19 +349,28 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
 
 @cli.command()
 @_index_option
-@click.option("--verify", is_flag=True, help="Also check every file's SHA-256.")
+@click.option("--verify", is_flag=True, help="Also check every file's SHA-256 (node index, labels, label matrix, "
+              "published labels).")
 def info(index_path: Path | None, verify: bool) -> None:
-    """Print an index's manifest after checking it."""
+    """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
     from mll_index.index import default_index_path, load_index
-
     from mll_index.label_matrix import matrix_counts
+    from mll_index.verify import check_index
 
     path = index_path or default_index_path()
-    index = load_index(path, verify=verify)
-    out = dict(index.manifest)
-    if matrix_counts(path):
-        out["label_matrix"] = matrix_counts(path)
-    click.echo(json.dumps(out, indent=1))
+    problems = check_index(path, checksums=verify)
+    out = None
+    with contextlib.suppress(MLLIndexError):     # a damaged part is named among the problems
+        out = dict(load_index(path).manifest)
+        counts = matrix_counts(path)
+        if counts:
+            out["label_matrix"] = counts
+    if out is not None:
+        click.echo(json.dumps(out, indent=1))
+    for problem in problems:      # one line per damaged file
+        click.echo(f"mll-index: error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
 
 
 @cli.command("add-nodes")
@@ -458,26 +466,13 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
-    from mll_index.select import open_selector, select_batch, task_from_json
+    from mll_index.select import open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
     if batch is not None:
         if names or file or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
-        try:
-            lines = batch.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise InputError(f"{batch}: no such file") from None
-        tasks = []
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{batch}:{number}: not JSON ({exc.msg})") from None
-                tasks.append(task_from_json(data, f"{batch}:{number}"))
-        if not tasks:
-            raise InputError(f"{batch}: no tasks")
+        tasks = read_batch_file(batch)
     else:
         tasks = [_read_task(names, file, task_file)]
     if domain:
@@ -489,6 +484,10 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
                               ranking_size=ranking_size or None)
     for s in selections:
         _warn_weak(s)
+    for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
+        # Only the counts mode gets here with a damaged label (the others refuse): say what it did.
+        used = "its counts come from the label matrix" if model_id in selector.store.model_ids else "left out"
+        click.echo(f"mll-index: warning: the label folder of {model_id!r} cannot be used ({why}); {used}", err=True)
     if batch is not None:
         text = "".join(json.dumps(s.to_dict()) + "\n" for s in selections)
     else:
@@ -531,14 +530,14 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     if selection_file is not None:
         if names_csv or task_file:
             raise InputError("give --selection or a task (--names / --task), not both")
+        from mll_index.userfiles import read_user_json
+
+        data = read_user_json(selection_file, "selection file")
         try:
-            data = json.loads(selection_file.read_text(encoding="utf-8"))
             models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
             lemmas = {c["name"]: lemma_of(c["nodes"][0]["synset"]) for c in data["classes"] if c.get("nodes")}
             name = data.get("task", "task")
-        except FileNotFoundError:
-            raise InputError(f"{selection_file}: no such file") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{selection_file}: not a selection written by `mll-index select` ({exc})") from None
     else:
         if names_csv:
@@ -558,8 +557,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     if out:
         write_predictions(result, out, fmt)
     if result.images.unreadable:
-        click.echo(f"mll-index: warning: skipped {len(result.images.unreadable)} unreadable image(s): "
-                   f"{result.images.unreadable[:5]}", err=True)
+        _echo_unreadable(result.images.unreadable, result.images.reasons, images)
     click.echo(json.dumps(result.summary(), indent=1))
 
 
@@ -640,12 +638,16 @@ def published() -> None:
               help="Class names: a JSON file {dataset key: [names]} or a folder of <key>.txt (repeatable).")
 @click.option("--mapping", type=click.Path(path_type=Path), default=None,
               help="Which class-name key each column uses [default: the shipped published_datasets.json].")
-def published_import(index_path: Path | None, results: Path, classnames: tuple[Path, ...], mapping: Path | None) -> None:
+@click.option("--scale", type=click.Choice(["auto", "percent", "fraction"]), default="auto", show_default=True,
+              help="The table's figures: percentages, fractions, or auto (percent when any figure is above 1).")
+def published_import(index_path: Path | None, results: Path, classnames: tuple[Path, ...], mapping: Path | None,
+                     scale: str) -> None:
     """Import published results as coarse labels of the index (replaces earlier published labels)."""
     from mll_index.index import default_index_path
     from mll_index.published import import_published
 
-    summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping)
+    summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping,
+                               scale=scale)  # type: ignore[arg-type]
     click.echo(json.dumps(summary, indent=1))
 
 
@@ -741,8 +743,13 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line like every other mistake; click's own four-line usage block buries the cause.
+        where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "mll-index --help"
+        click.echo(f"mll-index: error: {exc.format_message()} (see '{where}')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"mll-index: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except MLLIndexError as exc:
         click.echo(f"mll-index: error: {exc}", err=True)

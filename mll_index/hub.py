@@ -14,10 +14,8 @@ with `validate=False` needs neither.
 from __future__ import annotations
 
 import contextlib
-import csv
 import difflib
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -29,8 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mll_index.artifacts import read_user_json
 from mll_index.errors import InputError, ModelLoadError
+from mll_index.layout import model_folder_name
+from mll_index.userfiles import read_user_csv, read_user_json
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +162,20 @@ def load_hub(source: str | Path, validate: bool = True) -> Hub:
         raise InputError(f"{path}: the hub lists no models")
     models: list[HubModel] = []
     seen: dict[str, int] = {}
+    folders: dict[str, int] = {}
     for position, row in enumerate(rows, start=1):
         model = _parse_model(row, path, position)
         if model.id in seen:
             raise InputError(f"{path}: model {model.id!r}: duplicate id (also model #{seen[model.id]})")
         seen[model.id] = position
+        # Label folders are named by id (layout.model_folder_name): one-to-one, but some file systems
+        # ignore case, where `ViT-B` and `vit-b` would share one.
+        folder = model_folder_name(model.id).casefold()
+        if folder in folders:
+            other = models[folders[folder] - 1].id
+            raise InputError(f"{path}: model {model.id!r}: its label folder would be model #{folders[folder]} "
+                             f"({other!r})'s on file systems that ignore case; rename one of them")
+        folders[folder] = position
         models.append(model)
     if validate:
         for model in models:
@@ -187,15 +195,9 @@ def _read_json(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def _read_csv(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            # Empty cells are missing values, as null is in JSON.
-            rows = [{k: (v.strip() or None) if isinstance(v, str) else v for k, v in row.items()}
-                    for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable CSV hub file ({exc})") from None
-    return {}, rows
+    table = read_user_csv(path, "CSV hub file")
+    # Empty cells are missing values, as null is in JSON.
+    return {}, [{k: v or None for k, v in row.items()} for row in table.rows]
 
 
 def _parse_model(row: dict[str, Any], path: Path, position: int) -> HubModel:
@@ -230,6 +232,8 @@ def _parse_model(row: dict[str, Any], path: Path, position: int) -> HubModel:
 def _resolve_file(value: str | None, hub_path: Path, where: str, name: str) -> Path | None:
     if not value:
         return None
+    if "\0" in value:
+        raise InputError(f"{where}: {name} file {value!r} holds a NUL character")
     file = Path(value).expanduser()
     if not file.is_absolute():
         file = hub_path.parent / file
@@ -260,9 +264,9 @@ def _check_config_file(config: Path, arch: str, where: str) -> None:
         raise InputError(f"{where}: config file {config.name} must be named after its arch ({arch}.json): "
                          "open_clip registers an architecture under its file name")
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{where}: config file {config} is not valid JSON ({exc})") from None
+        data = read_user_json(config, "open_clip model config")
+    except InputError as exc:
+        raise InputError(f"{where}: config file {exc}") from None
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(data, dict) or k not in data]
     if missing:
         raise InputError(f"{where}: config file {config} is not an open_clip model config (missing {missing})")
@@ -293,7 +297,7 @@ def _validate_with_open_clip(model: HubModel, path: Path) -> None:
 
 
 def _read_config(config: Path) -> dict[str, Any]:
-    return json.loads(config.read_text(encoding="utf-8"))
+    return read_user_json(config, "open_clip model config")  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------

@@ -39,13 +39,15 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from mll_index import __version__
-from mll_index.artifacts import (atomic_dir, atomic_file, file_record, new_manifest, read_json, read_manifest,
-                                 seal_manifest, write_json, writer_lock)
+from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, file_record, new_manifest, read_json,
+                                 read_manifest, seal_manifest, write_json, writer_lock)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement,
                              embed_concept_captions, record_of)
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.graph import Graph, cache_dir, load_graph, save_graph
+from mll_index.layout import (FAISS_FILE, GRAPH, LABELS, MANIFEST, NODE_TABLE, NODE_VECTORS, PUBLISHED, SEGMENT_PATTERNS,
+                              segment_files)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,7 @@ KIND = "node-index"
 FORMAT_VERSION = 2             # 2: node segments; 1: one set of files, all rewritten by growth
 READ_VERSIONS = (1, 2)
 SearchKind = Literal["flat", "ivf"]
-FILES = ["graph.json", "nodes.jsonl", "node_vectors.npy"]   # and nodes.faiss with IVF search
-FAISS_FILE = "nodes.faiss"
+FILES = [GRAPH, NODE_TABLE, NODE_VECTORS]   # and FAISS_FILE with IVF search
 
 
 def default_index_path() -> Path:
@@ -218,19 +219,19 @@ def _carry_labels(old: Path, new: Path, embedder: EmbedderRecord) -> None:
     written, so they are hard-linked, not copied: a rewrite costs the same with 10 or 10,000
     labeled models. Published labels hold class embeddings: kept only under the same embedder.
     """
-    if (old / "labels").is_dir():
-        shutil.copytree(old / "labels", new / "labels", copy_function=_link_or_copy)
-    if (old / "published" / "manifest.json").is_file():
+    if (old / LABELS).is_dir():
+        shutil.copytree(old / LABELS, new / LABELS, copy_function=_link_or_copy)
+    if (old / PUBLISHED / MANIFEST).is_file():
         try:
-            kept = EmbedderRecord.from_dict(read_json(old / "published" / "manifest.json")["embedder"])
+            kept = EmbedderRecord.from_dict(read_json(old / PUBLISHED / MANIFEST)["embedder"])
             same = kept.space == embedder.space and kept.dim == embedder.dim
         except (MLLIndexError, KeyError, TypeError, ValueError):
             same = False
         if same:
-            shutil.copytree(old / "published", new / "published", copy_function=_link_or_copy)
+            shutil.copytree(old / PUBLISHED, new / PUBLISHED, copy_function=_link_or_copy)
         else:
             log.warning("%s: published labels were embedded with another embedder; import them again",
-                        old / "published")
+                        old / PUBLISHED)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -280,10 +281,10 @@ def _write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequen
     with atomic_dir(path) as tmp:
         if path.is_dir():
             _carry_labels(path, tmp, embedder)
-        save_graph(graph, tmp / "graph.json", atomic=False)
-        with open(tmp / "nodes.jsonl", "w", encoding="utf-8") as handle:
+        save_graph(graph, tmp / GRAPH, atomic=False)
+        with open(tmp / NODE_TABLE, "w", encoding="utf-8") as handle:
             _write_table(handle, graph, graph.nodes, captions, 0)
-        np.save(tmp / "node_vectors.npy", vectors)
+        np.save(tmp / NODE_VECTORS, vectors)
         files = list(FILES)
         extra: dict[str, Any] = {}
         if search == "ivf":
@@ -304,7 +305,7 @@ def _write_index(path: Path, graph: Graph, vectors: np.ndarray, captions: Sequen
             graph={"wordnet": "3.0", "node_set": graph.node_set, "synsets": len(graph.wnids)},
             expander=expander_id,
             counts={"nodes": len(graph.nodes), "captions": sum(len(c) for c in captions)},
-            segments=[{"vectors": "node_vectors.npy", "table": "nodes.jsonl", "nodes": len(graph.nodes)}],
+            segments=[{"vectors": NODE_VECTORS, "table": NODE_TABLE, "nodes": len(graph.nodes)}],
             faiss=FAISS_FILE if search == "ivf" else None,
             next_segment=1,
             **extra,
@@ -385,8 +386,8 @@ def _append_segment(path: Path, manifest: dict[str, Any], graph: Graph, new_rows
     segments, faiss_file = _layout(path, manifest)
     number = int(manifest.get("next_segment", len(segments)))
     first = sum(int(s["nodes"]) for s in segments)
-    segment = {"vectors": f"node_vectors-{number:06d}.npy", "table": f"nodes-{number:06d}.jsonl",
-               "nodes": len(new_rows)}
+    vectors_file, table_file = segment_files(number)
+    segment = {"vectors": vectors_file, "table": table_file, "nodes": len(new_rows)}
     files = dict(manifest.get("files", {}))
     _remove_unlisted(path, files)
     with atomic_file(path / segment["vectors"], "wb") as handle:
@@ -407,12 +408,12 @@ def _append_segment(path: Path, manifest: dict[str, Any], graph: Graph, new_rows
                             "node_set": {"kind": "grown", "value": base, "added": before + len(new_rows)}},
                   "counts": counts, "segments": segments + [segment], "faiss": faiss_file,
                   "next_segment": number + 1, "files": files})
-    write_json(path / "manifest.json", grown)
+    write_json(path / MANIFEST, grown)
 
 
 def _remove_unlisted(path: Path, listed: dict[str, Any]) -> None:
     """Delete segment files a crashed growth left behind: no manifest lists them, no reader opens them."""
-    for pattern in ("node_vectors-*.npy", "nodes-*.jsonl", ".node_vectors-*.tmp", ".nodes-*.tmp"):
+    for pattern in SEGMENT_PATTERNS:
         for file in path.glob(pattern):
             if file.name not in listed:
                 file.unlink(missing_ok=True)
@@ -425,7 +426,35 @@ def read_index_manifest(path: Path, verify: bool = False) -> dict[str, Any]:
     Raises:
         IndexFormatError: a missing, truncated, corrupt or other-version file, named.
     """
-    return read_manifest(Path(path), KIND, verify=verify, versions=READ_VERSIONS)
+    path = Path(path)
+    if not path.name:
+        path = path.resolve()       # "." and "": the folder's own name, which a crash backup would sit beside
+    if not path.name or (path.is_dir() and not (path / MANIFEST).is_file()):
+        raise IndexFormatError(f"{path} is not an mll-index index (no {MANIFEST}); build one with "
+                               f"`mll-index build --index <folder>`")
+    return read_manifest(path, KIND, verify=verify, versions=READ_VERSIONS)
+
+
+def check_index_files(path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of the node index's own files (manifest, graph, every segment's node table and
+    vectors, the FAISS file), one line each naming the file; [] when all is sound.
+
+    Every listed file's size is checked, with `checksums` its SHA-256 too; when those hold, the
+    index is opened as `load_index` opens it (shapes, counts, node tables).
+
+    Raises:
+        IndexFormatError: `path` is not an index (no manifest.json).
+    """
+    path = Path(path)
+    if not path.name or not (path / MANIFEST).is_file():
+        read_index_manifest(path)            # raises, saying why (not an index, no folder), or recovers a swap
+    manifest, problems = check_manifest(path, KIND, checksums=checksums, versions=READ_VERSIONS)
+    if manifest is not None and not problems:
+        try:
+            load_index(path)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _layout(path: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -433,7 +462,7 @@ def _layout(path: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]],
     from the vectors at load) of an index; a version-1 index is one segment with its FAISS file."""
     try:
         if manifest["format_version"] == 1:
-            return [{"vectors": "node_vectors.npy", "table": "nodes.jsonl",
+            return [{"vectors": NODE_VECTORS, "table": NODE_TABLE,
                      "nodes": int(manifest["counts"]["nodes"])}], FAISS_FILE
         segments = [{"vectors": str(s["vectors"]), "table": str(s["table"]), "nodes": int(s["nodes"])}
                     for s in manifest["segments"]]
@@ -441,7 +470,7 @@ def _layout(path: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]],
             raise ValueError("'segments' is empty")
         return segments, manifest.get("faiss")
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{Path(path) / 'manifest.json'}: missing or malformed field {exc}") from None
+        raise IndexFormatError(f"{Path(path) / MANIFEST}: missing or malformed field {exc}") from None
 
 
 def _read_table(file: Path) -> Iterator[dict[str, Any]]:
@@ -475,11 +504,11 @@ def load_index_graph(path: Path, manifest: dict[str, Any] | None = None) -> Grap
     path = Path(path)
     manifest = manifest if manifest is not None else read_index_manifest(path)
     segments, _ = _layout(path, manifest)
-    graph = load_graph(path / "graph.json")
+    graph = load_graph(path / GRAPH)
     if len(segments) == 1:
         return graph
     if len(graph.nodes) != segments[0]["nodes"]:
-        raise IndexFormatError(f"{path / 'graph.json'}: {len(graph.nodes)} nodes, the manifest's first segment "
+        raise IndexFormatError(f"{path / GRAPH}: {len(graph.nodes)} nodes, the manifest's first segment "
                                f"holds {segments[0]['nodes']}")
     nodes = list(graph.nodes)
     for segment in segments[1:]:
@@ -521,7 +550,7 @@ def load_index(path: Path, verify: bool = False) -> NodeIndex:
         n, dim = int(manifest["counts"]["nodes"]), int(manifest["embedder"]["dim"])
         EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}") from None
+        raise IndexFormatError(f"{path / MANIFEST}: missing or malformed field {exc}") from None
     segments, faiss_file = _layout(path, manifest)
     graph = load_index_graph(path, manifest)
     if len(graph.nodes) != n:

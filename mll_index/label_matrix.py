@@ -49,9 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, atomic_file, load_arrays, new_manifest, read_manifest, seal_manifest,
-                                 writer_lock)
+from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, load_arrays, new_manifest, read_manifest,
+                                 seal_manifest, writer_lock)
 from mll_index.errors import IndexFormatError, InputError
+from mll_index.layout import MANIFEST, matrix_dir, shard_name
+from mll_index.layout import log_name as log_file_name
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,8 @@ SHARD_NAME = re.compile(r"shard-\d+")
 MANY_SHARDS = 64  # beyond this, opening and gathering pay per shard: `compact` is suggested
 
 
-def matrix_dir(index_path: Path) -> Path:
-    return Path(index_path) / "labels" / "matrix"
-
-
 def has_matrix(index_path: Path) -> bool:
-    return (matrix_dir(index_path) / "manifest.json").is_file()
+    return (matrix_dir(index_path) / MANIFEST).is_file()
 
 
 @dataclass
@@ -251,14 +249,14 @@ def _shard_number(name: str) -> int:
 def _read_axes(folder: Path, missing_ok: bool = True) -> _Axes:
     """The base manifest with the log's complete records applied (a new matrix's empty axes if
     there is none yet and `missing_ok`)."""
-    if missing_ok and not (folder / "manifest.json").is_file():
+    if missing_ok and not (folder / MANIFEST).is_file():
         return _Axes(new_manifest(KIND, version=FORMAT_VERSION, nodes=[], models=[], shards=[], next_shard=0))
     manifest = read_manifest(folder, KIND, versions=READ_VERSIONS)
     try:
         axes = _Axes(manifest, list(manifest["nodes"]), [{"id": m["id"], "entry": m["entry"]} for m in manifest["models"]],
                      list(manifest["shards"]), int(manifest.get("next_shard", 0)))
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed field {exc}") from None
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed field {exc}") from None
     if axes.log_name is None:
         return axes
     file = folder / axes.log_name
@@ -298,7 +296,7 @@ def _parse_record(line: bytes) -> dict[str, Any] | None:
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Compact JSON: with 50,000 nodes and 10,000 models the base is megabytes."""
-    with atomic_file(folder / "manifest.json") as handle:
+    with atomic_file(folder / MANIFEST) as handle:
         handle.write(json.dumps(manifest, ensure_ascii=False, separators=(",", ":")))
         handle.write("\n")
 
@@ -321,7 +319,7 @@ def _append_record(folder: Path, axes: _Axes, record: dict[str, Any]) -> None:
     written holding the line, then the manifest naming it, replaced last.
     """
     if axes.log_name is None or axes.manifest.get("format_version") != FORMAT_VERSION:
-        name = f"log-{_shard_number(record['shard']):06d}.jsonl"
+        name = log_file_name(_shard_number(record["shard"]))
         with atomic_file(folder / name, "wb") as handle:
             handle.write(_log_line(record))
         _write_manifest(folder, _new_base(axes, axes.shards, axes.next_shard, name))
@@ -391,7 +389,7 @@ def append_labels(index_path: Path, node_wnids: Sequence[str], models: Sequence[
         model_pos = {m["id"]: j for j, m in enumerate(axes.models)}
         # The record holds what the axes gain: new nodes, new models and changed hub entries.
         record: dict[str, Any] = {
-            "shard": f"shard-{axes.next_shard:06d}",
+            "shard": shard_name(axes.next_shard),
             "nodes": [w for w in node_wnids if w not in node_pos],
             "models": [{"id": m, "entry": e} for m, e in models
                        if m not in model_pos or axes.models[model_pos[m]]["entry"] != e],
@@ -446,13 +444,13 @@ def compact_matrix(index_path: Path, rows_per_chunk: int = 1024) -> dict[str, An
                     block = matrix.gather(rows[s:s + rows_per_chunk])
                     target[s:s + rows_per_chunk] = block if full_cols else block[:, cols]
 
-            name = f"shard-{axes.next_shard:06d}"
+            name = shard_name(axes.next_shard)
             _write_shard(folder / name, rows, cols, fill, dtype, "compacted")
             listed = {name}
         if before > 1 or axes.log_end or axes.manifest.get("format_version") != FORMAT_VERSION:
             # A fresh base: the axes and shards in the manifest, and an empty log.
             next_shard = axes.next_shard + (before > 1)
-            log_name = f"log-{next_shard:06d}.jsonl"
+            log_name = log_file_name(next_shard)
             with atomic_file(folder / log_name, "wb"):
                 pass
             _write_manifest(folder, _new_base(axes, sorted(listed), next_shard, log_name))
@@ -475,3 +473,37 @@ def matrix_counts(index_path: Path) -> dict[str, Any]:
     return {"nodes": m.n_nodes, "models": m.n_models, "shards": len(m.shards), "label_bytes": m.label_bytes,
             "bytes_per_label": round(m.label_bytes / cells, 2) if cells else None}
 
+
+
+def check_matrix(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's label matrix, one line each naming the file; [] when all is sound
+    (or there is no matrix).
+
+    Checks the base manifest, every line of the log (a damaged last complete line too, which
+    readers skip as torn: the shard it names is then not read), and every shard the manifest and
+    the log list: its manifest, each file's size (with `checksums` its SHA-256) and its shape.
+    """
+    folder = matrix_dir(index_path)
+    if not folder.is_dir():
+        return []
+    manifest, problems = check_manifest(folder, KIND, checksums=checksums, versions=READ_VERSIONS)
+    if manifest is None:
+        return problems
+    try:
+        axes = _read_axes(folder, missing_ok=False)
+    except IndexFormatError as exc:
+        return problems + [str(exc)]
+    if axes.log_name is not None:
+        rest = (folder / axes.log_name).read_bytes()[axes.log_end:]
+        if rest.endswith(b"\n"):
+            problems.append(f"{folder / axes.log_name}: its last line is not a valid log record (damaged; "
+                            "the shard it names is not read)")
+    for name in axes.shards:
+        shard, listed = check_manifest(folder / name, SHARD_KIND, checksums=checksums)
+        problems += listed
+        if shard is not None and not listed:
+            try:
+                _read_shard(folder / name, len(axes.nodes), len(axes.models))
+            except IndexFormatError as exc:
+                problems.append(str(exc))
+    return problems

@@ -10,7 +10,8 @@ re-encodes an image a model has already encoded.
     <index>/labels/
         samples-<fp>.json       a sample image table (root, images: relative path + wnid, labeled nodes),
                                 named by the sample set's fingerprint; each label names the one it uses
-        <model id>/             one folder per model, written atomically
+        <model folder>/         one folder per model, written atomically, named by its id percent-encoded
+                                (layout.model_folder_name: one-to-one, never a reserved name)
             manifest.json       kind "model-label": hub entry, preprocess key, prompt, K, counts, files
             image_embeddings.npy  (n_images, d) float16, unit rows; row i = image i of samples.json
             node_embeddings.npy   (n_nodes, d) float16, unit rows; row j = labeled node j
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,12 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_dir, load_arrays, new_manifest, read_json, read_manifest, seal_manifest, write_json
+from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, load_arrays,
+                                 manifest_digest, new_manifest, read_json, read_manifest, seal_manifest, write_json)
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError, ModelLoadError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, append_labels, has_matrix, open_matrix
+from mll_index.layout import (PIXEL_CACHE, SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name,
+                              model_folder_name, model_id_of_folder, sample_table_path)
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
 from mll_index.zeroshot import all_finite, encode_texts
 
@@ -53,11 +57,6 @@ KIND = "model-label"
 TOP_K = 32
 LABEL_FILES = ["image_embeddings.npy", "node_embeddings.npy", "topk_nodes.npy", "topk_logits.npy",
                "true_logit.npy", "counts.npy"]
-
-
-def model_dir_name(model_id: str) -> str:
-    """A file-system-safe folder name for a model id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
 
 
 @dataclass(frozen=True)
@@ -192,53 +191,193 @@ class ModelLabel:
     counts: np.ndarray
 
 
-def labels_dir(index_path: Path) -> Path:
-    return Path(index_path) / "labels"
-
-
-def _table_path(index_path: Path, fingerprint: str) -> Path:
-    return labels_dir(index_path) / f"samples-{fingerprint}.json"
-
-
 def read_sample_table(index_path: Path, fingerprint: str) -> SampleTable:
     """The sample table a label refers to (labels/samples-<fingerprint>.json)."""
-    path = _table_path(index_path, fingerprint)
+    path = sample_table_path(index_path, fingerprint)
     try:
         return SampleTable.from_json(read_json(path))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise IndexFormatError(f"{path}: not a sample table (missing {exc})") from None
 
 
+def _manifest_model(folder: Path) -> str | None:
+    """The model id a label folder's manifest names; None if it cannot be read."""
+    try:
+        model_id = read_json(folder / MANIFEST)["model"]["id"]
+    except (IndexFormatError, KeyError, TypeError):
+        return None
+    return model_id if isinstance(model_id, str) else None
+
+
+def label_folder(index_path: Path, model_id: str) -> Path:
+    """The folder holding (or to hold) a model's label: labels/<model_folder_name(id)>, or the folder
+    an older version named by the lossy rule (`legacy_folder_name`) when its manifest names this model.
+
+    Raises:
+        InputError: an empty model id.
+    """
+    folder = labels_dir(index_path) / model_folder_name(model_id)
+    if (folder / MANIFEST).is_file():
+        return folder
+    return _legacy_folder(index_path, model_id) or folder
+
+
+def _legacy_folder(index_path: Path, model_id: str) -> Path | None:
+    """The folder an older version wrote `model_id`'s label to, if it is there and its manifest names the model."""
+    name = legacy_folder_name(model_id)
+    if name == model_folder_name(model_id) or is_reserved(name) or len(name.encode()) > 255:
+        return None     # the same folder; the layout's own; or a name no file system took
+    legacy = labels_dir(index_path) / name
+    return legacy if _manifest_model(legacy) == model_id else None
+
+
+def relabel_hint(model_id: str) -> str:
+    """What a user runs to replace a damaged label of `model_id`."""
+    return f"label it again: `mll-index label --model {model_id} --hub <hub> --samples <samples>`"
+
+
 def load_label(index_path: Path, model_id: str, verify: bool = False) -> ModelLabel:
-    """Open one model's label (memory-mapped); errors name the file."""
-    folder = labels_dir(index_path) / model_dir_name(model_id)
+    """Open one model's label (memory-mapped); errors name the file.
+
+    Raises:
+        IndexFormatError: a missing, truncated (or, with `verify`, corrupt) file, or a manifest naming
+        another model.
+    """
+    folder = label_folder(index_path, model_id)
     manifest = read_manifest(folder, KIND, verify=verify)
+    own = check_self_digest(folder, manifest)
+    if own:
+        raise IndexFormatError(own)
+    try:
+        named, n = manifest["model"]["id"], int(manifest["counts"]["images"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed field {exc}") from None
+    if named != model_id:
+        raise IndexFormatError(f"{folder / MANIFEST}: holds the label of {named!r}, not of {model_id!r}")
     arrays = load_arrays(folder, LABEL_FILES)
-    n = manifest["counts"]["images"]
     if arrays["topk_nodes"].shape[0] != n or arrays["image_embeddings"].shape[0] != n:
         raise IndexFormatError(f"{folder}: arrays disagree with the manifest's {n} images")
     return ModelLabel(model_id, manifest, **arrays)
 
 
-def labeled_models(index_path: Path) -> dict[str, str]:
-    """Model id -> sample fingerprint, for every complete label folder of the index."""
+@dataclass(frozen=True)
+class LabelFolders:
+    """The model label folders of an index, as found (see `scan_labels`)."""
+
+    folders: dict[str, Path]    # model id -> its label folder (sizes checked against its manifest)
+    samples: dict[str, str]     # model id -> the sample fingerprint it was labeled on
+    damaged: dict[str, str]     # model id (the folder's name decoded, or the name) -> why it cannot be used, one line
+
+
+def _model_folders(index_path: Path) -> list[Path]:
+    """Every folder of labels/ that is not the layout's own (matrix, sample tables, hidden and temporary names)."""
     root = labels_dir(index_path)
-    out: dict[str, str] = {}
-    if root.is_dir():
-        for folder in sorted(root.iterdir()):
-            if (folder.is_dir() and not folder.name.startswith(".") and folder.name != "matrix"
-                    and (folder / "manifest.json").is_file()):
-                try:
-                    manifest = read_json(folder / "manifest.json")
-                    out[manifest["model"]["id"]] = manifest["samples"]
-                except (IndexFormatError, KeyError, TypeError):
-                    log.warning("%s: unreadable label manifest, the model will be labeled again", folder)
-    return out
+    if not root.is_dir():
+        return []
+    return [f for f in sorted(root.iterdir()) if f.is_dir() and not is_reserved(f.name)]
+
+
+def _open_folder(folder: Path) -> tuple[str, str, bool]:
+    """(model id, sample fingerprint, whether the folder has the id's current name) of a label folder whose
+    manifest and file sizes check out.
+
+    Raises:
+        IndexFormatError: the manifest is missing, unreadable or names a model another folder belongs to.
+    """
+    manifest = read_manifest(folder, KIND)
+    own = check_self_digest(folder, manifest)
+    if own:
+        raise IndexFormatError(own)
+    try:
+        model_id, samples = manifest["model"]["id"], manifest["samples"]
+        if not isinstance(model_id, str) or not model_id or not isinstance(samples, str):
+            raise TypeError("model id or samples")
+    except (KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed field {exc}") from None
+    if folder.name == model_folder_name(model_id):
+        return model_id, samples, True
+    if folder.name == legacy_folder_name(model_id):
+        return model_id, samples, False
+    raise IndexFormatError(f"{folder / MANIFEST}: names model {model_id!r}, whose label belongs in "
+                           f"{model_folder_name(model_id)}/, not {folder.name}/ (a damaged manifest, or a folder "
+                           "renamed by hand)")
+
+
+def scan_labels(index_path: Path) -> LabelFolders:
+    """Every model label folder of an index: those that open (manifest read, file sizes checked), and
+    the damaged ones with the reason, never left out silently.
+
+    A model with a folder under its current name and one under the older lossy name is read from
+    the current one. A damaged folder's model is its name decoded (`model_id_of_folder`), or the
+    name itself where none decodes; it is not reported when another folder of that model opens.
+    """
+    found: dict[str, tuple[Path, str, bool]] = {}
+    damaged: dict[str, str] = {}
+    for folder in _model_folders(index_path):
+        try:
+            model_id, samples, current = _open_folder(folder)
+        except IndexFormatError as exc:
+            damaged.setdefault(model_id_of_folder(folder.name) or folder.name, str(exc))
+            continue
+        if model_id not in found or (current and not found[model_id][2]):
+            found[model_id] = (folder, samples, current)
+    return LabelFolders({m: f for m, (f, _, _) in found.items()}, {m: s for m, (_, s, _) in found.items()},
+                        {m: why for m, why in damaged.items() if m not in found})
+
+
+def labeled_models(index_path: Path) -> dict[str, str]:
+    """Model id -> sample fingerprint, for every label folder of the index that opens (see `scan_labels`
+    for the damaged ones)."""
+    scan = scan_labels(index_path)
+    for model_id, why in scan.damaged.items():
+        log.warning("label of %s cannot be used: %s", model_id, why)
+    return scan.samples
+
+
+def check_labels(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's model labels and sample tables, one line each naming the file.
+
+    Checks each label folder's manifest, that it names the model the folder is for, every file's
+    size (with `checksums` also its SHA-256 and the arrays' shapes) and the sample table it refers
+    to; then every sample table. Returns [] when all is sound.
+    """
+    problems: list[str] = []
+    fingerprints: set[str] = set()
+    for folder in _model_folders(index_path):
+        manifest, listed = check_manifest(folder, KIND, checksums=checksums)
+        guess = model_id_of_folder(folder.name) or folder.name
+        hint = f" (the label of {guess!r}; {relabel_hint(guess)})"
+        if manifest is None or listed:
+            problems += [p + hint for p in listed]
+            continue
+        try:
+            model_id, samples, _ = _open_folder(folder)
+            fingerprints.add(samples)
+            if checksums and label_folder(index_path, model_id) == folder:
+                load_label(index_path, model_id)      # the arrays' headers and shapes
+        except IndexFormatError as exc:
+            problems.append(str(exc) + hint)
+            continue
+        try:
+            read_sample_table(index_path, samples)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    root = labels_dir(index_path)
+    tables = sorted(root.glob(f"{SAMPLE_TABLE_PREFIX}*.json")) if root.is_dir() else []
+    for table in tables:
+        fingerprint = table.name[len(SAMPLE_TABLE_PREFIX):-len(".json")]
+        if fingerprint in fingerprints:
+            continue            # read above
+        try:
+            read_sample_table(index_path, fingerprint)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return list(dict.fromkeys(problems))
 
 
 def _reusable(index_path: Path, model: HubModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The image and node embeddings an existing label of `model` holds, by image path and wnid."""
-    if not (labels_dir(index_path) / model_dir_name(model.id) / "manifest.json").is_file():
+    if not (label_folder(index_path, model.id) / MANIFEST).is_file():
         return {}, {}
     try:
         old = load_label(index_path, model.id)
@@ -271,6 +410,7 @@ class LabelReport:
     failed: dict[str, str] = field(default_factory=dict)
     images_per_s: dict[str, float] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    unreadable_reasons: dict[str, str] = field(default_factory=dict)  # path in `unreadable` → why
     skipped_folders: list[str] = field(default_factory=list)
 
 
@@ -292,7 +432,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     samples = scan_samples(Path(samples_root), valid)
     report = LabelReport(skipped_folders=list(samples.skipped_folders))
     done = labeled_models(index_path)
-    cache_dir = cache_dir or labels_dir(index_path) / ".pixels"
+    cache_dir = cache_dir or labels_dir(index_path) / PIXEL_CACHE
     groups: dict[str, list[HubModel]] = {}
     for model in chosen:
         if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
@@ -312,6 +452,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                 pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress,
                                            workers=workers)
                 report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
+                report.unreadable_reasons.update(pixels.reasons)
                 table = sample_table(samples, pixels.indices)
                 write_sample_table(index_path, samples.fingerprint, table)
             try:
@@ -383,7 +524,9 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
     image_nodes = table.image_nodes
     topk_nodes, topk_logits, true_logit = score_images(image_emb, node_emb, image_nodes, logit_scale)
     counts = confusion_counts(topk_nodes, image_nodes, len(table.node_wnids))
-    folder = labels_dir(index_path) / model_dir_name(model["id"])
+    model_id = model["id"]
+    folder = labels_dir(index_path) / model_folder_name(model_id)
+    _move_legacy_tenant(folder, model_id)
     with atomic_dir(folder) as tmp:
         for name, array in (("image_embeddings", image_emb), ("node_embeddings", node_emb),
                             ("topk_nodes", topk_nodes), ("topk_logits", topk_logits),
@@ -395,12 +538,33 @@ def write_label(index_path: Path, model: dict[str, Any], table: SampleTable, fin
                                 counts={"images": len(table.paths), "nodes": len(table.node_wnids), **(encoded or {})},
                                 accuracy=round(float(counts[:, 1].sum() / max(1, len(table.paths))), 4))
         seal_manifest(tmp, manifest, LABEL_FILES)
+        # Sealed once more with its own checksum: a label's manifest is never rewritten, so any change
+        # to it (a model id, a count) is damage that `scan_labels` and `info` name.
+        manifest[SELF_DIGEST] = manifest_digest(manifest)
+        write_json(tmp / MANIFEST, manifest)
+    legacy = _legacy_folder(index_path, model_id)
+    if legacy is not None:
+        shutil.rmtree(legacy, ignore_errors=True)   # the same model under the old name: replaced by `folder`
+
+
+def _move_legacy_tenant(folder: Path, model_id: str) -> None:
+    """Before `model_id`'s label is written to `folder`: if an older version wrote another model's label
+    there (the lossy rule gave `a/b` the folder `a_b`), move that label to its own folder rather than
+    overwrite it."""
+    tenant = _manifest_model(folder)
+    if tenant is None or tenant == model_id:
+        return
+    home = folder.parent / model_folder_name(tenant)
+    if home != folder and not home.exists():
+        os.rename(folder, home)
+        log.info("moved the label of %s from %s to %s", tenant, folder.name, home.name)
 
 
 def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -> None:
     """Write labels/samples-<fingerprint>.json (once: a fingerprint names one table)."""
-    if not _table_path(index_path, fingerprint).is_file():
-        write_json(_table_path(index_path, fingerprint), table.to_json())
+    path = sample_table_path(index_path, fingerprint)
+    if not path.is_file():
+        write_json(path, table.to_json())
 
 
 def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,

@@ -51,6 +51,7 @@ from mll_index.errors import InputError
 from mll_index.graph import normalize_name
 from mll_index.index import NodeIndex
 from mll_index.senses import SenseIndex, sense_index, sense_key_lemma
+from mll_index.userfiles import normalize_class_name
 
 MatchMethod = Literal["lemma", "name", "captions", "combined"]
 METHODS: tuple[str, ...] = ("lemma", "name", "captions", "combined")
@@ -159,12 +160,17 @@ def _content(words: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def read_class_name(name: str, position: int | None = None) -> ClassName:
     """Read a class name ('bat_(animal)', 'Golden Retrievers', 'shower-head').
 
+    The name is first normalised as every class name is (`userfiles.normalize_class_name`: NFKC,
+    invisible characters removed, whitespace collapsed).
+
     Args:
         position: the name's line or position, for the error message.
     Raises:
-        InputError: when the name holds no word but stop words and punctuation ('of the', '???').
+        InputError: when the name holds no word but stop words and punctuation ('of the', '???'),
+            is empty once cleaned, or is not valid text.
     """
-    text = " ".join(str(name).replace("_", " ").split())
+    where = f"class name {position}" if position is not None else "class name"
+    text = " ".join(normalize_class_name(name, where).replace("_", " ").split())
     senses = _PARENS.findall(text)
     base = _PARENS.sub(" ", text)
     if "," in base:        # 'crane, bird': what follows the comma says which crane
@@ -188,8 +194,7 @@ def read_class_name(name: str, position: int | None = None) -> ClassName:
         if sense_words:
             words, sense_words = tuple(sense_words), []   # '(animal)': the parenthesis is the name
         elif not any(w not in FUNCTION_WORDS for w in words):
-            where = f"class name {position} ({text!r})" if position is not None else f"class name {text!r}"
-            raise InputError(f"{where} has no word to match: only stop words or punctuation")
+            raise InputError(f"{where} ({text!r}) has no word to match: only stop words or punctuation")
     return ClassName(text, words, tuple(sense_words), tuple(negated_words), purpose, alternatives)
 
 

@@ -19,7 +19,6 @@ downloaded.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -27,23 +26,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, read_user_json, seal_manifest,
+from mll_index.artifacts import (atomic_dir, check_manifest, new_manifest, read_json, read_manifest, seal_manifest,
                                  write_json)
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
                              record_of)
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index import load_index, read_index_manifest
+from mll_index.layout import MANIFEST, published_dir
+from mll_index.userfiles import names_from_text, normalize_class_name, read_user_csv, read_user_json, read_user_text
 
 log = logging.getLogger(__name__)
 
 KIND = "published-labels"
-FOLDER = "published"
 META_COLUMNS = {"name", "pretrained", "params (M)", "FLOPs (B)", "Average perf. on 38 datasets"}
 IMAGENET_COLUMN = "ImageNet 1k"
+Scale = Literal["auto", "percent", "fraction"]
+SCALES: tuple[str, ...] = ("auto", "percent", "fraction")
 
 
 def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -56,19 +58,24 @@ def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
 
 
 def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
-    """Class-name lists by key from JSON files ({key: [names]}) and folders of `<key>.txt` (one name per line)."""
+    """Class-name lists by key from JSON files ({key: [names]}) and folders of `<key>.txt` (one name per line,
+    blank lines skipped); names are normalised as task class names are (`userfiles.normalize_class_name`).
+
+    Raises:
+        InputError: a missing source, an unreadable file or a name empty once cleaned, naming the file.
+    """
     out: dict[str, list[str]] = {}
     for source in sources:
         source = Path(source)
         if source.is_dir():
             for f in sorted(source.glob("*.txt")):
-                names = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-                out[f.stem] = names
+                out[f.stem] = names_from_text(read_user_text(f), str(f), skip_blank=True)
         elif source.is_file():
             data = read_user_json(source, "JSON class-name file")
             if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
                 raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
-            out.update({k: [str(n) for n in v] for k, v in data.items()})
+            out.update({k: [normalize_class_name(str(n), f"{source}: {k!r} name {i}") for i, n in enumerate(v, 1)]
+                        for k, v in data.items()})
         else:
             raise InputError(f"{source}: no such class-name file or folder")
     return out
@@ -76,11 +83,15 @@ def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class ResultsTable:
-    """A published results table: models (hub entries) × dataset columns, accuracy in [0, 1] (NaN: missing)."""
+    """A published results table: models (hub entries) × dataset columns, accuracy in [0, 1] (NaN: missing).
+
+    scale: how the table's figures were read: "percent" (divided by 100) or "fraction".
+    """
 
     models: list[dict[str, Any]]
     datasets: list[str]
     accuracy: np.ndarray
+    scale: str = "fraction"
 
 
 def _number(text: str | None) -> float | None:
@@ -91,46 +102,81 @@ def _number(text: str | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def read_results(path: Path) -> ResultsTable:
-    """Read a results CSV of open_clip's shape. Accuracies over 1 are taken as percentages.
+def decide_scale(path: Path, datasets: Sequence[str], values: np.ndarray, scale: Scale = "auto") -> str:
+    """Whether a table's figures are percentages or fractions, decided from all its values, never one by one.
+
+    With `auto`, a table with any figure above 1 is in percent, every column of it: one tool
+    wrote the table, and a percent column where every model scored below 1% (0.9 meaning 0.9%)
+    must not read as 90%. A table whose figures are all in [0, 1] holds fractions. Each column
+    is checked: a negative figure or one above 100 is an error, and so is a figure above 1 when
+    `scale` says fractions.
+
+    Args:
+        values: (n_models, n_datasets) raw figures, NaN where missing.
+    Returns:
+        "percent" or "fraction".
+    Raises:
+        InputError: naming the file and the column.
+    """
+    if scale not in SCALES:
+        raise InputError(f"unknown scale {scale!r}; valid: {list(SCALES)}")
+    above_one = False
+    for j, d in enumerate(datasets):
+        column = values[:, j][~np.isnan(values[:, j])]
+        if not column.size:
+            continue
+        low, high = float(column.min()), float(column.max())
+        if low < 0 or high > 100:
+            raise InputError(f"{path}: column {d!r}: figures from {low:g} to {high:g}; accuracies are fractions in "
+                             "[0, 1] or percentages in [0, 100]")
+        if scale == "fraction" and high > 1:
+            raise InputError(f"{path}: column {d!r}: figure {high:g} is above 1, but the table was said to hold "
+                             "fractions")
+        above_one = above_one or high > 1
+    return "percent" if scale == "percent" or (scale == "auto" and above_one) else "fraction"
+
+
+def read_results(path: Path, scale: Scale = "auto") -> ResultsTable:
+    """Read a results CSV of open_clip's shape; percent or fraction is decided for the whole table (`decide_scale`).
 
     Raises:
-        InputError: a missing `name` column, no dataset column, a value that is not a number.
+        InputError: a missing `name` column, no dataset column, a value that is not a number, figures
+            outside [0, 100] or a unit that contradicts `scale`.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+    table = read_user_csv(path, "results table")
+    header, rows = table.columns, table.rows
     if "name" not in header:
-        raise InputError(f"{path}: a results table needs a 'name' column (and 'pretrained', dataset columns)")
+        raise InputError(f"{path}: a results table needs a 'name' column (and 'pretrained', dataset columns); "
+                         f"its columns are {list(header)[:8]}")
     datasets = [c for c in header if c not in META_COLUMNS]
     if not datasets or not rows:
         raise InputError(f"{path}: no dataset columns or no models")
-    acc = np.full((len(rows), len(datasets)), np.nan, np.float32)
-    models, seen = [], set()
+    acc = np.full((len(rows), len(datasets)), np.nan, np.float64)
     for i, row in enumerate(rows):
-        model_id = f"{row['name']}-{row['pretrained']}" if row.get("pretrained") else row["name"]
-        if model_id in seen:
-            raise InputError(f"{path}: line {i + 2}: model {model_id!r} appears twice")
-        seen.add(model_id)
         for j, d in enumerate(datasets):
             raw = row.get(d)
             value = _number(raw)
             if raw not in (None, "") and value is None:
-                raise InputError(f"{path}: line {i + 2}, column {d!r}: {raw!r} is not a number")
+                raise InputError(f"{path}: line {table.lines[i]}, column {d!r}: {raw!r} is not a number")
             if value is not None:
-                acc[i, j] = value / 100 if value > 1 else value
+                acc[i, j] = value
+    unit = decide_scale(path, datasets, acc, scale)
+    acc = (acc / 100 if unit == "percent" else acc).astype(np.float32)
+    models, seen = [], set()
+    for i, row in enumerate(rows):
+        if not row.get("name"):
+            raise InputError(f"{path}: line {table.lines[i]}: no model name")
+        model_id = f"{row['name']}-{row['pretrained']}" if row.get("pretrained") else row["name"]
+        if model_id in seen:
+            raise InputError(f"{path}: line {table.lines[i]}: model {model_id!r} appears twice")
+        seen.add(model_id)
         imagenet = acc[i, datasets.index(IMAGENET_COLUMN)] if IMAGENET_COLUMN in datasets else np.nan
         models.append({"id": model_id, "arch": row["name"], "pretrained": row.get("pretrained") or None,
                        "params_m": _number(row.get("params (M)")), "flops_b": _number(row.get("FLOPs (B)")),
                        "imagenet_acc": None if np.isnan(imagenet) else round(float(imagenet), 4)})
-    return ResultsTable(models, datasets, acc)
+    log.info("%s: figures read as %s", path, "percentages" if unit == "percent" else "fractions")
+    return ResultsTable(models, datasets, acc, unit)
 
 
 def clean_benchmark_name(name: str) -> str:
@@ -139,16 +185,19 @@ def clean_benchmark_name(name: str) -> str:
 
 
 def import_published(index_path: Path, results: Path, classnames: Sequence[Path], *, mapping: Path | None = None,
-                     embedder: TextEmbedder | None = None, cache: EmbeddingCache | None = None) -> dict[str, Any]:
+                     embedder: TextEmbedder | None = None, cache: EmbeddingCache | None = None,
+                     scale: Scale = "auto") -> dict[str, Any]:
     """Import a results table and class-name lists as published labels of the index (written atomically).
 
-    Columns without a class-name list are left out and reported. Returns a summary: models,
-    datasets used, datasets left out, classes.
+    Columns without a class-name list are left out and reported. `scale` says whether the
+    table's figures are percentages or fractions (`auto`: decided from them, see `decide_scale`).
+    Returns a summary: models, datasets used, datasets left out, classes, and the scale the
+    figures were read in (also recorded in the manifest).
     """
     index = load_index(index_path)
     embedder = embedder or LazyEmbedder(index.embedder)
     index.check_embedder(embedder)
-    table = read_results(results)
+    table = read_results(results, scale)
     names = read_classnames(classnames)
     settings = dataset_settings(mapping)
     used, skipped = [], []
@@ -167,7 +216,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     row = {n: i for i, n in enumerate(distinct)}
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
-    folder = Path(index_path) / FOLDER
+    folder = published_dir(index_path)
     with atomic_dir(folder) as tmp:
         write_json(tmp / "models.json", table.models)
         write_json(tmp / "datasets.json", [
@@ -180,10 +229,11 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
         manifest = new_manifest(KIND, results=str(results), classnames=[str(c) for c in classnames],
                                 embedder=record_of(embedder).to_dict(),
                                 counts={"models": len(table.models), "datasets": len(used), "classes": len(classes)},
-                                left_out=skipped)
+                                left_out=skipped, scale=table.scale)
         seal_manifest(tmp, manifest, ["models.json", "datasets.json", "classes.json", "class_vectors.npy",
                                       "accuracy.npy"])
-    return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes)}
+    return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
+            "scale": table.scale}
 
 
 @dataclass
@@ -208,18 +258,18 @@ class PublishedLabels:
 
 
 def has_published(index_path: Path) -> bool:
-    return (Path(index_path) / FOLDER / "manifest.json").is_file()
+    return (published_dir(index_path) / MANIFEST).is_file()
 
 
 def open_published(index_path: Path) -> PublishedLabels:
     """Open an index's published labels; errors name the file (or the embedder that differs from the index's)."""
-    folder = Path(index_path) / FOLDER
+    folder = published_dir(index_path)
     manifest = read_manifest(folder, KIND)
     try:
         index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
         own = EmbedderRecord.from_dict(manifest["embedder"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{folder / 'manifest.json'}: missing or malformed embedder ({exc})") from None
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed embedder ({exc})") from None
     try:
         check_agreement(index_embedder, own, str(folder))
     except MLLIndexError as exc:
@@ -236,6 +286,21 @@ def open_published(index_path: Path) -> PublishedLabels:
         raise IndexFormatError(f"{folder}: arrays disagree with models.json, datasets.json or classes.json")
     return PublishedLabels(models, datasets, np.array([c["dataset"] for c in classes], np.int64),
                            [c["name"] for c in classes], np.asarray(vectors, np.float32), accuracy, manifest)
+
+
+def check_published(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's published labels, one line each naming the file; [] when all is sound
+    (or there are none): the manifest, each file's size (with `checksums` its SHA-256), then opening them."""
+    folder = published_dir(index_path)
+    if not folder.is_dir():
+        return []
+    manifest, problems = check_manifest(folder, KIND, checksums=checksums)
+    if manifest is not None and not problems:
+        try:
+            open_published(index_path)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 @dataclass(frozen=True)

@@ -31,23 +31,28 @@ import numpy as np
 from mll_index.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
 from mll_index.hub import Hub, LoadedModel, load_model, preprocess_key
+from mll_index.images import IMAGE_SUFFIXES, UnreadableImageError, image_files, open_image
 from mll_index.zeroshot import (all_finite, check_prompts, class_embeddings, class_probabilities, encode_pixels,
                                 lemma_of, logit_scale, prompt_names)
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MIN_ENTROPY_BITS = 1e-3
 
 
 @dataclass
 class TaskImages:
-    """A task's images: paths relative to `root`, labels (class positions; -1 where unknown)."""
+    """A task's images: paths relative to `root`, labels (class positions; -1 where unknown).
+
+    `unreadable` lists the relative paths that could not be decoded or were refused as too
+    large (`mll_index.images.open_image`); `reasons` maps each to why, in one line.
+    """
 
     root: Path
     paths: list[str]
     labels: np.ndarray
     unreadable: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def labeled(self) -> bool:
@@ -56,6 +61,8 @@ class TaskImages:
 
 def scan_task_images(folder: Path, class_names: Sequence[str]) -> TaskImages:
     """The images of a folder: ImageFolder by class name (labels known) or a flat folder of images.
+
+    Images are the files named by `mll_index.images.IMAGE_SUFFIXES`; hidden files are skipped.
 
     Raises:
         InputError: no such folder, no image in it, or a subfolder that is not a class of the task.
@@ -73,35 +80,44 @@ def scan_task_images(folder: Path, class_names: Sequence[str]) -> TaskImages:
             raise InputError(f"{folder}: subfolder(s) {unknown[:5]} are not classes of the task; an image folder "
                              f"is either flat or one subfolder per class name ({list(class_names)[:10]})")
         for sub in subdirs:
-            for f in sorted(sub.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    paths.append(str(f.relative_to(folder)))
-                    labels.append(index[sub.name])
+            for f in image_files(sub):
+                paths.append(str(f.relative_to(folder)))
+                labels.append(index[sub.name])
     else:
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(f.name)
-                labels.append(-1)
+        for f in image_files(folder, recursive=False):
+            paths.append(f.name)
+            labels.append(-1)
     if not paths:
         raise InputError(f"{folder}: no images (looked for {sorted(IMAGE_SUFFIXES)})")
     return TaskImages(folder, paths, np.array(labels, np.int64))
 
 
 def decode_images(images: TaskImages, preprocess: Any) -> tuple[np.ndarray, list[int]]:
-    """(n_ok, 3, H, W) float32 pixels and the positions that decoded; unreadable files are recorded."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode the task's images (`mll_index.images.open_image`) and apply a model's eval transform.
 
+    Returns:
+        (n_ok, 3, H, W) float32 pixels and the positions in `images.paths` that decoded. An
+        image that cannot be decoded, or is over the pixel limit, is skipped and recorded in
+        `images.unreadable` and `images.reasons`.
+    Raises:
+        InputError: no image could be read (the message gives the first reasons), or
+            `$MLL_INDEX_MAX_PIXELS` is invalid.
+    """
     pixels, ok = [], []
     for i, rel in enumerate(images.paths):
         try:
-            with Image.open(images.root / rel) as im:
-                pixels.append(np.asarray(preprocess(im.convert("RGB")), np.float32))
-            ok.append(i)
-        except (OSError, UnidentifiedImageError, ValueError):
-            if rel not in images.unreadable:
+            image = open_image(images.root / rel)
+        except UnreadableImageError as exc:
+            if rel not in images.reasons:
                 images.unreadable.append(rel)
+                images.reasons[rel] = exc.reason
+            continue
+        pixels.append(np.asarray(preprocess(image), np.float32))
+        ok.append(i)
     if not pixels:
-        raise InputError(f"{images.root}: none of the {len(images.paths)} images could be read")
+        why = "; ".join(f"{rel}: {images.reasons[rel]}" for rel in images.unreadable[:3])
+        more = f" (and {len(images.unreadable) - 3} more)" if len(images.unreadable) > 3 else ""
+        raise InputError(f"{images.root}: none of the {len(images.paths)} images could be read: {why}{more}")
     return np.stack(pixels), ok
 
 

@@ -1,7 +1,7 @@
 """Sample images in the ImageFolder layout, decoded once per preprocessing configuration.
 
-A sample set is `root/<wnid>/*.{jpg,jpeg,png,webp,bmp}`: the images of each graph node in
-a folder named by its wnid. Labeling runs every hub model on these images; models that
+A sample set is `root/<wnid>/*.{jpg,png,...}` (`mll_index.images.IMAGE_SUFFIXES`): the images
+of each graph node in a folder named by its wnid, decoded by `mll_index.images.open_image`. Labeling runs every hub model on these images; models that
 share a preprocessing configuration (`mll_index.hub.preprocess_key`) take the same input
 tensors, so the images are decoded and transformed once per configuration and cached on
 disk as a float16 `.npy` array, memory-mapped when read.
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,15 @@ import numpy as np
 
 from mll_index.artifacts import read_json, write_json
 from mll_index.errors import IndexFormatError, InputError
+from mll_index.images import UnreadableImageError, image_files, open_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 WNID_RE = re.compile(r"^n\d{8}$")
 PIXELS_FORMAT = "mll-index-pixels"
-PIXELS_FORMAT_VERSION = 1
+# 2: images decoded by mll_index.images (bit depth, transparency on white, EXIF orientation),
+# and the reason each unreadable image was skipped.
+PIXELS_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,15 @@ class PreprocessedImages:
 
     `pixels` is (n, 3, H, W) float16, memory-mapped; row i is the image at
     `samples.paths[indices[i]]`. `indices` is (n,) int64, increasing. `unreadable` lists
-    the relative paths that could not be decoded and have no row.
+    the relative paths that could not be decoded (or were refused as too large) and have no
+    row; `reasons` maps each of them to why, in one line.
     """
 
     key: str
     pixels: np.ndarray
     indices: np.ndarray
     unreadable: tuple[str, ...]
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -82,13 +86,6 @@ def _fingerprint(root: Path, paths: list[str]) -> str:
         stat = (root / rel).stat()
         digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def _images_in(folder: Path) -> list[Path]:
-    # Hidden files are skipped: macOS leaves `._name.jpg` resource forks that are not images.
-    return [p for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
 
 
 def scan_samples(root: Path, valid_wnids: set[str] | None = None) -> SampleSet:
@@ -113,7 +110,7 @@ def scan_samples(root: Path, valid_wnids: set[str] | None = None) -> SampleSet:
         elif valid_wnids is not None and child.name not in valid_wnids:
             skipped["not in the graph"].append(child.name)
         else:
-            images = _images_in(child)
+            images = image_files(child)
             if not images:
                 skipped["without images"].append(child.name)
             paths.extend(p.relative_to(root).as_posix() for p in images)
@@ -134,18 +131,6 @@ def scan_samples(root: Path, valid_wnids: set[str] | None = None) -> SampleSet:
     )
 
 
-def _decode(path: Path) -> Any:
-    """The image as RGB, or None when it cannot be decoded."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - any decode failure makes the file unusable; it is reported
-        log.debug("%s: cannot decode (%s)", path, exc)
-        return None
-
-
 def _cache_paths(cache_dir: Path, key: str, fingerprint: str) -> tuple[Path, Path]:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", key) + "-" + fingerprint[:16]
     return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
@@ -163,8 +148,9 @@ def _load_cached(samples: SampleSet, key: str, cache_dir: Path) -> PreprocessedI
                 or meta.get("n_samples") != len(samples)):
             raise IndexFormatError(f"{meta_path}: written for other samples or another version")
         unreadable = tuple(meta["unreadable"])
+        reasons = {str(k): str(v) for k, v in meta["unreadable_reasons"].items()}
         pixels = np.load(npy, mmap_mode="r")
-    except (IndexFormatError, KeyError, TypeError, ValueError, OSError) as exc:
+    except (IndexFormatError, KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         log.warning("rebuilding the preprocessed images: %s", exc)
         return None
     skip = set(unreadable)
@@ -174,7 +160,7 @@ def _load_cached(samples: SampleSet, key: str, cache_dir: Path) -> PreprocessedI
         log.warning("rebuilding the preprocessed images: %s holds %s %s, %s expects (%d, ...) float16",
                     npy, pixels.shape, pixels.dtype, meta_path.name, len(indices))
         return None
-    return PreprocessedImages(key=key, pixels=pixels, indices=indices, unreadable=unreadable)
+    return PreprocessedImages(key=key, pixels=pixels, indices=indices, unreadable=unreadable, reasons=reasons)
 
 
 def _output_shape(preprocess: Callable[[Any], Any]) -> tuple[int, int, int]:
@@ -195,10 +181,10 @@ def _new_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key: str,
                       cache_dir: Path | None = None, batch_size: int = 64, workers: int = 0,
                       progress: bool = False) -> PreprocessedImages:
-    """Decode every sample image with PIL and apply an open_clip eval transform, once.
+    """Decode every sample image (`mll_index.images.open_image`) and apply an open_clip eval transform, once.
 
     The result is written to `cache_dir` as `<key>-<fingerprint>.npy` (float16) and `.json`
-    (key, fingerprint, unreadable images), each atomically; a later call with the same key
+    (key, fingerprint, unreadable images with their reasons), each atomically; a later call with the same key
     and an unchanged sample set reads it back memory-mapped without decoding anything.
     Without `cache_dir` the array lives in a temporary file that is deleted once mapped.
 
@@ -212,7 +198,10 @@ def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key:
         progress: show a tqdm progress bar.
     Returns:
         pixels (n, 3, H, W) float16 memory-mapped, with the positions in `samples.paths`
-        of the n readable images and the relative paths of the unreadable ones.
+        of the n readable images and the relative paths of the unreadable ones, with why.
+    Raises:
+        InputError: `$MLL_INDEX_MAX_PIXELS` is invalid (a damaged or too large image is not
+            an error: it is listed in `unreadable`).
     """
     if cache_dir is not None:
         cached = _load_cached(samples, key, Path(cache_dir))
@@ -229,10 +218,15 @@ def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key:
     n = len(samples)
     kept: list[int] = []
     unreadable: list[str] = []
+    reasons: dict[str, str] = {}
 
     def prepare(index: int) -> Any:
-        image = _decode(samples.root / samples.paths[index])
-        return None if image is None else preprocess(image)
+        """The (3, H, W) tensor of image `index`, or the reason it is unreadable (a str)."""
+        try:
+            image = open_image(samples.root / samples.paths[index])
+        except UnreadableImageError as exc:
+            return exc.reason
+        return preprocess(image)
 
     try:
         out = _new_npy(tmp, (n, channels, height, width))
@@ -243,8 +237,9 @@ def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key:
                     batch = range(start, min(start + batch_size, n))
                     tensors = pool.map(prepare, batch) if pool else map(prepare, batch)
                     for index, tensor in zip(batch, tensors):
-                        if tensor is None:
+                        if isinstance(tensor, str):
                             unreadable.append(samples.paths[index])
+                            reasons[samples.paths[index]] = tensor
                         else:
                             out[len(kept)] = tensor.numpy().astype(np.float16)
                             kept.append(index)
@@ -270,6 +265,7 @@ def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key:
             "format": PIXELS_FORMAT, "format_version": PIXELS_FORMAT_VERSION, "key": key,
             "fingerprint": samples.fingerprint, "root": str(samples.root), "n_samples": n,
             "shape": [len(kept), channels, height, width], "dtype": "float16", "unreadable": unreadable,
+            "unreadable_reasons": reasons,
         })
         pixels = np.load(npy, mmap_mode="r")
     finally:
@@ -279,9 +275,10 @@ def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key:
             # The mapping keeps the data readable after the file is unlinked.
             shutil.rmtree(work_dir, ignore_errors=True)
     if unreadable:
-        log.warning("%s: skipped %d unreadable images: %s", samples.root, len(unreadable), unreadable[:5])
+        log.warning("%s: skipped %d unreadable images: %s", samples.root, len(unreadable),
+                    [f"{p} ({reasons[p]})" for p in unreadable[:5]])
     return PreprocessedImages(key=key, pixels=pixels, indices=np.asarray(kept, dtype=np.int64),
-                              unreadable=tuple(unreadable))
+                              unreadable=tuple(unreadable), reasons=reasons)
 
 
 def iter_batches(pre: PreprocessedImages, batch_size: int = 64) -> Iterator[Any]:

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -34,15 +33,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import read_user_text
 from mll_index.captions import CaptionExpander, clean_class_names
 from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
-from mll_index.labels import SampleTable, folder_counts, labeled_models, load_label, read_sample_table, stale_in_matrix
+from mll_index.labels import (SampleTable, folder_counts, load_label, read_sample_table, relabel_hint, scan_labels,
+                              stale_in_matrix)
 from mll_index.match import LOW_CONFIDENCE, ClassName, Matcher, is_weak, read_class_name, read_class_names
 from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
+from mll_index.userfiles import names_from_text, normalize_class_name, parse_user_json, read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -96,37 +96,74 @@ def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Se
 
 def task_from_json(data: Any, where: str = "task") -> Task:
     """A Task from JSON: a list of class names, or {"name", "classes": [name | {"name", "captions"}],
-    "domain", "description"}."""
+    "domain", "description"}.
+
+    Args:
+        where: the file (and line, for a batch file) for messages ("tasks.jsonl:3").
+    Raises:
+        InputError: naming `where` (and the class): a malformed task, or a class name empty once
+            cleaned (`userfiles.normalize_class_name`).
+    """
     if isinstance(data, list):
         data = {"classes": data}
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
         raise InputError(f'{where}: a task is a list of class names or an object with a "classes" list')
     names, captions = [], {}
-    for c in data["classes"]:
+    for i, c in enumerate(data["classes"], 1):
         if isinstance(c, str):
-            names.append(c)
+            names.append(normalize_class_name(c, f"{where}: class {i}"))
         elif isinstance(c, dict) and isinstance(c.get("name"), str):
-            names.append(c["name"])
+            names.append(normalize_class_name(c["name"], f"{where}: class {i}"))
             if c.get("captions") is not None:
-                captions[" ".join(c["name"].split())] = c["captions"]
+                captions[names[-1]] = c["captions"]
         else:
-            raise InputError(f"{where}: a class is a name or an object with a 'name', not {c!r}")
+            shown = repr(c) if not isinstance(c, (list, dict)) else f"a JSON {'list' if isinstance(c, list) else 'object'}"
+            raise InputError(f"{where}: class {i}: a class is a name or an object with a 'name', not {shown[:80]}")
     for key in ("name", "domain", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise InputError(f"{where}: {key!r} must be a string")
-    return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    try:
+        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+    except InputError as exc:
+        if where == "task":
+            raise
+        raise InputError(f"{where}: {exc}") from None
 
 
 def read_task_file(path: Path) -> Task:
-    """A task from a file: JSON (see task_from_json) or plain text, one class name per line."""
+    """A task from a file: JSON (see task_from_json) or plain text, one class name per line (blank lines skipped).
+
+    The file is read as `userfiles.read_user_text` reads (a byte-order mark, UTF-16, CR LF); it is
+    JSON when its first character is '{' or '['.
+
+    Raises:
+        InputError: naming the file (and line): unreadable text, invalid JSON, a malformed task.
+    """
     text = read_user_text(path)
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return task_from_json(json.loads(text), str(path))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return make_task([line for line in text.splitlines() if line.strip()], Path(path).stem)
+    if text.lstrip().startswith(("{", "[")):
+        return task_from_json(parse_user_json(text, str(path), "JSON task file"), str(path))
+    names = names_from_text(text, str(path), skip_blank=True)
+    try:
+        return make_task(names, Path(path).stem)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def read_batch_file(path: Path) -> list[Task]:
+    """Tasks from a JSON-lines file, one task (see task_from_json) per line; blank lines are skipped.
+
+    Raises:
+        InputError: naming the file and line ("tasks.jsonl:3"): unreadable text, a line that is not
+            JSON or not a task, or no task at all.
+    """
+    tasks = []
+    for number, line in enumerate(read_user_text(path).split("\n"), 1):
+        if line.strip():
+            where = f"{path}:{number}"
+            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where))
+    if not tasks:
+        raise InputError(f"{path}: no tasks")
+    return tasks
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,6 +221,9 @@ class LabelStore:
     index_path: Path
     matrix: LabelMatrix
     folders: dict[str, str]  # model id -> sample fingerprint, for models with a label folder
+    # Model id -> why its label folder cannot be used (labels.scan_labels): the restricted and auto
+    # modes refuse while there is one, rather than leave the model out or fall back to counts.
+    damaged: dict[str, str] = field(default_factory=dict)
     _image: dict[int, ImageLabels | None] = field(default_factory=dict, repr=False)
     # Sample tables and their images' domain tags, read once per fingerprint: every model of a
     # hub labeled on one sample set shares them.
@@ -247,11 +287,18 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
     Raises:
         InputError: no model is labeled, or a named model is not.
     """
-    folders = labeled_models(index_path)
+    scan = scan_labels(index_path)
+    folders = scan.samples
+    damaged = {m: why for m, why in scan.damaged.items() if not models or m in models}
     if not folders and not has_matrix(index_path):
+        if damaged:
+            raise InputError(damaged_message(damaged))
         raise InputError(f"{index_path}: no model is labeled in this index; run `mll-index label`, or import "
                          "published results with `mll-index published import`")
     matrix = open_matrix(index_path) if has_matrix(index_path) else LabelMatrix(index_path, [], [], [], [])
+    lost = {m: why for m, why in damaged.items() if m not in matrix.model_ids}
+    if models and lost:
+        raise InputError(damaged_message(lost))
     stale = stale_in_matrix(index_path, folders, matrix)
     if stale:
         log.info("%s: %d label folder(s) not in the label matrix yet; read in memory", index_path, len(stale))
@@ -260,7 +307,21 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         matrix = matrix.subset(list(models))
     else:
         matrix = matrix.subset(sorted(matrix.model_ids))
-    return LabelStore(Path(index_path), matrix, folders)
+    return LabelStore(Path(index_path), matrix, folders, damaged)
+
+
+def damaged_message(damaged: dict[str, str], mode: str | None = None) -> str:
+    """One line: the first model whose label cannot be used, why, and what to run (see LabelStore.damaged)."""
+    model_id, why = next(iter(damaged.items()))
+    more = f"; {len(damaged) - 1} more model(s) likewise: {list(damaged)[1:4]}" if len(damaged) > 1 else ""
+    counts = " (or select with --mode counts, from the label matrix's counts)" if mode else ""
+    return f"the label of model {model_id!r} cannot be used ({why}); {relabel_hint(model_id)}{counts}{more}"
+
+
+def _refuse_damaged(store: LabelStore, mode: str) -> None:
+    """The restricted mode (and auto, which would otherwise fall back to counts unasked) needs every label."""
+    if store.damaged:
+        raise InputError(damaged_message(store.damaged, mode))
 
 
 def _with_folders(index_path: Path, matrix: LabelMatrix, model_ids: Sequence[str]) -> LabelMatrix:
@@ -476,6 +537,7 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
         return store.matrix.gather(nodes).transpose(1, 0, 2)
     if mode != "restricted":
         raise InputError(f"unknown selection mode {mode!r}; modes: {list(MODES)}")
+    _refuse_damaged(store, mode)
     if not store.has_image_labels:
         lacking = [m for m in store.model_ids if m not in store.folders]
         raise InputError(f"the restricted mode needs image-level labels; {len(lacking)} model(s) have only counts "
@@ -629,7 +691,9 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
     """
     index = load_index(index_path)
     published = open_published(index_path) if has_published(index_path) and not models else None
-    image_labels = labeled_models(index_path) or has_matrix(index_path)
+    # A damaged label folder counts: its model is then named, never left out unsaid.
+    scan = None if has_matrix(index_path) else scan_labels(index_path)
+    image_labels = scan is None or bool(scan.folders or scan.damaged)
     store = open_labels(index_path, models) if (image_labels or models or published is None) else None
     # Loaded only if a caption is not in the cache: a warm select imports no text runtime.
     embedder = embedder or LazyEmbedder(index.embedder)
@@ -664,6 +728,7 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha
     domain = task.domain if use_domain else None
     used: str = mode
     if mode == "auto":
+        _refuse_damaged(store, mode)
         counts = node_confusion(store, nodes, "counts")
         fits = store.has_image_labels and restricted_work(store, counts) <= RESTRICTED_BUDGET
         used = "restricted" if fits else "counts"

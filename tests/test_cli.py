@@ -223,6 +223,21 @@ def test_build_recipe_that_is_not_an_object(tmp_path: Path) -> None:
 
 # --- exit codes and one-line errors (subprocesses) ------------------------------------------
 
+@pytest.mark.parametrize("args, fragment", [
+    (("select", "-k", "abc", "tench"), "'-k'"),
+    (("selectt",), "No such command"),
+    (("match", "--method", "nope", "tench"), "'--method'"),
+])
+def test_malformed_command_line_is_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    """A malformed command line is a user's mistake too: one line naming the option, and the usage
+    convention's exit status 2 (README), not click's four-line usage block."""
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mll-index: error: ") and fragment in lines[0], proc.stderr
+    assert "--help" in lines[0]
+
+
 def test_blank_line_in_the_middle_is_one_line_error(index_dir: Path) -> None:
     proc = run_cli("match", "--index", str(index_dir), "--method", "lemma", stdin="tench\n\ngoldfish\n")
     assert_one_line_error(proc, "stdin: line 2 is blank")

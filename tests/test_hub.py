@@ -5,6 +5,7 @@ Real open_clip with tiny architectures (random weights written by tests/tinyclip
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -157,6 +158,24 @@ def test_csv_hub_reads_like_json(tiny: dict[str, Path]) -> None:
     assert hub.get("tiny32") == load_hub(tiny["hub"]).get("tiny32")
     vitb32 = hub.get("vitb32")
     assert (vitb32.pretrained, vitb32.imagenet_acc, vitb32.licence, vitb32.checkpoint) == ("openai", 0.6332, "MIT", None)
+
+
+def test_hub_files_as_spreadsheets_and_editors_write_them_read_like_plain_ones(tmp_path: Path) -> None:
+    text = "id,arch,pretrained,params_m\nrn50,RN50,openai,102\nvitb32,ViT-B-32,openai,\n"
+    plain = tmp_path / "plain.csv"
+    plain.write_text(text)
+    # Excel's "CSV UTF-8": a byte-order mark, CR LF, a trailing empty column and an empty last row.
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(codecs.BOM_UTF8 + "".join(line + ",\r\n" for line in text.splitlines()).encode() + b",,,,\r\n")
+    assert load_hub(excel, validate=False).models == load_hub(plain, validate=False).models
+    hub = {"models": [{"id": "rn50", "arch": "RN50", "pretrained": "openai"}]}
+    utf16 = tmp_path / "hub.json"
+    utf16.write_bytes(json.dumps(hub).encode("utf-16"))   # with its byte-order mark
+    assert load_hub(utf16, validate=False).ids == ("rn50",)
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"id,arch,pretrained\nrn50,RN\xe950,openai\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(broken))}: line 2: not UTF-8 \(byte 0xe9 at offset 26 of the file"):
+        load_hub(broken, validate=False)
 
 
 # --- bad hub files ------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +46,54 @@ def test_read_results_and_errors(tmp_path: Path) -> None:
     assert read_classnames([folder]) == {"cars": ["sedan", "convertible"]}
 
 
+def _table(tmp_path: Path, rows: str, name: str = "table.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("name,pretrained,Dogs,Country\n" + rows)
+    return path
+
+
+def test_a_percent_table_stays_percent_below_one(tmp_path: Path) -> None:
+    # RN50 at 0.9% on the country column must not read as 90%: the table has figures above 1, so
+    # every figure of it is a percentage, also in a column where every model scored below 1%.
+    table = read_results(_table(tmp_path, "RN50,openai,45.5,0.9\nViT,laion,80,0.5\n"))
+    assert table.scale == "percent"
+    assert table.accuracy == pytest.approx(np.array([[0.455, 0.009], [0.80, 0.005]]))
+    fractions = read_results(_table(tmp_path, "RN50,openai,0.455,0.009\nViT,laion,0.8,1\n", "fractions.csv"))
+    assert fractions.scale == "fraction" and fractions.accuracy == pytest.approx(np.array([[0.455, 0.009], [0.8, 1]]))
+    forced = read_results(_table(tmp_path, "RN50,openai,0.9,0.5\n", "forced.csv"), scale="percent")
+    assert forced.scale == "percent" and forced.accuracy == pytest.approx(np.array([[0.009, 0.005]]))
+
+
+@pytest.mark.parametrize("rows, scale, message", [
+    ("A,x,45,150\n", "auto", "column 'Country': figures from 150 to 150; accuracies are fractions in [0, 1] or "
+                             "percentages in [0, 100]"),
+    ("A,x,0.5,-0.1\nB,y,0.2,0.3\n", "auto", "column 'Country': figures from -0.1 to 0.3"),
+    ("A,x,0.5,45\n", "fraction", "column 'Country': figure 45 is above 1, but the table was said to hold fractions"),
+])
+def test_figures_out_of_range_name_the_column(tmp_path: Path, rows: str, scale: str, message: str) -> None:
+    path = _table(tmp_path, rows)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: {re.escape(message)}"):
+        read_results(path, scale=scale)  # type: ignore[arg-type]
+
+
+def test_a_table_and_class_lists_with_a_bom_read_like_plain_ones(tmp_path: Path) -> None:
+    results, names, _ = _files(tmp_path)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(codecs.BOM_UTF8 + results.read_text().replace("\n", "\r\n").encode())
+    assert read_results(bom).models == read_results(results).models
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "cars.txt").write_bytes(codecs.BOM_UTF8 + "sedan\r\n\r\nｃｏｎｖｅｒｔｉｂｌｅ\r\n".encode())
+    assert read_classnames([folder]) == {"cars": ["sedan", "convertible"]}
+
+
 def test_import_and_score(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     results, names, mapping = _files(tmp_path)
     summary = import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
     assert summary["datasets"] == ["Dogs", "Food"] and set(summary["left_out"]) == {"ImageNet 1k", "Extra"}
     assert has_published(index_copy)
     pub = open_published(index_copy)
+    assert summary["scale"] == "fraction" and pub.manifest["scale"] == "fraction"
     assert pub.class_names == ["golden retriever", "pomeranian", "pizza", "apple pie"]
     queries = embed_classes(["golden retriever", "pizza"], embedder)
     scores, matches = published_scores(pub, queries, n=1)
@@ -93,7 +137,7 @@ def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
     done = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
                    "--classnames", str(names), "--mapping", str(mapping))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["datasets"] == ["Dogs", "Food"]
+    assert json.loads(done.stdout)["datasets"] == ["Dogs", "Food"] and json.loads(done.stdout)["scale"] == "fraction"
     selected = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy))
     assert selected.returncode == 0, selected.stderr
     assert json.loads(selected.stdout)["labels"] == "published"

@@ -102,7 +102,8 @@ def test_preprocess_gives_float16_pixels_and_skips_the_corrupt_image(
     assert pre.pixels.shape == (9, 3, 32, 32) and pre.pixels.dtype == np.float16
     assert isinstance(pre.pixels, np.memmap)
     assert pre.unreadable == ("n01440764/corrupt.jpg",)
-    assert "corrupt.jpg" in caplog.text
+    assert pre.reasons == {"n01440764/corrupt.jpg": "cannot decode (Truncated File Read)"}
+    assert "corrupt.jpg (cannot decode (Truncated File Read))" in caplog.text
     assert pre.indices.dtype == np.int64
     assert [samples.paths[i] for i in pre.indices] == [p for p in samples.paths if not p.endswith("corrupt.jpg")]
     # Row i is the transform of the i-th kept image (float16 rounding aside).
@@ -130,6 +131,7 @@ def test_second_call_reads_the_cache_without_decoding(
     assert isinstance(again.pixels, np.memmap)
     np.testing.assert_array_equal(again.pixels, first)
     assert again.unreadable == ("n01440764/corrupt.jpg",) and len(again.indices) == 9
+    assert again.reasons == {"n01440764/corrupt.jpg": "cannot decode (Truncated File Read)"}
 
 
 def test_another_key_or_changed_samples_do_not_reuse_the_cache(
@@ -187,6 +189,60 @@ def test_all_images_unreadable_gives_an_empty_array(tmp_path: Path, transform: t
     samples = scan_samples(tmp_path / "s")
     pre = preprocess_images(samples, preprocess, key, cache_dir=tmp_path / "cache")
     assert pre.pixels.shape == (0, 3, 32, 32) and pre.unreadable == ("n01440764/a.jpg",) and len(pre.indices) == 0
+
+
+def test_images_decode_through_open_image_with_reasons_and_any_suffix(
+        tmp_path: Path, transform: tuple[object, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from mll_index.images import open_image
+
+    preprocess, key = transform
+    folder = tmp_path / "s" / "n01440764"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.tile(np.arange(0, 65536, 1024, dtype=np.uint16), (64, 1))).save(folder / "g16.png")
+    Image.new("RGBA", (40, 40), (30, 160, 90, 0)).save(folder / "clear.png")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(folder / "red.TIFF")
+    Image.new("RGB", (40, 30), (10, 10, 200)).save(folder / "big.gif")
+    samples = scan_samples(tmp_path / "s")
+    assert samples.paths == ("n01440764/big.gif", "n01440764/clear.png", "n01440764/g16.png", "n01440764/red.TIFF")
+    monkeypatch.setenv("MLL_INDEX_MAX_PIXELS", "1500")  # 40 x 30 = 1200 passes, 40 x 40 does not
+    pre = preprocess_images(samples, preprocess, key, cache_dir=tmp_path / "cache", workers=2)
+    assert pre.unreadable == ("n01440764/clear.png", "n01440764/g16.png", "n01440764/red.TIFF")
+    assert pre.reasons["n01440764/red.TIFF"] == ("0.0 megapixels (40x40), over the limit of 0.0 "
+                                                 "(set $MLL_INDEX_MAX_PIXELS to a number of pixels to allow more)")
+    monkeypatch.delenv("MLL_INDEX_MAX_PIXELS")
+    pre = preprocess_images(samples, preprocess, key, cache_dir=tmp_path / "cache2", workers=2)
+    assert pre.unreadable == () and pre.reasons == {}
+    for row, rel in enumerate(samples.paths):
+        expected = preprocess(open_image(samples.root / rel)).numpy()
+        np.testing.assert_allclose(pre.pixels[row].astype(np.float32), expected, atol=1e-2)
+    # Transparent is white and 16-bit is not: the two images differ after the transform.
+    assert not np.allclose(pre.pixels[1], pre.pixels[2], atol=0.1)
+    # A bad limit stops the run instead of marking every image unreadable.
+    monkeypatch.setenv("MLL_INDEX_MAX_PIXELS", "-3")
+    with pytest.raises(InputError, match="MLL_INDEX_MAX_PIXELS"):
+        preprocess_images(samples, preprocess, key, cache_dir=tmp_path / "cache3")
+
+
+def test_cache_of_the_old_decoder_is_not_reused(
+        sample_root: Path, tmp_path: Path, transform: tuple[object, str], caplog: pytest.LogCaptureFixture) -> None:
+    preprocess, key = transform
+    samples = scan_samples(sample_root)
+    preprocess_images(samples, preprocess, key, cache_dir=tmp_path / "cache")
+    meta = next((tmp_path / "cache").glob("*.json"))
+    data = json.loads(meta.read_text())
+    data["format_version"] = 1  # pixels decoded by Image.open().convert("RGB")
+    meta.write_text(json.dumps(data))
+    calls = []
+
+    def counting(image: object) -> object:
+        calls.append(1)
+        return preprocess(image)
+
+    with caplog.at_level(logging.WARNING, logger="mll_index.samples"):
+        preprocess_images(samples, counting, key, cache_dir=tmp_path / "cache")
+    assert len(calls) == 9 + 1 and "rebuilding" in caplog.text
 
 
 def test_iter_batches_yields_float32_tensors(sample_root: Path, tmp_path: Path, transform: tuple[object, str]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from mll_index.errors import InputError
 from mll_index.select import (class_f1, make_task, node_confusion, open_labels, open_selector,
-                              read_task_file, select_batch, select_models, smooth_scores, task_from_json)
+                              read_batch_file, read_task_file, select_batch, select_models, smooth_scores, task_from_json)
 from mll_index.labels import load_label, read_sample_table
 from tests.conftest import run_cli
 
@@ -44,6 +46,23 @@ def test_task_formats(tmp_path: Path) -> None:
     bad.write_text('{"classes": [1, 2]}')
     with pytest.raises(InputError, match="a class is a name"):
         read_task_file(bad)
+
+
+def test_task_files_with_a_bom_invisible_characters_or_deep_nesting(tmp_path: Path) -> None:
+    task = tmp_path / "farm.json"
+    task.write_bytes(codecs.BOM_UTF8 + b'{"name": "farm",\r\n "classes": ["cow", "pig"], "domain": "sketch"}\r\n')
+    assert read_task_file(task) == make_task(["cow", "pig"], "farm", domain="sketch")
+    task.write_text('{"classes": ["cow", "\\u200b"]}')
+    with pytest.raises(InputError, match=rf"^{re.escape(str(task))}: class 2 holds only invisible characters$"):
+        read_task_file(task)
+    assert task_from_json(["c\u200bow", "ｐｉｇ"]).classes == ("cow", "pig")
+    task.write_text("[" * 200_000)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(task))}: not a readable JSON task file \(nested deeper"):
+        read_task_file(task)
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_bytes(codecs.BOM_UTF8 + b'["cow", "pig"]\r\n\r\n{"classes": ["cow", "cow"]}\r\n')
+    with pytest.raises(InputError, match=rf"^{re.escape(str(batch))}:3: duplicate class name 'cow'"):
+        read_batch_file(batch)
 
 
 def test_no_labels_is_a_clear_error(index_dir: Path) -> None:
