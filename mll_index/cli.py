@@ -68,16 +68,20 @@ def cli(verbose: bool) -> None:
     # Without -v, third-party logging (open_clip's root logger, transformers) stays quiet, while
     # mll-index's own warnings (published labels dropped on a rebuild, skipped folders, retries)
     # reach stderr as one line each; -v shows every logger at INFO.
-    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
-                        format="%(levelname)s %(name)s: %(message)s")
     ours = logging.getLogger("mll_index")
     if verbose:
         ours.removeHandler(_WARNING_LINES)
-        ours.propagate = True
-    elif _WARNING_LINES not in ours.handlers:
+        ours.setLevel(logging.NOTSET)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        # No handler on the root: third-party records below CRITICAL are dropped where they are
+        # made, and ours still propagate (to a host's handlers, such as pytest's) without printing twice.
+        root.setLevel(logging.CRITICAL)
+    if _WARNING_LINES not in ours.handlers:
         ours.addHandler(_WARNING_LINES)
-        ours.setLevel(logging.WARNING)
-        ours.propagate = False
+    ours.setLevel(logging.WARNING)
 
 
 class _WarningLine(logging.Handler):
