@@ -65,12 +65,36 @@ def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Choose vision-language models per class from an index built once."""
-    # Without -v the command's own output says what matters (errors, skipped files); library
-    # warnings (retries, open_clip's root logger) would break the one-line error promise.
-    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
-                        format="%(levelname)s %(name)s: %(message)s")
-    # A writer waiting for another one's lock says so, even without -v.
-    logging.getLogger("mll_index.artifacts.lock").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Without -v, third-party logging (open_clip's root logger, transformers) stays quiet, while
+    # mll-index's own warnings (published labels dropped on a rebuild, skipped folders, retries)
+    # reach stderr as one line each; -v shows every logger at INFO.
+    ours = logging.getLogger("mll_index")
+    if verbose:
+        ours.removeHandler(_WARNING_LINES)
+        ours.setLevel(logging.NOTSET)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        # No handler on the root: third-party records below CRITICAL are dropped where they are
+        # made, and ours still propagate (to a host's handlers, such as pytest's) without printing twice.
+        root.setLevel(logging.CRITICAL)
+    if _WARNING_LINES not in ours.handlers:
+        ours.addHandler(_WARNING_LINES)
+    ours.setLevel(logging.WARNING)
+
+
+class _WarningLine(logging.Handler):
+    """Writes a log record as one `mll-index: warning: ...` line on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"mll-index: warning: {' '.join(self.format(record).split())}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never raise into the command
+            self.handleError(record)
+
+
+_WARNING_LINES = _WarningLine(logging.WARNING)
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
@@ -415,12 +439,16 @@ def _selection_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def _warn_weak(selection) -> None:  # type: ignore[no-untyped-def]
+def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-untyped-def]
+    if prompts:     # (reuse checks the prompts itself, with each model's own tokenizer)
+        for line in selection.warnings:
+            click.echo(f"mll-index: warning: {line}", err=True)
     for c in selection.classes:
         if c.low_confidence:
             best = c.nodes[0] if c.nodes else None
+            lent = f", lent by {best.via.split(':', 1)[1]}" if best and best.via != "direct" else ""
             click.echo(f"mll-index: warning: task {selection.task!r}: class {c.name!r} matches no labeled node well "
-                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}); "
+                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}{lent}); "
                        "its models rest on a weak match", err=True)
 
 
@@ -528,16 +556,18 @@ def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_e
               help="Predictions file [default: print a summary only].")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
+@click.option("--force", is_flag=True, help="Predict even where a model's tokenizer cuts a class name or makes two "
+              "classes' prompts identical (each such model is reported).")
 def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv: str | None, task_file: Path | None,
           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, out: Path | None, fmt: str,
-          device: str | None) -> None:
+          device: str | None, force: bool) -> None:
     """Predict a task's images with the selected models, combined per class by inverse entropy.
 
     IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
     """
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
-    from mll_index.reuse import reuse_models, write_predictions
+    from mll_index.reuse import lemma_of, reuse_models, write_predictions
     from mll_index.select import make_task, open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
@@ -549,6 +579,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
         data = read_user_json(selection_file, "selection file")
         try:
             models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
+            lemmas = {c["name"]: lemma_of(c["nodes"][0]["synset"]) for c in data["classes"] if c.get("nodes")}
             name = data.get("task", "task")
         except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{selection_file}: not a selection written by `mll-index select` ({exc})") from None
@@ -561,9 +592,12 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
             raise InputError("give --selection, --names or --task")
         selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task, k=k, alpha=alpha,
                                   n_nodes=n_nodes, mode=mode)
-        _warn_weak(selection)
+        _warn_weak(selection, prompts=False)
         models, name = selection.models_for(), task.name
-    result = reuse_models(hub, models, images, task=name, device=device, progress=True)
+        lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
+    result = reuse_models(hub, models, images, task=name, device=device, progress=True, lemmas=lemmas, force=force)
+    for line in result.warnings:
+        click.echo(f"mll-index: warning: {line}", err=True)
     if out:
         write_predictions(result, out, fmt)
     if result.images.unreadable:
@@ -603,8 +637,13 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
                  for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
     else:
         tasks = world_eval_tasks(world_obj)
-    selector = open_selector(index_path or default_index_path(), models=[m for m in hub.ids],
-                             cache=_embedding_cache())
+    from mll_index.label_matrix import has_matrix
+    from mll_index.labels import labeled_models
+
+    path = index_path or default_index_path()
+    # An index with published labels only is evaluated on those (naming models would ask for image labels).
+    image_labels = path.is_dir() and (bool(labeled_models(path)) or has_matrix(path))
+    selector = open_selector(path, models=list(hub.ids) if image_labels else None, cache=_embedding_cache())
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True)
     files = write_evaluation(result, out)
     click.echo(result.table())

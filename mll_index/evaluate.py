@@ -109,14 +109,24 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
                    alphas: Sequence[float] = ALPHAS, device: str = "cpu", progress: bool = False) -> Evaluation:
     """MLL (k = 1 and 3 at the given alpha and mode) and the baselines on every task, plus the sweep.
 
+    An index with published labels only is evaluated on them: its models are the published ones,
+    and the selection modes (which only change how image-based labels are read) are not swept.
+
     Raises:
         InputError: a task without labeled images, or a labeled model missing from the hub.
     """
     if not tasks:
         raise InputError("no tasks to evaluate")
-    missing = [m for m in selector.store.model_ids if m not in hub.ids]
+    if selector.store is not None:
+        labeled, modes = list(selector.store.model_ids), ("restricted", "counts")
+    elif selector.published is not None:
+        labeled, modes = [m["id"] for m in selector.published.models], (mode,)
+    else:
+        raise InputError(f"{selector.index.path}: the index holds no labels; run `mll-index label`")
+    missing = [m for m in labeled if m not in hub.ids]
     if missing:
-        raise InputError(f"labeled model(s) {missing} are not in hub {hub.name!r}")
+        raise InputError(f"labeled model(s) {missing[:10]} are not in hub {hub.name!r} (its models: "
+                         f"{list(hub.ids)[:10]}); evaluate predicts with every labeled model")
     images = {t.name: scan_task_images(t.folder, t.class_names) for t in tasks}
     for t in tasks:
         if not images[t.name].labeled:
@@ -125,10 +135,9 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     probs, proxy = _all_probabilities(hub, tasks, images, device, progress)
     t_predict = time.perf_counter() - started
     prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], n_nodes)
-    labeled = list(selector.store.model_ids)
     sweep: list[dict[str, Any]] = []
     started = time.perf_counter()
-    grid = [(m, a, k) for m in ("restricted", "counts") for a in alphas for k in ks]
+    grid = [(m, a, k) for m in modes for a in alphas for k in ks]
     grid += [(mode, alpha, k) for k in set((1, 3)) - set(ks)]
     results: dict[tuple[str, float, int], list[float]] = {}
     selections = {}

@@ -44,14 +44,14 @@ from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manife
                                  load_arrays, manifest_digest, new_manifest, read_json, read_manifest, seal_manifest,
                                  write_json, writing)
 from mll_index.captions import node_concept, templates
-from mll_index.errors import IndexFormatError, MLLIndexError
+from mll_index.errors import IndexFormatError, MLLIndexError, ModelLoadError
 from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, append_labels, has_matrix, open_matrix
 from mll_index.layout import (PIXEL_CACHE, SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name,
                               model_folder_name, model_id_of_folder, sample_table_path)
 from mll_index.samples import SampleSet, preprocess_images, scan_samples
-from mll_index.zeroshot import encode_texts
+from mll_index.zeroshot import all_finite, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,13 @@ def score_images(image_emb: np.ndarray, node_emb: np.ndarray, image_nodes: np.nd
         image_emb: (n, d) unit rows; node_emb: (m, d) unit rows; image_nodes: (n,) int in [0, m).
     Returns:
         topk_nodes (n, k') int32, topk_logits (n, k') float16, true_logit (n,) float16, k' = min(k, m).
+    Raises:
+        ModelLoadError: an embedding or the scale is not finite (a NaN ranks arbitrarily in a partition,
+            so the counts would be noise that looks like a label).
     """
+    if not all_finite(logit_scale) or not all_finite(node_emb) or not all_finite(image_emb):
+        raise ModelLoadError("cannot score a label from embeddings or a logit scale that are not finite (NaN or "
+                             "infinite)")
     n, m = len(image_emb), len(node_emb)
     k = min(k, m)
     nodes = np.empty((n, k), np.int32)
@@ -451,8 +457,13 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                 report.unreadable_reasons.update(pixels.reasons)
                 table = sample_table(samples, pixels.indices)
                 write_sample_table(index_path, samples.fingerprint, table)
-            rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
-                              batch_size, progress)
+            try:
+                rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
+                                  batch_size, progress)
+            except ModelLoadError as exc:   # outputs that are not finite: this model only
+                report.failed[model.id] = str(exc)
+                log.info("%s", exc)     # the report carries it (the CLI prints its failures)
+                continue
             report.labeled.append(model.id)
             report.images_per_s[model.id] = rate
             _append_folder(index_path, model.id)
@@ -582,6 +593,13 @@ def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: 
         if key in old_images:
             image_emb[i] = old_images[key]
     logit_scale = float(loaded.model.logit_scale.exp().item()) if hasattr(loaded.model, "logit_scale") else 100.0
+    # Checked before anything is written: a label of NaN embeddings would give the model counts
+    # (every image "predicting" one node) that selection trusts like any other.
+    bad = [what for what, values in (("image embeddings", image_emb), ("node text embeddings", node_emb),
+                                     ("logit scale", logit_scale)) if not all_finite(values)]
+    if bad:
+        raise ModelLoadError(f"model {model.id!r} ({model.weights}): its {' and '.join(bad)} are not finite (NaN or "
+                             "infinite); its label is refused (a damaged checkpoint, or an fp16 overflow: try --device cpu)")
     write_label(index_path, model.describe(), table, fingerprint, image_emb, node_emb, logit_scale,
                 preprocess=loaded.preprocess_key,
                 encoded={"encoded_images": len(new_rows), "encoded_nodes": len(new_nodes)})

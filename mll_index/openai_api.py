@@ -7,12 +7,14 @@ import json
 import logging
 import socket
 import threading
+import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
-from mll_index.errors import EndpointError
+from mll_index.errors import EndpointError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +69,17 @@ class OpenAIClient:
         requests_per_minute: float | None = None,
     ) -> None:
         if requests_per_minute is not None and requests_per_minute <= 0:
-            raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute}")
+            raise InputError(f"requests per minute must be positive, got {requests_per_minute}")
         if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+            raise InputError(f"retries must be 0 or more, got {max_retries}")
+        parts = urllib.parse.urlsplit(base_url)
+        try:
+            parts.port
+        except ValueError:
+            raise InputError(f"endpoint URL {base_url!r} has a port that is not a number in 0-65535") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base_url):
+            # urllib would raise a bare ValueError ("unknown url type") at the first request.
+            raise InputError(f"endpoint URL {base_url!r} is not an http(s) URL; give one like http://127.0.0.1:8000/v1")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
@@ -120,9 +130,16 @@ class OpenAIClient:
             items = reply["data"]
             if not isinstance(items, list):
                 raise TypeError(f"data is {type(items).__name__}, not a list")
-            pairs = [(int(item["index"]), [float(x) for x in item["embedding"]]) for item in items]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EndpointError(f"{url} returned malformed JSON: bad data field ({type(exc).__name__}: {exc})") from None
+            pairs = [(_index_of(item), [float(x) for x in item["embedding"]]) for item in items]
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise EndpointError(f"{url} returned malformed JSON: bad data field ({type(exc).__name__}: "
+                                f"{_one_line(str(exc))})") from None
+        if len({len(vector) for _, vector in pairs}) > 1:
+            raise EndpointError(f"{url} returned embeddings of different lengths "
+                                f"({sorted({len(vector) for _, vector in pairs})})")
+        if not all(math.isfinite(x) for _, vector in pairs for x in vector):
+            # json accepts NaN and Infinity; such a vector would poison every cosine downstream.
+            raise EndpointError(f"{url} returned embeddings with values that are not finite (NaN or infinite)")
         pairs.sort(key=lambda pair: pair[0])
         if [index for index, _ in pairs] != list(range(len(texts))):
             raise EndpointError(
@@ -181,6 +198,9 @@ class OpenAIClient:
             except (OSError, http.client.HTTPException) as exc:
                 # Resets, broken pipes and truncated bodies while reading surface outside URLError.
                 failure = f"cannot reach {url}: {_describe_reason(exc)}"
+            except ValueError as exc:
+                # urllib and http.client raise bare ValueErrors (InvalidURL, a bad header) that no retry heals.
+                raise EndpointError(f"cannot request {url}: {_one_line(str(exc)) or type(exc).__name__}") from None
             else:
                 return _parse_json(url, raw)
 
@@ -188,9 +208,19 @@ class OpenAIClient:
                 suffix = f" (after {self.max_retries} retries)" if self.max_retries else ""
                 raise EndpointError(failure + suffix)
             delay = self._backoff(attempt, retry_after)
-            logger.warning("%s; retry %d/%d in %.2fs", failure, attempt + 1, self.max_retries, delay)
+            # INFO, not WARNING: a retry that succeeds is no news, and one that fails ends in an
+            # EndpointError saying how many retries it took (the CLI's one line).
+            logger.info("%s; retry %d/%d in %.2fs", failure, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
             attempt += 1
+
+
+def _index_of(item: Any) -> int:
+    """An embedding item's "index": an integer (a float like 1.5, or a bool, is malformed)."""
+    index = item["index"]
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"index is {index!r}, not an integer")
+    return index
 
 
 def _read_error_body(exc: urllib.error.HTTPError) -> str:
@@ -205,8 +235,10 @@ def _read_error_body(exc: urllib.error.HTTPError) -> str:
 def _parse_json(url: str, raw: bytes) -> dict[str, Any]:
     try:
         parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EndpointError(f"{url} returned malformed JSON: {_one_line(str(exc))}") from None
+    except (ValueError, RecursionError) as exc:
+        # Besides JSONDecodeError: bad UTF-8, an integer of more than 4300 digits (a plain ValueError),
+        # nesting deeper than the recursion limit.
+        raise EndpointError(f"{url} returned malformed JSON: {_one_line(str(exc)) or type(exc).__name__}") from None
     if not isinstance(parsed, dict):
         raise EndpointError(f"{url} returned malformed JSON: expected an object, got {type(parsed).__name__}")
     return parsed

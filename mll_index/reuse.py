@@ -7,6 +7,13 @@ weight is 1 / the entropy of its prediction in bits (floored at 1e-3 bits); the 
 class c is the sum, over the models selected for c, of weight x probability of c, and the
 prediction is the best-scoring class. Models are loaded one at a time; images are decoded
 once per preprocessing configuration.
+
+A class's prompts name it by its matched node's lemma when the typed name is a plural of that
+lemma ("apples" → "apple"): captions and CLIP's training text name one thing in the singular.
+Before a model votes, its tokenizer is checked: a class name cut at the model's context length,
+or two classes whose prompts become the same tokens, stop the run (unless forced), since the
+model would then pick among indistinguishable classes. A model whose outputs are not finite
+(NaN or infinite: an fp16 overflow, a damaged checkpoint) is left out of the vote and reported.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from mll_index.artifacts import atomic_file
-from mll_index.errors import InputError
-from mll_index.hub import Hub, load_model, preprocess_key
+from mll_index.errors import InputError, ModelLoadError
+from mll_index.hub import Hub, LoadedModel, load_model, preprocess_key
 from mll_index.images import IMAGE_SUFFIXES, UnreadableImageError, image_files, open_image
-from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
+from mll_index.zeroshot import (all_finite, check_prompts, class_embeddings, class_probabilities, encode_pixels,
+                                lemma_of, logit_scale, prompt_names)  # noqa: F401 - lemma_of: reuse's API
 
 log = logging.getLogger(__name__)
 
@@ -127,49 +135,121 @@ def combine(probs: Mapping[str, np.ndarray], chosen: Mapping[str, Sequence[str]]
     Args:
         probs: model id → (n, C) probabilities over `class_names`.
         chosen: class name → model ids selected for it.
+    Raises:
+        ModelLoadError: a chosen model's probabilities are not finite (a NaN would win every argmax).
     """
     n = len(next(iter(probs.values())))
     scores = np.zeros((n, len(class_names)))
-    weights = {m: entropy_weights(p) for m, p in probs.items()}
+    used = {m for name in class_names for m in chosen[name]}
+    for m in sorted(used):
+        if not all_finite(probs[m]):
+            raise ModelLoadError(f"model {m!r}: its predictions are not finite (NaN or infinite); "
+                                 "leave it out of the selection")
+    weights = {m: entropy_weights(probs[m]) for m in used}
     for c, name in enumerate(class_names):
         for m in chosen[name]:
             scores[:, c] += weights[m] * probs[m][:, c]
     return scores
 
 
-def predict_probabilities(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
-                          device: str = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
-    """Zero-shot probabilities of each model on the images: model id → (n, C) float32, rows summing to 1.
+@dataclass
+class Predictions:
+    """What the models said: model id → (n, C) float32 probabilities (finite models only), the models
+    left out with why, and the prompt problems each model's tokenizer showed."""
+
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    prompt_problems: dict[str, str] = field(default_factory=dict)
+
+
+def describe_prompt_problems(model_id: str, loaded: LoadedModel, class_names: Sequence[str],
+                             prompt_names: Sequence[str] | None = None) -> str | None:
+    """One line on what the model's tokenizer does to the class prompts (cut names, identical
+    prompts), or None when every class keeps a distinct, whole prompt."""
+    check = check_prompts(loaded, class_names, prompt_names)
+    if check.ok:
+        return None
+    parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
+    if check.cut:
+        parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
+    return f"model {model_id!r} reads at most {check.context_length} tokens: " + "; ".join(parts)
+
+
+def _nonfinite(model_id: str, emb: np.ndarray, classes: np.ndarray, scale: float) -> str | None:
+    """Why a model's outputs cannot vote (which of them are not finite), or None."""
+    what = [name for name, ok in (("image embeddings", all_finite(emb)), ("class text embeddings",
+                                   all_finite(classes)), ("logit scale", all_finite(scale))) if not ok]
+    if not what:
+        return None
+    rows = int((~np.isfinite(np.asarray(emb, np.float32)).all(axis=1)).sum()) if "image embeddings" in what else 0
+    where = f" ({rows} of {len(emb)} images)" if rows else ""
+    return f"model {model_id!r}: its {' and '.join(what)} are not finite (NaN or infinite){where}"
+
+
+def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
+            device: str = "cpu", progress: bool = False, prompt_names: Sequence[str] | None = None,
+            force: bool = False) -> Predictions:
+    """Zero-shot probabilities of each model on the images, with the models that cannot vote set aside.
 
     Images are decoded once per preprocessing configuration; unreadable ones are dropped
-    (and listed in `images.unreadable`), so n counts the readable images.
+    (and listed in `images.unreadable`), so n counts the readable images. A model whose image or
+    text embeddings or temperature are not finite goes to `left_out` (a log warning names it).
+
+    Args:
+        prompt_names: the name written into each class's prompts (default: the class names).
+        force: record prompt problems (cut names, identical prompts) instead of refusing.
+    Raises:
+        InputError: a model's tokenizer cuts a class name or makes two classes' prompts identical
+            (unless `force`), a bad image folder.
     """
     from tqdm import tqdm
 
+    written = list(prompt_names) if prompt_names is not None else list(class_names)
     models = [hub.get(m) for m in model_ids]
     groups: dict[str, list[Any]] = {}
     for m in models:
         groups.setdefault(preprocess_key(m), []).append(m)
-    out: dict[str, np.ndarray] = {}
+    out = Predictions()
     keep: list[int] | None = None
     with tqdm(total=len(models), desc="predict", unit="model", disable=not progress) as bar:
         for group in groups.values():
             pixels = None
             for model in group:
                 loaded = load_model(model, device)
+                problem = describe_prompt_problems(model.id, loaded, class_names, written)
+                if problem and not force:
+                    raise InputError(f"{problem}; shorten or rename those classes, or pass --force to predict anyway")
+                if problem:
+                    log.info("%s", problem)
+                    out.prompt_problems[model.id] = problem
                 if pixels is None:
                     pixels, ok = decode_images(images, loaded.preprocess)
                     if keep is not None and ok != keep:
                         raise InputError("images decoded differently for two preprocessings")
                     keep = ok
                 emb = encode_pixels(loaded, pixels, device)
-                out[model.id] = class_probabilities(emb, class_embeddings(loaded, class_names, device),
-                                                    logit_scale(loaded))
+                classes = class_embeddings(loaded, written, device)
+                scale = logit_scale(loaded)
+                bad = _nonfinite(model.id, emb, classes, scale)
+                if bad:
+                    log.info("%s; left out of the vote", bad)
+                    out.left_out[model.id] = bad
+                else:
+                    out.probs[model.id] = class_probabilities(emb, classes, scale)
                 bar.update(1)
     if keep is not None and len(keep) < len(images.paths):
         images.paths = [images.paths[i] for i in keep]
         images.labels = images.labels[keep]
     return out
+
+
+def predict_probabilities(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
+                          device: str = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
+    """Zero-shot probabilities of each model on the images: model id → (n, C) float32, rows summing to 1.
+
+    The models whose outputs are not finite are missing from the result (see `predict`).
+    """
+    return predict(hub, model_ids, images, class_names, device, progress, force=True).probs
 
 
 @dataclass
@@ -181,6 +261,9 @@ class ReuseResult:
     images: TaskImages
     scores: np.ndarray
     models: dict[str, list[str]]
+    prompts: dict[str, str] = field(default_factory=dict)      # class → the name its prompts used, where not its own
+    left_out: dict[str, str] = field(default_factory=dict)     # model → why it did not vote
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -198,17 +281,25 @@ class ReuseResult:
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "images": len(self.images.paths), "unreadable": self.images.unreadable,
-                "accuracy": None if self.accuracy is None else round(self.accuracy, 4), "models": self.models}
+                "accuracy": None if self.accuracy is None else round(self.accuracy, 4), "models": self.models,
+                "prompts": self.prompts, "left_out": self.left_out, "warnings": self.warnings}
 
 
 def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *, task: str = "task",
-                 device: str | None = None, progress: bool = False) -> ReuseResult:
+                 device: str | None = None, progress: bool = False, lemmas: Mapping[str, str] | None = None,
+                 force: bool = False) -> ReuseResult:
     """Run the models chosen per class on a task's images and combine them by inverse entropy.
 
     Args:
         models: class name → model ids (a Selection's `models_for()`), in the task's class order.
+        lemmas: class name → lemma of its matched node (see `prompt_names`); None: prompts use the names.
+        force: predict even where a model's tokenizer cuts a class name or makes prompts identical
+            (each such model is then listed in `warnings`).
     Raises:
-        InputError: a model missing from the hub, a bad image folder.
+        InputError: a model missing from the hub, a bad image folder, prompts a model cannot tell
+            apart (unless `force`).
+        ModelLoadError: every model chosen for a class has outputs that are not finite (the line
+            names the class and the models); a model left out while others remain is only reported.
     """
     import torch
 
@@ -218,9 +309,16 @@ def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *,
     for m in needed:
         hub.get(m)  # an unknown model is an InputError naming the hub's models
     images = scan_task_images(folder, class_names)
-    probs = predict_probabilities(hub, needed, images, class_names, device, progress)
-    return ReuseResult(task, class_names, images, combine(probs, models, class_names),
-                       {c: list(v) for c, v in models.items()})
+    written = prompt_names(class_names, lemmas) if lemmas else list(class_names)
+    found = predict(hub, needed, images, class_names, device, progress, prompt_names=written, force=force)
+    voting = {c: [m for m in ids if m in found.probs] for c, ids in models.items()}
+    for c, ids in models.items():
+        if not voting[c]:
+            raise ModelLoadError(f"class {c!r}: no model can vote for it, the outputs of {list(ids)} are not finite "
+                                 "(NaN or infinite); choose other models for it (select with --k 2 or more)")
+    warnings = list(found.prompt_problems.values()) + [f"{why}; left out of the vote" for why in found.left_out.values()]
+    return ReuseResult(task, class_names, images, combine(found.probs, voting, class_names), voting,
+                       {c: p for c, p in zip(class_names, written) if p != c}, dict(found.left_out), warnings)
 
 
 def write_predictions(result: ReuseResult, path: Path, fmt: str = "csv") -> None:

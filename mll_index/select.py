@@ -6,7 +6,8 @@
    frequencies, lemma hits); a graph node without images that scores better than every
    labeled node lends its score to the labeled nodes among its hyponyms and hypernyms up to
    two steps away, times 0.9 per step (the paper pools the images of related synsets for the
-   same reason).
+   same reason). A lent score counts as weak evidence unless the class name is a lemma of the
+   lender (`lent_blindly`): an unrelated node may match a name on the embedding alone.
 2. For every model, the confusion on the union S of the task's matched nodes:
    - `restricted` (default): among the sample images of S's nodes, which node of S does the
      model predict? Exact, recomputed from the stored image and node embeddings. When the
@@ -449,7 +450,9 @@ def match_labeled_nodes(sel: Selector, names: Sequence[str], queries: np.ndarray
         names: the class names (as users wrote them).
         queries: (len(names), d) unit class embeddings from the index's embedder.
     """
-    assert sel.store is not None and sel.labeled is not None
+    if sel.store is None or sel.labeled is None:
+        raise InputError(f"{sel.index.path}: no image-based labels to match classes to (the index holds published "
+                         "labels only); run `mll-index label`")
     read = [read_class_name(name) for name in names]
     queries = np.asarray(queries, np.float32)
     out: list[list[NodeMatch]] = []
@@ -461,7 +464,8 @@ def match_labeled_nodes(sel: Selector, names: Sequence[str], queries: np.ndarray
 
 def _match_block(sel: Selector, names: Sequence[ClassName], queries: np.ndarray, n: int) -> list[list[NodeMatch]]:
     index, store, labeled = sel.index, sel.store, sel.labeled
-    assert store is not None and labeled is not None
+    if store is None or labeled is None:   # match_labeled_nodes checked; a type narrowing that -O keeps
+        raise InputError(f"{index.path}: no image-based labels to match classes to")
     g = index.graph
     scores = sel.matcher.node_scores(queries, names)              # (n_q, n_index)
     inside = labeled.positions >= 0
@@ -498,6 +502,23 @@ def _match_block(sel: Selector, names: Sequence[ClassName], queries: np.ndarray,
     return out
 
 
+def lent_blindly(matcher: Matcher, name: str, match: NodeMatch) -> bool:
+    """Whether a match's score was lent by a graph node the class name does not name.
+
+    A lent score says "the class is about this unlabeled node, and this labeled node is its
+    relative"; that holds when the name is a lemma of the lender (or a plural or joined spelling
+    of one: "big cats" lending from big_cat.n.01 to tiger). When it is not, the lender matched
+    on the embedding alone, and its score, however high, says nothing of the class ("stork"
+    lent through Stradivarius to violin): such a match is weak.
+    """
+    if match.via == "direct":
+        return False
+    lender = match.via.split(":", 1)[1]
+    synsets = matcher.index.graph.synsets
+    named = {synsets[h.row] for h in matcher.lemma_hits(read_class_name(name)) if h.kind in ("exact", "variant")}
+    return lender not in named
+
+
 # ---------------------------------------------------------------------------------------
 # Steps 2-5: confusion, F1, smoothing, top-k
 
@@ -529,7 +550,9 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
     k = len(nodes)
     for i in range(len(store.model_ids)):
         lab = store.image_labels(i)
-        assert lab is not None
+        if lab is None:     # has_image_labels said every model has one; a label folder removed since
+            raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
+                                   "folder any more; run `mll-index label` again or use --mode counts")
         rows = lab.images_of(in_set)
         if domain:
             in_domain = rows[lab.domains[rows] == domain.lower()]
@@ -621,6 +644,7 @@ class Selection:
     domain: str | None = None
     description: str | None = None
     domain_images: bool = False  # whether the confusion used only the domain's sample images
+    warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
 
     @property
     def class_names(self) -> list[str]:
@@ -632,6 +656,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["warnings"] = list(self.warnings)
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -690,7 +715,8 @@ def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
 def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]], alpha: float, mode: SelectionMode,
                 use_domain: bool) -> dict[str, Any]:
     store = sel.store
-    assert store is not None
+    if store is None:
+        raise InputError(f"{sel.index.path}: no image-based labels in this index (published labels only)")
     pos = store.node_position
     union = sorted({pos[m.wnid] for ms in matches for m in ms})
     col = {j: i for i, j in enumerate(union)}
@@ -743,7 +769,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     for c, name in enumerate(task.classes):
         order = _top_stable(scores[:, c], k_eff)
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
-        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None)
+        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
+            (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
         weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
         weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None
@@ -774,7 +801,56 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
     used = image["mode"] if image is not None else mode
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
-                     description=task.description, domain_images=bool(image and image["domain_used"]))
+                     description=task.description, domain_images=bool(image and image["domain_used"]),
+                     warnings=prompt_warnings(sel, task, classes))
+
+
+def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
+    """One line per context length among the chosen models whose tokenizer cuts a class name or
+    makes two classes' prompts identical (the prompts `reuse` writes: see zeroshot.prompt_names).
+
+    Read from the models' configs and CLIP's vocabulary, without torch; models with another
+    tokenizer than open_clip's default are not checked here (`reuse` checks every model).
+    """
+    from mll_index.zeroshot import check_prompt_rows, clip_token_rows, lemma_of, prompt_names, zero_shot_templates
+
+    entries = dict(sel.store.entries) if sel.store is not None else {}
+    if sel.published is not None:
+        entries = {m["id"]: m for m in sel.published.models} | entries
+    by_length: dict[int, list[str]] = {}
+    for model in dict.fromkeys(m.model for c in classes for m in c.models):
+        length = text_context_of(entries.get(model))
+        if length is not None:
+            by_length.setdefault(length, []).append(model)
+    if not by_length:
+        return ()
+    names = list(task.classes)
+    written = prompt_names(names, {c.name: lemma_of(c.nodes[0].synset) for c in classes if c.nodes})
+    longest = max(len(t.format(name=w).lower().encode("utf-8")) for w in written for t in zero_shot_templates())
+    plain = all(w.isascii() for w in written) and len({" ".join(w.lower().split()) for w in written}) == len(written)
+    out = []
+    for length, models in sorted(by_length.items()):
+        if plain and longest + 2 < length:
+            continue    # a CLIP token covers at least one byte: nothing can be cut, and no two names read alike
+        if clip_token_rows([], length) is None:
+            return ()   # open_clip is not installed: reuse cannot run either
+        check = check_prompt_rows(lambda texts: clip_token_rows(texts, length), names, written)  # noqa: B023
+        if check.ok:
+            continue
+        parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
+        if check.cut:
+            parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
+        shown = f"{models[:5]}{' and others' if len(models) > 5 else ''}"
+        out.append(f"task {task.name!r}: model(s) {shown} read at most {length} tokens: " + "; ".join(parts) +
+                   " (reuse refuses them unless --force; shorten or rename those classes)")
+    return tuple(out)
+
+
+def text_context_of(entry: dict[str, Any] | None) -> int | None:
+    """The context length of a labeled model's default CLIP tokenizer (None: unknown or another tokenizer)."""
+    from mll_index.zeroshot import text_context
+
+    return text_context(entry) if entry else None
 
 
 def _check_params(k: int, alpha: float, n_nodes: int, mode: str) -> None:

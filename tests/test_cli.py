@@ -384,3 +384,15 @@ def test_commands_without_a_vision_model_never_import_torch(index_dir: Path, wor
         proc, modules = modules_of(*command)
         assert proc.returncode == 0, (command, proc.stderr)
         assert not modules & set(HEAVY), (command, modules & set(HEAVY))
+
+
+def test_our_warnings_reach_stderr_as_one_line_each(tmp_path: Path, taxonomy) -> None:  # type: ignore[no-untyped-def]
+    samples = tmp_path / "samples"
+    (samples / TENCH).mkdir(parents=True)
+    (samples / "holiday photos").mkdir()
+    proc = run_cli("build", "--index", str(tmp_path / "index"), "--folder", str(samples))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("mll-index: warning: ")]
+    assert len(warnings) == 1 and "skipped 1 folders not named by a wnid" in warnings[0], proc.stderr
+    # Third-party logging stays quiet (open_clip, transformers and the like log through the root logger).
+    assert "INFO" not in proc.stderr and "WARNING" not in proc.stderr

@@ -52,3 +52,29 @@ def test_demo_cli(small_world, world_index: Path, tmp_path: Path) -> None:  # ty
     assert "| **mean** |" in done.stdout and (tmp_path / "demo" / "evaluation.png").is_file()
     missing = run_cli("demo", "--size", "small", "--index", str(tmp_path / "no-index"))
     assert missing.returncode == 1 and "no node index" in missing.stderr
+
+
+def test_evaluation_with_published_labels_only(small_world, world_index: Path, embedder,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
+    import json
+
+    from mll_index.published import import_published
+
+    index = tmp_path / "index"
+    shutil.copytree(world_index, index)
+    shutil.rmtree(index / "labels")
+    hub = load_hub(small_world.hub_path)
+    task = world_eval_tasks(small_world)[0]
+    results = tmp_path / "results.csv"
+    results.write_text("name,pretrained,Emoji\n" + "".join(f"{m},,{0.5 + 0.1 * i}\n" for i, m in enumerate(hub.ids)))
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"emoji": list(task.class_names)}))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"datasets": {"Emoji": {"classnames": "emoji"}}}))
+    import_published(index, results, [names], mapping=mapping, embedder=embedder)
+    selector = open_selector(index, embedder)
+    assert selector.store is None and selector.published is not None
+    result = evaluate_tasks(selector, hub, [task], ks=(1,), alphas=(0.7,))
+    assert set(result.tasks) == {task.name} and all(0 <= v <= 1 for v in result.tasks[task.name].values())
+    assert {s["mode"] for s in result.sweep} == {"restricted"} and len(result.sweep) == 2   # k = 1 and 3
+    assert set(result.chosen[task.name]["mll_k1"]) == set(task.class_names)

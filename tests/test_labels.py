@@ -255,3 +255,34 @@ def test_cli_label_and_bad_hub(setup: tuple[Path, Path, Path], tmp_path: Path) -
     again = run_cli("label", "--index", str(index), "--hub", str(hub_file), "--samples", str(samples),
                     "--model", "tiny-vit-a")
     assert again.returncode == 0 and "current  tiny-vit-a" in again.stdout
+
+
+def test_a_model_with_nan_outputs_gets_no_label(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import torch
+
+    index, samples, hub_file = setup
+    state = torch.load(hub_file.parent / "weights" / "vit-a.pt", weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               tmp_path / "nan.pt")
+    data = json.loads(hub_file.read_text())
+    data["models"].append({"id": "tiny-nan", "arch": "tinylabvit", "checkpoint": str(tmp_path / "nan.pt"),
+                           "config": str(hub_file.parent / "arch" / "tinylabvit.json")})
+    (hub_file.parent / "hub-nan.json").write_text(json.dumps(data))
+    report = label_models(index, load_hub(hub_file.parent / "hub-nan.json"), samples, models=["tiny-nan", "tiny-vit-a"])
+    assert report.labeled == ["tiny-vit-a"]
+    assert "tiny-nan" in report.failed["tiny-nan"] and "not finite" in report.failed["tiny-nan"]
+    assert "\n" not in report.failed["tiny-nan"]
+    assert set(labeled_models(index)) == {"tiny-vit-a"}
+    assert np.isfinite(np.asarray(load_label(index, "tiny-vit-a").image_embeddings, np.float32)).all()
+
+
+def test_score_images_refuses_values_that_are_not_finite() -> None:
+    from mll_index.errors import ModelLoadError
+
+    image, node = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)
+    bad = image.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(ModelLoadError, match="not finite"):
+        score_images(bad, node, np.arange(3), 100.0)
+    with pytest.raises(ModelLoadError, match="not finite"):
+        score_images(image, node, np.arange(3), float("nan"))

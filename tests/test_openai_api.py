@@ -188,3 +188,77 @@ def test_rate_limit_is_thread_safe() -> None:
         elapsed = time.monotonic() - start
     assert len(server.requests) == 4
     assert elapsed >= 0.3  # four requests need three 0.1 s gaps
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"data": [{"index": 0, "embedding": [NaN, 1.0]}]}', "not finite"),
+    (b'{"data": [{"index": 0, "embedding": [1.0, Infinity]}]}', "not finite"),
+    (b'{"data": [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [1.0]}]}', "different lengths"),
+    (b'{"data": [{"index": 0.5, "embedding": [1.0]}]}', "malformed JSON"),
+    (b'{"data": [{"index": 0, "embedding": ["x"]}]}', "malformed JSON"),
+])
+def test_bad_embeddings_raise_endpoint_error(body: bytes, message: str) -> None:
+    texts = ["a", "b"] if b'"index": 1' in body else ["a"]
+    with OpenAITestServer(raw_body=body) as server:
+        with pytest.raises(EndpointError, match=message) as info:
+            OpenAIClient(server.base_url, **FAST).embed("m", texts)
+    assert "\n" not in str(info.value)
+
+
+def _garbled_chunked_server() -> tuple[str, threading.Thread, socket.socket]:
+    """A server that answers every request with a chunked body whose chunk size is not hexadecimal."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                             b"\r\nzz\r\n{}\r\n0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/v1", thread, listener
+
+
+def test_garbled_answer_is_an_endpoint_error() -> None:
+    # http.client turns the bad chunk size into IncompleteRead: retried, then one EndpointError line.
+    url, _, listener = _garbled_chunked_server()
+    try:
+        with pytest.raises(EndpointError, match="after 1 retries"):
+            OpenAIClient(url, max_retries=1, **FAST).chat("m", [{"role": "user", "content": "x"}])
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"base_url": "127.0.0.1:8000/v1"}, "not an http"), ({"base_url": "http://127.0.0.1:port/v1"}, "port"),
+    ({"base_url": "http://127.0.0.1:9/v1 x"}, "not an http"),
+    ({"base_url": "http://x", "max_retries": -1}, "retries"),
+    ({"base_url": "http://x", "requests_per_minute": 0}, "per minute")])
+def test_bad_client_settings_are_input_errors(kwargs: dict, message: str) -> None:
+    from mll_index.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        OpenAIClient(**kwargs)
+
+
+
+@pytest.mark.parametrize("body", [b'{"choices": ' + b"1" * 5000 + b"}", b"[" * 100000 + b"]" * 100000])
+def test_json_python_cannot_read_is_an_endpoint_error(body: bytes) -> None:
+    with OpenAITestServer(raw_body=body) as server:
+        with pytest.raises(EndpointError, match="malformed JSON"):
+            OpenAIClient(server.base_url, **FAST).chat("m", [{"role": "user", "content": "x"}])
+
+
+def test_an_integer_too_large_for_a_float_is_an_endpoint_error() -> None:
+    body = b'{"data": [{"index": 0, "embedding": [' + b"9" * 400 + b']}]}'
+    with OpenAITestServer(raw_body=body) as server:
+        with pytest.raises(EndpointError, match="malformed JSON"):
+            OpenAIClient(server.base_url, **FAST).embed("m", ["a"])

@@ -154,6 +154,49 @@ def test_weak_matches_are_reported(selector) -> None:  # type: ignore[no-untyped
     assert s.classes[0].low_confidence and not s.classes[1].low_confidence
 
 
+def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.match import is_weak
+    from mll_index.select import NodeMatch, lent_blindly
+
+    # "ungulate" is a lemma of ungulate.n.01, but its best labeled node (horse) got its score from
+    # odd-toed_ungulate.n.01, which matched on the embedding alone: the score is high, the evidence weak.
+    s = select_models(selector, make_task(["ungulate", "big cat", "tiger"]))
+    ungulate, big_cat, tiger = s.classes
+    assert ungulate.nodes[0].via == "hyponym:odd-toed_ungulate.n.01"
+    assert not is_weak(selector.matcher, "ungulate", ungulate.nodes[0].score)
+    assert ungulate.low_confidence
+    # Lent by the node the name names, or not lent at all: as strong as the score says.
+    assert big_cat.nodes[0].via == "hyponym:big_cat.n.01" and not big_cat.low_confidence
+    assert tiger.nodes[0].via == "direct" and not tiger.low_confidence
+    stork = NodeMatch("n00000000", "violin.n.01", 0.4514, "hyponym:stradivarius.n.01")
+    assert lent_blindly(selector.matcher, "stork", stork)
+    assert not lent_blindly(selector.matcher, "big cats", NodeMatch("n0", "lion.n.01", 1.2, "hyponym:big_cat.n.01"))
+
+
+LONG = [f"striped sea creature seen swimming slowly near the old coral reef late in the quiet {t}"
+        for t in ("morning", "evening")]
+
+
+def test_prompts_the_models_cannot_read_apart_are_warned(selector) -> None:  # type: ignore[no-untyped-def]
+    # The world's models read 16 tokens: each name alone is 16 tokens, so every prompt of the two is cut
+    # before the last word, the only one that differs.
+    s = select_models(selector, make_task([*LONG, "tiger"]), k=2)
+    assert len(s.warnings) == 1
+    line = s.warnings[0]
+    assert "16 tokens" in line and f"classes {LONG}" in line and "identical prompts" in line and "\n" not in line
+    assert all(m.model in line for c in s.classes for m in c.models)
+    assert s.to_dict()["warnings"] == [line]
+    assert select_models(selector, make_task(["tiger", "lion"])).warnings == ()
+
+
+def test_select_cli_warns_about_identical_prompts(world_index: Path) -> None:
+    done = run_cli("select", *LONG, "--index", str(world_index))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["warnings"]
+    warned = [line for line in done.stderr.splitlines() if "identical prompts" in line]
+    assert len(warned) == 1 and warned[0].startswith("mll-index: warning: ")
+
+
 def test_batch_equals_one_by_one(selector) -> None:  # type: ignore[no-untyped-def]
     tasks = [make_task(["tiger", "lion"], "a"), make_task(["banana", "apple", "tiger"], "b"),
              make_task(["cow", "pig"], "c", captions={"pig": ["a pink farm animal with a curly tail"]})]
