@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mll_index.index import add_nodes, index_leftovers, load_index, load_index_graph, read_index_manifest
+from mll_index.index import add_nodes, index_leftovers, load_index, load_index_graph
 from mll_index.label_matrix import has_matrix, open_matrix
 from mll_index.labels import labeled_models
+from mll_index.verify import check_index
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
@@ -257,12 +258,12 @@ def run_kills(index: Path, n: int, seed: int = 0, window: float = 1.0) -> dict[s
             out["loads_failed"] += 1
             out["errors"].append(f"load after kill {i}: {exc}")
         try:
-            read_index_manifest(index, verify=True)
-            if has_matrix(index):
-                open_matrix(index).dense()
+            problems = check_index(index, checksums=True)   # what `info --verify` checks
         except Exception as exc:  # noqa: BLE001
+            problems = [f"{type(exc).__name__}: {exc}"]
+        if problems:
             out["verify_failed"] += 1
-            out["errors"].append(f"verify after kill {i}: {exc}")
+            out["errors"].append(f"verify after kill {i}: {problems[:2]}")
         out["temp_bytes_seen"] += index_leftovers(index)["bytes"]
         add_nodes(index, [anchor])
         left = index_leftovers(index)

@@ -401,6 +401,30 @@ def model_cases(scratch: Path, index: Path) -> list[Case]:
     ]
 
 
+def small_index(folder: Path, source: Path, nodes: int = 300, models: int = 3) -> Path:
+    """A small index for the writer races and kills: `nodes` of the source index's nodes, built through
+    the CLI, with a label matrix of `models` models' seeded counts (no vision model needed)."""
+    import numpy as np
+
+    from mll_index.index import load_index
+    from mll_index.label_matrix import append_labels
+
+    index = load_index(source)
+    every = sorted(index.graph.wnids[r] for r in index.graph.nodes)
+    wnids = every[:: max(1, len(every) // nodes)][:nodes]
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = folder / "wnids.txt"
+    listing.write_text("\n".join(wnids) + "\n")
+    run = cli("build", "--index", str(folder / "index"), "--wnids", str(listing))
+    if run.returncode != 0:
+        raise RuntimeError(f"could not build the small index: {run.stderr.strip()[-300:]}")
+    rng = np.random.default_rng(0)
+    for m in range(models):
+        append_labels(folder / "index", wnids, [(f"model-{m}", {"id": f"model-{m}"})],
+                      rng.integers(0, 5, (len(wnids), 1, 3)))
+    return folder / "index"
+
+
 def case_list(scratch: Path, index: Path) -> list[Case]:
     return [*image_cases(scratch), *file_cases(scratch, index), *name_cases(index), *model_cases(scratch, index)]
 
@@ -431,8 +455,16 @@ def main() -> None:
         if not args.only or "faults" in args.only.split(","):
             import faults as fault_bench
 
-            faults = {**fault_bench.run_races(scratch / "races"),
-                      **fault_bench.run_kills(scratch / "kills", args.kills, args.seed)}
+            races = fault_bench.run_races(small_index(scratch / "races", args.index))
+            kills = fault_bench.run_kills(small_index(scratch / "kills", args.index), args.kills, args.seed)
+            faults = {"writes_lost": races["writes_lost"], "reads": races["reads"],
+                      "reads_failed": races["reads_failed"], "kills": kills["kills"],
+                      "loads_failed": kills["loads_failed"], "verify_failed": kills["verify_failed"],
+                      "temp_bytes_seen": kills["temp_bytes_seen"], "temp_bytes_left": kills["temp_bytes_left"],
+                      "races": races, "kill_errors": kills["errors"]}
+            print(f"faults: writes lost {faults['writes_lost']}, reads failed {faults['reads_failed']} of "
+                  f"{faults['reads']}, kills {faults['kills']}, temporary bytes left {faults['temp_bytes_left']}",
+                  flush=True)
 
     kinds: dict[str, dict[str, int]] = {}
     for r in results:
