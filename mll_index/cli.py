@@ -440,16 +440,11 @@ def _selection_options(f):  # type: ignore[no-untyped-def]
 
 
 def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-untyped-def]
-    if prompts:     # (reuse checks the prompts itself, with each model's own tokenizer)
-        for line in selection.warnings:
-            click.echo(f"mll-index: warning: {line}", err=True)
-    for c in selection.classes:
-        if c.low_confidence:
-            best = c.nodes[0] if c.nodes else None
-            lent = f", lent by {best.via.split(':', 1)[1]}" if best and best.via != "direct" else ""
-            click.echo(f"mll-index: warning: task {selection.task!r}: class {c.name!r} matches no labeled node well "
-                       f"(best {best.synset if best else 'none'}, score {best.score if best else 'n/a'}{lent}); "
-                       "its models rest on a weak match", err=True)
+    from mll_index.service.client import selection_warnings
+
+    # (reuse checks the prompts itself, with each model's own tokenizer: prompts=False there)
+    for line in selection_warnings(selection.to_dict(), prompts):
+        click.echo(line, err=True)
 
 
 @cli.command()

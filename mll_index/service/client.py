@@ -101,15 +101,19 @@ def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: fl
                 yield record
 
 
-def weak_class_warnings(selection: dict[str, Any]) -> list[str]:
-    """The warnings `mll-index select` prints on stderr for classes with a weak match, from a selection's JSON."""
-    lines = []
+def selection_warnings(selection: dict[str, Any], prompts: bool = True) -> list[str]:
+    """The warnings `mll-index select` prints on stderr for a selection, from its JSON: the chosen
+    models' prompt problems (with `prompts`) and each class with a weak match. The one source of
+    these lines, for the local command and for `select --server` alike."""
+    lines = [f"mll-index: warning: {line}" for line in selection.get("warnings", [])] if prompts else []
     for c in selection.get("classes", []):
         if c.get("low_confidence"):
             best = c["nodes"][0] if c.get("nodes") else None
+            via = best.get("via", "direct") if best else "direct"
+            lent = f", lent by {via.split(':', 1)[1]}" if via != "direct" and ":" in via else ""
             lines.append(f"mll-index: warning: task {selection.get('task')!r}: class {c['name']!r} matches no labeled "
-                         f"node well (best {best['synset'] if best else 'none'}, score {best['score'] if best else 'n/a'}); "
-                         "its models rest on a weak match")
+                         f"node well (best {best['synset'] if best else 'none'}, score {best['score'] if best else 'n/a'}"
+                         f"{lent}); its models rest on a weak match")
     return lines
 
 
@@ -118,14 +122,11 @@ def read_task_json(path: Any) -> Any:
     {"name": the file's stem, "classes": [...]} — what `select --task` reads locally."""
     from pathlib import Path
 
-    from mll_index.artifacts import read_user_text
+    from mll_index.userfiles import parse_user_json, read_user_text
 
     text = read_user_text(Path(path))
     if text.lstrip().startswith(("{", "[")):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        return parse_user_json(text, str(path), "task file")
     return {"name": Path(path).stem, "classes": [line for line in text.splitlines() if line.strip()]}
 
 
@@ -142,15 +143,12 @@ def remote_select(url: str, names: list[str] | None, task_file: Any, batch: Any,
     if batch is not None:
         if names_given or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
-        from mll_index.artifacts import read_user_text
+        from mll_index.userfiles import parse_user_json, read_user_text
 
         tasks = []
         for number, line in enumerate(read_user_text(Path(batch)).splitlines(), 1):
             if line.strip():
-                try:
-                    tasks.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{batch}:{number}: not JSON ({exc.msg})") from None
+                tasks.append(parse_user_json(line, f"{batch}: line {number}", "task"))
         if not tasks:
             raise InputError(f"{batch}: no tasks")
         selections = list(select_batch_remote(url, tasks, **options))
@@ -162,7 +160,7 @@ def remote_select(url: str, names: list[str] | None, task_file: Any, batch: Any,
         selections = [select_remote(url, names, **options)]
     for s in selections:
         s.pop("index_version", None)
-    warnings = [line for s in selections for line in weak_class_warnings(s)]
+    warnings = [line for s in selections for line in selection_warnings(s)]
     if batch is not None:
         return "".join(json.dumps(s) + "\n" for s in selections), warnings
     return json.dumps(selections[0], indent=1) + "\n", warnings
