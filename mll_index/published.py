@@ -59,7 +59,8 @@ def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
     """Class-name lists by key from JSON files ({key: [names]}) and folders of `<key>.txt` (one name per line,
-    blank lines skipped); names are normalised as task class names are (`userfiles.normalize_class_name`).
+    blank lines and empty names skipped, the latter with a warning); names are normalised as task class
+    names are (`userfiles.normalize_class_name`).
 
     Raises:
         InputError: a missing source, an unreadable file or a name empty once cleaned, naming the file.
@@ -74,8 +75,15 @@ def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
             data = read_user_json(source, "JSON class-name file")
             if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
                 raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
-            out.update({k: [normalize_class_name(str(n), f"{source}: {k!r} name {i}") for i, n in enumerate(v, 1)]
-                        for k, v in data.items()})
+            for key, names in data.items():
+                # A benchmark's list may hold an empty name (CLIP_benchmark's CLEVR distances do): it names
+                # nothing to match, so it is left out, as blank lines of a text list are, and said.
+                blank = [i for i, n in enumerate(names, 1) if not str(n).strip()]
+                if blank:
+                    log.warning("%s: %r: empty class name(s) at position %s left out", source, key,
+                                ", ".join(map(str, blank)))
+                out[key] = [normalize_class_name(str(n), f"{source}: {key!r} name {i}")
+                            for i, n in enumerate(names, 1) if str(n).strip()]
         else:
             raise InputError(f"{source}: no such class-name file or folder")
     return out

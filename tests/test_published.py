@@ -87,6 +87,15 @@ def test_a_table_and_class_lists_with_a_bom_read_like_plain_ones(tmp_path: Path)
     assert read_classnames([folder]) == {"cars": ["sedan", "convertible"]}
 
 
+def test_an_empty_name_in_a_benchmark_list_is_left_out_and_said(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """CLIP_benchmark's CLEVR distance list holds an empty name: the list still imports, without it."""
+    lists = tmp_path / "classnames.json"
+    lists.write_text(json.dumps({"clevr_distance": ["very nearby", "nearby", "", "distant"], "cars": ["sedan"]}))
+    with caplog.at_level("WARNING"):
+        assert read_classnames([lists]) == {"clevr_distance": ["very nearby", "nearby", "distant"], "cars": ["sedan"]}
+    assert "'clevr_distance'" in caplog.text and "position 3" in caplog.text
+
+
 def test_import_and_score(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     results, names, mapping = _files(tmp_path)
     summary = import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
