@@ -88,7 +88,8 @@ def judged(run: Run, right: Callable[[Run], bool], *, error_is_right: bool = Fal
 
     error_is_right: a clear error is the right answer for this input (it cannot be answered).
     """
-    detail = (run.stderr.strip().splitlines() or [""])[-1][:200]
+    said = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    detail = (said or [""])[-1][:200]
     if run.traceback:
         return "traceback", detail
     if run.returncode == 0 and right(run):
@@ -272,7 +273,19 @@ def file_cases(scratch: Path, index: Path) -> list[Case]:
                   "--classnames", str(data / "clip_benchmark_classnames.json"))
         return judged(run, lambda r: True)
 
+    def hub_csv() -> tuple[str, str]:
+        """A hub CSV as a spreadsheet saves it: a BOM, CRLF and a trailing empty column."""
+        world_hub = json.loads((world_root() / "hub" / "hub.json").read_text())
+        rows = ["id,arch,checkpoint,config,"] + [
+            f"{m['id']},{m['arch']},{world_root() / 'hub' / m['checkpoint']},{world_root() / 'hub' / m['config']},"
+            for m in world_hub["models"][:3]]
+        path = scratch / "hub.csv"
+        path.write_bytes((BOM + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+        run = cli("hub", "show", str(path))
+        return judged(run, lambda r: all(m["id"] in r.stdout for m in world_hub["models"][:3]))
+
     return [
+        Case("text_files", "hub CSV with a BOM, CRLF and a trailing empty column", hub_csv),
         Case("text_files", "names file with a UTF-8 BOM", lambda: same_matches(BOM + names)),
         Case("text_files", "names file with CRLF line ends", lambda: same_matches(names, newline="\r\n")),
         Case("text_files", "names file in UTF-16 with a BOM", lambda: same_matches(BOM + names, "utf-16")),
