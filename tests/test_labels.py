@@ -227,7 +227,9 @@ def test_full_disk_keeps_every_label(setup: tuple[Path, Path, Path]) -> None:
     # Files may not grow past 4 KiB: the first larger write fails as on a full disk.
     proc = _label_subprocess(index, samples, hub_file, fsize=4096)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and ("File too large" in err or "No space" in err or "Errno 27" in err)
+    # Without a pixel cache the first large write is the sample table, through artifacts.writing.
+    assert proc.returncode != 0 and ("File too large" in err or "No space" in err or "Errno 27" in err
+                                     or "file size limit reached" in err)
     after = {p.name: p.read_bytes() for p in (labels_dir(index) / "tiny-vit-a").iterdir()}
     assert after == before
     assert labeled_models(index) == {"tiny-vit-a": load_label(index, "tiny-vit-a").manifest["samples"]}
