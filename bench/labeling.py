@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 
 HERE = Path(__file__).resolve().parent
@@ -29,8 +30,9 @@ from mll_index.embed import load_embedder  # noqa: E402
 from mll_index.graph import build_graph, wnid_node_set  # noqa: E402
 from mll_index.hub import LoadedModel, load_hub  # noqa: E402
 from mll_index.index import build_index  # noqa: E402
-from mll_index.labels import LABEL_FILES, _encode_images, label_models, labels_dir, load_label  # noqa: E402
-from mll_index.samples import preprocess_images, scan_samples  # noqa: E402
+from mll_index.labels import LABEL_FILES, label_models, labels_dir, load_label  # noqa: E402
+from mll_index.pipeline import encode_image_set, image_set_from_samples  # noqa: E402
+from mll_index.samples import scan_samples  # noqa: E402
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668",
          "n01514859", "n01518878", "n01530575", "n01531178", "n01532829", "n01534433", "n01537544", "n01558993",
@@ -67,17 +69,17 @@ def main() -> None:
     # ViT-B-32 with random weights: the image tower at 224 px, through the labeling code.
     net, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     net.eval()
-    loaded = LoadedModel(hub_model=None, model=net, preprocess=preprocess,  # type: ignore[arg-type]
-                         tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess_key="224")
-    scanned = scan_samples(samples)
-    t0 = time.perf_counter()
-    pixels = preprocess_images(scanned, preprocess, "vitb32", cache_dir=work / "pixels")
-    decode_rate = len(pixels.indices) / (time.perf_counter() - t0)
-    rows = list(range(min(args.images, len(pixels.indices))))
-    _encode_images(loaded, pixels.pixels, rows[:64], "cpu", 64, False, "warm-up")
-    t0 = time.perf_counter()
-    emb = _encode_images(loaded, pixels.pixels, rows, "cpu", 64, False, "ViT-B-32")
-    vitb32_rate = len(rows) / (time.perf_counter() - t0)
+    loaded = LoadedModel(hub_model=SimpleNamespace(id="ViT-B-32"), model=net,  # type: ignore[arg-type]
+                         preprocess=preprocess, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess_key="224")
+    # Through the labeling data path (mll_index.pipeline), decoding in this process so that the
+    # decode and encode rates are measured apart.
+    images = image_set_from_samples(scan_samples(samples))
+    images = images.subset(range(min(args.images, len(images))))
+    encode_image_set([loaded], images.subset(range(min(64, len(images)))), batch_size=64)  # warm-up
+    got = encode_image_set([loaded], images, batch_size=64)
+    decode_rate = got.stats.decode_images_per_s
+    vitb32_rate = got.stats.encode_images_per_s["ViT-B-32"]
+    emb = got.embeddings["ViT-B-32"]
     d = emb.shape[1]
 
     k = label.manifest["top_k"]

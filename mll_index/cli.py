@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -306,6 +306,19 @@ def hub_show(source: str, fmt: str) -> None:
             click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
 
 
+def _workers_option(f: Any) -> Any:
+    return click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
+                        help="Processes decoding images ahead of the models (0: decode in this process).")(f)
+
+
+def _echo_rates(stats: list[Any]) -> None:
+    """The decode and encode rates on stderr, so a user sees which one bounds the run."""
+    if stats:
+        from mll_index.pipeline import rates_line
+
+        click.echo(f"mll-index: {rates_line(stats)}", err=True)
+
+
 def _echo_unreadable(paths: list[str], reasons: dict[str, str], root: Path, shown: int = 20) -> None:
     """One warning line per skipped image (the first `shown`), naming the file and why."""
     click.echo(f"mll-index: warning: skipped {len(paths)} unreadable image(s) in {root}:", err=True)
@@ -323,10 +336,12 @@ def _echo_unreadable(paths: list[str], reasons: dict[str, str], root: Path, show
 @click.option("--model", "models", multiple=True, help="Label only these model ids (repeatable).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 65536))
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
-              help="Threads decoding images (0: decode in the main thread).")
+@_workers_option
+@click.option("--pixel-cache", is_flag=True, help="Keep the decoded images at each model input resolution (uint8, "
+              "under labels/.pixels) so a later labeling run skips decoding; its size is printed first, and it is "
+              "refused when the disk cannot hold it.")
 def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple[str, ...], device: str | None,
-          batch_size: int, workers: int) -> None:
+          batch_size: int, workers: int, pixel_cache: bool) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
@@ -336,7 +351,8 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     if not path.exists():
         raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
     report = label_models(path, load_hub(hub_source), samples, models=list(models) or None, device=device,
-                          batch_size=batch_size, progress=True, workers=workers)
+                          batch_size=batch_size, progress=True, workers=workers, pixel_cache=pixel_cache,
+                          notify=lambda line: click.echo(f"mll-index: {line}", err=True))
     for model_id in report.labeled:
         click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s)")
     for model_id in report.skipped:
@@ -347,6 +363,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
         _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
     if report.skipped_folders:
         click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
+    _echo_rates(report.stats)
     if report.failed:
         sys.exit(1)
 
@@ -553,9 +570,10 @@ def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_e
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
 @click.option("--force", is_flag=True, help="Predict even where a model's tokenizer cuts a class name or makes two "
               "classes' prompts identical (each such model is reported).")
+@_workers_option
 def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv: str | None, task_file: Path | None,
           index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, out: Path | None, fmt: str,
-          device: str | None, force: bool) -> None:
+          device: str | None, force: bool, workers: int) -> None:
     """Predict a task's images with the selected models, combined per class by inverse entropy.
 
     IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
@@ -590,13 +608,15 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
         _warn_weak(selection, prompts=False)
         models, name = selection.models_for(), task.name
         lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
-    result = reuse_models(hub, models, images, task=name, device=device, progress=True, lemmas=lemmas, force=force)
+    result = reuse_models(hub, models, images, task=name, device=device, progress=True, lemmas=lemmas, force=force,
+                          workers=workers)
     for line in result.warnings:
         click.echo(f"mll-index: warning: {line}", err=True)
     if out:
         write_predictions(result, out, fmt)
     if result.images.unreadable:
         _echo_unreadable(result.images.unreadable, result.images.reasons, images)
+    _echo_rates(result.stats)
     click.echo(json.dumps(result.summary(), indent=1))
 
 
@@ -612,8 +632,9 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
               help="Selection mode scored (the emoji world's hub has image-level labels).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("evaluation"), show_default=True,
               help="Folder for evaluation.{md,csv,json,png}.")
+@_workers_option
 def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,
-             world_root: Path | None, alpha: float, mode: str, out: Path) -> None:
+             world_root: Path | None, alpha: float, mode: str, out: Path, workers: int) -> None:
     """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
     from mll_index.evaluate import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
     from mll_index.hub import load_hub
@@ -639,7 +660,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     # An index with published labels only is evaluated on those (naming models would ask for image labels).
     image_labels = path.is_dir() and (bool(labeled_models(path)) or has_matrix(path))
     selector = open_selector(path, models=list(hub.ids) if image_labels else None, cache=_embedding_cache())
-    result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True)
+    result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True, workers=workers)
+    _echo_rates(result.stats)
     files = write_evaluation(result, out)
     click.echo(result.table())
     click.echo(f"written: {', '.join(str(p) for p in files.values())}")

@@ -20,14 +20,28 @@ from typing import Any
 import numpy as np
 
 from mll_index.artifacts import atomic_file, write_json
-from mll_index.baselines import (accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy,
-                                 text_proxy_score)
+from mll_index.baselines import (
+    accuracy_of,
+    inb_model,
+    oracle_per_class,
+    oracle_single,
+    random_accuracy,
+    text_proxy_score,
+)
 from mll_index.captions import Concept, WordNetExpander
 from mll_index.errors import InputError
-from mll_index.hub import Hub, load_model, preprocess_key
-from mll_index.reuse import TaskImages, combine, decode_images, scan_task_images
+from mll_index.hub import Hub, load_model
+from mll_index.pipeline import (
+    EncodeStats,
+    ImageSet,
+    Probabilities,
+    merge_probabilities,
+    model_passes,
+    rates,
+    zero_shot_probabilities,
+)
+from mll_index.reuse import TaskImages, combine, readable_images, scan_task_images
 from mll_index.select import Selector, make_task, prepare_tasks, select_prepared
-from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +74,12 @@ class Evaluation:
     chosen: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    rates: dict[str, Any] = field(default_factory=dict)       # `pipeline.rates` of predicting every model
+    stats: list[EncodeStats] = field(default_factory=list)    # per pass over a task's images
 
     def to_dict(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "mean": self.mean, "sweep": self.sweep, "chosen": self.chosen,
-                "seconds": self.seconds, "settings": self.settings}
+                "seconds": self.seconds, "settings": self.settings, "rates": self.rates}
 
     def table(self) -> str:
         """A Markdown table: one row per task, one column per method, and the mean."""
@@ -74,43 +90,53 @@ class Evaluation:
 
 
 def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, TaskImages], device: str,
-                       progress: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
-    """Every model's probabilities on every task (task → model → (n, C)) and its text-proxy score."""
-    from tqdm import tqdm
+                       progress: bool, workers: int = 0, batch_size: int = 64
+                       ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]], dict[str, TaskImages],
+                                  list[EncodeStats]]:
+    """Every model's probabilities on every task (task → model → (n, C)), its text-proxy score, each task's
+    readable images (new records) and the timing of every pass.
 
+    Per preprocessing configuration (per 4 of its models), each task's images stream once through
+    `mll_index.pipeline.zero_shot_probabilities`, every model of the pass run on each batch.
+    """
     expander = WordNetExpander()
     captions = {t.name: expander.expand([Concept(name=n) for n in t.class_names]) for t in tasks}
-    probs: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in tasks}
+    image_sets = {t.name: ImageSet(images[t.name].root, tuple(images[t.name].paths),
+                                   tuple(int(v) for v in images[t.name].labels.tolist())) for t in tasks}
+    passes: dict[str, list[Probabilities]] = {t.name: [] for t in tasks}
     proxy: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
-    groups: dict[str, list[Any]] = {}
-    for m in hub:
-        groups.setdefault(preprocess_key(m), []).append(m)
-    with tqdm(total=len(hub), desc="evaluate every model on every task", unit="model", disable=not progress) as bar:
-        for group in groups.values():
-            pixels: dict[str, np.ndarray] = {}
-            for model in group:
-                loaded = load_model(model, device)
-                scale = logit_scale(loaded)
-                for t in tasks:
-                    if t.name not in pixels:
-                        pixels[t.name], ok = decode_images(images[t.name], loaded.preprocess)
-                        images[t.name].paths = [images[t.name].paths[i] for i in ok]
-                        images[t.name].labels = images[t.name].labels[ok]
-                    classes = class_embeddings(loaded, t.class_names, device)
-                    probs[t.name][model.id] = class_probabilities(encode_pixels(loaded, pixels[t.name], device),
-                                                                  classes, scale)
-                    proxy[t.name][model.id] = text_proxy_score(loaded, captions[t.name], classes, device)
-                bar.update(1)
-    return probs, proxy
+    for group in model_passes(list(hub)):
+        loaded = [load_model(model, device) for model in group]
+        for t in tasks:
+            got = zero_shot_probabilities(loaded, image_sets[t.name], t.class_names, batch_size=batch_size,
+                                          workers=workers, device=device, progress=progress)
+            passes[t.name].append(got)
+            for model in loaded:
+                mid = model.hub_model.id
+                proxy[t.name][mid] = text_proxy_score(model, captions[t.name], got.class_embeddings[mid], device)
+        del loaded
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    readable: dict[str, TaskImages] = {}
+    stats: list[EncodeStats] = []
+    for t in tasks:
+        merged = merge_probabilities(passes[t.name])
+        probs[t.name] = merged.probabilities
+        readable[t.name] = readable_images(images[t.name], merged.positions, merged.unreadable)
+        stats += merged.stats
+    return probs, proxy, readable, stats
 
 
 def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, alpha: float = 0.7,
                    mode: str = "restricted", n_nodes: int = 5, ks: Sequence[int] = KS,
-                   alphas: Sequence[float] = ALPHAS, device: str = "cpu", progress: bool = False) -> Evaluation:
+                   alphas: Sequence[float] = ALPHAS, device: str = "cpu", progress: bool = False,
+                   workers: int = 0, batch_size: int = 64) -> Evaluation:
     """MLL (k = 1 and 3 at the given alpha and mode) and the baselines on every task, plus the sweep.
 
     An index with published labels only is evaluated on them: its models are the published ones,
     and the selection modes (which only change how image-based labels are read) are not swept.
+
+    Every task's images stream through `mll_index.pipeline` (`workers` decoding processes, `batch_size`
+    images per batch); the decode and encode rates are in `Evaluation.rates`.
 
     Raises:
         InputError: a task without labeled images, or a labeled model missing from the hub.
@@ -132,7 +158,7 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
         if not images[t.name].labeled:
             raise InputError(f"task {t.name!r}: {t.folder} is not an ImageFolder by class name (no ground truth)")
     started = time.perf_counter()
-    probs, proxy = _all_probabilities(hub, tasks, images, device, progress)
+    probs, proxy, images, stats = _all_probabilities(hub, tasks, images, device, progress, workers, batch_size)
     t_predict = time.perf_counter() - started
     prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], n_nodes)
     sweep: list[dict[str, Any]] = []
@@ -180,7 +206,8 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in COLUMNS}
     return Evaluation(table, mean, sweep, chosen_out,
                       {"predict_all_models": round(t_predict, 2), "selection_sweep": round(t_select, 2)},
-                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)})
+                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)},
+                      rates(stats), stats)
 
 
 def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:

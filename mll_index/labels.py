@@ -32,25 +32,52 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, index_lock,
-                                 load_arrays, manifest_digest, new_manifest, read_json, read_manifest, seal_manifest,
-                                 write_json, writing)
+from mll_index.artifacts import (
+    MANIFEST,
+    SELF_DIGEST,
+    atomic_dir,
+    check_manifest,
+    check_self_digest,
+    index_lock,
+    load_arrays,
+    manifest_digest,
+    new_manifest,
+    read_json,
+    read_manifest,
+    seal_manifest,
+    write_json,
+    writing,
+)
 from mll_index.captions import node_concept, templates
 from mll_index.errors import IndexFormatError, MLLIndexError, ModelLoadError
-from mll_index.hub import Hub, HubModel, LoadedModel, load_model, preprocess_key
+from mll_index.hub import Hub, HubModel, LoadedModel, load_model
 from mll_index.index import NodeIndex, load_index
 from mll_index.label_matrix import LabelMatrix, append_labels, has_matrix, open_matrix
-from mll_index.layout import (PIXEL_CACHE, SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name,
-                              model_folder_name, model_id_of_folder, sample_table_path)
-from mll_index.samples import SampleSet, preprocess_images, scan_samples
+from mll_index.layout import (
+    PIXEL_CACHE,
+    SAMPLE_TABLE_PREFIX,
+    is_reserved,
+    labels_dir,
+    legacy_folder_name,
+    model_folder_name,
+    model_id_of_folder,
+    sample_table_path,
+)
+from mll_index.pipeline import (
+    EncodeStats,
+    ImageSet,
+    encode_image_set,
+    model_passes,
+    temperature,
+)
+from mll_index.samples import SampleSet, scan_samples, write_pixel_cache
 from mll_index.zeroshot import all_finite, encode_texts
 
 log = logging.getLogger(__name__)
@@ -95,13 +122,20 @@ class SampleTable:
         return [f"{p}|{t}" for p, t in zip(self.paths, self.stamps)]
 
 
-def sample_table(samples: SampleSet, kept: Sequence[int] | None = None) -> SampleTable:
-    """The table of `samples`, only the `kept` positions if given (images that decoded)."""
+def sample_table(samples: SampleSet, kept: Sequence[int] | None = None,
+                 stamps: Sequence[str] | None = None) -> SampleTable:
+    """The table of `samples`, only the `kept` positions if given (images that decoded).
+
+    `stamps` ("size:mtime_ns" of every sample image, as a full table holds them) saves statting the files again.
+    """
     positions = range(len(samples.paths)) if kept is None else [int(i) for i in kept]
     paths = tuple(samples.paths[i] for i in positions)
     wnids = tuple(samples.wnids[i] for i in positions)
-    stats = [os.stat(Path(samples.root) / p) for p in paths]
-    stamps = tuple(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
+    if stamps is not None:
+        stamps = tuple(stamps[i] for i in positions)
+    else:
+        stats = [os.stat(Path(samples.root) / p) for p in paths]
+        stamps = tuple(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
     return SampleTable(str(samples.root), paths, wnids, tuple(sorted(set(wnids))), stamps)
 
 
@@ -156,27 +190,6 @@ def score_images(image_emb: np.ndarray, node_emb: np.ndarray, image_nodes: np.nd
         logits[s:s + chunk] = np.take_along_axis(vals, order, axis=1)
         true[s:s + chunk] = block[np.arange(len(block)), image_nodes[s:s + chunk]]
     return nodes, logits, true
-
-
-def _encode_images(loaded: LoadedModel, pixels: np.ndarray, rows: Sequence[int], device: str, batch_size: int,
-                   progress: bool, desc: str) -> np.ndarray:
-    """(len(rows), d) float32 unit image embeddings of pixels[rows] ((n, 3, H, W) float16)."""
-    import torch
-    from tqdm import tqdm
-
-    out = [np.zeros((0, 0), np.float32)]
-    started, done = time.perf_counter(), 0
-    with torch.no_grad(), torch.autocast(device_type="cuda", enabled=device.startswith("cuda")), \
-            tqdm(total=len(rows), desc=f"label {desc}", unit="img", disable=not progress) as bar:
-        for s in range(0, len(rows), batch_size):
-            batch = torch.from_numpy(np.asarray(pixels[list(rows[s:s + batch_size])], np.float32))
-            batch = batch.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else batch
-            emb = loaded.model.encode_image(batch).float()
-            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
-            done += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(img_s=f"{done / max(time.perf_counter() - started, 1e-9):.0f}")
-    return np.concatenate(out[1:]) if len(out) > 1 else out[0]
 
 
 @dataclass
@@ -414,16 +427,30 @@ class LabelReport:
     unreadable: list[str] = field(default_factory=list)
     unreadable_reasons: dict[str, str] = field(default_factory=dict)  # path in `unreadable` → why
     skipped_folders: list[str] = field(default_factory=list)
+    stats: list[EncodeStats] = field(default_factory=list)  # per pass over the images: decode vs encode time
 
 
 def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequence[str] | None = None,
                  device: str | None = None, batch_size: int = 64, progress: bool = False,
-                 cache_dir: Path | None = None, workers: int = 0) -> LabelReport:
+                 workers: int = 0, pixel_cache: bool = False, cache_dir: Path | None = None,
+                 models_per_pass: int = 4, notify: Callable[[str], None] | None = None) -> LabelReport:
     """Label every model of `hub` (or the `models` named) that the index does not hold for these samples.
 
-    Images are decoded and preprocessed once per preprocessing configuration. A model whose label
-    is current (same sample images) is skipped; one labeled on fewer images or nodes encodes only
-    what is new. Models that cannot be loaded are reported in `failed`; the others go on.
+    The sample images stream through `mll_index.pipeline.encode_image_set`: per preprocessing
+    configuration (per `models_per_pass` of its models) one pass over the images that some model of
+    the pass has not encoded yet, decoded by `workers` processes, every model of the pass run on each
+    batch. A model whose label is current (same sample images) is skipped; one labeled on fewer images
+    or nodes encodes only what is new (its stored embeddings are kept). Models that cannot be loaded,
+    or whose outputs are not finite, are reported in `failed`; the others go on. Logits are scaled by
+    `pipeline.temperature` (the learned logit scale, capped at 100).
+
+    Args:
+        pixel_cache: also keep the decoded images at the model's input resolution, uint8, in `cache_dir`
+            (default labels/.pixels), so that a later run decodes nothing; its size goes to `notify`
+            before it is written. Without it nothing but the labels is written.
+        notify: receives one line for people (the pixel cache's size); default: the log.
+    Raises:
+        InputError: a bad sample folder; with `pixel_cache`, a disk too small for the cache.
     """
     import torch
 
@@ -435,40 +462,71 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     report = LabelReport(skipped_folders=list(samples.skipped_folders))
     done = labeled_models(index_path)
     cache_dir = cache_dir or labels_dir(index_path) / PIXEL_CACHE
-    groups: dict[str, list[HubModel]] = {}
+    todo: list[HubModel] = []
     for model in chosen:
         if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
             report.skipped.append(model.id)
         else:
-            groups.setdefault(preprocess_key(model), []).append(model)
-    for key, group in groups.items():
-        pixels, table = None, None
+            todo.append(model)
+    full = sample_table(samples) if todo else None
+    for group in model_passes(todo, models_per_pass):
+        loaded: list[LoadedModel] = []
         for model in group:
             try:
-                loaded = load_model(model, device)
+                loaded.append(load_model(model, device))
             except MLLIndexError as exc:
                 report.failed[model.id] = str(exc)
                 log.info("%s", exc)
-                continue
-            if pixels is None:
-                pixels = preprocess_images(samples, loaded.preprocess, key, cache_dir=cache_dir, progress=progress,
-                                           workers=workers)
-                report.unreadable = sorted(set(report.unreadable) | set(pixels.unreadable))
-                report.unreadable_reasons.update(pixels.reasons)
-                table = sample_table(samples, pixels.indices)
-                write_sample_table(index_path, samples.fingerprint, table)
-            try:
-                rate = _label_one(index_path, index, loaded, pixels, table, samples.fingerprint, device,
-                                  batch_size, progress)
-            except ModelLoadError as exc:   # outputs that are not finite: this model only
-                report.failed[model.id] = str(exc)
-                log.info("%s", exc)     # the report carries it (the CLI prints its failures)
-                continue
-            report.labeled.append(model.id)
-            report.images_per_s[model.id] = rate
-            _append_folder(index_path, model.id)
+        if not loaded:
+            continue
+        _label_pass(index_path, index, loaded, samples, full, report, device=device, batch_size=batch_size,
+                    workers=workers, progress=progress, cache_dir=cache_dir if pixel_cache else None, notify=notify)
+        del loaded
     sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
     return report
+
+
+def _label_pass(index_path: Path, index: NodeIndex, loaded: list[LoadedModel], samples: SampleSet, full: SampleTable,
+                report: LabelReport, *, device: str, batch_size: int, workers: int, progress: bool,
+                cache_dir: Path | None, notify: Callable[[str], None] | None) -> None:
+    """One pass over the sample images some model of `loaded` (one preprocessing configuration) lacks,
+    then each model's label written; fills `report`."""
+    keys = full.image_keys()
+    held = {m.hub_model.id: _reusable(index_path, m.hub_model) for m in loaded}
+    # An image no model of the pass has encoded (new, replaced, or unreadable so far) is decoded once for all.
+    need = [i for i, key in enumerate(keys) if any(key not in old for old, _ in held.values())]
+    key = loaded[0].preprocess_key
+    decode = None
+    if cache_dir is not None and need:
+        decode = write_pixel_cache(samples, loaded[0].preprocess, key, cache_dir, batch_size=batch_size,
+                                   workers=workers, progress=progress, notify=notify).decoder()
+    encoded = encode_image_set(loaded, ImageSet(samples.root, samples.paths).subset(need), batch_size=batch_size,
+                               workers=workers, device=device, decode=decode, progress=progress,
+                               desc=f"label {key}") if need else None
+    unreadable = dict(encoded.unreadable) if encoded else {}
+    if encoded:
+        report.stats.append(encoded.stats)
+    report.unreadable = sorted(set(report.unreadable) | set(unreadable))
+    report.unreadable_reasons.update(unreadable)
+    kept = [i for i, rel in enumerate(samples.paths) if rel not in unreadable]
+    table = sample_table(samples, kept, stamps=full.stamps)
+    write_sample_table(index_path, samples.fingerprint, table)
+    # Sample position → row of the pass's embeddings.
+    row_of = {need[int(p)]: r for r, p in enumerate(encoded.positions)} if encoded else {}
+    for model in loaded:
+        mid = model.hub_model.id
+        fresh = encoded.embeddings[mid] if encoded else np.zeros((0, 0), np.float32)
+        try:
+            encoded_images = _label_one(index_path, index, model, table, samples.fingerprint, device,
+                                        [keys[i] for i in kept], [row_of.get(i, -1) for i in kept], fresh, held[mid])
+        except ModelLoadError as exc:   # outputs that are not finite: this model only
+            report.failed[mid] = str(exc)
+            log.info("%s", exc)     # the report carries it (the CLI prints its failures)
+            continue
+        report.labeled.append(mid)
+        rate = encoded.stats.encode_images_per_s.get(mid, 0.0) if encoded and encoded_images else 0.0
+        report.images_per_s[mid] = rate if np.isfinite(rate) else 0.0
+        _append_folder(index_path, mid)
 
 
 def matrix_entry(label: ModelLabel) -> dict[str, Any]:
@@ -573,26 +631,29 @@ def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -
             write_json(path, table.to_json())
 
 
-def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: Any, table: SampleTable,
-               fingerprint: str, device: str, batch_size: int, progress: bool) -> float:
-    """Encode what is new for one model, score, and write its label folder atomically; returns images/s."""
+def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, table: SampleTable, fingerprint: str,
+               device: str, keys: Sequence[str], rows: Sequence[int], fresh: np.ndarray,
+               held: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> int:
+    """Score one model and write its label folder atomically; returns how many images it had to encode.
+
+    Image i of `table` (key `keys[i]`) takes the stored embedding the model already has for that key,
+    else row `rows[i]` of `fresh` ((m, d) float32 unit rows from this run's pass).
+    """
     model = loaded.hub_model
-    old_images, old_nodes = _reusable(index_path, model)
-    keys = table.image_keys()
-    new_rows = [i for i, key in enumerate(keys) if key not in old_images]
-    started = time.perf_counter()
-    fresh = _encode_images(loaded, pixels.pixels, new_rows, device, batch_size, progress, model.id)
-    seconds = time.perf_counter() - started
+    old_images, old_nodes = held
     new_nodes = [w for w in table.node_wnids if w not in old_nodes]
     fresh_nodes = dict(zip(new_nodes, encode_texts(loaded, node_prompts(index, new_nodes), device)))
     node_emb = np.stack([old_nodes[w] if w in old_nodes else fresh_nodes[w] for w in table.node_wnids])
     image_emb = np.empty((len(table.paths), node_emb.shape[1]), np.float16)
-    for j, i in enumerate(new_rows):
-        image_emb[i] = fresh[j]
-    for i, key in enumerate(keys):
+    encoded_images = 0
+    for i, (key, row) in enumerate(zip(keys, rows)):
         if key in old_images:
             image_emb[i] = old_images[key]
-    logit_scale = float(loaded.model.logit_scale.exp().item()) if hasattr(loaded.model, "logit_scale") else 100.0
+        else:
+            image_emb[i] = fresh[row]
+            encoded_images += 1
+    # The one temperature rule of labeling, reuse and evaluation: the learned scale, capped at 100.
+    logit_scale = temperature(loaded) if hasattr(loaded.model, "logit_scale") else 100.0
     # Checked before anything is written: a label of NaN embeddings would give the model counts
     # (every image "predicting" one node) that selection trusts like any other.
     bad = [what for what, values in (("image embeddings", image_emb), ("node text embeddings", node_emb),
@@ -602,5 +663,5 @@ def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, pixels: 
                              "infinite); its label is refused (a damaged checkpoint, or an fp16 overflow: try --device cpu)")
     write_label(index_path, model.describe(), table, fingerprint, image_emb, node_emb, logit_scale,
                 preprocess=loaded.preprocess_key,
-                encoded={"encoded_images": len(new_rows), "encoded_nodes": len(new_nodes)})
-    return len(new_rows) / seconds if new_rows and seconds > 0 else 0.0
+                encoded={"encoded_images": encoded_images, "encoded_nodes": len(new_nodes)})
+    return encoded_images

@@ -16,8 +16,7 @@ set of image files. This module does it once, streamed:
   prefetch + 1), never by image count, and the models of a pass are the only ones loaded;
 - `zero_shot_probabilities` and `hub_probabilities` turn those embeddings into per-class
   probabilities with the temperature rule of `mll_index.zeroshot.logit_scale` (the model's
-  logit scale, capped at 100), which labeling, reuse and evaluation are to share (labels.py
-  still applies an uncapped scale until it switches over).
+  logit scale, capped at 100), which labeling, reuse and evaluation share.
 
 Every run measures the time spent waiting on the loader (decoding) apart from the time in
 the models (encoding), so a caller can say which one bounds it (`EncodeStats`).
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
-from mll_index.errors import InputError, MLLIndexError
+from mll_index.errors import InputError
 from mll_index.hub import Hub, HubModel, LoadedModel, group_by_preprocess, load_model
 from mll_index.zeroshot import class_embeddings, logit_scale
 
@@ -132,11 +131,15 @@ def _decode_failures() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "this file is not a usable image" (skipped and listed, not raised).
 
     PIL raises OSError (UnidentifiedImageError included), ValueError, SyntaxError or EOFError on
-    broken files and DecompressionBombError on huge ones; our decoder raises MLLIndexError.
+    broken files and DecompressionBombError on huge ones; our decoder raises UnreadableImageError.
+    Any other MLLIndexError (a bad `$MLL_INDEX_MAX_PIXELS`) stops the run rather than marking every
+    image unreadable.
     """
     from PIL import Image
 
-    return (MLLIndexError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+    from mll_index.images import UnreadableImageError
+
+    return (UnreadableImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -209,7 +212,8 @@ class ImageDataset:
             try:
                 image = self.decode(self.images.root / self.images.paths[i])
             except _decode_failures() as exc:
-                return (i, None, _one_line(str(exc) or type(exc).__name__))
+                # UnreadableImageError's reason leaves out the path: the caller lists it by path.
+                return (i, None, _one_line(getattr(exc, "reason", None) or str(exc) or type(exc).__name__))
             # The transform runs outside the guard: an error there is a bug, not a bad file.
             return (i, self.preprocess(image))
         finally:
@@ -355,6 +359,39 @@ class EncodeStats:
                 "decode_images_per_s": round(self.decode_images_per_s, 1),
                 "encode_images_per_s": {m: round(v, 1) for m, v in self.encode_images_per_s.items()},
                 "bound_by": self.bound_by}
+
+
+def rates(stats: Sequence[EncodeStats]) -> dict[str, Any]:
+    """The decode and encode rates of a run made of several passes, for a JSON summary.
+
+    Returns:
+        images and unreadable (summed over passes), seconds, loader_wait_s, decode_images_per_s
+        (images the loader delivered per second the models waited on it; null when they never
+        waited), encode_images_per_s per model, and bound_by ("decode" or "encode").
+    """
+    images = sum(s.images for s in stats)
+    unreadable = sum(s.unreadable for s in stats)
+    wait = sum(s.loader_wait_s for s in stats)
+    encode: dict[str, float] = {}
+    for s in stats:
+        for mid, rate in s.encode_images_per_s.items():
+            encode[mid] = round(rate, 1) if np.isfinite(rate) else None  # type: ignore[assignment]
+    in_models = sum(sum(s.encode_s.values()) for s in stats)
+    seen = sum(s.images + s.unreadable for s in stats)
+    return {"images": images, "unreadable": unreadable, "seconds": round(sum(s.seconds for s in stats), 3),
+            "loader_wait_s": round(wait, 3), "decode_images_per_s": round(seen / wait, 1) if wait > 0 else None,
+            "encode_images_per_s": encode, "bound_by": "decode" if wait > in_models else "encode"}
+
+
+def rates_line(stats: Sequence[EncodeStats]) -> str:
+    """One line for people: decode rate, the slowest and fastest model's encode rate, and which bounds the run."""
+    r = rates(stats)
+    decode = "never waited on" if r["decode_images_per_s"] is None else f"{r['decode_images_per_s']:.0f} images/s"
+    encode = [v for v in r["encode_images_per_s"].values() if v is not None]
+    spread = (f"{min(encode):.0f} images/s" if len(encode) == 1 or min(encode) == max(encode)
+              else f"{min(encode):.0f}-{max(encode):.0f} images/s per model") if encode else "no image encoded"
+    return (f"{r['images']} images ({r['unreadable']} unreadable) in {r['seconds']:.1f} s: decoding {decode}, "
+            f"encoding {spread}; bound by {r['bound_by']}")
 
 
 @dataclass
@@ -544,14 +581,19 @@ def probabilities_from_embeddings(image_emb: Any, class_emb: Any, scale: float) 
 
 @dataclass
 class Probabilities:
-    """Per model id, (n, C) float32 zero-shot probabilities over the class names (rows sum to 1);
-    row r is the image at `positions[r]` ((n,) int64, increasing) of the ImageSet; `unreadable`
-    lists (relative path, reason) of the images with no row; `stats` per preprocessing pass."""
+    """Per model id, (n, C) float32 zero-shot probabilities over the class names (rows sum to 1, or
+    NaN where the model's outputs are not finite); row r is the image at `positions[r]` ((n,) int64,
+    increasing) of the ImageSet; `unreadable` lists (relative path, reason) of the images with no row;
+    `stats` per preprocessing pass; per model, the class embeddings and temperature used and the number
+    of images whose embedding was not finite."""
 
     probabilities: dict[str, np.ndarray]
     positions: np.ndarray
     unreadable: list[tuple[str, str]]
     stats: list[EncodeStats] = field(default_factory=list)
+    class_embeddings: dict[str, np.ndarray] = field(default_factory=dict)   # (C, d) float32 unit rows per model
+    scales: dict[str, float] = field(default_factory=dict)                  # `temperature` per model
+    nonfinite_rows: dict[str, int] = field(default_factory=dict)            # images whose embedding is not finite
 
 
 def zero_shot_probabilities(models: Sequence[LoadedModel], images: ImageSet, class_names: Sequence[str], *,
@@ -573,10 +615,14 @@ def zero_shot_probabilities(models: Sequence[LoadedModel], images: ImageSet, cla
     n = len(images)
     probs = {mid: np.empty((n, len(class_names)), np.float32) for mid in classes}
     row = [0]
+    bad = {mid: 0 for mid in classes}
 
     def keep(positions: np.ndarray, emb: dict[str, Any]) -> None:
+        import torch
+
         b = len(positions)
         for mid, e in emb.items():
+            bad[mid] += int((~torch.isfinite(e).all(dim=1)).sum())
             probs[mid][row[0]:row[0] + b] = probabilities_from_embeddings(e, classes[mid], scales[mid]).cpu().numpy()
         row[0] += b
 
@@ -584,7 +630,7 @@ def zero_shot_probabilities(models: Sequence[LoadedModel], images: ImageSet, cla
                                precision=precision, decode=decode, on_batch=keep, progress=progress,
                                timeout_s=timeout_s, desc=f"predict {models[0].preprocess_key}")
     return Probabilities({mid: p[:row[0]] for mid, p in probs.items()}, encoded.positions, encoded.unreadable,
-                         [encoded.stats])
+                         [encoded.stats], classes, scales, bad)
 
 
 def model_passes(models: Sequence[HubModel], models_per_pass: int = 4) -> list[list[HubModel]]:
@@ -619,13 +665,24 @@ def hub_probabilities(hub: Hub, model_ids: Sequence[str], images: ImageSet, clas
                                                device=device, precision=precision, decode=decode, progress=progress,
                                                timeout_s=timeout_s))
         del loaded
+    return merge_probabilities(results)
+
+
+def merge_probabilities(results: Sequence[Probabilities]) -> Probabilities:
+    """The passes of one image set as one result, over the images readable in every pass (rows line up
+    across models); an image unreadable in any pass is listed once, with its reason."""
     common = results[0].positions
     for r in results[1:]:
         common = np.intersect1d(common, r.positions)
-    probs: dict[str, np.ndarray] = {}
+    merged = Probabilities({}, common, [], [s for r in results for s in r.stats])
     unreadable: dict[str, str] = {}
     for r in results:
         rows = np.searchsorted(r.positions, common)
-        probs.update({mid: p[rows] for mid, p in r.probabilities.items()})
-        unreadable.update(dict(r.unreadable))
-    return Probabilities(probs, common, sorted(unreadable.items()), [s for r in results for s in r.stats])
+        merged.probabilities.update({mid: p[rows] for mid, p in r.probabilities.items()})
+        merged.class_embeddings.update(r.class_embeddings)
+        merged.scales.update(r.scales)
+        merged.nonfinite_rows.update(r.nonfinite_rows)
+        for path, reason in r.unreadable:
+            unreadable.setdefault(path, reason)
+    merged.unreadable = sorted(unreadable.items())
+    return merged

@@ -5,8 +5,10 @@ the class prompts (the `zero_shot` templates: "a photo of a {name}.", "an emoji 
 {name}.", "a drawing of a {name}.", "{name}", averaged per class). For each image, a model's
 weight is 1 / the entropy of its prediction in bits (floored at 1e-3 bits); the score of
 class c is the sum, over the models selected for c, of weight x probability of c, and the
-prediction is the best-scoring class. Models are loaded one at a time; images are decoded
-once per preprocessing configuration.
+prediction is the best-scoring class. The images stream through `mll_index.pipeline`: per
+preprocessing configuration, one pass over them in batches (decoded by DataLoader workers) runs
+every selected model of that configuration on each batch and keeps only each model's (n, C)
+probabilities, so memory is set by the batch size and the number of models, not the image count.
 
 A class's prompts name it by its matched node's lemma when the typed name is a plural of that
 lemma ("apples" → "apple"): captions and CLIP's training text name one thing in the singular.
@@ -30,10 +32,18 @@ import numpy as np
 
 from mll_index.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
-from mll_index.hub import Hub, LoadedModel, load_model, preprocess_key
-from mll_index.images import IMAGE_SUFFIXES, UnreadableImageError, image_files, open_image
-from mll_index.zeroshot import (all_finite, check_prompts, class_embeddings, class_probabilities, encode_pixels,
-                                lemma_of, logit_scale, prompt_names)  # noqa: F401 - lemma_of: reuse's API
+from mll_index.hub import Hub, LoadedModel, load_model
+from mll_index.images import IMAGE_SUFFIXES, image_files
+from mll_index.pipeline import (
+    EncodeStats,
+    ImageSet,
+    Probabilities,
+    merge_probabilities,
+    model_passes,
+    rates,
+    zero_shot_probabilities,
+)
+from mll_index.zeroshot import all_finite, check_prompts, lemma_of, prompt_names  # noqa: F401 - lemma_of: reuse's API
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +102,6 @@ def scan_task_images(folder: Path, class_names: Sequence[str]) -> TaskImages:
     return TaskImages(folder, paths, np.array(labels, np.int64))
 
 
-def decode_images(images: TaskImages, preprocess: Any) -> tuple[np.ndarray, list[int]]:
-    """Decode the task's images (`mll_index.images.open_image`) and apply a model's eval transform.
-
-    Returns:
-        (n_ok, 3, H, W) float32 pixels and the positions in `images.paths` that decoded. An
-        image that cannot be decoded, or is over the pixel limit, is skipped and recorded in
-        `images.unreadable` and `images.reasons`.
-    Raises:
-        InputError: no image could be read (the message gives the first reasons), or
-            `$MLL_INDEX_MAX_PIXELS` is invalid.
-    """
-    pixels, ok = [], []
-    for i, rel in enumerate(images.paths):
-        try:
-            image = open_image(images.root / rel)
-        except UnreadableImageError as exc:
-            if rel not in images.reasons:
-                images.unreadable.append(rel)
-                images.reasons[rel] = exc.reason
-            continue
-        pixels.append(np.asarray(preprocess(image), np.float32))
-        ok.append(i)
-    if not pixels:
-        why = "; ".join(f"{rel}: {images.reasons[rel]}" for rel in images.unreadable[:3])
-        more = f" (and {len(images.unreadable) - 3} more)" if len(images.unreadable) > 3 else ""
-        raise InputError(f"{images.root}: none of the {len(images.paths)} images could be read: {why}{more}")
-    return np.stack(pixels), ok
-
-
 def entropy_weights(probs: np.ndarray) -> np.ndarray:
     """(n,) 1 / entropy in bits of each row of (n, C) probabilities (entropy floored at 1e-3 bits)."""
     p = np.clip(probs, 1e-12, 1.0)
@@ -154,12 +135,15 @@ def combine(probs: Mapping[str, np.ndarray], chosen: Mapping[str, Sequence[str]]
 
 @dataclass
 class Predictions:
-    """What the models said: model id → (n, C) float32 probabilities (finite models only), the models
-    left out with why, and the prompt problems each model's tokenizer showed."""
+    """What the models said: model id → (n, C) float32 probabilities (finite models only) over the n readable
+    images of `images` (a new record: the caller's is left as it was), the models left out with why, the
+    prompt problems each model's tokenizer showed, and the timing of each pass over the images."""
 
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
     prompt_problems: dict[str, str] = field(default_factory=dict)
+    images: TaskImages | None = None
+    stats: list[EncodeStats] = field(default_factory=list)
 
 
 def describe_prompt_problems(model_id: str, loaded: LoadedModel, class_names: Sequence[str],
@@ -175,81 +159,91 @@ def describe_prompt_problems(model_id: str, loaded: LoadedModel, class_names: Se
     return f"model {model_id!r} reads at most {check.context_length} tokens: " + "; ".join(parts)
 
 
-def _nonfinite(model_id: str, emb: np.ndarray, classes: np.ndarray, scale: float) -> str | None:
+def _nonfinite(model_id: str, bad_rows: int, n: int, classes: np.ndarray, scale: float) -> str | None:
     """Why a model's outputs cannot vote (which of them are not finite), or None."""
-    what = [name for name, ok in (("image embeddings", all_finite(emb)), ("class text embeddings",
+    what = [name for name, ok in (("image embeddings", bad_rows == 0), ("class text embeddings",
                                    all_finite(classes)), ("logit scale", all_finite(scale))) if not ok]
     if not what:
         return None
-    rows = int((~np.isfinite(np.asarray(emb, np.float32)).all(axis=1)).sum()) if "image embeddings" in what else 0
-    where = f" ({rows} of {len(emb)} images)" if rows else ""
+    where = f" ({bad_rows} of {n} images)" if bad_rows else ""
     return f"model {model_id!r}: its {' and '.join(what)} are not finite (NaN or infinite){where}"
+
+
+def readable_images(images: TaskImages, positions: np.ndarray, unreadable: Sequence[tuple[str, str]]) -> TaskImages:
+    """A new TaskImages of the images at `positions` (the readable ones), the others listed with their reason.
+
+    Raises:
+        InputError: no image could be read (the message gives the first reasons).
+    """
+    reasons = dict(images.reasons) | {rel: why for rel, why in unreadable if rel not in images.reasons}
+    order = {rel: i for i, rel in enumerate(images.paths)}
+    listed = list(images.unreadable) + sorted((rel for rel, _ in unreadable if rel not in images.unreadable),
+                                              key=lambda rel: order.get(rel, len(order)))
+    if not len(positions):
+        why = "; ".join(f"{rel}: {reasons[rel]}" for rel in listed[:3])
+        more = f" (and {len(listed) - 3} more)" if len(listed) > 3 else ""
+        raise InputError(f"{images.root}: none of the {len(images.paths)} images could be read: {why}{more}")
+    keep = [int(i) for i in positions]
+    return TaskImages(images.root, [images.paths[i] for i in keep], np.asarray(images.labels)[keep], listed, reasons)
 
 
 def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
             device: str = "cpu", progress: bool = False, prompt_names: Sequence[str] | None = None,
-            force: bool = False) -> Predictions:
+            force: bool = False, *, workers: int = 0, batch_size: int = 64, models_per_pass: int = 4) -> Predictions:
     """Zero-shot probabilities of each model on the images, with the models that cannot vote set aside.
 
-    Images are decoded once per preprocessing configuration; unreadable ones are dropped
-    (and listed in `images.unreadable`), so n counts the readable images. A model whose image or
-    text embeddings or temperature are not finite goes to `left_out` (a log warning names it).
+    The images stream through `mll_index.pipeline.zero_shot_probabilities`: one pass per preprocessing
+    configuration (per `models_per_pass` of its models), decoded by `workers` processes, every model of
+    the pass run on each batch. Unreadable images are dropped and listed in `Predictions.images` (a new
+    record; `images` is not modified), so n counts the readable images. A model whose image or text
+    embeddings or temperature are not finite goes to `left_out` (a log warning names it).
 
     Args:
         prompt_names: the name written into each class's prompts (default: the class names).
         force: record prompt problems (cut names, identical prompts) instead of refusing.
+        workers, batch_size: see `mll_index.pipeline.image_loader`.
     Raises:
         InputError: a model's tokenizer cuts a class name or makes two classes' prompts identical
-            (unless `force`), a bad image folder.
+            (unless `force`), no readable image, a dead or stuck decoding worker (names the file).
     """
-    from tqdm import tqdm
-
     written = list(prompt_names) if prompt_names is not None else list(class_names)
-    models = [hub.get(m) for m in model_ids]
-    groups: dict[str, list[Any]] = {}
-    for m in models:
-        groups.setdefault(preprocess_key(m), []).append(m)
+    image_set = ImageSet(images.root, tuple(images.paths), tuple(int(v) for v in np.asarray(images.labels).tolist()))
     out = Predictions()
-    keep: list[int] | None = None
-    with tqdm(total=len(models), desc="predict", unit="model", disable=not progress) as bar:
-        for group in groups.values():
-            pixels = None
-            for model in group:
-                loaded = load_model(model, device)
-                problem = describe_prompt_problems(model.id, loaded, class_names, written)
-                if problem and not force:
-                    raise InputError(f"{problem}; shorten or rename those classes, or pass --force to predict anyway")
-                if problem:
-                    log.info("%s", problem)
-                    out.prompt_problems[model.id] = problem
-                if pixels is None:
-                    pixels, ok = decode_images(images, loaded.preprocess)
-                    if keep is not None and ok != keep:
-                        raise InputError("images decoded differently for two preprocessings")
-                    keep = ok
-                emb = encode_pixels(loaded, pixels, device)
-                classes = class_embeddings(loaded, written, device)
-                scale = logit_scale(loaded)
-                bad = _nonfinite(model.id, emb, classes, scale)
-                if bad:
-                    log.info("%s; left out of the vote", bad)
-                    out.left_out[model.id] = bad
-                else:
-                    out.probs[model.id] = class_probabilities(emb, classes, scale)
-                bar.update(1)
-    if keep is not None and len(keep) < len(images.paths):
-        images.paths = [images.paths[i] for i in keep]
-        images.labels = images.labels[keep]
+    passes: list[Probabilities] = []
+    for group in model_passes([hub.get(m) for m in dict.fromkeys(model_ids)], models_per_pass):
+        loaded = [load_model(model, device) for model in group]
+        for model in loaded:  # before any image is decoded: a refusal costs no pass
+            problem = describe_prompt_problems(model.hub_model.id, model, class_names, written)
+            if problem and not force:
+                raise InputError(f"{problem}; shorten or rename those classes, or pass --force to predict anyway")
+            if problem:
+                log.info("%s", problem)
+                out.prompt_problems[model.hub_model.id] = problem
+        passes.append(zero_shot_probabilities(loaded, image_set, written, batch_size=batch_size, workers=workers,
+                                              device=device, progress=progress))
+        del loaded
+    merged = merge_probabilities(passes)
+    out.images = readable_images(images, merged.positions, merged.unreadable)
+    out.stats = merged.stats
+    n = len(merged.positions)
+    for mid in dict.fromkeys(model_ids):
+        bad = _nonfinite(mid, merged.nonfinite_rows[mid], n, merged.class_embeddings[mid], merged.scales[mid])
+        if bad or not all_finite(merged.probabilities[mid]):
+            bad = bad or f"model {mid!r}: its probabilities are not finite (NaN or infinite)"
+            log.info("%s; left out of the vote", bad)
+            out.left_out[mid] = bad
+        else:
+            out.probs[mid] = merged.probabilities[mid]
     return out
 
 
 def predict_probabilities(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
-                          device: str = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
-    """Zero-shot probabilities of each model on the images: model id → (n, C) float32, rows summing to 1.
+                          device: str = "cpu", progress: bool = False, *, workers: int = 0) -> dict[str, np.ndarray]:
+    """Zero-shot probabilities of each model on the readable images: model id → (n, C) float32, rows summing to 1.
 
     The models whose outputs are not finite are missing from the result (see `predict`).
     """
-    return predict(hub, model_ids, images, class_names, device, progress, force=True).probs
+    return predict(hub, model_ids, images, class_names, device, progress, force=True, workers=workers).probs
 
 
 @dataclass
@@ -264,6 +258,7 @@ class ReuseResult:
     prompts: dict[str, str] = field(default_factory=dict)      # class → the name its prompts used, where not its own
     left_out: dict[str, str] = field(default_factory=dict)     # model → why it did not vote
     warnings: list[str] = field(default_factory=list)
+    stats: list[EncodeStats] = field(default_factory=list)     # per pass over the images: decode vs encode time
 
     @property
     def predicted(self) -> np.ndarray:
@@ -282,12 +277,13 @@ class ReuseResult:
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "images": len(self.images.paths), "unreadable": self.images.unreadable,
                 "accuracy": None if self.accuracy is None else round(self.accuracy, 4), "models": self.models,
-                "prompts": self.prompts, "left_out": self.left_out, "warnings": self.warnings}
+                "prompts": self.prompts, "left_out": self.left_out, "warnings": self.warnings,
+                "rates": rates(self.stats)}
 
 
 def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *, task: str = "task",
                  device: str | None = None, progress: bool = False, lemmas: Mapping[str, str] | None = None,
-                 force: bool = False) -> ReuseResult:
+                 force: bool = False, workers: int = 0, batch_size: int = 64) -> ReuseResult:
     """Run the models chosen per class on a task's images and combine them by inverse entropy.
 
     Args:
@@ -295,6 +291,7 @@ def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *,
         lemmas: class name → lemma of its matched node (see `prompt_names`); None: prompts use the names.
         force: predict even where a model's tokenizer cuts a class name or makes prompts identical
             (each such model is then listed in `warnings`).
+        workers, batch_size: image decoding processes and images per batch (see `predict`).
     Raises:
         InputError: a model missing from the hub, a bad image folder, prompts a model cannot tell
             apart (unless `force`).
@@ -310,15 +307,17 @@ def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *,
         hub.get(m)  # an unknown model is an InputError naming the hub's models
     images = scan_task_images(folder, class_names)
     written = prompt_names(class_names, lemmas) if lemmas else list(class_names)
-    found = predict(hub, needed, images, class_names, device, progress, prompt_names=written, force=force)
+    found = predict(hub, needed, images, class_names, device, progress, prompt_names=written, force=force,
+                    workers=workers, batch_size=batch_size)
     voting = {c: [m for m in ids if m in found.probs] for c, ids in models.items()}
     for c, ids in models.items():
         if not voting[c]:
             raise ModelLoadError(f"class {c!r}: no model can vote for it, the outputs of {list(ids)} are not finite "
                                  "(NaN or infinite); choose other models for it (select with --k 2 or more)")
     warnings = list(found.prompt_problems.values()) + [f"{why}; left out of the vote" for why in found.left_out.values()]
-    return ReuseResult(task, class_names, images, combine(found.probs, voting, class_names), voting,
-                       {c: p for c, p in zip(class_names, written) if p != c}, dict(found.left_out), warnings)
+    return ReuseResult(task, class_names, found.images, combine(found.probs, voting, class_names), voting,
+                       {c: p for c, p in zip(class_names, written) if p != c}, dict(found.left_out), warnings,
+                       found.stats)
 
 
 def write_predictions(result: ReuseResult, path: Path, fmt: str = "csv") -> None:

@@ -1,10 +1,11 @@
-"""Sample images in the ImageFolder layout, decoded once per preprocessing configuration.
+"""Sample images in the ImageFolder layout, and the optional pixel cache of them.
 
 A sample set is `root/<wnid>/*.{jpg,png,...}` (`mll_index.images.IMAGE_SUFFIXES`): the images
-of each graph node in a folder named by its wnid, decoded by `mll_index.images.open_image`. Labeling runs every hub model on these images; models that
-share a preprocessing configuration (`mll_index.hub.preprocess_key`) take the same input
-tensors, so the images are decoded and transformed once per configuration and cached on
-disk as a float16 `.npy` array, memory-mapped when read.
+of each graph node in a folder named by its wnid, decoded by `mll_index.images.open_image`.
+Labeling streams them through `mll_index.pipeline` (one pass per preprocessing configuration).
+On request (`label --pixel-cache`) they are also kept decoded at a model's input resolution,
+uint8, in one `.npy` per preprocessing configuration (`mll_index.hub.preprocess_key`) and sample
+set, so that labeling more models later skips decoding; that file is n x H x W x 3 bytes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,16 @@ import numpy as np
 
 from mll_index.artifacts import read_json, write_json
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.images import UnreadableImageError, image_files, open_image
+from mll_index.images import UnreadableImageError, image_files
 
 log = logging.getLogger(__name__)
 
 WNID_RE = re.compile(r"^n\d{8}$")
 PIXELS_FORMAT = "mll-index-pixels"
 # 2: images decoded by mll_index.images (bit depth, transparency on white, EXIF orientation),
-# and the reason each unreadable image was skipped.
-PIXELS_FORMAT_VERSION = 2
+# and the reason each unreadable image was skipped. 3: uint8 (n, H, W, 3) before the tensor steps,
+# row i = sample i.
+PIXELS_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -58,26 +58,6 @@ class SampleSet:
     def node_wnids(self) -> tuple[str, ...]:
         """The distinct wnids that have images, sorted."""
         return tuple(sorted(set(self.wnids)))
-
-
-@dataclass(frozen=True, eq=False)
-class PreprocessedImages:
-    """The sample images after a model's eval transform.
-
-    `pixels` is (n, 3, H, W) float16, memory-mapped; row i is the image at
-    `samples.paths[indices[i]]`. `indices` is (n,) int64, increasing. `unreadable` lists
-    the relative paths that could not be decoded (or were refused as too large) and have no
-    row; `reasons` maps each of them to why, in one line.
-    """
-
-    key: str
-    pixels: np.ndarray
-    indices: np.ndarray
-    unreadable: tuple[str, ...]
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.pixels.shape[0])
 
 
 def _fingerprint(root: Path, paths: list[str]) -> str:
@@ -136,9 +116,87 @@ def _cache_paths(cache_dir: Path, key: str, fingerprint: str) -> tuple[Path, Pat
     return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
 
 
-def _load_cached(samples: SampleSet, key: str, cache_dir: Path) -> PreprocessedImages | None:
-    """The cached array for (key, fingerprint), or None when it is absent or does not match."""
-    npy, meta_path = _cache_paths(cache_dir, key, samples.fingerprint)
+def image_stage(preprocess: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The PIL steps of an open_clip eval transform (resize, crop), before it becomes a tensor.
+
+    Their output is a uint8 image at the model's input resolution, from which the rest of the
+    transform gives exactly what it gives from the original file (resizing or cropping an image
+    already at the target size leaves it as it is), so it can be cached losslessly.
+
+    Raises:
+        InputError: the transform is not a torchvision Compose with a ToTensor step.
+    """
+    steps = list(getattr(preprocess, "transforms", None) or [])
+    cut = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "PILToTensor", "MaybeToTensor")), None)
+    if cut is None:
+        raise InputError(f"the transform {type(preprocess).__name__} has no ToTensor step to cache the images "
+                         "before; label without --pixel-cache")
+    from torchvision.transforms import Compose
+
+    return Compose(steps[:cut])
+
+
+class _ToArray:
+    """PIL image → (H, W, 3) uint8 array after the transform's PIL steps (a class, so workers can pickle it)."""
+
+    def __init__(self, stage: Callable[[Any], Any]) -> None:
+        self.stage = stage
+
+    def __call__(self, image: Any) -> np.ndarray:
+        return np.array(self.stage(image).convert("RGB"), np.uint8)  # a writable copy, as torch wants
+
+
+def pixel_cache_shape(samples: SampleSet, preprocess: Callable[[Any], Any]) -> tuple[int, int, int, int]:
+    """(n, H, W, 3) of the pixel cache of `samples` for this transform (H, W: the model's input size)."""
+    from PIL import Image
+
+    height, width, _ = _ToArray(image_stage(preprocess))(Image.new("RGB", (64, 64))).shape
+    return len(samples), int(height), int(width), 3
+
+
+@dataclass(frozen=True)
+class PixelCache:
+    """Sample images decoded and resized to a model's input, uint8, memory-mapped.
+
+    Row i of the (n, H, W, 3) array `path` is `samples.paths[i]`; the rows of the unreadable images
+    (relative path → why, in `reasons`) are zeros and never read.
+    """
+
+    path: Path
+    root: Path
+    paths: tuple[str, ...]
+    reasons: dict[str, str]
+
+    def decoder(self) -> CachedDecoder:
+        """A `pipeline.Decoder` that reads images from the cache instead of their files."""
+        return CachedDecoder(self.path, self.root, {p: i for i, p in enumerate(self.paths)}, self.reasons)
+
+
+class CachedDecoder:
+    """path → RGB PIL image from a pixel cache; an image unreadable when the cache was written raises
+    `UnreadableImageError` with the same reason. Opens the array lazily, once per process (loader workers)."""
+
+    def __init__(self, npy: Path, root: Path, rows: dict[str, int], reasons: dict[str, str]) -> None:
+        self.npy, self.root, self.rows, self.reasons = Path(npy), Path(root), rows, reasons
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    def __call__(self, path: Path) -> Any:
+        from PIL import Image
+
+        rel = Path(path).relative_to(self.root).as_posix()
+        if rel in self.reasons:
+            raise UnreadableImageError(path, self.reasons[rel])
+        if self._array is None:
+            self._array = np.load(self.npy, mmap_mode="r")
+        return Image.fromarray(np.asarray(self._array[self.rows[rel]]), "RGB")
+
+
+def open_pixel_cache(samples: SampleSet, key: str, cache_dir: Path) -> PixelCache | None:
+    """The pixel cache for (key, sample fingerprint) in `cache_dir`, or None when absent, stale or damaged."""
+    npy, meta_path = _cache_paths(Path(cache_dir), key, samples.fingerprint)
     if not meta_path.is_file() or not npy.is_file():
         return None
     try:
@@ -147,143 +205,79 @@ def _load_cached(samples: SampleSet, key: str, cache_dir: Path) -> PreprocessedI
                 or meta.get("key") != key or meta.get("fingerprint") != samples.fingerprint
                 or meta.get("n_samples") != len(samples)):
             raise IndexFormatError(f"{meta_path}: written for other samples or another version")
-        unreadable = tuple(meta["unreadable"])
         reasons = {str(k): str(v) for k, v in meta["unreadable_reasons"].items()}
         pixels = np.load(npy, mmap_mode="r")
     except (IndexFormatError, KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
-        log.warning("rebuilding the preprocessed images: %s", exc)
+        log.warning("writing the pixel cache again: %s", exc)
         return None
-    skip = set(unreadable)
-    indices = np.array([i for i, p in enumerate(samples.paths) if p not in skip], dtype=np.int64)
-    if pixels.dtype != np.float16 or pixels.ndim != 4 or pixels.shape[0] != len(indices) \
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[0] != len(samples) \
             or list(pixels.shape) != meta.get("shape"):
-        log.warning("rebuilding the preprocessed images: %s holds %s %s, %s expects (%d, ...) float16",
-                    npy, pixels.shape, pixels.dtype, meta_path.name, len(indices))
+        log.warning("writing the pixel cache again: %s holds %s %s, %s expects %s uint8", npy, pixels.shape,
+                    pixels.dtype, meta_path.name, meta.get("shape"))
         return None
-    return PreprocessedImages(key=key, pixels=pixels, indices=indices, unreadable=unreadable, reasons=reasons)
+    return PixelCache(npy, samples.root, samples.paths, reasons)
 
 
-def _output_shape(preprocess: Callable[[Any], Any]) -> tuple[int, int, int]:
-    """(3, H, W) of the transform's output, from a blank image (so it is known even if no image decodes)."""
-    from PIL import Image
-
-    out = preprocess(Image.new("RGB", (64, 64)))
-    shape = tuple(getattr(out, "shape", ()))
-    if len(shape) != 3 or shape[0] != 3:
-        raise InputError(f"the preprocess transform must map a PIL image to a (3, H, W) tensor, it gave {shape}")
-    return shape  # type: ignore[return-value]
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
-def _new_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+def write_pixel_cache(samples: SampleSet, preprocess: Callable[[Any], Any], key: str, cache_dir: Path, *,
+                      batch_size: int = 64, workers: int = 0, progress: bool = False,
+                      notify: Callable[[str], None] | None = None) -> PixelCache:
+    """Decode every sample image (`mll_index.images.open_image`, through `pipeline.image_loader`) and keep it
+    at the model's input resolution as uint8 in `cache_dir/<key>-<fingerprint>.npy` (+ `.json`: key,
+    fingerprint, unreadable images with their reasons), or reuse that file when it is current.
 
+    The size (n x H x W x 3 bytes) is reported through `notify` before anything is written.
 
-def preprocess_images(samples: SampleSet, preprocess: Callable[[Any], Any], key: str,
-                      cache_dir: Path | None = None, batch_size: int = 64, workers: int = 0,
-                      progress: bool = False) -> PreprocessedImages:
-    """Decode every sample image (`mll_index.images.open_image`) and apply an open_clip eval transform, once.
-
-    The result is written to `cache_dir` as `<key>-<fingerprint>.npy` (float16) and `.json`
-    (key, fingerprint, unreadable images with their reasons), each atomically; a later call with the same key
-    and an unchanged sample set reads it back memory-mapped without decoding anything.
-    Without `cache_dir` the array lives in a temporary file that is deleted once mapped.
-
-    Args:
-        samples: from `scan_samples`.
-        preprocess: PIL image -> (3, H, W) float tensor (`LoadedModel.preprocess`).
-        key: names the transform (`mll_index.hub.preprocess_key`); equal keys must mean
-            equal transforms, since the cache is looked up by key.
-        batch_size: images decoded between writes to the array.
-        workers: decoding threads (PIL releases the GIL while decoding and resizing); 0 decodes inline.
-        progress: show a tqdm progress bar.
-    Returns:
-        pixels (n, 3, H, W) float16 memory-mapped, with the positions in `samples.paths`
-        of the n readable images and the relative paths of the unreadable ones, with why.
     Raises:
-        InputError: `$MLL_INDEX_MAX_PIXELS` is invalid (a damaged or too large image is not
-            an error: it is listed in `unreadable`).
+        InputError: the disk holding `cache_dir` has less free space than the cache needs (nothing is
+            written), or the transform cannot be split (see `image_stage`).
     """
-    if cache_dir is not None:
-        cached = _load_cached(samples, key, Path(cache_dir))
-        if cached is not None:
-            log.info("preprocessed images for %s read from %s", key, cache_dir)
-            return cached
+    cached = open_pixel_cache(samples, key, cache_dir)
+    if cached is not None:
+        log.info("pixel cache for %s read from %s", key, cache_dir)
+        return cached
+    from mll_index.pipeline import ImageSet, image_loader
+
+    shape = pixel_cache_shape(samples, preprocess)
+    size = int(np.prod(shape))
+    npy, meta_path = _cache_paths(Path(cache_dir), key, samples.fingerprint)
+    free = shutil.disk_usage(_existing_parent(Path(cache_dir))).free
+    if size > free:
+        raise InputError(f"{cache_dir}: the pixel cache of {len(samples)} images at {shape[1]}x{shape[2]} needs "
+                         f"{size / 1e9:.2f} GB and the disk has {free / 1e9:.2f} GB free; free space or label "
+                         "without --pixel-cache")
+    (notify or log.info)(f"writing a pixel cache of {size / 1e9:.2f} GB ({len(samples)} images at "
+                         f"{shape[1]}x{shape[2]}, uint8) to {npy}")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = npy.parent / f".{npy.name}.{os.getpid()}.tmp"
+    reasons: dict[str, str] = {}
+    loader = image_loader(ImageSet(samples.root, samples.paths), _ToArray(image_stage(preprocess)),
+                          batch_size=batch_size, workers=workers)
     from tqdm.auto import tqdm
 
-    channels, height, width = _output_shape(preprocess)
-    work_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="mll-index-pixels."))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    npy, meta_path = _cache_paths(work_dir, key, samples.fingerprint)
-    tmp = work_dir / f".{npy.name}.{os.getpid()}.tmp"
-    n = len(samples)
-    kept: list[int] = []
-    unreadable: list[str] = []
-    reasons: dict[str, str] = {}
-
-    def prepare(index: int) -> Any:
-        """The (3, H, W) tensor of image `index`, or the reason it is unreadable (a str)."""
-        try:
-            image = open_image(samples.root / samples.paths[index])
-        except UnreadableImageError as exc:
-            return exc.reason
-        return preprocess(image)
-
     try:
-        out = _new_npy(tmp, (n, channels, height, width))
-        pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
-        try:
-            with tqdm(total=n, unit="img", desc=f"decoding images ({key})", disable=not progress) as bar:
-                for start in range(0, n, batch_size):
-                    batch = range(start, min(start + batch_size, n))
-                    tensors = pool.map(prepare, batch) if pool else map(prepare, batch)
-                    for index, tensor in zip(batch, tensors):
-                        if isinstance(tensor, str):
-                            unreadable.append(samples.paths[index])
-                            reasons[samples.paths[index]] = tensor
-                        else:
-                            out[len(kept)] = tensor.numpy().astype(np.float16)
-                            kept.append(index)
-                    bar.update(len(batch))
-        finally:
-            if pool:
-                pool.shutdown()
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        with tqdm(total=len(samples), unit="img", desc=f"pixel cache ({key})", disable=not progress) as bar:
+            for batch in loader:
+                for pos, reason in batch.unreadable:
+                    reasons[samples.paths[pos]] = reason
+                if batch.pixels is not None:
+                    # Exact: the loader carries the uint8 values as float32.
+                    out[batch.positions.numpy()] = batch.pixels.numpy().astype(np.uint8)
+                bar.update(len(batch.unreadable) + (0 if batch.pixels is None else len(batch.positions)))
         out.flush()
         del out
-        if len(kept) < n:
-            # Unreadable images leave unused rows at the end: copy the kept ones to a shorter array.
-            full = np.load(tmp, mmap_mode="r")
-            short_tmp = work_dir / f".{npy.name}.{os.getpid()}.short.tmp"
-            short = _new_npy(short_tmp, (len(kept), channels, height, width))
-            for start in range(0, len(kept), 1024):
-                stop = min(start + 1024, len(kept))
-                short[start:stop] = full[start:stop]
-            short.flush()
-            del short, full
-            os.replace(short_tmp, tmp)
         os.replace(tmp, npy)
         write_json(meta_path, {
             "format": PIXELS_FORMAT, "format_version": PIXELS_FORMAT_VERSION, "key": key,
-            "fingerprint": samples.fingerprint, "root": str(samples.root), "n_samples": n,
-            "shape": [len(kept), channels, height, width], "dtype": "float16", "unreadable": unreadable,
-            "unreadable_reasons": reasons,
-        })
-        pixels = np.load(npy, mmap_mode="r")
+            "fingerprint": samples.fingerprint, "root": str(samples.root), "n_samples": len(samples),
+            "shape": list(shape), "dtype": "uint8", "unreadable": sorted(reasons), "unreadable_reasons": reasons})
     finally:
-        for leftover in work_dir.glob(f".{npy.name}.{os.getpid()}.*tmp"):
-            leftover.unlink(missing_ok=True)
-        if cache_dir is None:
-            # The mapping keeps the data readable after the file is unlinked.
-            shutil.rmtree(work_dir, ignore_errors=True)
-    if unreadable:
-        log.warning("%s: skipped %d unreadable images: %s", samples.root, len(unreadable),
-                    [f"{p} ({reasons[p]})" for p in unreadable[:5]])
-    return PreprocessedImages(key=key, pixels=pixels, indices=np.asarray(kept, dtype=np.int64),
-                              unreadable=tuple(unreadable), reasons=reasons)
-
-
-def iter_batches(pre: PreprocessedImages, batch_size: int = 64) -> Iterator[Any]:
-    """Yield the pixels as torch float32 tensors of shape (b, 3, H, W), b <= batch_size, in row order."""
-    import torch
-
-    for start in range(0, len(pre), batch_size):
-        yield torch.from_numpy(np.asarray(pre.pixels[start:start + batch_size], dtype=np.float32))
+        tmp.unlink(missing_ok=True)
+    return PixelCache(npy, samples.root, samples.paths, reasons)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,13 @@ def test_evaluation_on_the_small_world(small_world, world_index: Path, embedder,
         # The world's own accuracy table agrees with what evaluation measured.
         assert row["inb"] == pytest.approx(small_world.accuracy[inb_model(hub)][name], abs=1e-3)
     assert len(result.sweep) == 2 * 2 * 3
+    # Every model ran over every task's images through the pipeline: the rates say which side bounds it.
+    passes = len(result.stats) // len(result.tasks)     # per task, one per preprocessing configuration
+    assert passes >= 1 and len(result.stats) == passes * len(result.tasks)
+    assert result.rates["images"] == passes * sum(c["images"] for c in result.chosen.values())
+    assert set(result.rates["encode_images_per_s"]) == set(hub.ids) and result.rates["bound_by"] in ("decode", "encode")
     files = write_evaluation(result, tmp_path / "ev")
+    assert json.loads(files["json"].read_text())["rates"] == result.rates
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| **mean** |" in files["md"].read_text()
 

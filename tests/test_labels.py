@@ -22,7 +22,8 @@ from mll_index.hub import load_hub, load_model
 from mll_index.index import load_index
 from mll_index.labels import (confusion_counts, label_models, labeled_models, labels_dir, load_label,
                               node_prompts, read_sample_table, score_images)
-from mll_index.samples import preprocess_images, scan_samples
+from mll_index.layout import PIXEL_CACHE
+from mll_index.samples import scan_samples
 
 FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
 LATER = [CRANE_BIRD, CRANE_MACHINE]
@@ -57,14 +58,21 @@ def direct_counts(index: Path, hub_file: Path, model_id: str, samples_root: Path
     """The model's confusion over the labeled nodes, computed straight from open_clip."""
     import torch
 
+    from mll_index.images import UnreadableImageError, open_image
+
     idx = load_index(index)
     loaded = load_model(load_hub(hub_file).get(model_id))
     samples = scan_samples(samples_root)
-    pre = preprocess_images(samples, loaded.preprocess, "direct")
-    wnids = [samples.wnids[i] for i in pre.indices]
+    pixels, wnids = [], []
+    for rel, wnid in zip(samples.paths, samples.wnids):
+        try:
+            pixels.append(loaded.preprocess(open_image(samples.root / rel)))
+        except UnreadableImageError:
+            continue
+        wnids.append(wnid)
     nodes = sorted(set(wnids))
     with torch.no_grad():
-        img = torch.nn.functional.normalize(loaded.model.encode_image(torch.from_numpy(np.asarray(pre.pixels, np.float32))), dim=-1)
+        img = torch.nn.functional.normalize(loaded.model.encode_image(torch.stack(pixels)), dim=-1)
         txt = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(node_prompts(idx, nodes))), dim=-1)
     pred = (img @ txt.T).argmax(1).numpy()
     true = np.array([nodes.index(w) for w in wnids])
@@ -219,7 +227,9 @@ def test_full_disk_keeps_every_label(setup: tuple[Path, Path, Path]) -> None:
     # Files may not grow past 4 KiB: the first larger write fails as on a full disk.
     proc = _label_subprocess(index, samples, hub_file, fsize=4096)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and ("File too large" in err or "No space" in err or "Errno 27" in err)
+    # Without a pixel cache the first large write is the sample table, through artifacts.writing.
+    assert proc.returncode != 0 and ("File too large" in err or "No space" in err or "Errno 27" in err
+                                     or "file size limit reached" in err)
     after = {p.name: p.read_bytes() for p in (labels_dir(index) / "tiny-vit-a").iterdir()}
     assert after == before
     assert labeled_models(index) == {"tiny-vit-a": load_label(index, "tiny-vit-a").manifest["samples"]}
@@ -286,3 +296,87 @@ def test_score_images_refuses_values_that_are_not_finite() -> None:
         score_images(bad, node, np.arange(3), 100.0)
     with pytest.raises(ModelLoadError, match="not finite"):
         score_images(image, node, np.arange(3), float("nan"))
+
+
+# ---------------------------------------------------------------------------------------
+# The streamed data path: nothing kept per image but the label, the opt-in pixel cache, the temperature
+
+
+def _label_tree(index: Path) -> list[str]:
+    return sorted(p.relative_to(labels_dir(index)).as_posix() for p in labels_dir(index).rglob("*"))
+
+
+def test_labeling_without_a_pixel_cache_writes_only_the_labels(setup: tuple[Path, Path, Path]) -> None:
+    index, samples, hub_file = setup
+    images_before = sorted(p.relative_to(samples).as_posix() for p in samples.rglob("*"))
+    report = label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a", "tiny-vit-b"], workers=2,
+                          batch_size=3)
+    assert sorted(report.labeled) == ["tiny-vit-a", "tiny-vit-b"]
+    assert len(report.stats) == 1 and report.stats[0].images == 20 and report.stats[0].unreadable == 1
+    # One pass for both models, which share a preprocessing configuration.
+    assert set(report.stats[0].encode_s) == {"tiny-vit-a", "tiny-vit-b"}
+    tops = {p.split("/")[0] for p in _label_tree(index)}
+    assert tops == {"tiny-vit-a", "tiny-vit-b", "matrix", next(p.name for p in labels_dir(index).glob("samples-*"))}
+    assert not (labels_dir(index) / PIXEL_CACHE).exists()
+    assert sorted(p.relative_to(samples).as_posix() for p in samples.rglob("*")) == images_before
+    assert report.unreadable == [f"{TENCH}/corrupt.jpg"] and "cannot decode" in report.unreadable_reasons[
+        f"{TENCH}/corrupt.jpg"]
+
+
+def test_pixel_cache_gives_the_same_labels_and_is_read_next_time(setup: tuple[Path, Path, Path],
+                                                                 tmp_path: Path) -> None:
+    index, samples, hub_file = setup
+    plain = tmp_path / "plain"
+    shutil.copytree(index, plain)
+    hub = load_hub(hub_file)
+    label_models(plain, hub, samples, models=["tiny-vit-a"])
+    lines: list[str] = []
+    report = label_models(index, hub, samples, models=["tiny-vit-a"], pixel_cache=True, notify=lines.append)
+    assert report.unreadable == [f"{TENCH}/corrupt.jpg"]
+    cached = sorted((labels_dir(index) / PIXEL_CACHE).glob("*.npy"))
+    assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").dtype == np.uint8
+    assert np.load(cached[0], mmap_mode="r").shape == (21, 32, 32, 3)
+    assert len(lines) == 1 and "21 images at 32x32" in lines[0] and str(cached[0]) in lines[0]
+    a, b = load_label(plain, "tiny-vit-a"), load_label(index, "tiny-vit-a")
+    np.testing.assert_array_equal(np.asarray(a.counts), np.asarray(b.counts))
+    np.testing.assert_array_equal(np.asarray(a.image_embeddings), np.asarray(b.image_embeddings))
+    # Another model of the same preprocessing reads the cache: nothing more is written or announced.
+    lines.clear()
+    label_models(index, hub, samples, models=["tiny-vit-b"], pixel_cache=True, notify=lines.append)
+    assert not lines and sorted((labels_dir(index) / PIXEL_CACHE).glob("*.npy")) == cached
+
+
+def test_pixel_cache_is_refused_when_the_disk_is_too_small(setup: tuple[Path, Path, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file system of a few kilobytes cannot be made here; the free space it reports can.
+    index, samples, hub_file = setup
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1024, 1024))
+    with pytest.raises(InputError, match=r"pixel cache of 21 images at 32x32 needs .* GB free; .*--pixel-cache") as info:
+        label_models(index, load_hub(hub_file), samples, models=["tiny-vit-a"], pixel_cache=True)
+    assert "\n" not in str(info.value)
+    assert not (labels_dir(index) / PIXEL_CACHE).exists() and not labeled_models(index)
+
+
+def test_labeling_caps_the_temperature_at_100(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import math
+
+    import torch
+
+    index, samples, hub_file = setup
+    state = torch.load(hub_file.parent / "weights" / "vit-a.pt", weights_only=True)
+    state["logit_scale"] = torch.tensor(math.log(1000.0))   # learned scale 1000, above CLIP's cap
+    torch.save(state, tmp_path / "hot.pt")
+    data = json.loads(hub_file.read_text())
+    data["models"].append({"id": "tiny-hot", "arch": "tinylabvit", "checkpoint": str(tmp_path / "hot.pt"),
+                           "config": str(hub_file.parent / "arch" / "tinylabvit.json")})
+    (hub_file.parent / "hub-hot.json").write_text(json.dumps(data))
+    label_models(index, load_hub(hub_file.parent / "hub-hot.json"), samples, models=["tiny-hot", "tiny-vit-a"])
+    hot, plain = load_label(index, "tiny-hot"), load_label(index, "tiny-vit-a")
+    assert hot.manifest["logit_scale"] == 100.0
+    # Same weights but the scale: the same embeddings and ranking, logits at the capped scale.
+    np.testing.assert_array_equal(np.asarray(hot.topk_nodes), np.asarray(plain.topk_nodes))
+    cos = np.asarray(hot.topk_logits[:, 0], np.float32) / 100.0
+    assert np.all(np.abs(cos) <= 1.0 + 1e-2)
+    np.testing.assert_allclose(np.asarray(hot.topk_logits, np.float32),
+                               np.asarray(plain.topk_logits, np.float32) * 100.0 / plain.manifest["logit_scale"],
+                               rtol=1e-2, atol=0.1)

@@ -240,3 +240,43 @@ def test_reuse_cli_refuses_identical_prompts_unless_forced(tiny_reuse_hub: Path,
     assert any(line.startswith("mll-index: warning: ") and "identical prompts" in line
                for line in forced.stderr.splitlines())
     assert json.loads(forced.stdout)["warnings"]
+
+
+# ---------------------------------------------------------------------------------------
+# The streamed data path: workers, unreadable images met by a worker, the caller's records left alone
+
+
+def test_two_workers_predict_what_zero_workers_do(tiny_reuse_hub: Path, class_images: Path, tmp_path: Path) -> None:
+    from mll_index.images import open_image
+    from mll_index.reuse import predict
+
+    hub = load_hub(tiny_reuse_hub)
+    folder = tmp_path / "task"
+    shutil.copytree(class_images, folder)
+    # An unreadable file in the middle of the stream (second class, between readable images).
+    (folder / "goldfish" / "1b.png").write_bytes(b"not an image")
+    images = scan_task_images(folder, CLASSES)
+    before = (list(images.paths), images.labels.copy(), list(images.unreadable))
+    inline = predict(hub, ["tiny-good"], images, CLASSES, batch_size=2, workers=0)
+    pooled = predict(hub, ["tiny-good"], images, CLASSES, batch_size=2, workers=2)
+    # The caller's record is not modified: each result carries a new one.
+    assert (images.paths, images.unreadable) == (before[0], before[2]) and np.array_equal(images.labels, before[1])
+    for got in (inline, pooled):
+        assert got.images is not images and got.images.unreadable == ["goldfish/1b.png"]
+        assert len(got.images.paths) == len(images.paths) - 1 and "goldfish/1b.png" not in got.images.paths
+    with pytest.raises(InputError) as info:
+        open_image(folder / "goldfish" / "1b.png")
+    assert pooled.images.reasons["goldfish/1b.png"] == info.value.reason  # type: ignore[attr-defined]
+    assert pooled.images.paths == inline.images.paths
+    assert np.array_equal(pooled.images.labels, inline.images.labels)
+    np.testing.assert_allclose(pooled.probs["tiny-good"], inline.probs["tiny-good"], atol=1e-6)
+    assert pooled.stats[0].images == len(pooled.images.paths) and pooled.stats[0].unreadable == 1
+
+
+def test_reuse_reports_decode_and_encode_rates(tiny_reuse_hub: Path, class_images: Path) -> None:
+    hub = load_hub(tiny_reuse_hub)
+    result = reuse_models(hub, {c: ["tiny-good"] for c in CLASSES}, class_images, workers=1)
+    rates = result.summary()["rates"]
+    assert rates["images"] == len(result.images.paths) and rates["unreadable"] == 0
+    assert set(rates["encode_images_per_s"]) == {"tiny-good"} and rates["bound_by"] in ("decode", "encode")
+    assert "decode_images_per_s" in rates
