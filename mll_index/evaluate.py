@@ -90,7 +90,7 @@ class Evaluation:
 
 
 def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, TaskImages], device: str,
-                       progress: bool, workers: int = 0, batch_size: int = 64
+                       progress: bool, workers: int = 0, batch_size: int = 256
                        ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]], dict[str, TaskImages],
                                   list[EncodeStats]]:
     """Every model's probabilities on every task (task → model → (n, C)), its text-proxy score, each task's
@@ -129,7 +129,7 @@ def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, Ta
 def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, alpha: float = 0.7,
                    mode: str = "restricted", n_nodes: int = 5, ks: Sequence[int] = KS,
                    alphas: Sequence[float] = ALPHAS, device: str = "cpu", progress: bool = False,
-                   workers: int = 0, batch_size: int = 64) -> Evaluation:
+                   workers: int = 0, batch_size: int = 256) -> Evaluation:
     """MLL (k = 1 and 3 at the given alpha and mode) and the baselines on every task, plus the sweep.
 
     An index with published labels only is evaluated on them: its models are the published ones,

@@ -189,7 +189,7 @@ def readable_images(images: TaskImages, positions: np.ndarray, unreadable: Seque
 
 def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
             device: str = "cpu", progress: bool = False, prompt_names: Sequence[str] | None = None,
-            force: bool = False, *, workers: int = 0, batch_size: int = 64, models_per_pass: int = 4) -> Predictions:
+            force: bool = False, *, workers: int = 0, batch_size: int = 256, models_per_pass: int = 4) -> Predictions:
     """Zero-shot probabilities of each model on the images, with the models that cannot vote set aside.
 
     The images stream through `mll_index.pipeline.zero_shot_probabilities`: one pass per preprocessing
@@ -283,7 +283,7 @@ class ReuseResult:
 
 def reuse_models(hub: Hub, models: Mapping[str, Sequence[str]], folder: Path, *, task: str = "task",
                  device: str | None = None, progress: bool = False, lemmas: Mapping[str, str] | None = None,
-                 force: bool = False, workers: int = 0, batch_size: int = 64) -> ReuseResult:
+                 force: bool = False, workers: int = 0, batch_size: int = 256) -> ReuseResult:
     """Run the models chosen per class on a task's images and combine them by inverse entropy.
 
     Args:
