@@ -84,7 +84,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> floa
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if proc.poll() is not None:
-            raise SystemExit(f"the service exited with status {proc.returncode}")
+            why = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:]
+            raise SystemExit(f"the service exited with status {proc.returncode}: {' '.join(why)}")
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
                 if r.status == 200:

@@ -9,7 +9,8 @@ caller's mistake, never a traceback):
     GET  /v1/models        the labeled models and the labels each has
     GET  /v1/index         the index's manifest summary and version
     GET  /healthz          liveness;  GET /readyz: the index is open and warm
-    GET  /metrics          Prometheus text format
+    GET  /metrics          Prometheus text format: the counts of the worker process that answers
+                           (with `serve --workers N` each worker counts its own requests)
 
 Every answer that comes from the index names its version (`index_version` and the
 `X-Index-Version` header). Selection runs in a bounded thread pool, each request under a time
@@ -445,7 +446,11 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        """Prometheus metrics: requests by route and status, latency, the index version served."""
+        """Prometheus metrics: requests by route and status, latency, the index version served.
+
+        Per worker process: with several uvicorn workers a scrape reaches one of them and gets its
+        counts only (prometheus-client's multiprocess mode would merge them, but it has no Info
+        and no callback gauges, which the version and reload figures use)."""
         version_info.info({"version": holder.current.version, "path": str(holder.current.path)})
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
