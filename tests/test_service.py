@@ -352,3 +352,74 @@ def test_select_remote_client(world_index: Path) -> None:
         select_remote(f"http://127.0.0.1:{free_port()}", ["tiger", "lion"], timeout=5)
     with pytest.raises(InputError, match="http://"):
         select_remote("ftp://example", ["tiger", "lion"])
+
+
+# ---------------------------------------------------------------------------------------
+# Fuzzing from the OpenAPI schema: whatever a caller sends, the answer is never a 5xx.
+
+FUZZ_EXAMPLES = 12   # per operation and generation mode: ~80 requests in all, a few seconds
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(world_index: Path):  # type: ignore[no-untyped-def]
+    schemathesis = pytest.importorskip("schemathesis")
+    app = create_app(world_index, ServiceSettings(api_key=TOKEN, max_classes=50, max_batch=20,
+                                                  max_body_bytes=64 * 1024), watch=False)
+    return schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_requests_generated_from_the_schema_never_get_a_5xx(fuzz_schema, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Valid and invalid requests (wrong types, missing fields, options out of range), token sent."""
+    from schemathesis import GenerationMode
+
+    statuses: list[tuple[str, int, str]] = []
+    for result in fuzz_schema.get_all_operations():
+        op = result.ok()
+        if mode == "negative" and op.method.upper() == "GET":
+            continue  # no GET takes a parameter: nothing to make invalid
+        _fuzz_operation(op, GenerationMode(mode), statuses)
+    assert any(status == 200 for _, status, _ in statuses) or mode == "negative"   # negative: every request is wrong
+    assert any(400 <= status < 500 for _, status, _ in statuses)
+
+
+def _fuzz_operation(op, mode, statuses: list[tuple[str, int, str]]) -> None:  # type: ignore[no-untyped-def]
+    """FUZZ_EXAMPLES generated requests for one operation, each answered below 500 (a refusal in the one JSON shape)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True, print_blob=False,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @given(case=op.as_strategy(generation_mode=mode))
+    def send(case) -> None:  # type: ignore[no-untyped-def]
+        response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
+        statuses.append((op.label, response.status_code, response.text[:200]))
+        assert response.status_code < 500, (op.label, case.body, case.query, response.text[:300])
+        if response.status_code >= 400:   # one JSON shape for every refusal
+            assert set(response.json()) == {"error", "field"}, response.text[:300]
+
+    send()
+
+
+@pytest.mark.slow
+def test_two_uvicorn_workers_answer(world_index: Path) -> None:
+    """`serve --workers 2`: uvicorn's worker processes each open the index and answer from the same version."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env.pop("MLL_INDEX_HOME", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "serve", "--index", str(world_index), "--port",
+                             str(port), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, proc, {})
+        answers = []
+        for task in (["tiger", "lion"], ["cow", "pig", "banana"]):
+            request = urllib.request.Request(url + "/v1/select", data=json.dumps({"task": task}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as r:
+                answers.append((r.headers["X-Index-Version"], json.loads(r.read())))
+        assert [a["classes"][0]["name"] for _, a in answers] == ["tiger", "cow"]
+        assert {v for v, _ in answers} == {a["index_version"] for _, a in answers} == {index_version(world_index)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -9,7 +9,8 @@ caller's mistake, never a traceback):
     GET  /v1/models        the labeled models and the labels each has
     GET  /v1/index         the index's manifest summary and version
     GET  /healthz          liveness;  GET /readyz: the index is open and warm
-    GET  /metrics          Prometheus text format
+    GET  /metrics          Prometheus text format: the counts of the worker process that answers
+                           (with `serve --workers N` each worker counts its own requests)
 
 Every answer that comes from the index names its version (`index_version` and the
 `X-Index-Version` header). Selection runs in a bounded thread pool, each request under a time
@@ -88,12 +89,26 @@ _TASK_DOC = ('The task, as `mll-index select --task` reads it: a list of class n
              '[name | {"name", "captions": [...]}], "domain", "description"}.')
 
 
+# The task's shape, for the OpenAPI document (and the clients and fuzzers generated from it);
+# `parse_task` checks it, so that a wrong task is a 422 naming the class at fault.
+_NAME = {"type": "string", "minLength": 1}
+TASK_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "array", "items": _NAME, "minItems": 2, "uniqueItems": True},
+    {"type": "object", "required": ["classes"], "additionalProperties": False, "properties": {
+        "name": {"type": ["string", "null"]},
+        "classes": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {"anyOf": [_NAME, {
+            "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                "name": _NAME, "captions": {"type": ["array", "null"], "items": _NAME, "minItems": 1}}}]}},
+        "domain": {"type": ["string", "null"]}, "description": {"type": ["string", "null"]}}}]}
+
+
 class SelectRequest(BaseModel):
     """POST /v1/select: a task and the options of `mll-index select`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    task: Any = Field(description=_TASK_DOC, examples=[["tiger", "lion", "banana"]])
+    task: Any = Field(description=_TASK_DOC, examples=[["tiger", "lion", "banana"]],
+                      json_schema_extra=TASK_SCHEMA)
     k: int = Field(1, ge=1, le=1000, description="Models per class.")
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="Weight of the class's own F1 against the other classes'.")
     nodes: int = Field(5, ge=1, le=1000, description="Labeled nodes matched per class.")
@@ -431,7 +446,11 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        """Prometheus metrics: requests by route and status, latency, the index version served."""
+        """Prometheus metrics: requests by route and status, latency, the index version served.
+
+        Per worker process: with several uvicorn workers a scrape reaches one of them and gets its
+        counts only (prometheus-client's multiprocess mode would merge them, but it has no Info
+        and no callback gauges, which the version and reload figures use)."""
         version_info.info({"version": holder.current.version, "path": str(holder.current.path)})
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -464,7 +483,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
     @app.post("/v1/select/batch", tags=["select"],
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"type": "array", "items": {}}},
+                  "application/json": {"schema": {"type": "array", "items": TASK_SCHEMA}},
                   "application/x-ndjson": {"schema": {"type": "string"}}}}})
     async def select_batch_route(
             request: Request, k: int = Query(1, ge=1, le=1000), alpha: float = Query(0.7, ge=0.0, le=1.0),
