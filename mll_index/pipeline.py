@@ -365,7 +365,9 @@ def rates(stats: Sequence[EncodeStats]) -> dict[str, Any]:
     """The decode and encode rates of a run made of several passes, for a JSON summary.
 
     Returns:
-        images and unreadable (summed over passes), seconds, loader_wait_s, decode_images_per_s
+        images and unreadable (image decodes, summed over passes: an image is decoded once per pass,
+        and there is a pass per preprocessing configuration and group of up to `models_per_pass`
+        models), passes, seconds, loader_wait_s, decode_images_per_s
         (images the loader delivered per second the models waited on it; null when they never
         waited), encode_images_per_s per model, and bound_by ("decode" or "encode").
     """
@@ -378,7 +380,8 @@ def rates(stats: Sequence[EncodeStats]) -> dict[str, Any]:
             encode[mid] = round(rate, 1) if np.isfinite(rate) else None  # type: ignore[assignment]
     in_models = sum(sum(s.encode_s.values()) for s in stats)
     seen = sum(s.images + s.unreadable for s in stats)
-    return {"images": images, "unreadable": unreadable, "seconds": round(sum(s.seconds for s in stats), 3),
+    return {"images": images, "unreadable": unreadable, "passes": len(stats),
+            "seconds": round(sum(s.seconds for s in stats), 3),
             "loader_wait_s": round(wait, 3), "decode_images_per_s": round(seen / wait, 1) if wait > 0 else None,
             "encode_images_per_s": encode, "bound_by": "decode" if wait > in_models else "encode"}
 
@@ -390,7 +393,8 @@ def rates_line(stats: Sequence[EncodeStats]) -> str:
     encode = [v for v in r["encode_images_per_s"].values() if v is not None]
     spread = (f"{min(encode):.0f} images/s" if len(encode) == 1 or min(encode) == max(encode)
               else f"{min(encode):.0f}-{max(encode):.0f} images/s per model") if encode else "no image encoded"
-    return (f"{r['images']} images ({r['unreadable']} unreadable) in {r['seconds']:.1f} s: decoding {decode}, "
+    passes = f" over {r['passes']} passes" if r["passes"] > 1 else ""
+    return (f"{r['images']} image decodes{passes} ({r['unreadable']} unreadable) in {r['seconds']:.1f} s: decoding {decode}, "
             f"encoding {spread}; bound by {r['bound_by']}")
 
 

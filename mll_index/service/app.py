@@ -397,6 +397,10 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
             return error_response(400, "body", f"malformed JSON at byte {loc[-1] if len(loc) > 1 else '?'}"
                                   + (f" ({error})" if error else ""))
         where = ".".join(loc[1:]) if len(loc) > 1 and loc[0] in ("body", "query", "header") else ".".join(loc) or "body"
+        if where == "task" and first.get("type") == "missing":
+            # The commonest slip: the task's own fields sent at the top level, {"classes": [...]}.
+            return error_response(422, "task", 'task: field required; the body is {"task": {"classes": [...], ...} '
+                                  'or a list of class names, "k": ..., "alpha": ..., ...}')
         return error_response(422, where, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
