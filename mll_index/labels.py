@@ -71,6 +71,7 @@ from mll_index.layout import (
     sample_table_path,
 )
 from mll_index.pipeline import (
+    MODELS_PER_PASS,
     EncodeStats,
     ImageSet,
     encode_image_set,
@@ -433,7 +434,7 @@ class LabelReport:
 def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequence[str] | None = None,
                  device: str | None = None, batch_size: int = 64, progress: bool = False,
                  workers: int = 0, pixel_cache: bool = False, cache_dir: Path | None = None,
-                 models_per_pass: int = 4, notify: Callable[[str], None] | None = None) -> LabelReport:
+                 models_per_pass: int = MODELS_PER_PASS, notify: Callable[[str], None] | None = None) -> LabelReport:
     """Label every model of `hub` (or the `models` named) that the index does not hold for these samples.
 
     The sample images stream through `mll_index.pipeline.encode_image_set`: per preprocessing

@@ -637,19 +637,42 @@ def zero_shot_probabilities(models: Sequence[LoadedModel], images: ImageSet, cla
                          [encoded.stats], classes, scales, bad)
 
 
-def model_passes(models: Sequence[HubModel], models_per_pass: int = 4) -> list[list[HubModel]]:
+# Models held in memory at once in a pass, by their parameters (hub field params_m): every decode
+# of a pass feeds all its models, so fewer, fuller passes decode each image fewer times. 1,000 M
+# parameters is 4 GB in float32 (two ViT-L-14, or the emoji world's whole hub of 13 small models).
+PASS_PARAMS_M = 1000.0
+UNKNOWN_PARAMS_M = 430.0        # a model whose size the hub does not give counts as a ViT-L-14
+MODELS_PER_PASS = 16            # and never more than this many at once
+
+
+def model_passes(models: Sequence[HubModel], models_per_pass: int = MODELS_PER_PASS,
+                 params_budget_m: float = PASS_PARAMS_M) -> list[list[HubModel]]:
     """The models split into passes: grouped by preprocessing (`hub.group_by_preprocess`, hub order),
-    each group cut into chunks of at most `models_per_pass` models held at once."""
+    each group cut into chunks held at once: at most `models_per_pass` models, and at most
+    `params_budget_m` million parameters together by their `params_m` (UNKNOWN_PARAMS_M where the
+    hub does not say), at least one model per pass."""
     if models_per_pass < 1:
         raise InputError(f"models per pass must be >= 1, not {models_per_pass}")
     groups = group_by_preprocess(Hub(name="selection", models=tuple(models)))
-    return [group[s:s + models_per_pass] for group in groups.values()
-            for s in range(0, len(group), models_per_pass)]
+    passes: list[list[HubModel]] = []
+    for group in groups.values():
+        chunk: list[HubModel] = []
+        held = 0.0
+        for model in group:
+            size = model.params_m if model.params_m is not None else UNKNOWN_PARAMS_M
+            if chunk and (len(chunk) >= models_per_pass or held + size > params_budget_m):
+                passes.append(chunk)
+                chunk, held = [], 0.0
+            chunk.append(model)
+            held += size
+        if chunk:
+            passes.append(chunk)
+    return passes
 
 
 def hub_probabilities(hub: Hub, model_ids: Sequence[str], images: ImageSet, class_names: Sequence[str], *,
                       batch_size: int = 64, workers: int = 0, device: str = "cpu", precision: Precision = "auto",
-                      models_per_pass: int = 4, decode: Decoder | None = None, progress: bool = False,
+                      models_per_pass: int = MODELS_PER_PASS, decode: Decoder | None = None, progress: bool = False,
                       timeout_s: float = DEFAULT_TIMEOUT_S) -> Probabilities:
     """Zero-shot probabilities of hub models on images: one pass over the images per preprocessing
     configuration (per `models_per_pass` models of it), models loaded with `hub.load_model`.

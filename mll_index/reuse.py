@@ -35,6 +35,7 @@ from mll_index.errors import InputError, ModelLoadError
 from mll_index.hub import Hub, LoadedModel, load_model
 from mll_index.images import IMAGE_SUFFIXES, image_files
 from mll_index.pipeline import (
+    MODELS_PER_PASS,
     EncodeStats,
     ImageSet,
     Probabilities,
@@ -189,7 +190,7 @@ def readable_images(images: TaskImages, positions: np.ndarray, unreadable: Seque
 
 def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names: Sequence[str],
             device: str = "cpu", progress: bool = False, prompt_names: Sequence[str] | None = None,
-            force: bool = False, *, workers: int = 0, batch_size: int = 256, models_per_pass: int = 4) -> Predictions:
+            force: bool = False, *, workers: int = 0, batch_size: int = 256, models_per_pass: int = MODELS_PER_PASS) -> Predictions:
     """Zero-shot probabilities of each model on the images, with the models that cannot vote set aside.
 
     The images stream through `mll_index.pipeline.zero_shot_probabilities`: one pass per preprocessing
