@@ -27,6 +27,7 @@ torch is imported inside the functions that need it: importing this module does 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -276,13 +277,22 @@ def _loader_class() -> type:
         board: _WorkerBoard | None = None
 
         def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+            inner = super().__iter__()
             try:
-                yield from super().__iter__()
+                yield from inner
             except RuntimeError as exc:
                 explained = explain_loader_error(self, exc)
                 if explained is exc:
                     raise
                 raise explained from None
+            finally:
+                # Shut the workers down now, not when the iterator is collected: while it lives (a
+                # traceback holds it), torch's SIGCHLD handler keeps its dead worker registered and
+                # raises "worker exited unexpectedly" at the next child process exit anywhere.
+                shutdown = getattr(inner, "_shutdown_workers", None)
+                if shutdown is not None:
+                    with contextlib.suppress(OSError):    # a dead worker's pipe: nothing left to close
+                        shutdown()
 
     return ImageLoader
 
@@ -513,8 +523,7 @@ def _run_models(models: Sequence[LoadedModel], ids: list[str], loader: Any, imag
     n = len(images)
     cuda = str(device).startswith("cuda")
     kept = 0
-    with torch.inference_mode(), _autocast(device, precision), bar:
-        batches = iter(loader)
+    with torch.inference_mode(), _autocast(device, precision), bar, contextlib.closing(iter(loader)) as batches:
         while True:
             waited = time.perf_counter()
             batch = next(batches, None)
