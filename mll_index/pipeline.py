@@ -267,6 +267,18 @@ def explain_loader_error(loader: Any, exc: BaseException) -> BaseException:
                       "remove or re-encode that file, or raise the timeout")
 
 
+def _dead_workers(iterator: Any, wait_s: float = 2.0) -> list[int]:
+    """Pids of the loader iterator's worker processes that exited with an error (waiting up to
+    `wait_s` for a dying one to be reaped)."""
+    workers = list(getattr(iterator, "_workers", []))
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [w.pid for w in workers if w.exitcode not in (None, 0)]
+        if dead or time.monotonic() > deadline or not workers:
+            return dead
+        time.sleep(0.05)
+
+
 @lru_cache(maxsize=1)
 def _loader_class() -> type:
     import torch.utils.data
@@ -285,6 +297,14 @@ def _loader_class() -> type:
                 if explained is exc:
                     raise
                 raise explained from None
+            except (ConnectionError, EOFError) as exc:
+                # A worker that dies while the main process fetches its batch's shared memory shows as
+                # a broken connection rather than torch's "exited unexpectedly": name it the same way.
+                dead = _dead_workers(inner)
+                if not dead:
+                    raise
+                raise explain_loader_error(self, RuntimeError(
+                    f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly ({exc})")) from None
             finally:
                 # Shut the workers down now, not when the iterator is collected: while it lives (a
                 # traceback holds it), torch's SIGCHLD handler keeps its dead worker registered and
