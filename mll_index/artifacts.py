@@ -547,6 +547,20 @@ def check_manifest(directory: Path, kind: str, checksums: bool = False,
     return manifest, problems
 
 
+
+def check_then_open(directory: Path, kind: str, open_it: Callable[[], Any], checksums: bool = False,
+                    versions: Sequence[int] = (FORMAT_VERSION,)) -> list[str]:
+    """`check_manifest`'s problems; when there are none, also what opening the artifact as its
+    readers do (`open_it`) says is wrong (shapes, counts), one line each naming the file."""
+    manifest, problems = check_manifest(directory, kind, checksums=checksums, versions=versions)
+    if manifest is not None and not problems:
+        try:
+            open_it()
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
     """Memory-map the .npy files of an artifact folder, keyed by name without ".npy"; an unreadable one
     is an IndexFormatError naming it."""

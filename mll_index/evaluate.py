@@ -33,8 +33,8 @@ from mll_index.errors import InputError
 from mll_index.hub import Hub, load_model
 from mll_index.pipeline import (
     EncodeStats,
-    ImageSet,
     Probabilities,
+    image_set_from_task,
     merge_probabilities,
     model_passes,
     rates,
@@ -96,13 +96,12 @@ def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, Ta
     """Every model's probabilities on every task (task → model → (n, C)), its text-proxy score, each task's
     readable images (new records) and the timing of every pass.
 
-    Per preprocessing configuration (per 4 of its models), each task's images stream once through
+    Per pass of models (`model_passes`: one preprocessing configuration), each task's images stream once through
     `mll_index.pipeline.zero_shot_probabilities`, every model of the pass run on each batch.
     """
     expander = WordNetExpander()
     captions = {t.name: expander.expand([Concept(name=n) for n in t.class_names]) for t in tasks}
-    image_sets = {t.name: ImageSet(images[t.name].root, tuple(images[t.name].paths),
-                                   tuple(int(v) for v in images[t.name].labels.tolist())) for t in tasks}
+    image_sets = {t.name: image_set_from_task(images[t.name]) for t in tasks}
     passes: dict[str, list[Probabilities]] = {t.name: [] for t in tasks}
     proxy: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
     for group in model_passes(list(hub)):

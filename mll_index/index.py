@@ -45,7 +45,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from mll_index import __version__
-from mll_index.artifacts import (atomic_dir, atomic_file, check_manifest, clear_leftovers, file_record, find_leftovers,
+from mll_index.artifacts import (atomic_dir, atomic_file, check_then_open, clear_leftovers, file_record, find_leftovers,
                                  index_lock, new_manifest, read_consistent, read_json, read_manifest, seal_manifest,
                                  size_of, write_json, writer_lock, writing)
 from mll_index.captions import CaptionExpander, WordNetExpander, node_concept
@@ -465,13 +465,7 @@ def check_index_files(path: Path, checksums: bool = False) -> list[str]:
     path = Path(path)
     if not path.name or not (path / MANIFEST).is_file():
         read_index_manifest(path)            # raises, saying why (not an index, no folder), or recovers a swap
-    manifest, problems = check_manifest(path, KIND, checksums=checksums, versions=READ_VERSIONS)
-    if manifest is not None and not problems:
-        try:
-            load_index(path)
-        except IndexFormatError as exc:
-            problems.append(str(exc))
-    return problems
+    return check_then_open(path, KIND, lambda: load_index(path), checksums=checksums, versions=READ_VERSIONS)
 
 
 def index_leftovers(path: Path) -> dict[str, Any]:

@@ -702,9 +702,13 @@ def model_passes(models: Sequence[HubModel], models_per_pass: int = MODELS_PER_P
 def hub_probabilities(hub: Hub, model_ids: Sequence[str], images: ImageSet, class_names: Sequence[str], *,
                       batch_size: int = 64, workers: int = 0, device: str = "cpu", precision: Precision = "auto",
                       models_per_pass: int = MODELS_PER_PASS, decode: Decoder | None = None, progress: bool = False,
-                      timeout_s: float = DEFAULT_TIMEOUT_S) -> Probabilities:
+                      timeout_s: float = DEFAULT_TIMEOUT_S,
+                      before_pass: Callable[[Sequence[LoadedModel]], None] | None = None) -> Probabilities:
     """Zero-shot probabilities of hub models on images: one pass over the images per preprocessing
     configuration (per `models_per_pass` models of it), models loaded with `hub.load_model`.
+
+    `before_pass` sees each pass's loaded models before any image is decoded (reuse checks their
+    prompts there, so that a refusal costs no pass).
 
     Returns:
         Probabilities over the images readable in every pass (a file that failed once is dropped
@@ -717,6 +721,8 @@ def hub_probabilities(hub: Hub, model_ids: Sequence[str], images: ImageSet, clas
     results: list[Probabilities] = []
     for group in model_passes(chosen, models_per_pass):
         loaded = [load_model(m, device) for m in group]
+        if before_pass is not None:
+            before_pass(loaded)
         results.append(zero_shot_probabilities(loaded, images, class_names, batch_size=batch_size, workers=workers,
                                                device=device, precision=precision, decode=decode, progress=progress,
                                                timeout_s=timeout_s))

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, check_manifest, index_lock, new_manifest, read_consistent, read_json,
+from mll_index.artifacts import (atomic_dir, check_then_open, index_lock, new_manifest, read_consistent, read_json,
                                  read_manifest, seal_manifest, write_json)
 from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes,
                              record_of)
@@ -308,13 +308,7 @@ def check_published(index_path: Path, checksums: bool = False) -> list[str]:
     folder = published_dir(index_path)
     if not folder.is_dir():
         return []
-    manifest, problems = check_manifest(folder, KIND, checksums=checksums)
-    if manifest is not None and not problems:
-        try:
-            open_published(index_path)
-        except IndexFormatError as exc:
-            problems.append(str(exc))
-    return problems
+    return check_then_open(folder, KIND, lambda: open_published(index_path), checksums=checksums)
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,14 @@ import numpy as np
 
 from mll_index.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
-from mll_index.hub import Hub, LoadedModel, load_model
+from mll_index.hub import Hub, LoadedModel
 from mll_index.images import IMAGE_SUFFIXES, image_files
 from mll_index.pipeline import (
     MODELS_PER_PASS,
     EncodeStats,
-    ImageSet,
-    Probabilities,
-    merge_probabilities,
-    model_passes,
+    hub_probabilities,
+    image_set_from_task,
     rates,
-    zero_shot_probabilities,
 )
 from mll_index.zeroshot import all_finite, check_prompts, lemma_of, prompt_names  # noqa: F401 - lemma_of: reuse's API
 
@@ -208,22 +205,20 @@ def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names:
             (unless `force`), no readable image, a dead or stuck decoding worker (names the file).
     """
     written = list(prompt_names) if prompt_names is not None else list(class_names)
-    image_set = ImageSet(images.root, tuple(images.paths), tuple(int(v) for v in np.asarray(images.labels).tolist()))
     out = Predictions()
-    passes: list[Probabilities] = []
-    for group in model_passes([hub.get(m) for m in dict.fromkeys(model_ids)], models_per_pass):
-        loaded = [load_model(model, device) for model in group]
-        for model in loaded:  # before any image is decoded: a refusal costs no pass
+
+    def check_prompts_of(loaded: Sequence[LoadedModel]) -> None:
+        for model in loaded:
             problem = describe_prompt_problems(model.hub_model.id, model, class_names, written)
             if problem and not force:
                 raise InputError(f"{problem}; shorten or rename those classes, or pass --force to predict anyway")
             if problem:
                 log.info("%s", problem)
                 out.prompt_problems[model.hub_model.id] = problem
-        passes.append(zero_shot_probabilities(loaded, image_set, written, batch_size=batch_size, workers=workers,
-                                              device=device, progress=progress))
-        del loaded
-    merged = merge_probabilities(passes)
+
+    merged = hub_probabilities(hub, model_ids, image_set_from_task(images), written, batch_size=batch_size,
+                               workers=workers, device=device, models_per_pass=models_per_pass, progress=progress,
+                               before_pass=check_prompts_of)
     out.images = readable_images(images, merged.positions, merged.unreadable)
     out.stats = merged.stats
     n = len(merged.positions)
