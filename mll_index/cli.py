@@ -340,8 +340,19 @@ def _echo_unreadable(paths: list[str], reasons: dict[str, str], root: Path, show
 @click.option("--pixel-cache", is_flag=True, help="Keep the decoded images at each model input resolution (uint8, "
               "under labels/.pixels) so a later labeling run skips decoding; its size is printed first, and it is "
               "refused when the disk cannot hold it.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Label on a Ray cluster: auto (RAY_ADDRESS, else the cluster this machine is part of), local (a "
+              "cluster of this machine's CPUs, started for this run), HOST:PORT or ray://HOST:PORT. Needs "
+              "`pip install 'mll-index[cluster]'` and the sample folder at the same path on every node.")
+@click.option("--ray-gpus", type=click.FloatRange(0, 64), default=None,
+              help="With --ray: GPUs per task (fractions share a GPU) [default: 1 when the cluster has GPUs, else 0].")
+@click.option("--ray-cpus", type=click.FloatRange(0.01, 1024), default=1.0, show_default=True,
+              help="With --ray: CPUs per task (also its torch threads).")
+@click.option("--shard-images", type=click.IntRange(1, 10_000_000), default=None,
+              help="With --ray: sample images per task [default: 16 batches].")
 def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple[str, ...], device: str | None,
-          batch_size: int, workers: int, pixel_cache: bool) -> None:
+          batch_size: int, workers: int, pixel_cache: bool, ray_address: str | None, ray_gpus: float | None,
+          ray_cpus: float, shard_images: int | None) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
@@ -350,6 +361,15 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     path = index_path or default_index_path()
     if not path.exists():
         raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
+    if ray_address is None and (ray_gpus is not None or shard_images is not None):
+        raise click.UsageError("--ray-gpus and --shard-images go with --ray ADDRESS")
+    if ray_address is not None:
+        if pixel_cache or device:
+            raise click.UsageError("--pixel-cache and --device are single-machine options; with --ray each task "
+                                   "decodes its shard and runs on the GPU Ray gives it (--ray-gpus)")
+        _label_on_ray(path, hub_source, samples, list(models) or None, ray_address, ray_gpus, ray_cpus,
+                      shard_images, batch_size, workers)
+        return
     report = label_models(path, load_hub(hub_source), samples, models=list(models) or None, device=device,
                           batch_size=batch_size, progress=True, workers=workers, pixel_cache=pixel_cache,
                           notify=lambda line: click.echo(f"mll-index: {line}", err=True))
@@ -364,6 +384,41 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     if report.skipped_folders:
         click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
     _echo_rates(report.stats)
+    if report.failed:
+        sys.exit(1)
+
+
+def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] | None, address: str,
+                  gpus: float | None, cpus: float, shard_images: int | None, batch_size: int, workers: int) -> None:
+    """`label --ray`: the cluster run, its per-model lines, then where the time went (per worker and phase)."""
+    from mll_index.cluster import label_on_ray
+    from mll_index.cluster.connect import connect
+    from mll_index.hub import load_hub
+
+    connect(address)    # before reading the hub (which imports torch): a wrong address is named within seconds
+    report = label_on_ray(path, load_hub(hub_source), samples, address=address, models=models, batch_size=batch_size,
+                          shard_images=shard_images, gpus_per_task=gpus, cpus_per_task=cpus, decode_workers=workers,
+                          progress=True, notify=lambda line: click.echo(f"mll-index: warning: {line}", err=True))
+    for model_id in report.labeled:
+        click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s in the model)")
+    for model_id in report.skipped:
+        click.echo(f"current  {model_id}")
+    for model_id, why in report.failed.items():
+        click.echo(f"failed   {model_id}: {why}", err=True)
+    if report.unreadable:
+        _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
+    if report.skipped_folders:
+        click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
+    if report.workers:
+        p = report.phases
+        click.echo(f"mll-index: cluster {report.address}: {report.shards} tasks on {len(report.nodes)} node(s), "
+                   f"{report.throughput():.0f} images/s overall in {p['wall_s']:.1f} s; summed over tasks: decoding "
+                   f"{p['decode_s']:.1f} s, encoding {p['encode_s']:.1f} s, loading models {p['load_s']:.1f} s; "
+                   f"writing labels {p['write_s']:.1f} s", err=True)
+        for worker, w in sorted(report.workers.items()):
+            click.echo(f"mll-index:   worker {worker}: {w['images']} images in {w['shards']} tasks, "
+                       f"{w['images_per_s']:.0f} images/s (decoding {w['decode_s']:.1f} s, encoding "
+                       f"{w['encode_s']:.1f} s, loading {w['load_s']:.1f} s)", err=True)
     if report.failed:
         sys.exit(1)
 

@@ -391,7 +391,7 @@ def check_labels(index_path: Path, checksums: bool = False) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _reusable(index_path: Path, model: HubModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def reusable_embeddings(index_path: Path, model: HubModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The image and node embeddings an existing label of `model` holds, by image path and wnid."""
     if not (label_folder(index_path, model.id) / MANIFEST).is_file():
         return {}, {}
@@ -431,6 +431,45 @@ class LabelReport:
     stats: list[EncodeStats] = field(default_factory=list)  # per pass over the images: decode vs encode time
 
 
+@dataclass
+class LabelPlan:
+    """What a labeling run must do: the models to label (`todo`) and those already current (`report.skipped`).
+
+    `full` is the table of every sample image (None when there is nothing to do); `report` is the run's
+    report, started here with the skipped models and folders.
+    """
+
+    index: NodeIndex
+    samples: SampleSet
+    todo: list[HubModel]
+    report: LabelReport
+    full: SampleTable | None
+
+
+def plan_labels(index_path: Path, hub: Hub, samples_root: Path, models: Sequence[str] | None = None) -> LabelPlan:
+    """Which models of `hub` (or of `models`) lack a sound, current label on the samples at `samples_root`.
+
+    The one rule of resuming for every labeler (this process's and the cluster's): a model whose label
+    folder holds this sample set's fingerprint and opens is skipped; every other one is labeled.
+
+    Raises:
+        InputError: a bad sample folder, or a model id the hub does not hold.
+    """
+    index = load_index(index_path)
+    chosen = [hub.get(m) for m in models] if models else list(hub)
+    valid = {index.graph.wnids[r] for r in index.graph.nodes}
+    samples = scan_samples(Path(samples_root), valid)
+    report = LabelReport(skipped_folders=list(samples.skipped_folders))
+    done = labeled_models(index_path)
+    todo: list[HubModel] = []
+    for model in chosen:
+        if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
+            report.skipped.append(model.id)
+        else:
+            todo.append(model)
+    return LabelPlan(index, samples, todo, report, sample_table(samples) if todo else None)
+
+
 def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequence[str] | None = None,
                  device: str | None = None, batch_size: int = 64, progress: bool = False,
                  workers: int = 0, pixel_cache: bool = False, cache_dir: Path | None = None,
@@ -456,20 +495,10 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    index = load_index(index_path)
-    chosen = [hub.get(m) for m in models] if models else list(hub)
-    valid = {index.graph.wnids[r] for r in index.graph.nodes}
-    samples = scan_samples(Path(samples_root), valid)
-    report = LabelReport(skipped_folders=list(samples.skipped_folders))
-    done = labeled_models(index_path)
+    plan = plan_labels(index_path, hub, samples_root, models)
+    index, samples, report, full = plan.index, plan.samples, plan.report, plan.full
     cache_dir = cache_dir or labels_dir(index_path) / PIXEL_CACHE
-    todo: list[HubModel] = []
-    for model in chosen:
-        if done.get(model.id) == samples.fingerprint and _label_sound(index_path, model.id):
-            report.skipped.append(model.id)
-        else:
-            todo.append(model)
-    full = sample_table(samples) if todo else None
+    todo = plan.todo
     for group in model_passes(todo, models_per_pass):
         loaded: list[LoadedModel] = []
         for model in group:
@@ -493,7 +522,7 @@ def _label_pass(index_path: Path, index: NodeIndex, loaded: list[LoadedModel], s
     """One pass over the sample images some model of `loaded` (one preprocessing configuration) lacks,
     then each model's label written; fills `report`."""
     keys = full.image_keys()
-    held = {m.hub_model.id: _reusable(index_path, m.hub_model) for m in loaded}
+    held = {m.hub_model.id: reusable_embeddings(index_path, m.hub_model) for m in loaded}
     # An image no model of the pass has encoded (new, replaced, or unreadable so far) is decoded once for all.
     need = [i for i, key in enumerate(keys) if any(key not in old for old, _ in held.values())]
     key = loaded[0].preprocess_key
@@ -527,7 +556,7 @@ def _label_pass(index_path: Path, index: NodeIndex, loaded: list[LoadedModel], s
         report.labeled.append(mid)
         rate = encoded.stats.encode_images_per_s.get(mid, 0.0) if encoded and encoded_images else 0.0
         report.images_per_s[mid] = rate if np.isfinite(rate) else 0.0
-        _append_folder(index_path, mid)
+        append_to_matrix(index_path, mid)
 
 
 def matrix_entry(label: ModelLabel) -> dict[str, Any]:
@@ -557,7 +586,8 @@ def folder_counts(index_path: Path, model_id: str) -> tuple[list[str], dict[str,
     return list(table.node_wnids), matrix_entry(label), np.asarray(label.counts[:, 1:4])
 
 
-def _append_folder(index_path: Path, model_id: str) -> None:
+def append_to_matrix(index_path: Path, model_id: str) -> None:
+    """Append a label folder's counts to the label matrix (under the index's writer lock)."""
     wnids, entry, counts = folder_counts(index_path, model_id)
     append_labels(index_path, wnids, [(model_id, entry)], counts[:, None, :], what=f"label of {model_id}")
 
@@ -567,7 +597,7 @@ def sync_matrix(index_path: Path) -> list[str]:
     with index_lock(index_path):
         stale = stale_in_matrix(index_path)
         for model_id in stale:
-            _append_folder(index_path, model_id)
+            append_to_matrix(index_path, model_id)
     return stale
 
 
@@ -635,26 +665,48 @@ def write_sample_table(index_path: Path, fingerprint: str, table: SampleTable) -
 def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, table: SampleTable, fingerprint: str,
                device: str, keys: Sequence[str], rows: Sequence[int], fresh: np.ndarray,
                held: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> int:
-    """Score one model and write its label folder atomically; returns how many images it had to encode.
-
-    Image i of `table` (key `keys[i]`) takes the stored embedding the model already has for that key,
-    else row `rows[i]` of `fresh` ((m, d) float32 unit rows from this run's pass).
-    """
-    model = loaded.hub_model
-    old_images, old_nodes = held
-    new_nodes = [w for w in table.node_wnids if w not in old_nodes]
+    """Encode one model's node prompts it lacks, then `finish_label`; returns how many images it had to encode."""
+    new_nodes = [w for w in table.node_wnids if w not in held[1]]
     fresh_nodes = dict(zip(new_nodes, encode_texts(loaded, node_prompts(index, new_nodes), device)))
+    # The one temperature rule of labeling, reuse and evaluation: the learned scale, capped at 100.
+    logit_scale = temperature(loaded) if hasattr(loaded.model, "logit_scale") else 100.0
+    return finish_label(index_path, loaded.hub_model, table, fingerprint, keys, rows, fresh, held, fresh_nodes,
+                        logit_scale, loaded.preprocess_key)
+
+
+def finish_label(index_path: Path, model: HubModel, table: SampleTable, fingerprint: str, keys: Sequence[str],
+                 rows: Sequence[int], fresh: np.ndarray, held: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
+                 fresh_nodes: dict[str, np.ndarray], logit_scale: float, preprocess_key: str) -> int:
+    """Assemble a model's embeddings, score them and write its label folder atomically; returns how many
+    images it had to encode. The one writer of labels for every labeler (this process's and the cluster's).
+
+    Args:
+        table: the sample table (already written); image i has key `keys[i]` (`SampleTable.image_keys`).
+        rows: per image of `table`, its row in `fresh` ((m, d) unit rows from this run), or -1 when `held`
+            has it.
+        held: (image key → embedding, wnid → node embedding) the model's stored label already holds
+            (`reusable_embeddings`).
+        fresh_nodes: wnid → (d,) unit text embedding of every labeled node `held` lacks.
+        logit_scale: the model's temperature (`pipeline.temperature`).
+    Raises:
+        ModelLoadError: an image or node without an embedding, or embeddings or a scale that are not finite.
+    """
+    old_images, old_nodes = held
+    missing = [w for w in table.node_wnids if w not in old_nodes and w not in fresh_nodes]
+    if missing:
+        raise ModelLoadError(f"model {model.id!r}: no text embedding of the labeled node {missing[0]}")
     node_emb = np.stack([old_nodes[w] if w in old_nodes else fresh_nodes[w] for w in table.node_wnids])
     image_emb = np.empty((len(table.paths), node_emb.shape[1]), np.float16)
     encoded_images = 0
     for i, (key, row) in enumerate(zip(keys, rows)):
         if key in old_images:
             image_emb[i] = old_images[key]
-        else:
+        elif row >= 0:
             image_emb[i] = fresh[row]
             encoded_images += 1
-    # The one temperature rule of labeling, reuse and evaluation: the learned scale, capped at 100.
-    logit_scale = temperature(loaded) if hasattr(loaded.model, "logit_scale") else 100.0
+        else:
+            raise ModelLoadError(f"model {model.id!r}: the sample image {table.paths[i]} was not encoded (unreadable "
+                                 "when this model's images were decoded); label it again")
     # Checked before anything is written: a label of NaN embeddings would give the model counts
     # (every image "predicting" one node) that selection trusts like any other.
     bad = [what for what, values in (("image embeddings", image_emb), ("node text embeddings", node_emb),
@@ -663,6 +715,6 @@ def _label_one(index_path: Path, index: NodeIndex, loaded: LoadedModel, table: S
         raise ModelLoadError(f"model {model.id!r} ({model.weights}): its {' and '.join(bad)} are not finite (NaN or "
                              "infinite); its label is refused (a damaged checkpoint, or an fp16 overflow: try --device cpu)")
     write_label(index_path, model.describe(), table, fingerprint, image_emb, node_emb, logit_scale,
-                preprocess=loaded.preprocess_key,
-                encoded={"encoded_images": encoded_images, "encoded_nodes": len(new_nodes)})
+                preprocess=preprocess_key,
+                encoded={"encoded_images": encoded_images, "encoded_nodes": len(fresh_nodes)})
     return encoded_images
