@@ -38,7 +38,7 @@ if ! (cd / && "$PYTHON" -c "import mll_index, faiss, open_clip, sentence_transfo
       && say "Installed a CPU build of torch (no NVIDIA GPU here)" || true
   fi
   say "Installing mll-index and its Python dependencies (torch, open_clip, FAISS, ONNX Runtime, sentence-transformers, nltk)"
-  "$PYTHON" -m pip install -q -e '.[test,bench]'
+  "$PYTHON" -m pip install -q -e '.[test,bench,cluster]'
 fi
 mark python_packages
 

@@ -68,6 +68,16 @@ def import_ray() -> Any:
     return ray
 
 
+def _use_token_if_present() -> None:
+    """Send the cluster token when this machine has one and RAY_AUTH_MODE is unset, as `ray start` does:
+    a head started where a token exists requires it, and a cluster without authentication ignores it."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _port_open(host: str, port: int, timeout_s: float) -> str | None:
     """None when something accepts TCP connections at host:port, else why not."""
     try:
@@ -124,11 +134,16 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout_s: floa
     else:
         # A daemon thread: one that never returns does not keep the process alive after the error below.
         # Ray's C++ core logs each retry on stderr meanwhile; users get our one line instead.
+        _use_token_if_present()
         thread = threading.Thread(target=init, name="ray-connect", daemon=True)
-        with _stderr_to_log():
+        with _stderr_to_log() as said:
             thread.start()
             thread.join(timeout_s)
     if thread is not None and thread.is_alive():
+        if "InvalidAuthToken" in said[0]:
+            raise InputError(f"the Ray cluster at {where.text} refused this machine's authentication token (set "
+                             "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to the token of that cluster: `ray get-auth-token` "
+                             "on its head node)")
         raise InputError(f"cannot reach the Ray cluster at {where.text}: no answer from Ray within {timeout_s:.0f} s "
                          "(something listens there, but it is not a Ray head node's GCS port)")
     if "error" in outcome:
@@ -143,25 +158,27 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout_s: floa
 
 
 @contextlib.contextmanager
-def _stderr_to_log() -> Iterator[None]:
+def _stderr_to_log() -> Iterator[list[str]]:
     """Send file descriptor 2 to a temporary file meanwhile (what Ray's C++ core writes there, which
-    Python's logging cannot catch); its text goes to this module's debug log."""
+    Python's logging cannot catch); its text goes to this module's debug log and, after the block,
+    into the one-element list yielded."""
+    said = [""]
     try:
         saved = os.dup(2)
     except OSError:     # no stderr to redirect
-        yield
+        yield said
         return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            yield said
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            text = sink.read().decode("utf-8", "replace").strip()
-            if text:
-                log.debug("Ray while connecting: %s", text)
+            said[0] = sink.read().decode("utf-8", "replace").strip()
+            if said[0]:
+                log.debug("Ray while connecting: %s", said[0])
 
 
 def disconnect() -> None:
