@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_results  # noqa: E402
+from common import write_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -198,11 +198,11 @@ def markdown(fig: dict[str, Any]) -> str:
              "| run | seconds | images/s (model x image) |", "|---|---|---|"]
     for run in ("single", "ray_1", "ray_2"):
         lines.append(f"| {run} | {fig['seconds'][run]:.1f} | {ips[run]:.0f} |")
-    lines += ["", f"- Ray's overhead over the single-process labeler (1 worker of 2 CPUs): "
-              f"**{fig['ray_overhead_fraction']:.1%}**",
+    lines += ["", (f"- Ray's overhead over the single-process labeler (1 worker of 2 CPUs): "
+                   f"**{fig['ray_overhead_fraction']:.1%}**"),
               f"- 2 workers of 1 CPU against 1 of 2: {fig['ray_2_speedup_over_ray_1']:.2f}x",
-              f"- labels equal to the single-process ones: **{fig['labels_equal']}** (counts exactly; embeddings "
-              f"to cosine {fig['min_embedding_cosine']})", "",
+              (f"- labels equal to the single-process ones: **{fig['labels_equal']}** (counts exactly; embeddings "
+               f"to cosine {fig['min_embedding_cosine']})"), "",
               "Extrapolated to mll49 (49 models) x 500,000 images: "
               + ", ".join(f"**{h} h** on {n} GPUs" for n, h in fig["extrapolated_hours"].items())
               + f" ({fig['extrapolation']['gpu_hours']} GPU-hours of encoding; assumptions in the JSON)."]

@@ -51,7 +51,7 @@ def parse_address(address: str | None) -> RayAddress:
         text = os.environ["RAY_ADDRESS"].strip()
     if text in ("auto", "local"):
         return RayAddress(text, text)
-    rest = text[len("ray://"):] if text.startswith("ray://") else text
+    rest = text.removeprefix("ray://")
     host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(f"--ray {text!r}: expected auto, local, HOST:PORT (the head node's GCS port, 6379 by default) "

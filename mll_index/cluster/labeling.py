@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from mll_index.cluster.connect import connect, import_ray
-from mll_index.cluster.tasks import NodeCheck, NodeTexts, ShardResult, check_samples, encode_node_texts, encode_shard
+from mll_index.cluster.tasks import (
+    NodeCheck,
+    NodeTexts,
+    ShardResult,
+    check_samples,
+    encode_node_texts,
+    encode_shard,
+)
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.hub import Hub, HubModel
 from mll_index.labels import (
@@ -213,71 +220,98 @@ def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str
     shard_task = ray.remote(encode_shard).options(**options)
     text_task = ray.remote(encode_node_texts).options(**options)
 
-    keys = full.image_keys()
-    refs: dict[Any, tuple[str, int]] = {}   # ref -> (model id, shard; -1 for the node prompts)
-    work: dict[str, _ModelWork] = {}
-    index = plan.index
+    run = _Run(ray, index_path, full, samples, report, shard_images, _progress(0, progress))
     for model in plan.todo:
-        held = reusable_embeddings(index_path, model)
-        need = [i for i, key in enumerate(keys) if key not in held[0]]
-        wnids = [w for w in full.node_wnids if w not in held[1]]
-        item = work[model.id] = _ModelWork(model, need, held, wnids)
-        refs[text_task.remote(model, node_prompts(index, wnids))] = (model.id, -1)
-        item.pending += 1
-        for s, lo in enumerate(range(0, len(need), shard_images)):
-            paths = [samples.paths[i] for i in need[lo:lo + shard_images]]
-            refs[shard_task.remote(model, s, root, paths, batch_size, decode_workers)] = (model.id, s)
-            item.pending += 1
-    report.shards = len(refs)
-    total = sum(len(w.need) for w in work.values())
-    bar = _progress(total, progress)
-    unreadable: dict[str, str] = {}
-    write_s = 0.0
-    remaining = list(refs)
-    done_models = 0
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1)
-        ref = ready[0]
-        model_id, shard = refs.pop(ref)
-        item = work[model_id]
+        run.submit(model, plan.index, shard_task, text_task, root, batch_size, decode_workers)
+    run.gather()
+    sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
+    report.unreadable = sorted(run.unreadable)
+    report.unreadable_reasons = run.unreadable
+    _account(report, run.work, run.write_s, time.perf_counter() - started)
+    return report
+
+
+class _Run:
+    """The driver's state during a run: the tasks in flight, each model's shards, what was unreadable."""
+
+    def __init__(self, ray: Any, index_path: Path, full: SampleTable, samples: Any, report: RayLabelReport,
+                 shard_images: int, bar: Any) -> None:
+        self.ray, self.index_path, self.full, self.samples = ray, index_path, full, samples
+        self.report, self.shard_images, self.bar = report, shard_images, bar
+        self.keys = full.image_keys()
+        self.refs: dict[Any, tuple[str, int]] = {}     # ref -> (model id, shard; -1 for the node prompts)
+        self.work: dict[str, _ModelWork] = {}
+        self.unreadable: dict[str, str] = {}
+        self.write_s = 0.0
+        self.models_done = 0
+
+    def submit(self, model: HubModel, index: Any, shard_task: Any, text_task: Any, root: str, batch_size: int,
+               decode_workers: int) -> None:
+        """Submit a model's node-prompt task and one task per shard of the images its label lacks."""
+        held = reusable_embeddings(self.index_path, model)
+        need = [i for i, key in enumerate(self.keys) if key not in held[0]]
+        wnids = [w for w in self.full.node_wnids if w not in held[1]]
+        item = self.work[model.id] = _ModelWork(model, need, held, wnids)
+        self.refs[text_task.remote(model, node_prompts(index, wnids))] = (model.id, -1)
+        for s, lo in enumerate(range(0, len(need), self.shard_images)):
+            paths = [self.samples.paths[i] for i in need[lo:lo + self.shard_images]]
+            self.refs[shard_task.remote(model, s, root, paths, batch_size, decode_workers)] = (model.id, s)
+        item.pending = 1 + -(-len(need) // self.shard_images)
+        self.report.shards = len(self.refs)
+        if self.bar is not None:
+            self.bar.total += len(need)
+
+    def gather(self) -> None:
+        """Take every task's result as it comes back, writing each model when its last one is in."""
+        remaining = list(self.refs)
+        while remaining:
+            # Whatever is back within half a second, up to 256 at once: one wait per result would make the
+            # driver's loop quadratic in the tasks (tens of thousands on a large hub).
+            ready, remaining = self.ray.wait(remaining, num_returns=min(len(remaining), 256), timeout=0.5)
+            for ref in ready:
+                self.take(ref)
+        if self.bar is not None:
+            self.bar.close()
+
+    def take(self, ref: Any) -> None:
+        """One finished task: keep its result, or fail its model (cancelling the model's other tasks)."""
+        model_id, shard = self.refs.pop(ref)
+        item = self.work[model_id]
         item.pending -= 1
         if item.failed is not None:
-            continue
+            return
         try:
-            result = ray.get(ref)
+            result = self.ray.get(ref)
         except Exception as exc:  # noqa: BLE001  (the model fails alone; the others go on)
             what = "its node prompts" if shard < 0 else f"shard {shard} of the sample images"
-            item.failed = _failure(exc, item, what)
-            report.failed[model_id] = item.failed
+            item.failed = self.report.failed[model_id] = _failure(exc, item, what)
             log.info("%s", item.failed)
-            for other, (mid, _) in list(refs.items()):
+            for other, (mid, _) in list(self.refs.items()):
                 if mid == model_id:
-                    ray.cancel(other)
-            continue
+                    self.ray.cancel(other)
+            return
         if shard < 0:
             item.texts = result
         else:
             item.shards[shard] = result
-            unreadable.update(result.unreadable)
-            if bar is not None:
-                bar.update(len(result.positions) + len(result.unreadable))
+            self.unreadable.update(result.unreadable)
+            if self.bar is not None:
+                self.bar.update(len(result.positions) + len(result.unreadable))
         if item.pending == 0:
-            t0 = time.perf_counter()
-            _write_model(index_path, report, item, full, samples, shard_images, unreadable)
-            write_s += time.perf_counter() - t0
-            done_models += 1
-            # Only the timings stay: the embeddings are in the label now.
-            item.shards = {s: replace(r, embeddings=r.embeddings[:0]) for s, r in item.shards.items()}
-            item.held, item.texts = ({}, {}), replace(item.texts, embeddings=item.texts.embeddings[:0])
-            if bar is not None:
-                bar.set_postfix_str(f"models {done_models}/{len(work)}")
-    if bar is not None:
-        bar.close()
-    sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
-    report.unreadable = sorted(unreadable)
-    report.unreadable_reasons = unreadable
-    _account(report, work, write_s, time.perf_counter() - started)
-    return report
+            self.finish(item)
+
+    def finish(self, item: _ModelWork) -> None:
+        """All of a model's tasks are back: write its label, keep only the timings."""
+        started = time.perf_counter()
+        _write_model(self.index_path, self.report, item, self.full, self.samples, self.shard_images, self.unreadable)
+        self.write_s += time.perf_counter() - started
+        self.models_done += 1
+        item.shards = {s: replace(r, embeddings=r.embeddings[:0]) for s, r in item.shards.items()}
+        item.held = ({}, {})
+        if item.texts is not None:
+            item.texts = replace(item.texts, embeddings=item.texts.embeddings[:0])
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"models {self.models_done}/{len(self.work)}")
 
 
 def _table(index_path: Path, full: SampleTable, samples: Any, unreadable: dict[str, str]) -> SampleTable:

@@ -12,7 +12,6 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
