@@ -1,10 +1,13 @@
 """The driver of labeling on a Ray cluster.
 
-The work is split into (model x shard of the sample images) tasks, so that every worker stays
-busy whatever the ratio of models to images: 3 big models on 8 GPUs keep all 8 busy. Each task
+The work is split into (pass x shard of the sample images) tasks, so that every worker stays
+busy whatever the ratio of models to images: 3 big models on 8 GPUs keep all 8 busy. A pass is
+what the single-machine labeler runs together (`pipeline.model_passes`: models of one
+preprocessing configuration, within a parameter budget), so each image is decoded once per
+pass, not once per model; a pass's first shard also encodes its models' node prompts. Each task
 asks Ray for `gpus_per_task` GPUs (default: one when the cluster has GPUs) and `cpus_per_task`
 CPUs; Ray places the tasks, retries those whose worker dies (`max_retries`), and carries the
-shards' embeddings back through its object store. Each model's node prompts are one more task.
+shards' embeddings back through its object store.
 
 Only the driver writes to the index, through `mll_index.labels.finish_label` (the same writer
 as the single-machine labeler), one model at a time as soon as all of its shards are back: a
@@ -38,7 +41,6 @@ from mll_index.cluster.tasks import (
     NodeTexts,
     ShardResult,
     check_samples,
-    encode_node_texts,
     encode_shard,
 )
 from mll_index.errors import InputError, MLLIndexError
@@ -57,6 +59,7 @@ from mll_index.labels import (
     write_sample_table,
 )
 from mll_index.layout import sample_table_path
+from mll_index.pipeline import MODELS_PER_PASS, model_passes
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +98,21 @@ class _ModelWork:
     """The driver's state of one model in flight."""
 
     model: HubModel
-    need: list[int]                              # sample positions to encode, increasing
-    held: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
-    prompt_wnids: list[str]
-    pending: int = 0
+    held: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]   # what its stored label already holds
+    prompt_wnids: list[str]                                     # the labeled nodes it lacks text embeddings of
     texts: NodeTexts | None = None
-    shards: dict[int, ShardResult] = field(default_factory=dict)
     failed: str | None = None
+
+
+@dataclass
+class _PassWork:
+    """The driver's state of one pass (models of one preprocessing configuration, as the single-machine
+    labeler groups them): the sample positions some model of it lacks, and its shards as they come back."""
+
+    models: list[HubModel]
+    need: list[int]
+    pending: int = 0
+    shards: dict[int, ShardResult] = field(default_factory=dict)
 
 
 def _probes(full: SampleTable) -> list[tuple[str, int]]:
@@ -157,19 +168,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"[:400]
 
 
-def _failure(exc: BaseException, work: _ModelWork, what: str) -> str:
+def _failure(exc: BaseException, model_id: str, what: str, retries: int) -> str:
     ray = import_ray()
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.OutOfMemoryError)):
-        return (f"model {work.model.id!r}: the worker died while encoding {what}, {MAX_RETRIES + 1} times "
+        return (f"model {model_id!r}: the worker died while encoding {what}, {retries + 1} times "
                 f"({type(exc).__name__}; out of memory, or a node lost?)")
-    return _one_line(exc)
+    return f"model {model_id!r}: {_one_line(exc)}"
 
 
 def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str | None = "auto",
                  models: Sequence[str] | None = None, batch_size: int = 64, shard_images: int | None = None,
                  gpus_per_task: float | None = None, cpus_per_task: float = 1.0, decode_workers: int = 0,
-                 num_cpus: int | None = None, max_retries: int = MAX_RETRIES, progress: bool = False,
+                 num_cpus: int | None = None, max_retries: int = MAX_RETRIES,
+                 models_per_pass: int = MODELS_PER_PASS, progress: bool = False,
                  notify: Callable[[str], None] | None = None) -> RayLabelReport:
     """Label every model of `hub` (or the `models` named) that the index lacks, on a Ray cluster.
 
@@ -184,6 +196,8 @@ def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str
         gpus_per_task: GPUs each task asks for (fractions share a GPU); default 1 when the cluster has
             GPUs, else 0. cpus_per_task: CPUs each task asks for (and the torch threads it runs).
         decode_workers: DataLoader worker processes per task (0: decoded in the task's own process).
+        models_per_pass: models encoded together on each shard (one preprocessing configuration, within
+            `pipeline.model_passes`' parameter budget): an image is decoded once per pass, not per model.
         max_retries: how often Ray runs again a task whose worker died.
         notify: receives lines for people (warnings); default: the log.
     Returns:
@@ -218,51 +232,60 @@ def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str
     options = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": max_retries,
                "retry_exceptions": False}
     shard_task = ray.remote(encode_shard).options(**options)
-    text_task = ray.remote(encode_node_texts).options(**options)
 
-    run = _Run(ray, index_path, full, samples, report, shard_images, _progress(0, progress))
-    for model in plan.todo:
-        run.submit(model, plan.index, shard_task, text_task, root, batch_size, decode_workers)
+    run = _Run(ray, index_path, full, samples, report, shard_images, max_retries, _progress(0, progress))
+    for group in model_passes(plan.todo, models_per_pass):
+        run.submit(group, plan.index, shard_task, root, batch_size, decode_workers)
     run.gather()
     sync_matrix(index_path)  # a model skipped above may have missed the matrix (a crash between the two writes)
     report.unreadable = sorted(run.unreadable)
     report.unreadable_reasons = run.unreadable
-    _account(report, run.work, run.write_s, time.perf_counter() - started)
+    _account(report, run.passes, run.write_s, time.perf_counter() - started)
     return report
 
 
 class _Run:
-    """The driver's state during a run: the tasks in flight, each model's shards, what was unreadable."""
+    """The driver's state during a run: the tasks in flight, each pass's shards, each model's texts."""
 
     def __init__(self, ray: Any, index_path: Path, full: SampleTable, samples: Any, report: RayLabelReport,
-                 shard_images: int, bar: Any) -> None:
+                 shard_images: int, retries: int, bar: Any) -> None:
         self.ray, self.index_path, self.full, self.samples = ray, index_path, full, samples
-        self.report, self.shard_images, self.bar = report, shard_images, bar
+        self.report, self.shard_images, self.retries, self.bar = report, shard_images, retries, bar
         self.keys = full.image_keys()
-        self.refs: dict[Any, tuple[str, int]] = {}     # ref -> (model id, shard; -1 for the node prompts)
+        self.refs: dict[Any, tuple[int, int]] = {}     # ref -> (pass, shard)
+        self.passes: list[_PassWork] = []
         self.work: dict[str, _ModelWork] = {}
         self.unreadable: dict[str, str] = {}
         self.write_s = 0.0
         self.models_done = 0
 
-    def submit(self, model: HubModel, index: Any, shard_task: Any, text_task: Any, root: str, batch_size: int,
+    def submit(self, models: list[HubModel], index: Any, shard_task: Any, root: str, batch_size: int,
                decode_workers: int) -> None:
-        """Submit a model's node-prompt task and one task per shard of the images its label lacks."""
-        held = reusable_embeddings(self.index_path, model)
-        need = [i for i, key in enumerate(self.keys) if key not in held[0]]
-        wnids = [w for w in self.full.node_wnids if w not in held[1]]
-        item = self.work[model.id] = _ModelWork(model, need, held, wnids)
-        self.refs[text_task.remote(model, node_prompts(index, wnids))] = (model.id, -1)
-        for s, lo in enumerate(range(0, len(need), self.shard_images)):
+        """Submit one task per shard of the images some model of the pass lacks; the first also encodes the
+        node prompts each model lacks."""
+        prompts = {}
+        for model in models:
+            held = reusable_embeddings(self.index_path, model)
+            wnids = [w for w in self.full.node_wnids if w not in held[1]]
+            self.work[model.id] = _ModelWork(model, held, wnids)
+            prompts[model.id] = node_prompts(index, wnids)
+        # An image no model of the pass has encoded (new, replaced, or unreadable so far) is decoded once for all.
+        need = [i for i, key in enumerate(self.keys) if any(key not in self.work[m.id].held[0] for m in models)]
+        p = len(self.passes)
+        item = _PassWork(models, need)
+        self.passes.append(item)
+        for s, lo in enumerate(range(0, max(len(need), 1), self.shard_images)):
             paths = [self.samples.paths[i] for i in need[lo:lo + self.shard_images]]
-            self.refs[shard_task.remote(model, s, root, paths, batch_size, decode_workers)] = (model.id, s)
-        item.pending = 1 + -(-len(need) // self.shard_images)
+            ref = shard_task.remote(models, s, root, paths, batch_size, decode_workers, prompts if s == 0 else None)
+            self.refs[ref] = (p, s)
+            item.pending += 1
         self.report.shards = len(self.refs)
         if self.bar is not None:
-            self.bar.total += len(need)
+            self.bar.total += len(need) * len(models)
+            self.bar.refresh()
 
     def gather(self) -> None:
-        """Take every task's result as it comes back, writing each model when its last one is in."""
+        """Take every task's result as it comes back, writing a pass's models when its last shard is in."""
         remaining = list(self.refs)
         while remaining:
             # Whatever is back within half a second, up to 256 at once: one wait per result would make the
@@ -273,43 +296,63 @@ class _Run:
         if self.bar is not None:
             self.bar.close()
 
-    def take(self, ref: Any) -> None:
-        """One finished task: keep its result, or fail its model (cancelling the model's other tasks)."""
-        model_id, shard = self.refs.pop(ref)
+    def fail(self, model_id: str, why: str) -> None:
         item = self.work[model_id]
+        if item.failed is None:
+            item.failed = self.report.failed[model_id] = why
+            log.info("%s", why)
+
+    def take(self, ref: Any) -> None:
+        """One finished task: keep its result, or fail the pass's models (cancelling its other tasks)."""
+        p, shard = self.refs.pop(ref)
+        item = self.passes[p]
         item.pending -= 1
-        if item.failed is not None:
-            return
         try:
-            result = self.ray.get(ref)
-        except Exception as exc:  # noqa: BLE001  (the model fails alone; the others go on)
-            what = "its node prompts" if shard < 0 else f"shard {shard} of the sample images"
-            item.failed = self.report.failed[model_id] = _failure(exc, item, what)
-            log.info("%s", item.failed)
-            for other, (mid, _) in list(self.refs.items()):
-                if mid == model_id:
+            result: ShardResult = self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001  (this pass's models fail; the others go on)
+            for model in item.models:
+                self.fail(model.id, _failure(exc, model.id, f"shard {shard} of the sample images", self.retries))
+            for other, (q, _) in list(self.refs.items()):
+                if q == p:
                     self.ray.cancel(other)
             return
-        if shard < 0:
-            item.texts = result
-        else:
-            item.shards[shard] = result
-            self.unreadable.update(result.unreadable)
-            if self.bar is not None:
-                self.bar.update(len(result.positions) + len(result.unreadable))
+        item.shards[shard] = result
+        for model_id, why in result.failed.items():
+            self.fail(model_id, why)
+        for model_id, texts in result.texts.items():
+            self.work[model_id].texts = texts
+        self.unreadable.update(result.unreadable)
+        if self.bar is not None:
+            self.bar.update((len(result.positions) + len(result.unreadable)) * len(item.models))
         if item.pending == 0:
             self.finish(item)
 
-    def finish(self, item: _ModelWork) -> None:
-        """All of a model's tasks are back: write its label, keep only the timings."""
+    def finish(self, item: _PassWork) -> None:
+        """All of a pass's shards are back: write each of its models' labels, then keep only the timings."""
         started = time.perf_counter()
-        _write_model(self.index_path, self.report, item, self.full, self.samples, self.shard_images, self.unreadable)
+        need = np.asarray(item.need, np.int64)
+        for model in item.models:
+            work = self.work[model.id]
+            if work.failed is not None:
+                continue
+            if work.texts is None:
+                self.fail(model.id, f"model {model.id!r}: its node prompts were not encoded")
+                continue
+            shards = sorted(item.shards.items())
+            positions = [need[s * self.shard_images + r.positions] for s, r in shards if model.id in r.embeddings]
+            fresh = [r.embeddings[model.id] for _, r in shards if model.id in r.embeddings]
+            row_of = {int(q): r for r, q in enumerate(np.concatenate(positions))} if positions else {}
+            try:
+                _write_model(self.index_path, self.report, work, self.full, self.samples, self.unreadable,
+                             np.concatenate(fresh) if fresh else np.zeros((0, 0), np.float16), row_of,
+                             sum(r.encode_s.get(model.id, 0.0) for _, r in shards))
+            except MLLIndexError as exc:
+                self.fail(model.id, str(exc))
+                continue
+            self.models_done += 1
+            work.held, work.texts = ({}, {}), None
         self.write_s += time.perf_counter() - started
-        self.models_done += 1
-        item.shards = {s: replace(r, embeddings=r.embeddings[:0]) for s, r in item.shards.items()}
-        item.held = ({}, {})
-        if item.texts is not None:
-            item.texts = replace(item.texts, embeddings=item.texts.embeddings[:0])
+        item.shards = {s: replace(r, embeddings={}) for s, r in item.shards.items()}
         if self.bar is not None:
             self.bar.set_postfix_str(f"models {self.models_done}/{len(self.work)}")
 
@@ -327,50 +370,41 @@ def _table(index_path: Path, full: SampleTable, samples: Any, unreadable: dict[s
 
 
 def _write_model(index_path: Path, report: RayLabelReport, item: _ModelWork, full: SampleTable, samples: Any,
-                 shard_images: int, unreadable: dict[str, str]) -> None:
-    """All of a model's shards are back: assemble and write its label, then append it to the matrix."""
+                 unreadable: dict[str, str], fresh: np.ndarray, row_of: dict[int, int], encode_s: float) -> None:
+    """A model's shards are all back: assemble and write its label, then append it to the matrix.
+
+    Raises:
+        MLLIndexError: the label could not be written (an image without an embedding, values not finite).
+    """
     model = item.model
-    assert item.texts is not None     # the node prompts are one of the model's tasks, all of which are back
+    assert item.texts is not None     # checked by the caller
     table = _table(index_path, full, samples, unreadable)
-    positions = [np.asarray(item.need, np.int64)[s * shard_images + r.positions]
-                 for s, r in sorted(item.shards.items())]
-    fresh = (np.concatenate([r.embeddings for _, r in sorted(item.shards.items())])
-             if item.shards else np.zeros((0, 0), np.float16))
-    row_of = {int(p): r for r, p in enumerate(np.concatenate(positions) if positions else [])}
     position_of = {rel: i for i, rel in enumerate(samples.paths)}
-    keys = table.image_keys()
     rows = [row_of.get(position_of[rel], -1) for rel in table.paths]
     fresh_nodes = dict(zip(item.prompt_wnids, item.texts.embeddings))
-    try:
-        encoded = finish_label(index_path, model, table, samples.fingerprint, keys, rows, fresh, item.held,
-                               fresh_nodes, item.texts.logit_scale, item.texts.preprocess_key)
-        append_to_matrix(index_path, model.id)
-    except MLLIndexError as exc:
-        report.failed[model.id] = str(exc)
-        log.info("%s", exc)
-        return
+    encoded = finish_label(index_path, model, table, samples.fingerprint, table.image_keys(), rows, fresh,
+                           item.held, fresh_nodes, item.texts.logit_scale, item.texts.preprocess_key)
+    append_to_matrix(index_path, model.id)
     report.labeled.append(model.id)
-    encode_s = sum(r.encode_s for r in item.shards.values())
     report.images_per_s[model.id] = round(encoded / encode_s, 1) if encode_s > 0 and encoded else 0.0
 
 
-def _account(report: RayLabelReport, work: dict[str, _ModelWork], write_s: float, wall_s: float) -> None:
-    """Per-worker throughput and the phases' seconds, from every shard that came back."""
+def _account(report: RayLabelReport, passes: list[_PassWork], write_s: float, wall_s: float) -> None:
+    """Per-worker throughput and the phases' seconds, from every shard that came back. A worker's images
+    count each (model, image) encoding."""
     workers: dict[str, dict[str, float]] = {}
     decode = encode = load = 0.0
-    for item in work.values():
+    for item in passes:
         for r in item.shards.values():
             w = workers.setdefault(r.worker, {"shards": 0, "images": 0, "seconds": 0.0, "decode_s": 0.0,
                                               "encode_s": 0.0, "load_s": 0.0})
             w["shards"] += 1
-            w["images"] += len(r.positions)
+            w["images"] += len(r.positions) * len(r.encode_s)
             w["seconds"] += r.seconds
             w["decode_s"] += r.decode_wait_s
-            w["encode_s"] += r.encode_s
+            w["encode_s"] += sum(r.encode_s.values())
             w["load_s"] += r.load_s
-            decode, encode, load = decode + r.decode_wait_s, encode + r.encode_s, load + r.load_s
-        if item.texts is not None:
-            load += item.texts.load_s
+            decode, encode, load = decode + r.decode_wait_s, encode + sum(r.encode_s.values()), load + r.load_s
     for w in workers.values():
         w["images_per_s"] = round(w["images"] / w["seconds"], 1) if w["seconds"] > 0 else 0.0
         for k in ("seconds", "decode_s", "encode_s", "load_s"):

@@ -1,9 +1,9 @@
 """What runs on a Ray cluster's workers. Plain functions: the driver wraps them with `ray.remote`
 and the resources each call needs, so this module imports nothing of Ray at import time.
 
-A worker keeps the last model it loaded (`_LOADED`): Ray reuses worker processes, and the driver
-submits a model's shards one after another, so a worker that takes several shards of one model
-loads it once.
+A worker keeps the models of the last pass it ran (`_LOADED`): Ray reuses worker processes, and
+the driver submits a pass's shards one after another, so a worker that takes several shards of
+one pass loads its models once.
 """
 
 from __future__ import annotations
@@ -22,24 +22,26 @@ _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
 @dataclass
 class ShardResult:
-    """One model's embeddings of one shard of the sample images.
+    """The embeddings of one shard of the sample images by each model of one pass.
 
-    `embeddings` (n_readable, d) float16 unit rows (what labels store); row r is the image at
-    `positions[r]` of the shard ((n_readable,) int64); `unreadable` lists (relative path, reason).
-    Times are in seconds; `worker` names the node and process ("ip:pid").
+    `embeddings[model id]` (n_readable, d) float16 unit rows (what labels store); row r is the image at
+    `positions[r]` of the shard ((n_readable,) int64); `unreadable` lists (relative path, reason);
+    `failed[model id]` says why a model of the pass could not be loaded here (it has no embeddings).
+    Times are in seconds (`encode_s` per model); `worker` names the node and process ("ip:pid").
     """
 
-    model_id: str
     shard: int
-    embeddings: np.ndarray
+    embeddings: dict[str, np.ndarray]
     positions: np.ndarray
     unreadable: list[tuple[str, str]]
     worker: str
     device: str
+    failed: dict[str, str] = field(default_factory=dict)
     load_s: float = 0.0
     decode_wait_s: float = 0.0
-    encode_s: float = 0.0
+    encode_s: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    texts: dict[str, NodeTexts] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,9 +53,6 @@ class NodeTexts:
     embeddings: np.ndarray
     logit_scale: float
     preprocess_key: str
-    worker: str
-    load_s: float = 0.0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -92,56 +91,64 @@ def _device() -> str:
     return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
-def _loaded(model: HubModel, device: str) -> tuple[LoadedModel, float]:
-    """The model on `device`, loaded once per worker process; (model, seconds spent loading)."""
-    key = (repr(model.describe()), device)
-    if key in _LOADED:
-        return _LOADED[key], 0.0
-    _LOADED.clear()     # one model per worker: a hub's models do not all fit in one process's memory
+def _loaded(models: list[HubModel], device: str) -> tuple[list[LoadedModel], dict[str, str], float]:
+    """The models of a pass on `device`, loaded once per worker process; (loaded, model id -> why it could
+    not be loaded, seconds spent loading). Only the last pass's models stay: a hub does not fit in one process."""
+    from mll_index.errors import MLLIndexError
+
+    keys = [(repr(m.describe()), device) for m in models]
+    for key in [k for k in _LOADED if k not in keys]:
+        del _LOADED[key]
     started = time.perf_counter()
-    loaded = load_model(model, device)
-    _LOADED[key] = loaded
-    return loaded, time.perf_counter() - started
+    loaded, failed = [], {}
+    for model, key in zip(models, keys):
+        if key not in _LOADED:
+            try:
+                _LOADED[key] = load_model(model, device)
+            except MLLIndexError as exc:    # this model fails alone; the pass goes on without it
+                failed[model.id] = str(exc)
+                continue
+        loaded.append(_LOADED[key])
+    return loaded, failed, time.perf_counter() - started
 
 
-def encode_shard(model: HubModel, shard: int, root: str, paths: list[str], batch_size: int = 64,
-                 decode_workers: int = 0) -> ShardResult:
-    """Encode the images `root/paths[i]` with `model`, through the single-machine data path
-    (`pipeline.encode_image_set`: decoded with `open_image`, unreadable images skipped and listed).
-
-    Raises:
-        ModelLoadError: the model cannot be loaded on this worker (not retried: it fails alone).
+def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str], batch_size: int = 64,
+                 decode_workers: int = 0, prompts: dict[str, list[str]] | None = None) -> ShardResult:
+    """Encode the images `root/paths[i]` with every model of a pass (one preprocessing configuration),
+    decoding each image once, through the single-machine data path (`pipeline.encode_image_set`:
+    `open_image`, unreadable images skipped and listed); and, for the models in `prompts` (the driver
+    gives them to a pass's first shard), their node prompts. A model that cannot be loaded here is
+    reported in `failed`; the others are encoded.
     """
     from mll_index.pipeline import ImageSet, encode_image_set
 
     started = time.perf_counter()
     device = _device()
-    loaded, load_s = _loaded(model, device)
-    out = encode_image_set([loaded], ImageSet(root, tuple(paths)), batch_size=batch_size, workers=decode_workers,
-                           device=device)
-    stats = out.stats
-    return ShardResult(model.id, shard, out.embeddings[model.id].astype(np.float16), out.positions,
-                       list(out.unreadable), _worker_name(), device, load_s, stats.loader_wait_s,
-                       stats.encode_s.get(model.id, 0.0), time.perf_counter() - started)
+    loaded, failed, load_s = _loaded(models, device)
+    result = ShardResult(shard, {}, np.zeros(0, np.int64), [], _worker_name(), device, failed, load_s)
+    if loaded and paths:
+        out = encode_image_set(loaded, ImageSet(root, tuple(paths)), batch_size=batch_size, workers=decode_workers,
+                               device=device)
+        result.embeddings = {mid: emb.astype(np.float16) for mid, emb in out.embeddings.items()}
+        result.positions, result.unreadable = out.positions, list(out.unreadable)
+        result.decode_wait_s, result.encode_s = out.stats.loader_wait_s, dict(out.stats.encode_s)
+    for one in loaded:
+        mid = one.hub_model.id
+        if prompts is not None and mid in prompts:
+            result.texts[mid] = _node_texts(one, prompts[mid], device)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
-def encode_node_texts(model: HubModel, prompts: list[str]) -> NodeTexts:
-    """The model's unit text embeddings of `prompts`, its temperature and preprocessing key.
-
-    Raises:
-        ModelLoadError: the model cannot be loaded on this worker.
-    """
+def _node_texts(loaded: LoadedModel, prompts: list[str], device: str) -> NodeTexts:
+    """A model's unit text embeddings of `prompts`, its temperature and preprocessing key."""
     from mll_index.pipeline import temperature
     from mll_index.zeroshot import encode_texts
 
-    started = time.perf_counter()
-    device = _device()
-    loaded, load_s = _loaded(model, device)
     emb = encode_texts(loaded, prompts, device) if prompts else np.zeros((0, 0), np.float32)
     # The one temperature rule of labeling, reuse and evaluation (as in labels._label_one).
     scale = temperature(loaded) if hasattr(loaded.model, "logit_scale") else 100.0
-    return NodeTexts(model.id, emb, float(scale), loaded.preprocess_key, _worker_name(), load_s,
-                     time.perf_counter() - started)
+    return NodeTexts(loaded.hub_model.id, emb, float(scale), loaded.preprocess_key)
 
 
 def check_samples(root: str, probes: list[tuple[str, int]]) -> NodeCheck:
