@@ -50,9 +50,10 @@ ASSUMPTIONS = {
     "decode_images_per_s_per_core": 150,   # a 500x375 JPEG decoded and resized to 224 px, one core
     "load_s_fixed": 5.0,                    # per model per worker: process start, open_clip build
     "load_bytes_per_s": 500e6,              # reading fp32 weights from local disk
-    "note": "each (model, shard) task decodes its shard again, so decoding is paid once per model; a model's "
-            "rate per GPU is the lower of its compute rate and the GPU's decoders; every worker that takes a "
-            "shard of a model loads it once; Ray's own overhead is the fraction measured here on CPUs",
+    "note": "each (pass, shard) task decodes its shard once for the pass's models, on the GPU's CPU cores beside "
+            "the GPU, so a pass takes the longer of its models' compute and its decoding; every worker that "
+            "takes a shard of a pass loads its models once; Ray's own overhead is the fraction measured here "
+            "on CPUs",
 }
 
 
@@ -98,26 +99,35 @@ def _labels_equal(a: Path, b: Path, ids: list[str]) -> tuple[bool, float]:
 
 
 def extrapolate(overhead: float, gpus: list[int]) -> dict[str, Any]:
-    """Hours to label mll49 on `images` sample images with `gpus` GPUs, under ASSUMPTIONS."""
+    """Hours to label mll49 on `images` sample images with `gpus` GPUs, under ASSUMPTIONS.
+
+    The models run in the passes the labeler makes (`pipeline.model_passes`): per pass, every shard is
+    decoded once (by the GPU's CPU cores, beside the GPU) and encoded by each model of the pass, so a
+    pass takes the longer of its models' compute and its decoding.
+    """
     from mll_index.hub import load_hub
+    from mll_index.pipeline import model_passes
 
     a = ASSUMPTIONS
     effective = 312e12 * a["gpu_utilisation"]
     decode = a["cpu_cores_per_gpu"] * a["decode_images_per_s_per_core"]
-    gpu_s = 0.0
-    load_s = 0.0
+    gpu_s = load_s = 0.0
     per_model = {}
-    for m in load_hub("mll49"):
-        rate = min(effective / (m.flops_b * 1e9), decode)
-        per_model[m.id] = round(rate, 1)
-        gpu_s += a["images"] / rate
-        load_s += a["load_s_fixed"] + (m.params_m or 430.0) * 1e6 * 4 / a["load_bytes_per_s"]
+    passes = model_passes(list(load_hub("mll49")))
+    for group in passes:
+        compute = 0.0
+        for m in group:
+            rate = effective / (m.flops_b * 1e9)
+            per_model[m.id] = round(rate, 1)
+            compute += a["images"] / rate
+            load_s += a["load_s_fixed"] + (m.params_m or 430.0) * 1e6 * 4 / a["load_bytes_per_s"]
+        gpu_s += max(compute, a["images"] / decode)
     hours = {}
     for n in gpus:
-        # Work spreads over n GPUs; each model's load is paid by every worker, side by side (once in wall time).
+        # Work spreads over n GPUs; each pass's models are loaded by every worker, side by side (once in wall time).
         hours[str(n)] = round((gpu_s / n * (1 + overhead) + load_s) / 3600, 2)
-    return {"hours": hours, "gpu_hours": round(gpu_s / 3600, 1), "load_hours_per_worker": round(load_s / 3600, 2),
-            "images_per_s_per_gpu": per_model}
+    return {"hours": hours, "gpu_hours": round(gpu_s / 3600, 1), "passes": len(passes),
+            "load_hours_per_worker": round(load_s / 3600, 2), "images_per_s_per_gpu": per_model}
 
 
 def main() -> None:
@@ -129,7 +139,21 @@ def main() -> None:
     parser.add_argument("--per-node", type=int, default=None, help="only the first N images of each node")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--smoke", action="store_true", help="3 models, ~600 images; writes ray_labeling_smoke")
+    parser.add_argument("--extrapolate-only", action="store_true",
+                        help="recompute the extrapolation of results/ray_labeling.json from its measured overhead")
     args = parser.parse_args()
+    if args.extrapolate_only:
+        from common import RESULTS
+
+        fig = json.loads((RESULTS / "ray_labeling.json").read_text())
+        ext = extrapolate(max(fig["ray_overhead_fraction"], 0.0), [8, 64])
+        fig["extrapolated_hours"] = ext["hours"]
+        fig["extrapolation"] = {**ext, "assumptions": ASSUMPTIONS}
+        keep = {k: v for k, v in fig.items() if k not in ("command", "date", "machine")}
+        write_results("ray_labeling", {**keep, "measured": {"command": fig["command"], "date": fig["date"]}},
+                      markdown(keep))
+        print(markdown(keep))
+        return
 
     from mll_index.cluster import label_on_ray
     from mll_index.cluster.connect import connect, disconnect
