@@ -506,7 +506,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         return
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
-    from mll_index.select import open_selector, read_batch_file, select_batch
+    from mll_index.select import SelectionSettings, open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -519,9 +519,10 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         from dataclasses import replace
 
         tasks = [replace(t, domain=domain) for t in tasks]
+    settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode,  # type: ignore[arg-type]
+                                 explain=explain, ranking_size=ranking_size or None)
     selector = open_selector(path, cache=_embedding_cache())
-    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
-                              ranking_size=ranking_size or None)
+    selections = select_batch(selector, tasks, settings)
     for s in selections:
         _warn_weak(s)
     for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
@@ -581,7 +582,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
     from mll_index.reuse import lemma_of, reuse_models, write_predictions
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.select import SelectionSettings, make_task, open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
     if selection_file is not None:
@@ -603,8 +604,9 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
             task = _read_task((), None, task_file)
         else:
             raise InputError("give --selection, --names or --task")
-        selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task, k=k, alpha=alpha,
-                                  n_nodes=n_nodes, mode=mode)
+        settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
+        selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task,
+                                  settings)
         _warn_weak(selection, prompts=False)
         models, name = selection.models_for(), task.name
         lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}

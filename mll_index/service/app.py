@@ -473,13 +473,14 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     @app.post("/v1/select", tags=["select"], responses={200: {"model": SelectionAnswer, "description": "The selection."}})
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
-        from mll_index.select import select_models
+        from mll_index.select import SelectionSettings, select_models
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
+        chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
+                                   explain=body.explain, ranking_size=body.ranking or None)
 
         def answer(state: IndexState) -> dict[str, Any]:
-            selection = select_models(state.selector, task, k=body.k, alpha=body.alpha, n_nodes=body.nodes,
-                                      mode=body.mode, explain=body.explain, ranking_size=body.ranking or None)
+            selection = select_models(state.selector, task, chosen)
             return selection_json(selection, state.version)
 
         state, out = await run(answer, "task")
@@ -498,8 +499,10 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         Every task is checked before the first line is sent; a line {"error": ...} ends a stream
         that could not finish (the time limit, the index gone)."""
-        from mll_index.select import select_batch
+        from mll_index.select import SelectionSettings, select_batch
 
+        chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
+                                   ranking_size=ranking or None)
         tasks = [_with_domain(t, domain) for t in
                  parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
                                   jsonl="ndjson" in request.headers.get("content-type", "")
@@ -516,8 +519,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    work = partial(select_batch, state.selector, chunk, k=k, alpha=alpha, n_nodes=nodes, mode=mode,
-                                   explain=explain, ranking_size=ranking or None)
+                    work = partial(select_batch, state.selector, chunk, chosen)
                     selections = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "
