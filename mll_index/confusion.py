@@ -11,31 +11,123 @@ from typing import Literal
 import numpy as np
 
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.label_store import LabelStore, refuse_damaged
+from mll_index.label_store import LabelStore, SampleGroup, refuse_damaged
+from mll_index.topk_table import TopkTable, confusion_from_predictions, first_in_set
 
 SelectionMode = Literal["auto", "restricted", "counts"]
 MODES: tuple[str, ...] = ("auto", "restricted", "counts")
 
 
 def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "restricted",
-                   domain: str | None = None) -> np.ndarray:
+                   domain: str | None = None, image_weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """(n_models, len(nodes), 3) float32 TP, FP, FN of every model on the nodes S (node-axis positions).
 
-    restricted: each sample image of S is assigned the node of S its model scores highest;
-    with a domain, only the images tagged with it count (all images where S has none);
-    counts: the label matrix's counts over the whole labeled node set (no domain).
-    The result is a view of a node-major array: `class_f1` uses it without a copy.
+    restricted: each sample image of S is assigned the node of S its model scores highest, read
+    from the model's stored top nodes (`restricted_confusion`); with a domain, only the images
+    tagged with it count (all images where S has none);
+    counts: the label matrix's counts over the whole labeled node set (no domain, no weights).
+    The counts result is a view of a node-major array: `class_f1` uses it without a copy.
+
+    Args:
+        image_weights: sample fingerprint -> (n_images,) float weight of each sample image
+            (probe similarity); None: every image counts 1.
     """
     nodes = np.asarray(nodes, np.int64)
     if mode == "counts":
         return store.matrix.gather(nodes).transpose(1, 0, 2)
     if mode != "restricted":
         raise InputError(f"unknown selection mode {mode!r}; modes: {list(MODES)}")
-    refuse_damaged(store, mode)
+    return restricted_confusion(store, nodes, domain, image_weights)
+
+
+def _check_restricted(store: LabelStore) -> None:
+    refuse_damaged(store, "restricted")
     if not store.has_image_labels:
         lacking = [m for m in store.model_ids if m not in store.folders]
         raise InputError(f"the restricted mode needs image-level labels; {len(lacking)} model(s) have only counts "
                          f"(e.g. {lacking[:3]}); use --mode counts")
+
+
+def _task_rows(group: SampleGroup, local: np.ndarray, domain: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, true): the sample images of S (of the domain, where S has some), sorted by their node's
+    position in S, and that position."""
+    rows = np.flatnonzero(local[group.image_nodes] >= 0)
+    if domain:
+        in_domain = rows[group.domains[rows] == domain.lower()]
+        rows = in_domain if len(in_domain) else rows
+    true = local[group.image_nodes[rows]]
+    order = np.argsort(true, kind="stable")
+    return rows[order], true[order]
+
+
+def restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | None = None,
+                         image_weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """(n_models, len(nodes), 3) float32 restricted TP, FP, FN, read from the stored top nodes.
+
+    A model's prediction among S on an image is the first of its stored top-K nodes that is in S:
+    the same node as `exact_restricted_confusion` finds whenever one of S is among them (always when
+    S's nodes are all there). Where none is, the image counts as missed (a false negative of its
+    node) and as no node's false positive: the node of S the model would pick scores below its
+    K-th node, and which one it is was not stored. Models in a sample set's top-K table are read
+    together (topk_table.py); the others one by one from their label folders.
+
+    Raises:
+        InputError: a damaged label, or a model without image-level labels.
+    """
+    _check_restricted(store)
+    nodes = np.asarray(nodes, np.int64)
+    k = len(nodes)
+    out = np.zeros((len(store.model_ids), k, 3), np.float32)
+    local = np.full(len(store.node_wnids), -1, np.int32)
+    local[nodes] = np.arange(k)
+    for fingerprint, members in store.groups().items():
+        group = store.sample_group(fingerprint)
+        rows, true = _task_rows(group, local, domain)
+        if len(rows) == 0:
+            continue
+        weights = image_weights[fingerprint][rows] if image_weights and fingerprint in image_weights else None
+        table_local = local[group.axis]          # sample-table node -> position in S, -1 outside
+        table = store.topk_table(fingerprint)
+        columns = table.column(store.digests) if table is not None else {}
+        held = [i for i in members if store.model_ids[i] in columns]
+        if held:
+            cols = np.array([columns[store.model_ids[i]] for i in held], np.int64)
+            pred = _table_predictions(table, rows, cols, table_local)   # type: ignore[arg-type]
+            out[held] = confusion_from_predictions(pred, true, k, weights)
+        for i in members:
+            if store.model_ids[i] in columns:
+                continue
+            lab = store.image_labels(i)
+            if lab is None:     # has_image_labels said every model has one; a label folder removed since
+                raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
+                                       "folder any more; run `mll-index label` again or use --mode counts")
+            found = table_local[np.asarray(lab.topk_nodes[rows])]    # (n_rows, K)
+            has = found >= 0
+            pred = found[np.arange(len(rows)), has.argmax(axis=1)]
+            pred[~has.any(axis=1)] = -1
+            out[i] = confusion_from_predictions(pred[:, None], true, k, weights)[0]
+    return out
+
+
+def _table_predictions(table: TopkTable, rows: np.ndarray, cols: np.ndarray, table_local: np.ndarray) -> np.ndarray:
+    """(len(rows), len(cols)) first node of S among each model's top nodes (topk_table.first_in_set)."""
+    every = len(cols) == table.nodes.shape[2] and bool(np.array_equal(cols, np.arange(len(cols))))
+    depth0 = table.nodes[0]
+    # Rows of one depth are contiguous per image: a gather of whole rows, then of columns if needed.
+    first = np.asarray(depth0[rows]) if every else np.asarray(depth0[rows])[:, cols]
+
+    def deeper(d: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.asarray(table.nodes[d][rows[r], cols[c]])
+
+    return first_in_set(first, deeper, table.depth, table_local)
+
+
+def exact_restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | None = None) -> np.ndarray:
+    """(n_models, len(nodes), 3) float32 restricted TP, FP, FN recomputed from the stored image and node
+    embeddings: each image's logits over all of S. The reference `restricted_confusion` is checked and
+    measured against (its cost grows with images x |S| x d per model)."""
+    _check_restricted(store)
+    nodes = np.asarray(nodes, np.int64)
     out = np.zeros((len(nodes), len(store.model_ids), 3), np.float32)
     in_set = np.zeros(len(store.node_wnids), bool)
     in_set[nodes] = True
@@ -44,7 +136,7 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
     k = len(nodes)
     for i in range(len(store.model_ids)):
         lab = store.image_labels(i)
-        if lab is None:     # has_image_labels said every model has one; a label folder removed since
+        if lab is None:
             raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
                                    "folder any more; run `mll-index label` again or use --mode counts")
         rows = lab.images_of(in_set)
@@ -72,8 +164,26 @@ def node_confusion(store: LabelStore, nodes: np.ndarray, mode: SelectionMode = "
 
 
 def restricted_work(store: LabelStore, counts: np.ndarray) -> int:
-    """Image-model scorings the restricted mode would do on the nodes of `counts` ((n_models, |S|, 3) TP, FP, FN)."""
+    """Image-model pairs the restricted mode would read on the nodes of `counts` ((n_models, |S|, 3) TP, FP, FN)."""
     return int(counts[:, :, 0].sum() + counts[:, :, 2].sum())
+
+
+# A pair read from a label folder (one model's gather of K top nodes per image) costs about this
+# many pairs read from a top-K table (every model's depth-1 rows at once; bench/scale.py).
+FOLDER_PAIR_COST = 4
+
+
+def restricted_cost(store: LabelStore, counts: np.ndarray) -> int:
+    """The restricted mode's work on the nodes of `counts`, in table-pair units: image-model pairs of
+    models held by a top-K table count 1, those read from their label folders FOLDER_PAIR_COST."""
+    pairs = counts[:, :, 0].sum(axis=1) + counts[:, :, 2].sum(axis=1)       # (n_models,)
+    held = np.zeros(len(store.model_ids), bool)
+    for fingerprint, members in store.groups().items():
+        table = store.topk_table(fingerprint)
+        if table is not None:
+            columns = table.column(store.digests)
+            held[[i for i in members if store.model_ids[i] in columns]] = True
+    return int(pairs[held].sum() + FOLDER_PAIR_COST * pairs[~held].sum())
 
 
 def class_f1(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from mll_index.errors import IndexFormatError, InputError
 from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
 from mll_index.labels import (SampleTable, folder_counts, load_label, read_sample_table, relabel_hint, scan_labels,
                               stale_in_matrix)
+from mll_index.topk_table import TopkTable, open_topk_table
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class ImageLabels:
 
     image_nodes: (n_images,) int64 node-axis positions; image_embeddings: (n_images, d) float16
     memory-mapped; node_axis: (m_model,) node-axis positions of the rows of node_embeddings
-    (m_model, d); domains: (n_images,) str, "" where untagged.
+    (m_model, d); domains: (n_images,) str, "" where untagged; topk_nodes: (n_images, K) int32
+    memory-mapped, the model's top nodes per image as rows of node_embeddings, best first.
     """
 
     image_nodes: np.ndarray
@@ -40,6 +42,7 @@ class ImageLabels:
     node_axis: np.ndarray
     node_embeddings: np.ndarray
     domains: np.ndarray
+    topk_nodes: np.ndarray
 
     def images_of(self, in_set: np.ndarray) -> np.ndarray:
         """Rows of the images whose node is in the set (in_set: (n_axis,) bool)."""
@@ -67,6 +70,25 @@ class ImageLabels:
 
 
 @dataclass
+class SampleGroup:
+    """A sample set that models were labeled on, seen from the store's node axis (read once, shared by its models).
+
+    axis: (n_table_nodes,) int64 node-axis positions of the sample table's nodes; image_nodes:
+    (n_images,) int64 node-axis positions; domains: (n_images,) str, "" where untagged.
+    """
+
+    fingerprint: str
+    table: SampleTable
+    axis: np.ndarray
+    image_nodes: np.ndarray
+    domains: np.ndarray
+
+    @cached_property
+    def domain_set(self) -> frozenset[str]:
+        return frozenset(self.domains.tolist())
+
+
+@dataclass
 class LabelStore:
     """The labels of an index's models on one node axis: the label matrix, and image-level labels on demand.
 
@@ -80,10 +102,14 @@ class LabelStore:
     # Model id -> why its label folder cannot be used (labels.scan_labels): the restricted and auto
     # modes refuse while there is one, rather than leave the model out or fall back to counts.
     damaged: dict[str, str] = field(default_factory=dict)
+    # Model id -> its label manifest's own checksum (labels.scan_labels): which columns of a top-K
+    # table are still the model's label.
+    digests: dict[str, str] = field(default_factory=dict)
     _image: dict[int, ImageLabels | None] = field(default_factory=dict, repr=False)
-    # Sample tables and their images' domain tags, read once per fingerprint: every model of a
-    # hub labeled on one sample set shares them.
-    _tables: dict[str, tuple[SampleTable, np.ndarray]] = field(default_factory=dict, repr=False)
+    # Sample tables, their images' domain tags and top-K tables, read once per fingerprint: every
+    # model of a hub labeled on one sample set shares them.
+    _groups: dict[str, SampleGroup] = field(default_factory=dict, repr=False)
+    _topk: dict[str, TopkTable | None] = field(default_factory=dict, repr=False)
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -110,28 +136,48 @@ class LabelStore:
         """Model i's image-level label, opened once; None if it has only counts."""
         if i not in self._image:
             model_id = self.matrix.model_ids[i]
-            self._image[i] = _open_image_labels(self.index_path, model_id, self.node_position, self._tables) \
-                if model_id in self.folders else None
+            self._image[i] = self._open_image_labels(model_id) if model_id in self.folders else None
         return self._image[i]
 
+    def sample_group(self, fingerprint: str) -> SampleGroup:
+        """The sample set `fingerprint` on the store's node axis, read once.
 
-def _open_image_labels(index_path: Path, model_id: str, node_position: dict[str, int],
-                       tables: dict[str, tuple[SampleTable, np.ndarray]]) -> ImageLabels:
-    label = load_label(index_path, model_id)
-    fingerprint = label.manifest["samples"]
-    if fingerprint not in tables:
-        table = read_sample_table(index_path, fingerprint)
-        tables[fingerprint] = (table, image_domains(table.paths))
-    table, domains = tables[fingerprint]
-    if label.counts.shape[0] != len(table.node_wnids):
-        raise IndexFormatError(f"label of {model_id!r}: counts for {label.counts.shape[0]} nodes, "
-                               f"its sample table has {len(table.node_wnids)}")
-    try:
-        axis = np.array([node_position[w] for w in table.node_wnids], np.int64)
-    except KeyError as exc:
-        raise IndexFormatError(f"label of {model_id!r}: node {exc} is not in the label matrix; "
-                               "run `mll-index labels compact`") from None
-    return ImageLabels(axis[table.image_nodes], label.image_embeddings, axis, label.node_embeddings, domains)
+        Raises:
+            IndexFormatError: its sample table names a node the label matrix lacks.
+        """
+        if fingerprint not in self._groups:
+            table = read_sample_table(self.index_path, fingerprint)
+            try:
+                axis = np.array([self.node_position[w] for w in table.node_wnids], np.int64)
+            except KeyError as exc:
+                raise IndexFormatError(f"sample table {fingerprint!r}: node {exc} is not in the label matrix; "
+                                       "run `mll-index labels compact`") from None
+            self._groups[fingerprint] = SampleGroup(fingerprint, table, axis, axis[table.image_nodes],
+                                                    image_domains(table.paths))
+        return self._groups[fingerprint]
+
+    def topk_table(self, fingerprint: str) -> TopkTable | None:
+        """The stacked top nodes of the models labeled on `fingerprint` (None: not written yet), opened once."""
+        if fingerprint not in self._topk:
+            self._topk[fingerprint] = open_topk_table(self.index_path, fingerprint)
+        return self._topk[fingerprint]
+
+    def groups(self) -> dict[str, list[int]]:
+        """Sample fingerprint -> the positions of the models labeled on it (models with a label folder)."""
+        out: dict[str, list[int]] = {}
+        for i, model_id in enumerate(self.matrix.model_ids):
+            if model_id in self.folders:
+                out.setdefault(self.folders[model_id], []).append(i)
+        return out
+
+    def _open_image_labels(self, model_id: str) -> ImageLabels:
+        label = load_label(self.index_path, model_id)
+        group = self.sample_group(label.manifest["samples"])
+        if label.counts.shape[0] != len(group.axis):
+            raise IndexFormatError(f"label of {model_id!r}: counts for {label.counts.shape[0]} nodes, "
+                                   f"its sample table has {len(group.axis)}")
+        return ImageLabels(group.image_nodes, label.image_embeddings, group.axis, label.node_embeddings,
+                           group.domains, label.topk_nodes)
 
 
 def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelStore:
@@ -163,7 +209,7 @@ def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelS
         matrix = matrix.subset(list(models))
     else:
         matrix = matrix.subset(sorted(matrix.model_ids))
-    return LabelStore(Path(index_path), matrix, folders, damaged)
+    return LabelStore(Path(index_path), matrix, folders, damaged, scan.digests)
 
 
 def damaged_message(damaged: dict[str, str], mode: str | None = None) -> str:
