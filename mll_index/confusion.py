@@ -80,6 +80,7 @@ def restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | Non
     out = np.zeros((len(store.model_ids), k, 3), np.float32)
     local = np.full(len(store.node_wnids), -1, np.int32)
     local[nodes] = np.arange(k)
+    ids = store.model_ids       # a tuple built per access: read once
     for fingerprint, members in store.groups().items():
         group = store.sample_group(fingerprint)
         rows, true = _task_rows(group, local, domain)
@@ -89,13 +90,13 @@ def restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | Non
         table_local = local[group.axis]          # sample-table node -> position in S, -1 outside
         table = store.topk_table(fingerprint)
         columns = table.column(store.digests) if table is not None else {}
-        held = [i for i in members if store.model_ids[i] in columns]
+        held = [i for i in members if ids[i] in columns]
         if held:
-            cols = np.array([columns[store.model_ids[i]] for i in held], np.int64)
+            cols = np.array([columns[ids[i]] for i in held], np.int64)
             pred = _table_predictions(table, rows, cols, table_local)   # type: ignore[arg-type]
             out[held] = confusion_from_predictions(pred, true, k, weights)
         for i in members:
-            if store.model_ids[i] in columns:
+            if ids[i] in columns:
                 continue
             lab = store.image_labels(i)
             if lab is None:     # has_image_labels said every model has one; a label folder removed since
@@ -117,7 +118,12 @@ def _table_predictions(table: TopkTable, rows: np.ndarray, cols: np.ndarray, tab
     first = np.asarray(depth0[rows]) if every else np.asarray(depth0[rows])[:, cols]
 
     def deeper(d: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.asarray(table.nodes[d][rows[r], cols[c]])
+        if len(r) * 20 < first.size:        # a few pairs left: gather them from the memory map
+            return np.asarray(table.nodes[d][rows[r], cols[c]])
+        # many: read the depth's rows whole (contiguous), then gather in memory
+        plane = np.asarray(table.nodes[d][rows])
+        plane = plane if every else plane[:, cols]
+        return plane[r, c]
 
     return first_in_set(first, deeper, table.depth, table_local)
 
@@ -177,12 +183,13 @@ def restricted_cost(store: LabelStore, counts: np.ndarray) -> int:
     """The restricted mode's work on the nodes of `counts`, in table-pair units: image-model pairs of
     models held by a top-K table count 1, those read from their label folders FOLDER_PAIR_COST."""
     pairs = counts[:, :, 0].sum(axis=1) + counts[:, :, 2].sum(axis=1)       # (n_models,)
-    held = np.zeros(len(store.model_ids), bool)
+    ids = store.model_ids
+    held = np.zeros(len(ids), bool)
     for fingerprint, members in store.groups().items():
         table = store.topk_table(fingerprint)
         if table is not None:
             columns = table.column(store.digests)
-            held[[i for i in members if store.model_ids[i] in columns]] = True
+            held[[i for i in members if ids[i] in columns]] = True
     return int(pairs[held].sum() + FOLDER_PAIR_COST * pairs[~held].sum())
 
 

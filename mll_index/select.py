@@ -10,9 +10,11 @@
    lender (`lent_blindly`): an unrelated node may match a name on the embedding alone.
 2. For every model, the confusion on the union S of the task's matched nodes:
    - `restricted` (default): among the sample images of S's nodes, which node of S does the
-     model predict? Exact, recomputed from the stored image and node embeddings. When the
+     model predict? Read from each image's stored top-K nodes (the first of them in S;
+     `confusion.restricted_confusion`, all models at once from a top-K table). When the
      task names a domain ("sketch") and sample images carry that domain tag (file names
-     `<domain>-*`), only those images count;
+     `<domain>-*`), only those images count; when it gives probe images (a few unlabeled
+     images of the task), each sample image counts by its likeness to them (`probes`);
    - `counts`: the per-node counts over the whole labeled node set, stored at labeling time.
      Cheaper (no image is touched) but a node's errors count confusions with nodes that
      have nothing to do with the task.
@@ -32,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from mll_index.captions import CaptionExpander
-from mll_index.confusion import MODES, SelectionMode, class_f1, node_confusion, restricted_work, smooth_scores
+from mll_index.confusion import (MODES, SelectionMode, class_f1, node_confusion, restricted_cost, restricted_work,
+                                 smooth_scores)
 from mll_index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
 from mll_index.errors import InputError
 from mll_index.index import NodeIndex, load_index
@@ -60,9 +63,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# `auto` takes the restricted mode while it costs at most this many image-model scorings
-# (about half a second on 2 cores; bench/scale.py measures it), the counts mode beyond.
-RESTRICTED_BUDGET = 500_000
+# `auto` takes the restricted mode while it reads at most this many image-model pairs from top-K
+# tables (confusion.restricted_cost; about 2 s on 2 cores, bench/scale.py), the counts mode beyond.
+RESTRICTED_BUDGET = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class Selection:
     description: str | None = None
     domain_images: bool = False  # whether the confusion used only the domain's sample images
     warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
+    # The probe images used (probes.ProbeSet.summary: images, skipped, models, images_encoded, seconds); None without
+    probe: dict[str, Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -110,6 +115,8 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["warnings"] = list(self.warnings)
+        if out["probe"] is None:
+            del out["probe"]
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -130,9 +137,21 @@ class Selector:
     published: PublishedLabels | None = None
     labeled: LabeledNodes | None = None  # the store's node axis mapped onto the index, once
     matcher: Matcher = field(init=False)  # the class-to-node scoring over `index`, opened once
+    # Probe images encoded per (sources, limit, models): a sweep over settings encodes them once.
+    probes: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.matcher = Matcher(self.index)
+
+    def probe_set(self, task: Task, settings: SelectionSettings) -> Any:
+        """The task's probe images encoded (probes.encode_probes), once per sources and settings."""
+        from mll_index.probes import encode_probes
+
+        key = (task.probe_images, settings.probe, settings.probe_models)
+        if key not in self.probes:
+            self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
+                                             n_models=settings.probe_models)
+        return self.probes[key]
 
     def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:
         """The n best labeled nodes of each class (node_matching.match_labeled_nodes on this index's labels).
@@ -192,20 +211,28 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
     nodes = np.array(union, np.int64)
     domain = task.domain if use_domain else None
     used: str = mode
+    probes = sel.probe_set(task, settings) if task.probe_images and settings.probe > 0 and mode != "counts" else None
     if mode == "auto":
         refuse_damaged(store, mode)
         counts = node_confusion(store, nodes, "counts")
-        fits = store.has_image_labels and restricted_work(store, counts) <= RESTRICTED_BUDGET
+        fits = store.has_image_labels and restricted_cost(store, counts) <= RESTRICTED_BUDGET
         used = "restricted" if fits else "counts"
-        confusion = node_confusion(store, nodes, "restricted", domain) if fits else counts
+    if used == "restricted":
+        from mll_index.probes import probe_weights
+
+        weights_by_set = probe_weights(store, probes) if probes is not None else None
+        confusion = node_confusion(store, nodes, "restricted", domain, weights_by_set)
     else:
-        confusion = node_confusion(store, nodes, mode, domain)
+        confusion = counts if mode == "auto" else node_confusion(store, nodes, mode)
     f1 = class_f1(confusion, weights)
     domain_used = bool(domain) and used == "restricted" and any(
-        domain.lower() in lab.domain_set for lab in (store.image_labels(i) for i in range(len(store.model_ids)))
-        if lab is not None)
+        domain.lower() in store.sample_group(fp).domain_set for fp in store.groups())
+    probe = None
+    if task.probe_images and settings.probe > 0:
+        probe = probes.summary() if probes is not None and used == "restricted" else {
+            "images": 0, "ignored": f"probe images need the restricted mode; the {used} mode was used"}
     return {"ids": list(store.model_ids), "scores": smooth_scores(f1, alpha), "f1": f1, "confusion": confusion,
-            "weights": weights, "domain_used": domain_used, "mode": used}
+            "weights": weights, "domain_used": domain_used, "mode": used, "probe": probe}
 
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
@@ -266,9 +293,13 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     ranked = top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
     used = image["mode"] if image is not None else mode
+    probe = image["probe"] if image is not None else None
+    warnings = prompt_warnings(sel, task, classes)
+    if probe is not None and "ignored" in probe:
+        warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
-                     warnings=prompt_warnings(sel, task, classes))
+                     warnings=warnings, probe=probe)
 
 
 def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:

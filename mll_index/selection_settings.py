@@ -13,6 +13,7 @@ from mll_index.confusion import MODES, SelectionMode
 from mll_index.errors import InputError
 
 RANKING_SIZE = 100
+PROBE_LIMIT = 16    # as probes.PROBE_LIMIT (not imported: settings load nothing heavy)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class SelectionSettings:
         explain: add each class's F1, counts and rule to the answer.
         use_domain: use the task's domain word where sample images carry domain tags.
         ranking_size: models in the task-level ranking (None: every model).
+        probe: probe images used at most, of a task that gives some (0: ignore them).
+        probe_models: models that encode the probe images, per sample set.
 
     Raises:
         InputError: on construction (and on `replace`), one line naming the bad value.
@@ -39,6 +42,8 @@ class SelectionSettings:
     explain: bool = False
     use_domain: bool = True
     ranking_size: int | None = RANKING_SIZE
+    probe: int = PROBE_LIMIT
+    probe_models: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -53,6 +58,10 @@ class SelectionSettings:
                                               not isinstance(self.ranking_size, int) or self.ranking_size < 1):
             raise InputError(f"the ranking size must be at least 1 (or None for every model), "
                              f"got {self.ranking_size!r}")
+        for name, least in (("probe", 0), ("probe_models", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")
 
     def with_(self, **changes: Any) -> SelectionSettings:
         """A checked copy with these fields changed (unknown names: one line listing the fields)."""

@@ -22,7 +22,9 @@ class Task:
     """A user's task: class names, optionally captions per class, a domain word and a description.
 
     The domain word restricts the restricted confusion to the sample images of that domain
-    (where the sample set tags its images); the description is kept in the output.
+    (where the sample set tags its images); the description is kept in the output. Probe images
+    (folders or files of a few unlabeled images of the task) weight the sample images by their
+    likeness to them (mll_index.probes).
     """
 
     classes: tuple[str, ...]
@@ -30,10 +32,12 @@ class Task:
     captions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     domain: str | None = None
     description: str | None = None
+    probe_images: tuple[str, ...] = ()
 
 
 def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Sequence[str]] | None = None,
-              domain: str | None = None, description: str | None = None) -> Task:
+              domain: str | None = None, description: str | None = None,
+              probe_images: Sequence[str | Path] = ()) -> Task:
     """A checked Task. Raises InputError for no class, one class, duplicate names or a name of stop words only."""
     cleaned = clean_class_names(list(classes))
     read_class_names(cleaned)
@@ -46,12 +50,12 @@ def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Se
         if not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise InputError(f"task {name!r}: captions of {cls!r} must be a non-empty list of strings")
         caps[cls] = tuple(values)
-    return Task(tuple(cleaned), name, caps, domain, description)
+    return Task(tuple(cleaned), name, caps, domain, description, tuple(str(p) for p in probe_images))
 
 
 def task_from_json(data: Any, where: str = "task") -> Task:
     """A Task from JSON: a list of class names, or {"name", "classes": [name | {"name", "captions"}],
-    "domain", "description"}.
+    "domain", "description", "probe_images": folder or [folder or file, ...]}.
 
     Args:
         where: the file (and line, for a batch file) for messages ("tasks.jsonl:3").
@@ -77,8 +81,13 @@ def task_from_json(data: Any, where: str = "task") -> Task:
     for key in ("name", "domain", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise InputError(f"{where}: {key!r} must be a string")
+    probes = data.get("probe_images") or []
+    probes = [probes] if isinstance(probes, str) else probes
+    if not isinstance(probes, list) or not all(isinstance(p, str) and p for p in probes):
+        raise InputError(f"{where}: 'probe_images' must be a folder or a list of folders and image files")
     try:
-        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"))
+        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"),
+                         probes)
     except InputError as exc:
         if where == "task":
             raise
