@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.label_store import LabelStore, SampleGroup, refuse_damaged
+from mll_index.label_store import ImageLabels, LabelStore, SampleGroup, refuse_damaged
 from mll_index.topk_table import TopkTable, confusion_from_predictions, first_in_set
 
 SelectionMode = Literal["auto", "restricted", "counts"]
@@ -66,10 +66,12 @@ def restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | Non
 
     A model's prediction among S on an image is the first of its stored top-K nodes that is in S:
     the same node as `exact_restricted_confusion` finds whenever one of S is among them (always when
-    S's nodes are all there). Where none is, the image counts as missed (a false negative of its
-    node) and as no node's false positive: the node of S the model would pick scores below its
-    K-th node, and which one it is was not stored. Models in a sample set's top-K table are read
-    together (topk_table.py); the others one by one from their label folders.
+    S's nodes are all there). Where none is, the pair is recomputed from the stored embeddings as
+    the exact mode does, while such pairs involve at most RECOMPUTE_MODELS models and
+    RECOMPUTE_PAIRS pairs; beyond, the image counts as missed (a false negative of its node) and
+    as no node's false positive (the node of S the model would pick scores below its K-th node,
+    and which one was not stored). Models in a sample set's top-K table are read together
+    (topk_table.py); the others one by one from their label folders.
 
     Raises:
         InputError: a damaged label, or a model without image-level labels.
@@ -94,20 +96,56 @@ def restricted_confusion(store: LabelStore, nodes: np.ndarray, domain: str | Non
         if held:
             cols = np.array([columns[ids[i]] for i in held], np.int64)
             pred = _table_predictions(table, rows, cols, table_local)   # type: ignore[arg-type]
+            _recompute_beyond(store, held, nodes, rows, pred)
             out[held] = confusion_from_predictions(pred, true, k, weights)
         for i in members:
             if ids[i] in columns:
                 continue
-            lab = store.image_labels(i)
-            if lab is None:     # has_image_labels said every model has one; a label folder removed since
-                raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
-                                       "folder any more; run `mll-index label` again or use --mode counts")
+            lab = _image_labels(store, i)
             found = table_local[np.asarray(lab.topk_nodes[rows])]    # (n_rows, K)
             has = found >= 0
             pred = found[np.arange(len(rows)), has.argmax(axis=1)]
             pred[~has.any(axis=1)] = -1
-            out[i] = confusion_from_predictions(pred[:, None], true, k, weights)[0]
+            pred = pred[:, None]
+            _recompute_beyond(store, [i], nodes, rows, pred)
+            out[i] = confusion_from_predictions(pred, true, k, weights)[0]
     return out
+
+
+# Image-model pairs with no node of S among the stored top nodes are recomputed from the embeddings
+# (as exact_restricted_confusion does) while they involve at most this many models and pairs; beyond,
+# they stay counted as missed. Few-class tasks have most such pairs; at thousands of models,
+# opening every label folder would cost more than the whole table read.
+RECOMPUTE_MODELS = 2000
+RECOMPUTE_PAIRS = 2_000_000
+
+
+def _image_labels(store: LabelStore, i: int) -> ImageLabels:
+    lab = store.image_labels(i)
+    if lab is None:     # has_image_labels said every model has one; a label folder removed since
+        raise IndexFormatError(f"{store.index_path}: model {store.model_ids[i]!r} has no image-level label "
+                               "folder any more; run `mll-index label` again or use --mode counts")
+    return lab
+
+
+def _recompute_beyond(store: LabelStore, models: list[int], nodes: np.ndarray, rows: np.ndarray,
+                      pred: np.ndarray) -> int:
+    """Fill pred (len(rows), len(models)) where it is -1 with the exact argmax over S from the stored
+    embeddings, within RECOMPUTE_MODELS and RECOMPUTE_PAIRS; returns the pairs recomputed (0 if over)."""
+    r_idx, c_idx = np.nonzero(pred < 0)
+    touched = np.unique(c_idx)
+    if len(r_idx) == 0 or len(touched) > RECOMPUTE_MODELS or len(r_idx) > RECOMPUTE_PAIRS:
+        return 0
+    for c in touched:
+        lab = _image_labels(store, models[c])
+        at = r_idx[c_idx == c]
+        node_rows = lab.node_rows(nodes)
+        has = node_rows >= 0
+        logits = np.full((len(at), len(nodes)), -np.inf, np.float32)
+        emb = np.asarray(lab.image_embeddings[rows[at]], np.float32)
+        logits[:, has] = emb @ lab.node_vectors[node_rows[has]].T
+        pred[at, c] = np.argmax(logits, axis=1)
+    return len(r_idx)
 
 
 def _table_predictions(table: TopkTable, rows: np.ndarray, cols: np.ndarray, table_local: np.ndarray) -> np.ndarray:

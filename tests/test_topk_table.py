@@ -113,3 +113,18 @@ def test_first_in_set_and_confusion_against_brute_force(seed: int, n_nodes: int,
                 if p >= 0:
                     expect[p, 1] += w[i]
         np.testing.assert_allclose(conf[m], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_beyond_the_stored_top_nodes_are_recomputed(labeled_copy: Path) -> None:
+    from mll_index.confusion import _recompute_beyond, _task_rows
+
+    store = open_labels(labeled_copy)
+    (fingerprint, members), = store.groups().items()
+    for nodes in _node_sets(store, np.random.default_rng(2))[1:]:
+        local = np.full(len(store.node_wnids), -1, np.int32)
+        local[nodes] = np.arange(len(nodes))
+        rows, true = _task_rows(store.sample_group(fingerprint), local, None)
+        pred = np.full((len(rows), len(members)), -1, np.int32)      # as if no node of S were stored
+        assert _recompute_beyond(store, members, nodes, rows, pred) == pred.size
+        assert np.array_equal(confusion_from_predictions(pred, true, len(nodes)),
+                              exact_restricted_confusion(store, nodes)[members])
