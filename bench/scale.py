@@ -218,6 +218,78 @@ def profile_restricted(sel: Any, task: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["self_s"])[:8]
 
 
+def task_nodes(sel: Any, task: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes S on the store's axis, (n_classes, |S|) class-node weights) of a task, as selection builds them."""
+    from mll_index.select import prepare_tasks
+
+    prepared = prepare_tasks(sel, [task])
+    matches = [prepared.matched[r] for r in prepared.rows[0]]
+    pos = sel.store.node_position
+    union = sorted({pos[m.wnid] for ms in matches for m in ms})
+    col = {j: i for i, j in enumerate(union)}
+    weights = np.zeros((len(matches), len(union)))
+    for c, ms in enumerate(matches):
+        for m in ms:
+            weights[c, col[pos[m.wnid]]] = max(m.score, 0.0)
+    return np.array(union, np.int64), weights
+
+
+def topk_against_exact(sel: Any, task: Any) -> dict[str, Any]:
+    """The restricted confusion read from stored top nodes against the exact recomputation, on one task:
+    image-model pairs where no node of S is among the stored top nodes (the only place they can differ),
+    confusion entries that differ, and the models chosen (top-3 per class, top-10 of the ranking)."""
+    from mll_index.confusion import class_f1, exact_restricted_confusion, restricted_confusion, smooth_scores
+    from mll_index.node_matching import top_stable
+
+    nodes, weights = task_nodes(sel, task)
+    t = time.perf_counter()
+    fast = restricted_confusion(sel.store, nodes)
+    fast_s = time.perf_counter() - t
+    t = time.perf_counter()
+    exact = exact_restricted_confusion(sel.store, nodes)
+    exact_s = time.perf_counter() - t
+    pairs = float(exact[:, :, 0].sum() + exact[:, :, 2].sum())
+    beyond = float(fast[:, :, 2].sum() - fast[:, :, 1].sum() - (exact[:, :, 2].sum() - exact[:, :, 1].sum()))
+    scores = [smooth_scores(class_f1(c, weights), 0.7) for c in (fast, exact)]
+    same_k3 = sum(set(top_stable(scores[0][:, c], 3).tolist()) == set(top_stable(scores[1][:, c], 3).tolist())
+                  for c in range(weights.shape[0]))
+    rank = [set(top_stable(s.mean(axis=1), 10).tolist()) for s in scores]
+    return {"classes": int(weights.shape[0]), "nodes": int(len(nodes)), "image_model_pairs": int(pairs),
+            "pairs_beyond_top_k": int(round(beyond)), "pairs_beyond_top_k_share": round(beyond / max(pairs, 1), 5),
+            "confusion_entries_differing": int((np.abs(fast - exact) > 1e-6).sum()),
+            "confusion_entries": int(fast.size), "same_top3_classes": f"{same_k3}/{weights.shape[0]}",
+            "ranking_top10_overlap": len(rank[0] & rank[1]), "topk_s": round(fast_s, 4), "exact_s": round(exact_s, 4)}
+
+
+def restricted_at_scale(hubs: dict[int, Path], task: Any, embedder: Any, reps: int, work: Path,
+                        compare_up_to: int = 1000) -> dict[str, Any]:
+    """Per hub size (models over 1,000 nodes, image-level labels, top-K table written): the warm p50 of a
+    restricted selection of `task`, the mode `auto` takes, and the difference from the exact mode."""
+    from mll_index.select import open_selector, select_models
+    from mll_index.topk_table import write_topk_tables
+
+    out: dict[str, Any] = {}
+    for m, hub in sorted(hubs.items()):
+        if not any((hub / "labels").glob("samples-*.topk")):
+            t = time.perf_counter()
+            write_topk_tables(hub)
+            print(f"top-K table of {hub.name}: {time.perf_counter() - t:.1f} s", flush=True)
+        t = time.perf_counter()
+        sel = open_selector(hub, embedder)
+        open_s = time.perf_counter() - t
+        sel.cache = fresh_cache(work, "restricted")
+        select_models(sel, task, k=3, mode="restricted")           # captions cached, table opened
+        times = time_selects(sel, task, "restricted", reps)
+        row = {"hub": hub.name, "models": len(sel.store.model_ids), "open_s": round(open_s, 2), **summary(times),
+               "auto_mode": select_models(sel, task, k=3).mode, "load_avg_1min": round(os.getloadavg()[0], 2)}
+        if m <= compare_up_to:
+            row["against_exact"] = topk_against_exact(sel, task)
+        out[str(m)] = row
+        print(f"restricted {m} models: {row}", flush=True)
+        del sel
+    return out
+
+
 def straightforward(sel: Any, task: Any, reps: int = 3) -> dict[str, Any]:
     """Steps 2-5 on the same matched nodes: ours (counts mode) against pandas loops per model and class."""
     from straightforward import label_frames, straightforward_select
@@ -464,7 +536,68 @@ def markdown(f: dict[str, Any]) -> str:
               "", "## Restricted mode: where the time goes (cProfile, one 100-class task)", "", "```",
               json.dumps(f.get("restricted_profile", {}), indent=1), "```",
               "", "## The cost selection avoids", "", "```", json.dumps(f.get("eval_cost", {}), indent=1), "```", ""]
+    if f.get("restricted"):
+        lines += [restricted_markdown(f["restricted"])]
     return "\n".join(lines)
+
+
+def image_hub_sizes(root: Path, hubs: dict[tuple[int, int], Path], smoke: bool) -> dict[int, Path]:
+    """Hubs with image-level labels over 1,000 nodes by model count; the full run adds 10,000 models
+    (synthetic_hub.linked_image_labels over the 1,000-model hub)."""
+    if smoke:
+        return {20: hubs[(20, 1000)]}
+    import synthetic_hub as sh
+
+    big = root / "hub-10000x1000-images"
+    if not (big / "labels" / "matrix" / "manifest.json").is_file():
+        shutil.rmtree(big, ignore_errors=True)
+        shutil.copytree(root / "nodes-1000", big)
+        info = sh.linked_image_labels(hubs[(1000, 1000)], big, 10000)
+        print(f"wrote {big.name}: {info}", flush=True)
+    return {100: hubs[(100, 1000)], 1000: hubs[(1000, 1000)], 10000: big}
+
+
+def restricted_only(root: Path, source: Path | None, embedder: Any, out: Path, smoke: bool) -> None:
+    """The restricted-mode figures alone, merged into results/scale.json (scale_smoke.json with --smoke)."""
+    from mll_index.index import load_index
+
+    started = time.perf_counter()
+    models = [20] if smoke else [100, 1000]
+    hubs = make_hubs(root, models, [1000], source, embedder, {(m, 1000) for m in models}, {})
+    pool, _ = name_pool(load_index(hubs[(models[-1], 1000)]).graph)
+    task = draw_tasks(pool, 1, 100, seed=100)[0]
+    work = Path(tempfile.mkdtemp(prefix="mll-scale-"))
+    restricted = restricted_at_scale(image_hub_sizes(root, hubs, smoke), task, embedder, 5 if smoke else 20, work)
+    shutil.rmtree(work, ignore_errors=True)
+    stem = "scale_smoke" if smoke else "scale"
+    path = out / f"{stem}.json"
+    figures = json.loads(path.read_text()) if path.is_file() else {}
+    figures["restricted"] = restricted
+    figures["restricted_p50_s"] = {k: v["p50_s"] for k, v in restricted.items()}
+    figures["restricted_command"] = "python bench/scale.py --restricted-only" + (" --smoke" if smoke else "")
+    figures["restricted_seconds"] = round(time.perf_counter() - started, 1)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(figures, indent=1) + "\n")
+    os.replace(tmp, path)
+    md = out / f"{stem}.md"
+    text = md.read_text() if md.is_file() else ""
+    text = text.split("\n## Restricted mode from stored top nodes", 1)[0].rstrip("\n")
+    md.write_text(text + "\n\n" + restricted_markdown(restricted))
+    print(f"wrote {path}")
+
+
+def restricted_markdown(restricted: dict[str, Any]) -> str:
+    lines = ["## Restricted mode from stored top nodes", "",
+             "A 100-class task, warm caption cache, 1,000 nodes, image-level labels and the top-K table; "
+             "`auto` is the mode auto took; the exact columns compare with the recomputed confusion.", "",
+             "| models | p50 s | p99 s | auto | pairs beyond top-K | same top-3 classes | exact s | load |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, r in restricted.items():
+        ex = r.get("against_exact", {})
+        lines.append(f"| {int(m):,} | {r['p50_s']} | {r['p99_s']} | {r['auto_mode']} | "
+                     f"{ex.get('pairs_beyond_top_k_share', '-')} | {ex.get('same_top3_classes', '-')} | "
+                     f"{ex.get('exact_s', '-')} | {r['load_avg_1min']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -475,6 +608,9 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=REPO / "indexes" / "default",
                         help="Index whose node vectors the hubs reuse (seeded synthetic vectors if absent).")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--restricted-only", action="store_true",
+                        help="Only the restricted mode at 100, 1,000 and 10,000 models (1,000 nodes, image-level labels); "
+                             "merges restricted_p50_s into the existing results.")
     parser.add_argument("--probe-open", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-classes", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -496,6 +632,9 @@ def main() -> None:
     source = None if smoke else (args.source if (args.source / "manifest.json").is_file() else None)
     embedder = load_embedder()
     log: dict[str, Any] = {}
+    if args.restricted_only:
+        restricted_only(root, source, embedder, args.out, smoke)
+        return
     hubs = make_hubs(root, models, nodes, source, embedder, image_hubs, log)
     largest = (models[-1], nodes[-1])
     figures: dict[str, Any] = {"smoke": smoke, "command_line": "python bench/scale.py" + (" --smoke" if smoke else ""),
@@ -522,6 +661,10 @@ def main() -> None:
         if sel.store.has_image_labels and (m, n) == max(image_hubs):
             figures["restricted_profile"] = {"hub": key, "top_functions": profile_restricted(sel, tasks[100])}
         del sel
+
+    image_sizes = image_hub_sizes(root, hubs, smoke)
+    figures["restricted"] = restricted_at_scale(image_sizes, tasks[100], embedder, reps[100], tmp)
+    figures["restricted_p50_s"] = {k: v["p50_s"] for k, v in figures["restricted"].items()}
 
     sel = open_selector(hubs[largest], embedder)
     n_batch = 200 if smoke else 10000

@@ -24,11 +24,144 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_results  # noqa: E402
 
 
+PROBES_PER_TASK = 16
+
+
+def probe_quality(index: Path, probes_per_task: int = PROBES_PER_TASK, seed: int = 0,
+                  cache: Path | None = None, probe_models: int = 1) -> dict:
+    """MLL with probe images and no domain word on the emoji world's target tasks.
+
+    Per task, `probes_per_task` images drawn (seeded) from the task's pool are the probes and are left
+    out of scoring; every method is scored on the remaining images, so the figures beside each
+    other (with the domain word, with neither, the oracles) are on the same images.
+    Returns `probe` (the keys of `mean`, MLL with probes and no domain word), the same-image
+    references, per-task figures and `probe_seconds_per_task`.
+    """
+    from mll_index.baselines import accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy
+    from mll_index.evaluate import _all_probabilities, world_eval_tasks
+    from mll_index.hub import load_hub
+    from mll_index.reuse import combine, scan_task_images
+    from mll_index.select import make_task, open_selector, select_batch
+    from mll_index.world import load_world
+
+    world = load_world("full")
+    hub = load_hub(world.hub_path)
+    tasks = world_eval_tasks(world)
+    images = {t.name: scan_task_images(t.folder, t.class_names) for t in tasks}
+    if cache is not None and cache.is_file():
+        stored = np.load(cache, allow_pickle=False)
+        probs = {t.name: {m: stored[f"{t.name}/{m}"] for m in hub.ids} for t in tasks}
+        proxy = {t.name: {m: float(stored[f"proxy/{t.name}/{m}"]) for m in hub.ids} for t in tasks}
+    else:
+        probs, proxy, images, _ = _all_probabilities(hub, tasks, images, "cpu", progress=True)
+        if cache is not None:
+            np.savez(cache, **{f"{t}/{m}": p for t, ps in probs.items() for m, p in ps.items()},
+                     **{f"proxy/{t}/{m}": np.array(v) for t, ps in proxy.items() for m, v in ps.items()})
+    rng = np.random.default_rng(seed)
+    held: dict[str, np.ndarray] = {}
+    probe_files: dict[str, list[str]] = {}
+    for t in tasks:
+        n = len(images[t.name].paths)
+        picked = np.sort(rng.choice(n, min(probes_per_task, n // 2), replace=False))
+        probe_files[t.name] = [str(Path(images[t.name].root) / images[t.name].paths[i]) for i in picked]
+        held[t.name] = np.setdiff1d(np.arange(n), picked)
+    selector = open_selector(index, models=list(hub.ids))
+    plain = [make_task(t.class_names, t.name) for t in tasks]
+    worded = [make_task(t.class_names, t.name, domain=t.domain) for t in tasks]
+    probed = [make_task(t.class_names, t.name, probe_images=probe_files[t.name]) for t in tasks]
+    started = time.perf_counter()
+    with_probes = {k: select_batch(selector, probed, k=k, mode="restricted", probe_models=probe_models) for k in (1, 3)}
+    probe_seconds = (time.perf_counter() - started) / len(tasks) / 2
+    without = {k: select_batch(selector, plain, k=k, mode="restricted") for k in (1, 3)}
+    word = {k: select_batch(selector, worded, k=k, mode="restricted") for k in (1, 3)}
+    inb = inb_model(hub, list(hub.ids))
+    per_task = {}
+    for i, t in enumerate(tasks):
+        rows = held[t.name]
+        labels = np.asarray(images[t.name].labels)[rows]
+        p = {m: probs[t.name][m][rows] for m in hub.ids}
+
+        def acc(selection, p=p, labels=labels, t=t) -> float:  # type: ignore[no-untyped-def]
+            return float((combine(p, selection.models_for(), t.class_names).argmax(axis=1) == labels).mean())
+
+        proxy_best = max(sorted(hub.ids), key=lambda m, t=t: proxy[t.name][m])
+        per_task[t.name] = {
+            "mll_k1": acc(with_probes[1][i]), "mll_k3": acc(with_probes[3][i]), "inb": accuracy_of(p[inb], labels),
+            "random": random_accuracy(p, labels), "text_proxy": accuracy_of(p[proxy_best], labels),
+            "oracle_single": oracle_single(p, labels)[1],
+            "oracle_per_class": oracle_per_class(p, labels, len(t.class_names)),
+            "mll_k1_no_domain": acc(without[1][i]), "mll_k3_no_domain": acc(without[3][i]),
+            "mll_k1_domain_word": acc(word[1][i]), "mll_k3_domain_word": acc(word[3][i])}
+    keys = list(next(iter(per_task.values())))
+    mean = {k: round(float(np.mean([r[k] for r in per_task.values()])), 4) for k in keys}
+    encoded = sorted({m for s in with_probes[1] for m in (s.probe or {}).get("models", [])})
+    return {"probe": {k: mean[k] for k in keys if not k.endswith("_domain_word")},
+            "probe_same_images": {"mll_k1_domain_word": mean["mll_k1_domain_word"],
+                                  "mll_k3_domain_word": mean["mll_k3_domain_word"]},
+            "probe_tasks": {t: {k: round(v, 4) for k, v in r.items()} for t, r in per_task.items()},
+            "probe_seconds_per_task": round(probe_seconds, 3),
+            "probe_cost": {"images_encoded_per_task": with_probes[1][0].probe["images_encoded"],  # type: ignore[index]
+                           "probe_models": encoded,
+                           "images_per_task_mean": round(float(np.mean([len(v) for v in held.values()])), 1),
+                           "models_in_hub": len(hub.ids)},
+            "probe_bars": {"mll_k3_minus_oracle_single": round(mean["mll_k3"] - mean["oracle_single"], 4),
+                           "mll_k1_minus_domain_word_k1": round(mean["mll_k1"] - mean["mll_k1_domain_word"], 4)},
+            "probe_settings": {"probes_per_task": probes_per_task, "seed": seed, "mode": "restricted",
+                               "domain_word": None, "probe_models": probe_models}}
+
+
+def probe_only(args: argparse.Namespace) -> None:
+    """Only the probe-image figures, merged into the existing results/selection_quality.json."""
+    import json
+    import os
+
+    figures = probe_quality(args.index, cache=args.probe_cache)
+    path = RESULTS / "selection_quality.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(figures)
+    record["probe_command"] = "python bench/selection_quality.py --probe-only"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    md = RESULTS / "selection_quality.md"
+    text = md.read_text() if md.is_file() else ""
+    text = text.split("\n## Probe images", 1)[0].rstrip("\n")
+    md.write_text(text + "\n\n" + probe_markdown(figures))
+    print(probe_markdown(figures))
+
+
+def probe_markdown(f: dict) -> str:
+    p, same, cost = f["probe"], f["probe_same_images"], f["probe_cost"]
+    return "\n".join([
+        "## Probe images instead of the domain word", "",
+        f"{f['probe_settings']['probes_per_task']} unlabeled images per task from its pool, left out of scoring; "
+        "no domain word; every figure on the same (remaining) images.", "",
+        "| | MLL k=1 | MLL k=3 |", "|---|---|---|",
+        f"| probe images | {p['mll_k1']:.3f} | {p['mll_k3']:.3f} |",
+        f"| domain word | {same['mll_k1_domain_word']:.3f} | {same['mll_k3_domain_word']:.3f} |",
+        f"| neither | {p['mll_k1_no_domain']:.3f} | {p['mll_k3_no_domain']:.3f} |", "",
+        f"Oracle single model: {p['oracle_single']:.3f}; oracle per class: {p['oracle_per_class']:.3f}; "
+        f"INB {p['inb']:.3f}; text proxy {p['text_proxy']:.3f}.", "",
+        f"Bars: MLL k=3 with probes minus oracle single = {f['probe_bars']['mll_k3_minus_oracle_single']:+.3f} "
+        f"(>= 0); MLL k=1 with probes minus with the domain word = "
+        f"{f['probe_bars']['mll_k1_minus_domain_word_k1']:+.3f} (>= -0.010).", "",
+        f"Cost: {cost['images_encoded_per_task']} images encoded per task (probe models {cost['probe_models']}), "
+        f"{f['probe_seconds_per_task']} s per task with selection; evaluating the hub instead encodes every one of "
+        f"~{cost['images_per_task_mean']} task images with each of {cost['models_in_hub']} models.", ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
     parser.add_argument("--batch-tasks", type=int, default=1000)
+    parser.add_argument("--probe-only", action="store_true",
+                        help="Only the probe-image figures (probe, probe_seconds_per_task), merged into the results.")
+    parser.add_argument("--probe-cache", type=Path, default=None,
+                        help="An .npz of every model's task probabilities, written on the first run and read after.")
     args = parser.parse_args()
+    if args.probe_only:
+        probe_only(args)
+        return
 
     from mll_index.demo import run_demo
     from mll_index.hub import load_hub
@@ -69,6 +202,7 @@ def main() -> None:
                  "mll_k1_minus_inb": round(mean["mll_k1"] - mean["inb"], 4),
                  "mll_k1_minus_text_proxy": round(mean["mll_k1"] - mean["text_proxy"], 4)},
     }
+    figures.update(probe_quality(args.index))
     shutil.copy(files["png"], RESULTS / "selection_quality.png")
     md = ["# Selection quality on the emoji world\n", result.table(),
           f"\nBars: MLL k=3 minus oracle single = {figures['bars']['mll_k3_minus_oracle_single']:+.3f}; "
@@ -79,7 +213,8 @@ def main() -> None:
           f"{figures['select_seconds_per_task_counts_mode']:.3f} s (counts).\n",
           f"Batch of {args.batch_tasks} tasks of 20 classes: {batch['restricted']} s (restricted), "
           f"{batch['counts']} s (counts).\n", "![](selection_quality.png)\n",
-          "## Sweep" + (RESULTS / "selection_quality_eval" / "evaluation.md").read_text().split("## Sweep", 1)[-1]]
+          "## Sweep" + (RESULTS / "selection_quality_eval" / "evaluation.md").read_text().split("## Sweep", 1)[-1],
+          probe_markdown(figures)]
     write_results("selection_quality", figures, "\n".join(md))
     print((RESULTS / "selection_quality.md").read_text())
 

@@ -10,7 +10,10 @@ real labels:
 - each node has 10 sample images: TP ~ Binomial(10, p), FN = 10 - TP, FP ~ Binomial(10, 1 - p'),
   p' the model's accuracy on a node it confuses with this one.
 For hubs of up to 1,000 models over 1,000 nodes the models also get image-level labels (per-model
-folders with image and node embeddings), so the restricted mode can be measured there.
+folders with image and node embeddings), so the restricted mode can be measured there. A hub of
+10,000 models with image-level labels (`linked_image_labels`) repeats the label arrays of a
+1,000-model hub through hard links under new model ids: the same bytes per model, a tenth of the
+disk and of the writing time; its top-K table (topk_table.py) is written in full.
 """
 
 from __future__ import annotations
@@ -162,5 +165,53 @@ def image_labels(index_path: Path, n_models: int, dim: int = 64) -> dict[str, An
         write_label(index_path, entry, table, fingerprint, images, nodes, logit_scale=100.0, preprocess="synthetic")
     sync_matrix(index_path)
     compact_matrix(index_path)
+    from mll_index.topk_table import write_topk_tables
+
+    write_topk_tables(index_path)
     return {"models": n_models, "nodes": len(wnids), "images_per_model": len(paths),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def linked_image_labels(source: Path, index_path: Path, n_models: int) -> dict[str, Any]:
+    """Image-level labels for `n_models` models in `index_path` (a copy of `source`'s node index), each
+    the label arrays of source model i % n_source hard-linked under a new model id, a manifest of its
+    own (own checksum), the label matrix written at once, and the top-K table.
+    """
+    import json
+
+    from mll_index.artifacts import MANIFEST, SELF_DIGEST, manifest_digest
+    from mll_index.label_matrix import append_labels, compact_matrix
+    from mll_index.labels import LABEL_FILES, label_folder, load_label, read_sample_table, scan_labels
+    from mll_index.layout import labels_dir, model_folder_name, sample_table_path
+    from mll_index.topk_table import write_topk_tables
+
+    started = time.perf_counter()
+    sources = sorted(scan_labels(source).folders)
+    first = load_label(source, sources[0])
+    fingerprint = first.manifest["samples"]
+    table = read_sample_table(source, fingerprint)
+    labels_dir(index_path).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sample_table_path(source, fingerprint), sample_table_path(index_path, fingerprint))
+    models = model_entries(n_models, np.zeros(n_models))
+    counts = np.zeros((len(table.node_wnids), n_models, 3), np.uint16)
+    entries = []
+    for m, (model_id, entry) in enumerate(models):
+        src = label_folder(source, sources[m % len(sources)])
+        folder = labels_dir(index_path) / model_folder_name(model_id)
+        folder.mkdir()
+        for name in LABEL_FILES:
+            (folder / name).hardlink_to(src / name)
+        manifest = json.loads((src / MANIFEST).read_text())
+        manifest["model"] = entry
+        manifest[SELF_DIGEST] = manifest_digest(manifest)
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+        counts[:, m] = np.asarray(load_label(source, sources[m % len(sources)]).counts[:, 1:4]) if m < len(sources) \
+            else counts[:, m % len(sources)]
+        entries.append((model_id, {**entry, "label_samples": fingerprint}))
+    append_labels(index_path, list(table.node_wnids), entries, counts, what="synthetic")
+    compact_matrix(index_path)
+    linked_s = time.perf_counter() - started
+    report = write_topk_tables(index_path)
+    return {"models": n_models, "nodes": len(table.node_wnids), "images_per_model": len(table.paths),
+            "distinct_label_arrays": len(sources), "link_s": round(linked_s, 1),
+            "topk_table_s": round(time.perf_counter() - started - linked_s, 1), "topk_table": report}

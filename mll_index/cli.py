@@ -474,15 +474,17 @@ def labels() -> None:
 @labels.command("compact")
 @_index_option
 def labels_compact(index_path: Path | None) -> None:
-    """Store label folders the matrix lacks, then merge its shards into one."""
+    """Store label folders the matrix lacks, merge its shards into one, and stack every model's top nodes
+    per sample set (the restricted mode reads them together)."""
     from mll_index.index import default_index_path
     from mll_index.label_matrix import compact_matrix, has_matrix
     from mll_index.labels import sync_matrix
+    from mll_index.topk_table import write_topk_tables
 
     path = index_path or default_index_path()
     added = sync_matrix(path)
     report = compact_matrix(path) if has_matrix(path) else {}
-    click.echo(json.dumps({"stored_from_folders": added, **report}, indent=1))
+    click.echo(json.dumps({"stored_from_folders": added, **report, "topk_tables": write_topk_tables(path)}, indent=1))
 
 
 def _read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):  # type: ignore[no-untyped-def]
@@ -534,11 +536,16 @@ def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-unty
 @click.option("--explain", is_flag=True, help="Show why each model won (F1, counts, smoothing).")
 @click.option("--ranking", "ranking_size", default=100, show_default=True, type=click.IntRange(0),
               help="Models listed in the task-level ranking (0: all).")
+@click.option("--images", "probe_images", type=click.Path(path_type=Path), default=None,
+              help="A folder of a few unlabeled images of the task: sample images like them count most "
+                   "(restricted mode; one labeled model encodes them).")
+@click.option("--probe", default=16, show_default=True, type=click.IntRange(0),
+              help="Probe images of --images (or the task's probe_images) used at most (0: ignore them).")
 @click.option("--server", default=None, metavar="URL", help="Ask a running `mll-index serve` at URL instead of "
               "opening the index here (bearer token from $MLL_INDEX_API_KEY).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
-           explain: bool, ranking_size: int, server: str | None) -> None:
+           explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
     if server is not None:
         # Before any other import: this path loads no numpy-heavy module, no text runtime.
@@ -546,6 +553,9 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
 
         if index_path is not None:
             raise InputError("give --server or --index, not both (the service has its own index)")
+        if probe_images is not None:
+            raise InputError("--images is read where the index is: give the folder in the task file's "
+                             "\"probe_images\" (a path the server can read) with --server")
         text, warnings = remote_select(server, None if (task_file or batch) else _read_names(names, file),
                                        task_file, batch, bool(names or file), k=k, alpha=alpha, nodes=n_nodes,
                                        mode=mode, domain=domain, explain=explain, ranking=ranking_size)
@@ -561,7 +571,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         return
     from mll_index.artifacts import atomic_file
     from mll_index.index import default_index_path
-    from mll_index.select import open_selector, read_batch_file, select_batch
+    from mll_index.select import SelectionSettings, open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -570,13 +580,15 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         tasks = read_batch_file(batch)
     else:
         tasks = [_read_task(names, file, task_file)]
-    if domain:
+    if domain or probe_images:
         from dataclasses import replace
 
-        tasks = [replace(t, domain=domain) for t in tasks]
+        tasks = [replace(t, domain=domain or t.domain,
+                         probe_images=(str(probe_images),) if probe_images else t.probe_images) for t in tasks]
+    settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode,  # type: ignore[arg-type]
+                                 explain=explain, ranking_size=ranking_size or None, probe=probe)
     selector = open_selector(path, cache=_embedding_cache())
-    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
-                              ranking_size=ranking_size or None)
+    selections = select_batch(selector, tasks, settings)
     for s in selections:
         _warn_weak(s)
     for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
@@ -636,7 +648,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     from mll_index.hub import load_hub
     from mll_index.index import default_index_path
     from mll_index.reuse import lemma_of, reuse_models, write_predictions
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.select import SelectionSettings, make_task, open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
     if selection_file is not None:
@@ -658,8 +670,9 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
             task = _read_task((), None, task_file)
         else:
             raise InputError("give --selection, --names or --task")
-        selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task, k=k, alpha=alpha,
-                                  n_nodes=n_nodes, mode=mode)
+        settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
+        selection = select_models(open_selector(index_path or default_index_path(), cache=_embedding_cache()), task,
+                                  settings)
         _warn_weak(selection, prompts=False)
         models, name = selection.models_for(), task.name
         lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}

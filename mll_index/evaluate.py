@@ -41,7 +41,7 @@ from mll_index.pipeline import (
     zero_shot_probabilities,
 )
 from mll_index.reuse import TaskImages, combine, readable_images, scan_task_images
-from mll_index.select import Selector, make_task, prepare_tasks, select_prepared
+from mll_index.select import SelectionSettings, Selector, make_task, prepare_tasks, select_prepared
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +159,19 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     started = time.perf_counter()
     probs, proxy, images, stats = _all_probabilities(hub, tasks, images, device, progress, workers, batch_size)
     t_predict = time.perf_counter() - started
-    prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], n_nodes)
+    base = SelectionSettings(alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
+    prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], base)
     sweep: list[dict[str, Any]] = []
     started = time.perf_counter()
-    grid = [(m, a, k) for m in modes for a in alphas for k in ks]
-    grid += [(mode, alpha, k) for k in set((1, 3)) - set(ks)]
+    grid = [base.with_(mode=m, alpha=a, k=k) for m in modes for a in alphas for k in ks]
+    grid += [base.with_(k=k) for k in set((1, 3)) - set(ks)]
     results: dict[tuple[str, float, int], list[float]] = {}
     selections = {}
-    for m, a, k in grid:
+    for settings in grid:
+        m, a, k = settings.mode, settings.alpha, settings.k
         if (m, a, k) in results:
             continue
-        chosen = select_prepared(selector, prepared, k=k, alpha=a, mode=m)
+        chosen = select_prepared(selector, prepared, settings)
         accs = []
         for t, sel in zip(tasks, chosen):
             labels = images[t.name].labels
@@ -179,8 +181,7 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
         selections[(m, a, k)] = chosen
         sweep.append({"mode": m, "alpha": a, "k": k, "mean": round(float(np.mean(accs)), 4),
                       "tasks": {t.name: round(v, 4) for t, v in zip(tasks, accs)}})
-    no_domain = {k: select_prepared(selector, prepared, k=k, alpha=alpha, mode=mode, use_domain=False)
-                 for k in (1, 3)}
+    no_domain = {k: select_prepared(selector, prepared, base.with_(k=k, use_domain=False)) for k in (1, 3)}
     t_select = time.perf_counter() - started
     table: dict[str, dict[str, float]] = {}
     chosen_out: dict[str, dict[str, Any]] = {}

@@ -283,6 +283,9 @@ class LabelFolders:
     folders: dict[str, Path]    # model id -> its label folder (sizes checked against its manifest)
     samples: dict[str, str]     # model id -> the sample fingerprint it was labeled on
     damaged: dict[str, str]     # model id (the folder's name decoded, or the name) -> why it cannot be used, one line
+    # model id -> its manifest's own checksum ("" for an older label without one): what a table built
+    # from the folder (topk_table) records, to know the folder has not been written again since
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def _model_folders(index_path: Path) -> list[Path]:
@@ -293,9 +296,9 @@ def _model_folders(index_path: Path) -> list[Path]:
     return [f for f in sorted(root.iterdir()) if f.is_dir() and not is_reserved(f.name)]
 
 
-def _open_folder(folder: Path) -> tuple[str, str, bool]:
-    """(model id, sample fingerprint, whether the folder has the id's current name) of a label folder whose
-    manifest and file sizes check out.
+def _open_folder(folder: Path) -> tuple[str, str, bool, str]:
+    """(model id, sample fingerprint, whether the folder has the id's current name, the manifest's own
+    checksum or "") of a label folder whose manifest and file sizes check out.
 
     Raises:
         IndexFormatError: the manifest is missing, unreadable or names a model another folder belongs to.
@@ -310,10 +313,11 @@ def _open_folder(folder: Path) -> tuple[str, str, bool]:
             raise TypeError("model id or samples")
     except (KeyError, TypeError) as exc:
         raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed field {exc}") from None
+    digest = str(manifest.get(SELF_DIGEST, ""))
     if folder.name == model_folder_name(model_id):
-        return model_id, samples, True
+        return model_id, samples, True, digest
     if folder.name == legacy_folder_name(model_id):
-        return model_id, samples, False
+        return model_id, samples, False, digest
     raise IndexFormatError(f"{folder / MANIFEST}: names model {model_id!r}, whose label belongs in "
                            f"{model_folder_name(model_id)}/, not {folder.name}/ (a damaged manifest, or a folder "
                            "renamed by hand)")
@@ -327,18 +331,18 @@ def scan_labels(index_path: Path) -> LabelFolders:
     the current one. A damaged folder's model is its name decoded (`model_id_of_folder`), or the
     name itself where none decodes; it is not reported when another folder of that model opens.
     """
-    found: dict[str, tuple[Path, str, bool]] = {}
+    found: dict[str, tuple[Path, str, bool, str]] = {}
     damaged: dict[str, str] = {}
     for folder in _model_folders(index_path):
         try:
-            model_id, samples, current = _open_folder(folder)
+            model_id, samples, current, digest = _open_folder(folder)
         except IndexFormatError as exc:
             damaged.setdefault(model_id_of_folder(folder.name) or folder.name, str(exc))
             continue
         if model_id not in found or (current and not found[model_id][2]):
-            found[model_id] = (folder, samples, current)
-    return LabelFolders({m: f for m, (f, _, _) in found.items()}, {m: s for m, (_, s, _) in found.items()},
-                        {m: why for m, why in damaged.items() if m not in found})
+            found[model_id] = (folder, samples, current, digest)
+    return LabelFolders({m: f[0] for m, f in found.items()}, {m: f[1] for m, f in found.items()},
+                        {m: why for m, why in damaged.items() if m not in found}, {m: f[3] for m, f in found.items()})
 
 
 def labeled_models(index_path: Path) -> dict[str, str]:
@@ -367,7 +371,7 @@ def check_labels(index_path: Path, checksums: bool = False) -> list[str]:
             problems += [p + hint for p in listed]
             continue
         try:
-            model_id, samples, _ = _open_folder(folder)
+            model_id, samples, _, _ = _open_folder(folder)
             fingerprints.add(samples)
             if checksums and label_folder(index_path, model_id) == folder:
                 load_label(index_path, model_id)      # the arrays' headers and shapes

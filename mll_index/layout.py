@@ -110,6 +110,12 @@ def sample_table_path(index_path: Path, fingerprint: str) -> Path:
     return labels_dir(index_path) / f"{SAMPLE_TABLE_PREFIX}{fingerprint}.json"
 
 
+def topk_table_path(index_path: Path, fingerprint: str) -> Path:
+    """<index>/labels/samples-<fingerprint>.topk: every model's top nodes on that sample set, stacked
+    (a reserved name by its prefix, so never taken for a model's folder)."""
+    return labels_dir(index_path) / f"{SAMPLE_TABLE_PREFIX}{fingerprint}.topk"
+
+
 def is_reserved(name: str) -> bool:
     """Whether a name in labels/ belongs to the layout (matrix, sample tables, hidden and temporary
     names), never to a model. Case-insensitive: `Matrix` is `matrix` on some file systems."""

@@ -86,7 +86,8 @@ def error_response(status: int, field: str | None, message: str, headers: dict[s
 # Request bodies
 
 _TASK_DOC = ('The task, as `mll-index select --task` reads it: a list of class names, or {"name", "classes": '
-             '[name | {"name", "captions": [...]}], "domain", "description"}.')
+             '[name | {"name", "captions": [...]}], "domain", "description", "probe_images"}; probe_images: '
+             'a folder or a list of folders and image files on the server, a few unlabeled images of the task.')
 
 
 # The task's shape, for the OpenAPI document (and the clients and fuzzers generated from it);
@@ -99,7 +100,8 @@ TASK_SCHEMA: dict[str, Any] = {"anyOf": [
         "classes": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {"anyOf": [_NAME, {
             "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 "name": _NAME, "captions": {"type": ["array", "null"], "items": _NAME, "minItems": 1}}}]}},
-        "domain": {"type": ["string", "null"]}, "description": {"type": ["string", "null"]}}}]}
+        "domain": {"type": ["string", "null"]}, "description": {"type": ["string", "null"]},
+        "probe_images": {"anyOf": [_NAME, {"type": "array", "items": _NAME}, {"type": "null"}]}}}]}
 
 
 class SelectRequest(BaseModel):
@@ -116,6 +118,7 @@ class SelectRequest(BaseModel):
     domain: str | None = Field(None, description="The task's image domain (overrides the task's own).")
     explain: bool = False
     ranking: int = Field(100, ge=0, description="Models in the task-level ranking (0: all).")
+    probe: int = Field(16, ge=0, le=1000, description="Probe images of the task used at most (0: ignore them).")
 
 
 class MatchRequest(BaseModel):
@@ -187,10 +190,10 @@ def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-unty
         for key in ("name", "domain", "description"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise RequestError(422, f"{where}.{key}", f"{where}: {key!r} must be a string")
-        unknown = sorted(set(data) - {"name", "classes", "domain", "description"})
+        unknown = sorted(set(data) - {"name", "classes", "domain", "description", "probe_images"})
         if unknown:
             raise RequestError(422, f"{where}.{unknown[0]}", f"{where}: unknown keys {unknown}; "
-                               "valid: ['classes', 'description', 'domain', 'name']")
+                               "valid: ['classes', 'description', 'domain', 'name', 'probe_images']")
     for i, c in enumerate(classes):
         captions = c.get("captions") if isinstance(c, dict) else None
         if captions is not None and not (isinstance(captions, list) and all(isinstance(x, str) for x in captions)):
@@ -473,13 +476,14 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     @app.post("/v1/select", tags=["select"], responses={200: {"model": SelectionAnswer, "description": "The selection."}})
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
-        from mll_index.select import select_models
+        from mll_index.select import SelectionSettings, select_models
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
+        chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
+                                   explain=body.explain, ranking_size=body.ranking or None, probe=body.probe)
 
         def answer(state: IndexState) -> dict[str, Any]:
-            selection = select_models(state.selector, task, k=body.k, alpha=body.alpha, n_nodes=body.nodes,
-                                      mode=body.mode, explain=body.explain, ranking_size=body.ranking or None)
+            selection = select_models(state.selector, task, chosen)
             return selection_json(selection, state.version)
 
         state, out = await run(answer, "task")
@@ -493,13 +497,16 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
             request: Request, k: int = Query(1, ge=1, le=1000), alpha: float = Query(0.7, ge=0.0, le=1.0),
             nodes: int = Query(5, ge=1, le=1000), mode: Literal["auto", "restricted", "counts"] = Query("auto"),
             domain: str | None = Query(None), explain: bool = Query(False), ranking: int = Query(100, ge=0),
+            probe: int = Query(16, ge=0, le=1000),
     ) -> StreamingResponse:
         """Select for many tasks (a JSON array of tasks, or JSONL): one JSON line per task, in input order.
 
         Every task is checked before the first line is sent; a line {"error": ...} ends a stream
         that could not finish (the time limit, the index gone)."""
-        from mll_index.select import select_batch
+        from mll_index.select import SelectionSettings, select_batch
 
+        chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
+                                   ranking_size=ranking or None, probe=probe)
         tasks = [_with_domain(t, domain) for t in
                  parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
                                   jsonl="ndjson" in request.headers.get("content-type", "")
@@ -516,8 +523,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    work = partial(select_batch, state.selector, chunk, k=k, alpha=alpha, n_nodes=nodes, mode=mode,
-                                   explain=explain, ranking_size=ranking or None)
+                    work = partial(select_batch, state.selector, chunk, chosen)
                     selections = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "

@@ -1,0 +1,120 @@
+"""Probe images: a few unlabeled images of the task weight the sample images like them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mll_index.errors import InputError
+from mll_index.probes import encode_probes, node_softmax, probe_files, probe_weights
+from mll_index.select import make_task, open_labels, open_selector, select_models, task_from_json
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def probe_copies(small_world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:  # type: ignore[no-untyped-def]
+    """Copies of six noto sample images of six nodes (the first made grayscale and of another size),
+    one file that is no image; and the copied images' paths in the sample set (node/file)."""
+    out = tmp_path_factory.mktemp("probes")
+    nodes = sorted(p for p in Path(small_world.samples_dir).iterdir() if p.is_dir())
+    picked = [next(iter(sorted(n.glob("noto-*.png")))) for n in nodes if any(n.glob("noto-*.png"))][:6]
+    for i, path in enumerate(picked):
+        shutil.copy(path, out / f"probe-{i}.png")
+    with Image.open(out / "probe-0.png") as image:
+        image.convert("L").resize((50, 70)).save(out / "probe-0.png")
+    (out / "broken.png").write_bytes(b"not an image at all")
+    return out, [f"{p.parent.name}/{p.name}" for p in picked]
+
+
+@pytest.fixture(scope="module")
+def probe_dir(probe_copies: tuple[Path, list[str]]) -> Path:
+    return probe_copies[0]
+
+
+def test_probe_files_bad_input_and_limit(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="neither a folder nor a file"):
+        probe_files([tmp_path / "missing"])
+    with pytest.raises(InputError, match=r"^probe images: no image file in .*empty"):
+        probe_files([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
+    for i in range(5):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    assert [p.name for p in probe_files([tmp_path], limit=2)] == ["0.png", "4.png"]
+    assert len(probe_files([tmp_path])) == 5
+
+
+def test_node_softmax_keeps_each_node_s_count() -> None:
+    score = np.array([0.9, 0.1, 0.5, 0.5, 0.2])
+    nodes = np.array([3, 3, 7, 7, 9])
+    w = node_softmax(score, nodes, 0.02)
+    assert np.allclose([w[:2].sum(), w[2:4].sum(), w[4]], [2, 2, 1]) and w[0] > 1.99 and np.allclose(w[2], w[3])
+
+
+def test_probe_weights_by_hand(world_index: Path, probe_dir: Path) -> None:
+    store = open_labels(world_index)
+    probes = encode_probes(store, [probe_dir])
+    assert len(probes.paths) == 6 and [Path(p).name for p, _ in probes.skipped] == ["broken.png"]
+    assert probes.summary()["images_encoded"] == 6 * len(probes.embeddings) == 6
+    (model, encoded), = probes.embeddings.items()
+    assert encoded.shape[0] == 6 and np.allclose(np.linalg.norm(encoded, axis=1), 1, atol=1e-3)
+    # The weights are the per-node softmax of each image's offset from its node's centre against the
+    # probes' offset from the sample set's centre, recomputed here by hand.
+    fingerprint = next(iter(store.groups()))
+    group = store.sample_group(fingerprint)
+    emb = np.asarray(store.image_labels(store.model_ids.index(model)).image_embeddings, np.float64)
+    nodes = group.image_nodes
+    offset = emb - np.array([emb[nodes == n].mean(axis=0) for n in nodes])
+    shift = encoded.mean(axis=0) - emb.mean(axis=0)
+    score = offset @ shift / np.maximum(np.linalg.norm(offset, axis=1) * np.linalg.norm(shift), 1e-12)
+    w = probe_weights(store, probes)[fingerprint]
+    np.testing.assert_allclose(w, node_softmax(score, nodes, 0.1), rtol=1e-3, atol=1e-4)
+    _, inverse, count = np.unique(nodes, return_inverse=True, return_counts=True)
+    assert np.allclose(np.bincount(inverse, weights=w), count, rtol=1e-4)
+    other = probe_weights(store, probes, aggregate="max")[fingerprint]
+    assert other.shape == w.shape and np.allclose(np.bincount(inverse, weights=other), count, rtol=1e-4)
+
+
+def test_no_readable_probe_image_is_one_line(world_index: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(InputError, match=r"^probe images: none of the 1 files in .* could be read \(.*bad.jpg") as err:
+        encode_probes(open_labels(world_index), [tmp_path])
+    assert "\n" not in str(err.value)
+
+
+def test_selection_with_probe_images(world_index: Path, probe_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    selector = open_selector(world_index, embedder)
+    task = make_task(["tiger", "lion", "banana"], probe_images=[probe_dir])
+    assert task_from_json({"classes": ["tiger", "lion", "banana"], "probe_images": str(probe_dir)}) == task
+    chosen = select_models(selector, task, k=2, mode="restricted")
+    assert chosen.probe is not None and chosen.probe["images"] == 6 and chosen.to_dict()["probe"]["skipped"]
+    assert select_models(selector, task, probe=0).probe is None and "probe" not in select_models(
+        selector, make_task(["tiger", "lion"])).to_dict()
+    counts = select_models(selector, task, mode="counts")
+    assert counts.probe is not None and counts.probe["images"] == 0
+    assert any("probe images need the restricted mode" in w for w in counts.warnings)
+    with pytest.raises(InputError, match="'probe_images' must be"):
+        task_from_json({"classes": ["a", "b"], "probe_images": [3]})
+
+
+def test_select_cli_with_images(world_index: Path, probe_dir: Path, tmp_path: Path) -> None:
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(probe_dir), "--probe", "3")
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)["probe"]
+    assert probe["images"] + len(probe["skipped"]) == 3 and probe["images"] >= 2    # broken.png may be drawn
+    (tmp_path / "empty").mkdir()
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(tmp_path / "empty"))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "no image file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_service_task_json_takes_probe_images() -> None:
+    from mll_index.service.app import RequestError, parse_task
+
+    assert parse_task({"classes": ["cow", "pig"], "probe_images": "/data/probes"}, "task", 100).probe_images == (
+        "/data/probes",)
+    with pytest.raises(RequestError, match="'probe_images' must be"):
+        parse_task({"classes": ["cow", "pig"], "probe_images": {"a": 1}}, "task", 100)
