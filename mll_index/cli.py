@@ -776,6 +776,26 @@ def world_build(size: str, root: Path | None, task_file: Path | None, rebuild: b
     click.echo(_accuracy_table(built.accuracy))
 
 
+@world.command("tasks")
+@_world_options
+@click.option("--generate", "n", required=True, type=click.IntRange(1, 100000), help="Tasks to draw.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (task names carry it).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Write the task file here [default: stdout]; `world build --tasks` takes it.")
+def world_tasks(size: str, root: Path | None, n: int, seed: int, out: Path | None) -> None:
+    """Draw N tasks from a built world's concepts and domains (10-60 classes named by their lemma)."""
+    from mll_index.world.generate import generate_world_tasks
+
+    text = json.dumps(generate_world_tasks(size, root, n, seed), indent=1, ensure_ascii=False) + "\n"
+    if out:
+        from mll_index.artifacts import atomic_file
+
+        with atomic_file(out) as handle:
+            handle.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
 @world.command("show")
 @_world_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
