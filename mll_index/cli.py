@@ -481,10 +481,23 @@ def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-unty
               help="Models listed in the task-level ranking (0: all).")
 @click.option("--server", default=None, metavar="URL", help="Ask a running `mll-index serve` at URL instead of "
               "opening the index here (bearer token from $MLL_INDEX_API_KEY).")
+@click.option("--max-gflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="Only models of at most this many GFLOPs per image.")
+@click.option("--max-params", type=click.FloatRange(0, min_open=True), default=None,
+              help="Only models of at most this many million parameters.")
+@click.option("--budget-gflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="The ensemble's GFLOPs per image (the sum over its distinct models) at most this.")
+@click.option("--pareto", is_flag=True, help="Also list the non-dominated (predicted accuracy, GFLOPs) choices.")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
-           explain: bool, ranking_size: int, server: str | None) -> None:
+           explain: bool, ranking_size: int, server: str | None, max_gflops: float | None, max_params: float | None,
+           budget_gflops: float | None, pareto: bool) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
+    from mll_index.budget import Budget
+
+    budget = Budget(max_gflops, max_params, budget_gflops)
+    if server is not None and (budget.active or pareto):
+        raise InputError("budgets and --pareto are answered by a local index; drop --server or the budget")
     if server is not None:
         # Before any other import: this path loads no numpy-heavy module, no text runtime.
         from mll_index.service.client import remote_select
@@ -519,19 +532,32 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         from dataclasses import replace
 
         tasks = [replace(t, domain=domain) for t in tasks]
+    from mll_index.estimate import complete_selection, internal_k
+
     selector = open_selector(path, cache=_embedding_cache())
-    selections = select_batch(selector, tasks, k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,
-                              ranking_size=ranking_size or None)
-    for s in selections:
-        _warn_weak(s)
+    # Every model ranked, then cut to k (within the budget) with its predicted accuracy.
+    full = select_batch(selector, tasks, k=internal_k(selector, k, budget, pareto), alpha=alpha, n_nodes=n_nodes,
+                        mode=mode, explain=explain, ranking_size=None)
+    costs = None
+    if budget.active or pareto:
+        from mll_index.estimate import selection_costs
+
+        costs = selection_costs(selector)
+    answers = [complete_selection(selector, t, f, k=k, ranking_size=ranking_size or None, budget=budget, costs=costs,
+                                  pareto=pareto) for t, f in zip(tasks, full)]
+    from mll_index.service.client import selection_warnings
+
+    for answer in answers:
+        for line in selection_warnings(answer):
+            click.echo(line, err=True)
     for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
         # Only the counts mode gets here with a damaged label (the others refuse): say what it did.
         used = "its counts come from the label matrix" if model_id in selector.store.model_ids else "left out"
         click.echo(f"mll-index: warning: the label folder of {model_id!r} cannot be used ({why}); {used}", err=True)
     if batch is not None:
-        text = "".join(json.dumps(s.to_dict()) + "\n" for s in selections)
+        text = "".join(json.dumps(a) + "\n" for a in answers)
     else:
-        text = json.dumps(selections[0].to_dict(), indent=1) + "\n"
+        text = json.dumps(answers[0], indent=1) + "\n"
     if out:
         with atomic_file(out) as handle:
             handle.write(text)
