@@ -129,7 +129,9 @@ def _candidate_sets(n: int, costs: np.ndarray, scores: np.ndarray, f1: np.ndarra
         spent += costs[j]
         value = float(values[best])
         path.append(current.copy())
-    return np.array(path, bool).reshape(-1, n)
+    # Every single model too: a greedy start by gain per GFLOP may pass over the best one alone.
+    singles = np.eye(n, dtype=bool)[costs <= total + 1e-12]
+    return np.concatenate([np.array(path, bool).reshape(-1, n), singles])
 
 
 def _candidates(ids: Sequence[str], allowed: Sequence[str], scores: np.ndarray, k: int) -> list[int]:

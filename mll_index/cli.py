@@ -306,6 +306,18 @@ def hub_show(source: str, fmt: str) -> None:
             click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
 
 
+@hub.command("flops")
+@click.argument("hub_file", type=click.Path(path_type=Path))
+def hub_flops(hub_file: Path) -> None:
+    """Measure the GFLOPs and parameters of the models that lack them and write them into HUB_FILE."""
+    from mll_index.flops import fill_hub_flops
+
+    for model, cost in fill_hub_flops(hub_file).items():
+        gflops = "unknown" if cost.gflops is None else f"{cost.gflops:g}"
+        params = "unknown" if cost.params_m is None else f"{cost.params_m:g}"
+        click.echo(f"{model}\t{gflops} GFLOPs\t{params} M params")
+
+
 def _workers_option(f: Any) -> Any:
     return click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
                         help="Processes decoding images ahead of the models (0: decode in this process).")(f)
@@ -689,6 +701,11 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True, workers=workers)
     _echo_rates(result.stats)
     files = write_evaluation(result, out)
+    from mll_index.evaluate_cost import plot_accuracy_gflops
+    from mll_index.flops import model_costs
+
+    files["gflops_png"] = out / "evaluation_gflops.png"
+    plot_accuracy_gflops(result.mean, result.chosen, model_costs(list(hub)), files["gflops_png"])
     click.echo(result.table())
     click.echo(f"written: {', '.join(str(p) for p in files.values())}")
 
