@@ -147,7 +147,7 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
     Returns the outcomes and timings (seconds per task for selection)."""
     from mll_index.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
     from mll_index.budget import Budget, choose_within_budget
-    from mll_index.predict import chosen_f1, f1_matrix, selection_matrix
+    from mll_index.predict import class_features, f1_matrix, selection_matrix
     from mll_index.select import make_task, prepare_tasks, select_prepared
 
     ids = list(selector.store.model_ids)
@@ -175,9 +175,8 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
             acc[f"mll_k{k}"], recall = ensemble_accuracy(probs, labels, chosen, names)
             chosen_nd = {c.name: [m.model for m in c.models[:k]] for c in sel_nd.classes}
             acc[f"mll_k{k}_no_domain"], _ = ensemble_accuracy(probs, labels, chosen_nd, names)
-            x = chosen_f1(f1, got[0], [chosen[n] for n in names])
-            pred[str(k)] = {"x": float(x.mean()), "class_x": x.tolist(), "truth": acc[f"mll_k{k}"],
-                            "class_truth": recall.tolist()}
+            features = class_features(sel, f1, got[0], got[2], [chosen[n] for n in names])
+            pred[str(k)] = {"features": features, "truth": acc[f"mll_k{k}"], "class_truth": recall.tolist()}
         acc["inb"] = float((probs[inb].argmax(1) == labels).mean())
         acc["random"] = random_accuracy(probs, labels)
         acc["oracle_single"] = oracle_single(probs, labels)[1]
@@ -203,7 +202,12 @@ def summarise(outcomes: list[TaskOutcome]) -> dict[str, dict[str, float]]:
             "std": {m: round(float(np.std([o.accuracy[m] for o in outcomes])), 4) for m in methods}}
 
 
-def generated_task_file(world_root: Path | None, n: int, seed: int) -> dict[str, Any]:
+def bench_tasks(world: Any, n: int) -> dict[str, list[dict[str, Any]]]:
+    """The task sets the benches score: `n` generated tasks per seed of TASKS_SEEDS, and the shipped ones."""
+    import json
+
     from mll_index.world.generate import generate_world_tasks
 
-    return generate_world_tasks("full", world_root, n, seed)
+    sets = {name: generate_world_tasks("full", world.root, n, seed)["tasks"] for name, seed in TASKS_SEEDS.items()}
+    sets["shipped"] = json.loads((world.root / "tasks.json").read_text())["tasks"]
+    return sets

@@ -16,7 +16,8 @@ from typing import Any
 from mll_index.budget import Budget, Choice, choose_within_budget, pareto_front
 from mll_index.errors import InputError
 from mll_index.flops import ModelCost, entry_model, model_costs
-from mll_index.predict import Calibration, chosen_f1, f1_matrix, load_calibration, predict_from_f1, selection_matrix
+from mll_index.predict import (Calibration, class_features, f1_matrix, load_calibration, predict_features,
+                               selection_matrix)
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
                       warnings=prompt_warnings(selector, task, classes))
     out = trimmed.to_dict()
     if f1 is not None:
-        x = chosen_f1(f1, got[0], [[m.model for m in cls.models] for cls in classes])
-        task_pred, class_pred = predict_from_f1(x, calibration)
+        features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes])
+        task_pred, class_pred = predict_features(features, calibration)
         out["predicted_accuracy"] = task_pred.to_dict()
         for entry, pred in zip(out["classes"], class_pred):
             entry["predicted_accuracy"] = pred.to_dict()
@@ -99,6 +100,9 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
                          "models": list(choice.models), "gflops": choice.gflops,
                          "params_m": round(sum(costs[m].params_m or 0.0 for m in choice.models), 3)}
     if pareto:
-        out["pareto"] = [{"gflops": p.gflops, "predicted_accuracy": calibration.task.apply(p.value).to_dict(),
-                          "models": list(p.models)} for p in front]
+        out["pareto"] = []
+        for p in front:
+            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class])
+            out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
+                                  "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
     return out

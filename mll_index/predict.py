@@ -1,16 +1,19 @@
 """Predicted accuracy of a selection, with an 80% interval, from the labels alone.
 
-What the labels say about a selection is each chosen model's F1 on the class's matched nodes,
-counted on the sample images (the restricted confusion among the task's nodes, or the label
-matrix's counts). The prediction maps those F1s to accuracy with a linear rule whose constants
-were fitted on generated tasks of one seed, where the chosen ensemble's real accuracy on the
-task's images is known, and whose interval is the residuals' 10th and 90th percentiles there
-(`data/accuracy_calibration.json` says how, on what, and what it scored on another seed). The
-task's own labels are never read.
+What the labels say about a selection is each model's F1 on each class's matched nodes, counted
+on the sample images (the restricted confusion among the task's nodes, or the label matrix's
+counts), plus how well each class name matched its nodes. The prediction is a linear rule over a
+few such features; its constants were fitted on generated tasks of one seed, where the chosen
+ensemble's real accuracy on the task's images is known, and its interval is the residuals' 10th
+and 90th percentiles there (`data/accuracy_calibration.json` says which features, how they were
+chosen, on what, and what the rule scored on another seed). The task's own labels are never read.
 
-    class c:  x_c = best F1 among the models chosen for c   -> estimate_c = a_class + b_class * x_c
-    task:     x   = mean over classes of x_c                  -> estimate = a_task + b_task * x
-    interval: [estimate + q10, estimate + q90] (residuals on the calibration tasks), clipped to [0, 1]
+Features (per class; the task's are their means over classes, and `log_classes` = ln C):
+    f1_best       the best F1 among the models chosen for the class
+    f1_task       the chosen models' mean F1 over all the task's classes (how strong they are here)
+    match_score   the class's best node match score (a weak match: F1 of the wrong nodes)
+    domain_images 1 where the confusion used only the task's domain's sample images, else 0
+    estimate = intercept + sum(coef[f] * feature[f]);  interval = [estimate + q_low, estimate + q_high]
 
 A selection's scores are alpha * F1 + (1 - alpha) * (mean F1 of the task's other classes), and
 its task-level ranking is each model's mean F1: so F1 is read back from the scores exactly (to
@@ -48,17 +51,21 @@ class Interval:
         return {"estimate": round(self.estimate, 4), "low": round(self.low, 4), "high": round(self.high, 4)}
 
 
+FEATURES = ("f1_best", "f1_task", "match_score", "domain_images", "log_classes")
+
+
 @dataclass(frozen=True)
 class Rule:
-    """estimate = intercept + slope * x; the interval adds the residual quantiles q_low, q_high."""
+    """estimate = intercept + sum of coef[f] * features[f]; the interval adds the residual quantiles."""
 
     intercept: float
-    slope: float
+    coef: dict[str, float]
     q_low: float
     q_high: float
 
-    def apply(self, x: float) -> Interval:
-        est = float(np.clip(self.intercept + self.slope * x, 0.0, 1.0))
+    def apply(self, features: dict[str, float]) -> Interval:
+        value = self.intercept + sum(c * features[f] for f, c in self.coef.items())
+        est = float(np.clip(value, 0.0, 1.0))
         return Interval(est, float(np.clip(est + self.q_low, 0.0, 1.0)), float(np.clip(est + self.q_high, 0.0, 1.0)))
 
 
@@ -86,11 +93,18 @@ def load_calibration(path: Path | None = None) -> Calibration:
     data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise IndexFormatError(f"{path}: not an accuracy calibration file (format {CALIBRATION_FORMAT!r})")
-    try:
-        rules = {name: Rule(*(float(data[name][f]) for f in ("intercept", "slope", "q_low", "q_high")))
-                 for name in ("task", "class")}
-    except (KeyError, TypeError, ValueError):
-        raise IndexFormatError(f"{path}: 'task' and 'class' each need intercept, slope, q_low and q_high") from None
+    rules = {}
+    for name in ("task", "class"):
+        raw = data.get(name)
+        try:
+            coef = {str(f): float(v) for f, v in raw["coef"].items()}
+            rules[name] = Rule(float(raw["intercept"]), coef, float(raw["q_low"]), float(raw["q_high"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise IndexFormatError(f"{path}: {name!r} needs intercept, coef (feature -> number), q_low and q_high") \
+                from None
+        unknown = sorted(set(coef) - set(FEATURES))
+        if unknown:
+            raise IndexFormatError(f"{path}: {name!r} uses unknown feature(s) {unknown}; features: {list(FEATURES)}")
     return Calibration(rules["task"], rules["class"], int(data.get("version", 0)), dict(data.get("about", {})))
 
 
@@ -145,10 +159,36 @@ def chosen_f1(f1: np.ndarray, ids: Sequence[str], chosen: Sequence[Sequence[str]
                      for c, models in enumerate(chosen)])
 
 
-def predict_from_f1(class_f1: np.ndarray, calibration: Calibration) -> tuple[Interval, list[Interval]]:
-    """The task's and each class's predicted accuracy from the chosen models' best F1 per class ((C,))."""
-    x = np.asarray(class_f1, np.float64)
-    return calibration.task.apply(float(x.mean())), [calibration.cls.apply(float(v)) for v in x]
+def class_features(selection: Any, f1: np.ndarray, ids: Sequence[str], task_scores: np.ndarray,
+                   chosen: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """Per class of `selection`, the features of the ensemble `chosen` (see the module docstring).
+
+    Args:
+        f1: (n_models, C) from `f1_matrix`; NaN allowed except for a class's chosen models.
+        ids, task_scores: (n,) the models and their mean F1 over the task's classes (the task ranking).
+        chosen: per class, the model ids of the ensemble.
+    """
+    pos = {m: i for i, m in enumerate(ids)}
+    best = chosen_f1(f1, ids, chosen)
+    log_classes = float(np.log(len(selection.classes)))
+    out = []
+    for c, cls in enumerate(selection.classes):
+        rows = [pos[m] for m in chosen[c]]
+        out.append({"f1_best": float(best[c]),
+                    "f1_task": float(np.mean(np.asarray(task_scores)[rows])) if rows else 0.0,
+                    "match_score": float(cls.nodes[0].score) if cls.nodes else 0.0,
+                    "domain_images": float(bool(selection.domain_images)), "log_classes": log_classes})
+    return out
+
+
+def task_features(per_class: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The task's features: the classes' means."""
+    return {f: float(np.mean([c[f] for c in per_class])) for f in FEATURES}
+
+
+def predict_features(per_class: Sequence[dict[str, float]], calibration: Calibration) -> tuple[Interval, list[Interval]]:
+    """The task's and each class's predicted accuracy from the classes' features."""
+    return calibration.task.apply(task_features(per_class)), [calibration.cls.apply(c) for c in per_class]
 
 
 def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float,
@@ -159,5 +199,5 @@ def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float,
     if got is None:
         return None
     ids, scores, task_scores = got
-    f1 = f1_matrix(ids, scores, task_scores, alpha)     # NaN where a score is missing: no chosen model's
-    return predict_from_f1(chosen_f1(f1, ids, chosen), calibration or load_calibration())
+    f1 = f1_matrix(ids, scores, task_scores, alpha)
+    return predict_features(class_features(full, f1, ids, task_scores, chosen), calibration or load_calibration())

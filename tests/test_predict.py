@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mll_index.errors import IndexFormatError
-from mll_index.predict import (Rule, chosen_f1, f1_matrix, load_calibration, predict_from_f1, predict_selection,
+from mll_index.predict import (Rule, chosen_f1, f1_matrix, load_calibration, predict_features, predict_selection,
                                selection_matrix)
 from mll_index.select import make_task, open_selector, select_models, smooth_scores
 
@@ -38,18 +38,24 @@ def test_a_damaged_calibration_names_the_file(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"format": "mll-index-accuracy-calibration", "task": {"intercept": 0}}))
     with pytest.raises(IndexFormatError, match=str(bad)):
         load_calibration(bad)
+    rule = {"intercept": 0, "coef": {"moon_phase": 1}, "q_low": 0, "q_high": 0}
+    bad.write_text(json.dumps({"format": "mll-index-accuracy-calibration", "task": rule, "class": rule}))
+    with pytest.raises(IndexFormatError, match="unknown feature.*moon_phase"):
+        load_calibration(bad)
     bad.write_text("[]")
     with pytest.raises(IndexFormatError, match="not an accuracy calibration file"):
         load_calibration(bad)
 
 
 def test_intervals_hold_their_estimate_within_zero_and_one() -> None:
-    rule = Rule(0.1, 1.0, -0.15, 0.1)
+    rule = Rule(0.1, {"f1_best": 1.0}, -0.15, 0.1)
     for x in (0.0, 0.5, 0.95, 1.0):
-        got = rule.apply(x)
+        got = rule.apply({"f1_best": x})
         assert 0.0 <= got.low <= got.estimate <= got.high <= 1.0
     assert chosen_f1(np.array([[0.2, 0.9], [0.5, 0.1]]), ["a", "b"], [["a", "b"], ["b"]]).tolist() == [0.5, 0.1]
-    task, classes = predict_from_f1(np.array([0.2, 0.8]), load_calibration())
+    weak, strong = ({"f1_best": x, "f1_task": x, "match_score": 0.8, "domain_images": 1.0, "log_classes": 2.0}
+                    for x in (0.2, 0.8))
+    task, classes = predict_features([weak, strong], load_calibration())
     assert len(classes) == 2 and classes[0].estimate <= classes[1].estimate
 
 
