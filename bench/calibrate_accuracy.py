@@ -22,19 +22,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS  # noqa: E402
 from generated_tasks import TASKS_SEEDS, bench_tasks, embed_pool_cached, score_tasks  # noqa: E402
 
 
 def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
-    """Per seed, every task's predicted-accuracy features and truth (cached in results/)."""
+    """Per seed, every task's predicted-accuracy features and truth (cached in <cache>/bench/)."""
     from dataclasses import asdict
 
     from mll_index.hub import load_hub
     from mll_index.select import open_selector
     from mll_index.world import load_world
 
-    cached = RESULTS / f"calibration_outcomes-{n}-{per_cell}.json"
+    from mll_index.graph import cache_dir
+
+    cached = cache_dir() / "bench" / f"calibration_outcomes-{n}-{per_cell}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     world = load_world("full")
@@ -50,6 +51,7 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
         scored, _ = score_tasks(selector, hub, pool, ts)
         out[name] = [asdict(o) for o in scored]
         print(f"{name}: {len(ts)} tasks scored in {time.perf_counter() - started:.0f} s", flush=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(out))
     return out
 
