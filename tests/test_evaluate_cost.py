@@ -29,3 +29,12 @@ def test_the_plot_is_written(tmp_path: Path) -> None:
     path = tmp_path / "evaluation_gflops.png"
     plot_accuracy_gflops(mean, _chosen(), costs, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_cli_plots_accuracy_against_gflops(small_world, world_index: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    done = run_cli("evaluate", "--index", str(world_index), "--world-size", "small", "--world-root",
+                   str(small_world.root), "-o", str(tmp_path / "eval"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "eval" / "evaluation_gflops.png").read_bytes()[:4] == b"\x89PNG"
