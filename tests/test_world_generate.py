@@ -103,3 +103,18 @@ def test_world_tasks_cli(small_world, tmp_path: Path) -> None:  # type: ignore[n
     assert len(tasks) == 3 and all({c["wnid"] for c in t["classes"]} <= world_wnids for t in tasks)
     missing = run_cli("world", "tasks", "--root", str(tmp_path / "nowhere"), "--generate", "3")
     assert missing.returncode == 1 and "no emoji world" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_related_tasks_gather_wordnet_neighbours(taxonomy) -> None:  # type: ignore[no-untyped-def]
+    concepts = load_concepts()
+    ancestors = {c.wnid: taxonomy.ancestors(c.wnid) for c in concepts}
+    tasks = generate_tasks(concepts, _all_domains(), 30, seed=5, ancestors=ancestors)["tasks"]
+    related = [t for t in tasks if "related to" in t["description"]]
+    assert related and len(related) < len(tasks)
+    for task in related:
+        anchor, *others = [c["wnid"] for c in task["classes"]]
+        shared = [len(ancestors[anchor] & ancestors[w]) for w in others]
+        outside = [len(ancestors[anchor] & ancestors[c.wnid]) for c in concepts
+                   if c.wnid not in {x["wnid"] for x in task["classes"]}]
+        # Closest first: only a concept skipped for a lemma already taken may be closer than a class.
+        assert np.mean(shared) > np.mean(outside) and sorted(shared, reverse=True)[0] >= np.percentile(outside, 99)

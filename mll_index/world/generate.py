@@ -2,7 +2,8 @@
 
 Fourteen hand-made tasks are too few to tune or calibrate anything; `generate_tasks(n, seed)` draws
 as many as wanted, each of 10 to 60 classes (fewer where the world has fewer concepts), from one
-emoji category or from all, in one domain, several or all eight. A class is named as a user writes
+emoji category, from all, or of closely related concepts (WordNet neighbours, as hand-made tasks
+are), in one domain, several or all eight. A class is named as a user writes
 it: the concept's lemma from the mapping table (`hot_dog` -> `hot dog`), never its wnid, which is
 kept only as ground truth. The result has the shape of a task file (`world.tasks`), so `world build
 --tasks` writes the tasks' images from the `task` pool and `evaluate` scores them.
@@ -34,7 +35,8 @@ def class_name_of(concept: EmojiConcept) -> str:
 
 
 def generate_tasks(concepts: Sequence[EmojiConcept], concept_domains: dict[str, Sequence[str]], n: int,
-                   seed: int, *, min_classes: int = MIN_CLASSES, max_classes: int = MAX_CLASSES) -> dict[str, Any]:
+                   seed: int, *, min_classes: int = MIN_CLASSES, max_classes: int = MAX_CLASSES,
+                   ancestors: dict[str, set[str]] | None = None) -> dict[str, Any]:
     """Draw `n` tasks; the same (concepts, n, seed) give the same tasks.
 
     Args:
@@ -44,6 +46,9 @@ def generate_tasks(concepts: Sequence[EmojiConcept], concept_domains: dict[str, 
         seed: the random seed; task names carry it (`gen-<seed>-<i>`).
         min_classes, max_classes: the range of the number of classes, drawn uniformly (inclusive);
             capped by the concepts that fit a task's domains.
+        ancestors: wnid -> its WordNet hypernyms; with them a third of the tasks are of related
+            concepts (a random concept and those sharing the most hypernyms with it, as hand-made
+            tasks are: farm animals, vehicles), which are harder to tell apart.
     Returns:
         a task file's content: {"tasks": [{"name", "description", "domains", "classes": [{"name", "wnid"}]}]}.
     Raises:
@@ -73,14 +78,26 @@ def generate_tasks(concepts: Sequence[EmojiConcept], concept_domains: dict[str, 
         # Every class has images in every domain of its task.
         fitting = [c for c in usable if set(domains) <= set(concept_domains[c.wnid])]
         wanted = int(rng.integers(min_classes, max_classes + 1))
-        # Half the tasks keep to one emoji category (fine-grained, as most shipped tasks), half mix them.
-        category = categories[int(rng.integers(len(categories)))] if rng.random() < 0.5 else None
-        pool = [c for c in fitting if category is None or c.category == category]
-        if len(pool) < min(wanted, min_classes):
-            category, pool = None, fitting
+        # Classes: from one emoji category, from all, or (with `ancestors`) related concepts.
+        draw = rng.random()
+        related = ancestors is not None and draw < 1 / 3
+        category = None
+        if related:
+            anchor = fitting[int(rng.integers(len(fitting)))]
+            mine = ancestors.get(anchor.wnid, set())  # type: ignore[union-attr]
+            # Closest first: most shared hypernyms; ties broken at random.
+            shared = np.array([len(mine & ancestors.get(c.wnid, set())) for c in fitting])  # type: ignore[union-attr]
+            order = np.lexsort((rng.random(len(fitting)), -shared))
+            order = np.concatenate([[fitting.index(anchor)], [j for j in order if fitting[j] is not anchor]])
+            pool = [fitting[j] for j in order]
+        else:
+            category = categories[int(rng.integers(len(categories)))] if draw < 2 / 3 else None
+            pool = [c for c in fitting if category is None or c.category == category]
+            if len(pool) < min(wanted, min_classes):
+                category, pool = None, fitting
         classes: list[dict[str, str]] = []
         names: set[str] = set()
-        for j in rng.permutation(len(pool)):
+        for j in (range(len(pool)) if related else rng.permutation(len(pool))):
             name = class_name_of(pool[j])
             if name.lower() in names:  # two concepts with one lemma (mushroom, drum): a user could not tell them apart
                 continue
@@ -90,7 +107,7 @@ def generate_tasks(concepts: Sequence[EmojiConcept], concept_domains: dict[str, 
                 break
         if len(classes) < 2:
             raise InputError(f"only {len(classes)} concept(s) fit domains {domains}; a task needs 2 classes")
-        where = category or "all categories"
+        where = f"concepts related to {classes[0]['name']!r}" if related else category or "all categories"
         tasks.append({"name": f"gen-{seed}-{i:03d}",
                       "description": f"generated (seed {seed}): {len(classes)} classes from {where}, "
                                      f"domains {', '.join(domains)}",
@@ -130,6 +147,10 @@ def generate_world_tasks(size: str, root: Any, n: int, seed: int) -> dict[str, A
     from mll_index.world.build import load_world
     from mll_index.world.concepts import load_concepts
 
+    from mll_index.graph import load_taxonomy
+
     world = load_world(size, root)
     domains = {c["wnid"]: c["domains"] for c in world.concepts}
-    return generate_tasks([c for c in load_concepts() if c.wnid in domains], domains, n, seed)
+    graph = load_taxonomy()
+    return generate_tasks([c for c in load_concepts() if c.wnid in domains], domains, n, seed,
+                          ancestors={w: graph.ancestors(w) for w in domains})
