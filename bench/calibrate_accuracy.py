@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generated_tasks import TASKS_SEEDS, bench_tasks, embed_pool_cached, score_tasks  # noqa: E402
+from generated_tasks import TASKS_SEEDS, bench_tasks, embed_pool, score_tasks  # noqa: E402
 
 
 def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
@@ -41,7 +41,7 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
     world = load_world("full")
     hub = load_hub(world.hub_path)
     tasks = bench_tasks(world, n)
-    pool = embed_pool_cached(world, hub, [t for ts in tasks.values() for t in ts], per_cell)
+    pool = embed_pool(world, hub, [t for ts in tasks.values() for t in ts], per_cell)
     selector = open_selector(index, models=list(hub.ids))
     out = {}
     for name, ts in tasks.items():
@@ -58,7 +58,9 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
 
 CANDIDATES = (("f1_best",), ("f1_best", "log_classes"), ("f1_best", "log_classes", "f1_task"),
               ("f1_best", "log_classes", "f1_task", "match_score"),
-              ("f1_best", "log_classes", "f1_task", "match_score", "domain_images"))
+              ("f1_best", "log_classes", "f1_task", "match_score", "domain_images"),
+              ("f1_best", "log_classes", "relatedness"), ("f1_best", "log_classes", "f1_task", "relatedness"),
+              ("f1_best", "log_classes", "f1_task", "match_score", "domain_images", "relatedness"))
 
 
 def _rows(outcomes: list[dict], level: str) -> tuple[list[dict], np.ndarray, np.ndarray]:

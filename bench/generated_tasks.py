@@ -35,65 +35,58 @@ class PoolEmbeddings:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _images_key(world: Any, hub: Any, per_cell: int) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([world.manifest["inputs"], per_cell, list(hub.ids)]).encode()).hexdigest()[:16]
+
+
 def embed_pool(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int, workers: int = 2) -> PoolEmbeddings:
-    """Draw the task pool of the tasks' concepts in all domains and embed it and the class names with every model."""
+    """Draw the task pool of every concept of the world in all domains and embed it with every model
+    (kept in <cache>/bench/ by the world's inputs, the images per cell and the hub: the slow part), then
+    embed the tasks' class names (a few seconds per model)."""
+    import json
+
+    from mll_index.graph import cache_dir
     from mll_index.hub import load_model
     from mll_index.world import DOMAINS, load_concepts
     from mll_index.world.generate import draw_task_images
     from mll_index.world.train import normalise
     from mll_index.zeroshot import class_embeddings, encode_pixels, logit_scale
 
-    wanted = {c["wnid"] for t in tasks for c in t["classes"]}
-    concepts = [c for c in load_concepts() if c.wnid in wanted]
-    started = time.perf_counter()
-    images, cids, dids = draw_task_images(concepts, list(DOMAINS), per_cell, workers=workers)
-    seconds = {"draw": round(time.perf_counter() - started, 1)}
-    pixels = normalise(images)
-    names = sorted({c["name"] for t in tasks for c in t["classes"]})
-    pool = PoolEmbeddings(cids, dids, [c.wnid for c in concepts], {}, seconds=seconds)
-    started = time.perf_counter()
-    for model in hub:
-        loaded = load_model(model)
-        pool.image_emb[model.id] = encode_pixels(loaded, pixels)
-        emb = class_embeddings(loaded, names)
-        pool.name_emb[model.id] = dict(zip(names, emb))
-        pool.scale[model.id] = logit_scale(loaded)
-    pool.seconds["encode"] = round(time.perf_counter() - started, 1)
-    pool.seconds["images"] = int(len(images))
-    return pool
-
-
-def embed_pool_cached(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int,
-                      workers: int = 2) -> PoolEmbeddings:
-    """`embed_pool`, kept in <cache>/bench/ by the world's inputs, the images per cell and the class names,
-    so the calibration and the quality bench encode the pool once."""
-    import hashlib
-    import json
-
-    from mll_index.graph import cache_dir
-
-    names = sorted({(c["name"], c["wnid"]) for t in tasks for c in t["classes"]})
-    key = hashlib.sha256(json.dumps([world.manifest["inputs"], per_cell, names, list(hub.ids)]).encode()).hexdigest()[:16]
-    path = cache_dir() / "bench" / f"generated_pool-{key}.npz"
+    path = cache_dir() / "bench" / f"generated_images-{_images_key(world, hub, per_cell)}.npz"
     if path.is_file():
         data = np.load(path, allow_pickle=False)
         meta = json.loads(str(data["meta"]))
         pool = PoolEmbeddings(data["concept_ids"], data["domain_ids"], meta["wnids"],
                               {m: data[f"img_{i}"] for i, m in enumerate(meta["models"])}, seconds=meta["seconds"])
-        for i, m in enumerate(meta["models"]):
-            pool.name_emb[m] = dict(zip(meta["names"], data[f"txt_{i}"]))
-        pool.scale = meta["scale"]
-        return pool
-    pool = embed_pool(world, hub, tasks, per_cell, workers)
-    models = list(pool.image_emb)
-    names_list = sorted(next(iter(pool.name_emb.values())))
-    arrays = {f"img_{i}": pool.image_emb[m] for i, m in enumerate(models)}
-    arrays |= {f"txt_{i}": np.stack([pool.name_emb[m][n] for n in names_list]) for i, m in enumerate(models)}
-    meta = {"wnids": pool.wnids, "models": models, "names": names_list, "scale": pool.scale, "seconds": pool.seconds}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, concept_ids=pool.concept_ids, domain_ids=pool.domain_ids, meta=np.array(json.dumps(meta)), **arrays)
-    tmp.replace(path)
+    else:
+        in_world = {c["wnid"] for c in world.concepts}
+        concepts = [c for c in load_concepts() if c.wnid in in_world]
+        started = time.perf_counter()
+        images, cids, dids = draw_task_images(concepts, list(DOMAINS), per_cell, workers=workers)
+        seconds: dict[str, Any] = {"draw": round(time.perf_counter() - started, 1), "images": int(len(images))}
+        pixels = normalise(images)
+        pool = PoolEmbeddings(cids, dids, [c.wnid for c in concepts], {}, seconds=seconds)
+        started = time.perf_counter()
+        for model in hub:
+            pool.image_emb[model.id] = encode_pixels(load_model(model), pixels)
+        pool.seconds["encode_images"] = round(time.perf_counter() - started, 1)
+        models = list(pool.image_emb)
+        meta = {"wnids": pool.wnids, "models": models, "seconds": pool.seconds}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, concept_ids=cids, domain_ids=dids, meta=np.array(json.dumps(meta)),
+                 **{f"img_{i}": pool.image_emb[m] for i, m in enumerate(models)})
+        tmp.replace(path)
+    names = sorted({c["name"] for t in tasks for c in t["classes"]})
+    started = time.perf_counter()
+    for model in hub:
+        loaded = load_model(model)
+        pool.name_emb[model.id] = dict(zip(names, class_embeddings(loaded, names)))
+        pool.scale[model.id] = logit_scale(loaded)
+    pool.seconds["encode_names"] = round(time.perf_counter() - started, 1)
     return pool
 
 
@@ -175,7 +168,8 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
             acc[f"mll_k{k}"], recall = ensemble_accuracy(probs, labels, chosen, names)
             chosen_nd = {c.name: [m.model for m in c.models[:k]] for c in sel_nd.classes}
             acc[f"mll_k{k}_no_domain"], _ = ensemble_accuracy(probs, labels, chosen_nd, names)
-            features = class_features(sel, f1, got[0], got[2], [chosen[n] for n in names])
+            features = class_features(sel, f1, got[0], got[2], [chosen[n] for n in names],
+                                      selector.index.graph.ancestors)
             pred[str(k)] = {"features": features, "truth": acc[f"mll_k{k}"], "class_truth": recall.tolist()}
         acc["inb"] = float((probs[inb].argmax(1) == labels).mean())
         acc["random"] = random_accuracy(probs, labels)

@@ -37,16 +37,17 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
     `n` generated tasks of the report seed (the calibration of predicted accuracy used the other
     seed), their images the first `per_cell` of the world's task pool per class and domain
     (bench/generated_tasks.py); the shipped tasks are scored the same way for the prediction."""
-    from generated_tasks import bench_tasks, embed_pool_cached, score_tasks, summarise
+    from generated_tasks import bench_tasks, embed_pool, score_tasks, summarise
 
     from mll_index.flops import model_costs
     from mll_index.hub import load_hub
+    from mll_index.select import open_selector
     from mll_index.world import load_world
 
     world = load_world("full")
     hub = load_hub(world.hub_path)
     sets = bench_tasks(world, n)
-    pool = embed_pool_cached(world, hub, [t for ts in sets.values() for t in ts], per_cell)
+    pool = embed_pool(world, hub, [t for ts in sets.values() for t in ts], per_cell)
     selector = open_selector(index, models=list(hub.ids))
     costs = model_costs(list(hub))
     fractions = (0.2, 0.5, 1.0)

@@ -87,7 +87,8 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
                       warnings=prompt_warnings(selector, task, classes))
     out = trimmed.to_dict()
     if f1 is not None:
-        features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes])
+        features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
+                                  selector.index.graph.ancestors)
         task_pred, class_pred = predict_features(features, calibration)
         out["predicted_accuracy"] = task_pred.to_dict()
         for entry, pred in zip(out["classes"], class_pred):
@@ -102,7 +103,8 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     if pareto:
         out["pareto"] = []
         for p in front:
-            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class])
+            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
+                                      selector.index.graph.ancestors)
             out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
                                   "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
     return out

@@ -13,6 +13,8 @@ Features (per class; the task's are their means over classes, and `log_classes` 
     f1_task       the chosen models' mean F1 over all the task's classes (how strong they are here)
     match_score   the class's best node match score (a weak match: F1 of the wrong nodes)
     domain_images 1 where the confusion used only the task's domain's sample images, else 0
+    relatedness   the share of the class's node's hypernyms that the nearest other class's node has too
+                  (farm animals: high; a mixed task: low), from the index's graph
     estimate = intercept + sum(coef[f] * feature[f]);  interval = [estimate + q_low, estimate + q_high]
 
 A selection's scores are alpha * F1 + (1 - alpha) * (mean F1 of the task's other classes), and
@@ -22,7 +24,7 @@ their 4-decimal rounding) instead of computing the confusion a second time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,7 +53,7 @@ class Interval:
         return {"estimate": round(self.estimate, 4), "low": round(self.low, 4), "high": round(self.high, 4)}
 
 
-FEATURES = ("f1_best", "f1_task", "match_score", "domain_images", "log_classes")
+FEATURES = ("f1_best", "f1_task", "match_score", "domain_images", "log_classes", "relatedness")
 
 
 @dataclass(frozen=True)
@@ -159,25 +161,39 @@ def chosen_f1(f1: np.ndarray, ids: Sequence[str], chosen: Sequence[Sequence[str]
                      for c, models in enumerate(chosen)])
 
 
+def relatedness(wnids: Sequence[str | None], ancestors: Callable[[str], set[str]]) -> list[float]:
+    """Per class (its best node's wnid, None: no match), the largest share of its node's hypernyms
+    (itself included) that another class's node shares: 1 for a node under another, near 0 when apart."""
+    paths = [ancestors(w) | {w} if w else set() for w in wnids]
+    out = []
+    for i, mine in enumerate(paths):
+        shares = [len(mine & other) / len(mine) for j, other in enumerate(paths) if j != i and mine]
+        out.append(float(max(shares)) if shares else 0.0)
+    return out
+
+
 def class_features(selection: Any, f1: np.ndarray, ids: Sequence[str], task_scores: np.ndarray,
-                   chosen: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+                   chosen: Sequence[Sequence[str]], ancestors: Callable[[str], set[str]]) -> list[dict[str, float]]:
     """Per class of `selection`, the features of the ensemble `chosen` (see the module docstring).
 
     Args:
         f1: (n_models, C) from `f1_matrix`; NaN allowed except for a class's chosen models.
         ids, task_scores: (n,) the models and their mean F1 over the task's classes (the task ranking).
         chosen: per class, the model ids of the ensemble.
+        ancestors: wnid -> its hypernyms' wnids (the index's graph: `Graph.ancestors`).
     """
     pos = {m: i for i, m in enumerate(ids)}
     best = chosen_f1(f1, ids, chosen)
     log_classes = float(np.log(len(selection.classes)))
+    related = relatedness([cls.nodes[0].wnid if cls.nodes else None for cls in selection.classes], ancestors)
     out = []
     for c, cls in enumerate(selection.classes):
         rows = [pos[m] for m in chosen[c]]
         out.append({"f1_best": float(best[c]),
                     "f1_task": float(np.mean(np.asarray(task_scores)[rows])) if rows else 0.0,
                     "match_score": float(cls.nodes[0].score) if cls.nodes else 0.0,
-                    "domain_images": float(bool(selection.domain_images)), "log_classes": log_classes})
+                    "domain_images": float(bool(selection.domain_images)), "log_classes": log_classes,
+                    "relatedness": related[c]})
     return out
 
 
@@ -191,7 +207,7 @@ def predict_features(per_class: Sequence[dict[str, float]], calibration: Calibra
     return calibration.task.apply(task_features(per_class)), [calibration.cls.apply(c) for c in per_class]
 
 
-def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float,
+def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float, ancestors: Callable[[str], set[str]],
                       calibration: Calibration | None = None) -> tuple[Interval, list[Interval]] | None:
     """Predicted accuracy of the ensemble `chosen` (per class, model ids, each among the class's models
     in `full`) under a selection `full` whose ranking lists every model; None where the labels give no F1."""
@@ -200,4 +216,5 @@ def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float,
         return None
     ids, scores, task_scores = got
     f1 = f1_matrix(ids, scores, task_scores, alpha)
-    return predict_features(class_features(full, f1, ids, task_scores, chosen), calibration or load_calibration())
+    return predict_features(class_features(full, f1, ids, task_scores, chosen, ancestors),
+                            calibration or load_calibration())

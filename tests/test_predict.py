@@ -53,8 +53,8 @@ def test_intervals_hold_their_estimate_within_zero_and_one() -> None:
         got = rule.apply({"f1_best": x})
         assert 0.0 <= got.low <= got.estimate <= got.high <= 1.0
     assert chosen_f1(np.array([[0.2, 0.9], [0.5, 0.1]]), ["a", "b"], [["a", "b"], ["b"]]).tolist() == [0.5, 0.1]
-    weak, strong = ({"f1_best": x, "f1_task": x, "match_score": 0.8, "domain_images": 1.0, "log_classes": 2.0}
-                    for x in (0.2, 0.8))
+    weak, strong = ({"f1_best": x, "f1_task": x, "match_score": 0.8, "domain_images": 1.0, "log_classes": 2.0,
+                     "relatedness": 0.5} for x in (0.2, 0.8))
     task, classes = predict_features([weak, strong], load_calibration())
     assert len(classes) == 2 and classes[0].estimate <= classes[1].estimate
 
@@ -66,7 +66,18 @@ def test_a_selection_predicts_its_ensemble(world_index: Path, embedder) -> None:
     full = select_models(selector, task, k=n, ranking_size=None)
     ids, scores, _ = selection_matrix(full)
     assert scores.shape == (n, 3) and not np.isnan(scores).any()
-    best = predict_selection(full, [[c.models[0].model] for c in full.classes], full.alpha)
+    best = predict_selection(full, [[c.models[0].model] for c in full.classes], full.alpha,
+                             selector.index.graph.ancestors)
     assert best is not None and 0 <= best[0].low <= best[0].estimate <= best[0].high <= 1
     cut = select_models(selector, task, k=1, ranking_size=1)    # a cut ranking holds no F1 for every model
     assert selection_matrix(cut) is None or n == 1
+
+
+def test_relatedness_is_high_for_neighbours_and_low_for_strangers(taxonomy) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.predict import relatedness
+
+    tiger, lion, laptop, pizza = "n02129604", "n02129165", "n03642806", "n07873807"
+    cats = relatedness([tiger, lion], taxonomy.ancestors)
+    apart = relatedness([tiger, laptop, pizza], taxonomy.ancestors)
+    assert min(cats) > max(apart) and all(0 <= v <= 1 for v in cats + apart)
+    assert relatedness([tiger, None], taxonomy.ancestors) == [0.0, 0.0]
