@@ -6,6 +6,13 @@ Builds or loads the full emoji world, labels its hub into the index (once), eval
 method on every target task, sweeps alpha x k x selection mode, and times selection: one task
 with a cold caption cache (every caption embedded anew), and a batch of 1,000 tasks of 20
 classes drawn from the world's concept names. Writes bench/results/selection_quality.{json,md,png}.
+
+Then 200 generated tasks (`world tasks --generate`, seed 2; `--generated-only` runs just these):
+`generated` (mean and std per method), `prediction_mae` and `prediction_coverage_80` (select's
+predicted accuracy, k=1, calibrated on seed 1 by bench/calibrate_accuracy.py) and `budget` (per
+fraction 0.2 / 0.5 / 1.0 of the hub's largest model's GFLOPs: MLL k=3 within it and the oracle
+single model within it). Their images are the first `--per-cell` (default 2 of the world's 8) task-pool
+images per class and domain, encoded once by every model (bench/generated_tasks.py).
 """
 
 from __future__ import annotations
@@ -22,6 +29,74 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, write_results  # noqa: E402
+
+
+def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[str]]:
+    """The `generated`, `prediction_mae`, `prediction_coverage_80` and `budget` figures and their Markdown.
+
+    `n` generated tasks of the report seed (the calibration of predicted accuracy used the other
+    seed), their images the first `per_cell` of the world's task pool per class and domain
+    (bench/generated_tasks.py); the shipped tasks are scored the same way for the prediction."""
+    from generated_tasks import bench_tasks, embed_pool, score_tasks, summarise
+
+    from mll_index.flops import model_costs
+    from mll_index.hub import load_hub
+    from mll_index.select import open_selector
+    from mll_index.world import load_world
+
+    world = load_world("full")
+    hub = load_hub(world.hub_path)
+    sets = bench_tasks(world, n)
+    pool = embed_pool(world, hub, [t for ts in sets.values() for t in ts], per_cell)
+    selector = open_selector(index, models=list(hub.ids))
+    costs = model_costs(list(hub))
+    fractions = (0.2, 0.5, 1.0)
+    started = time.perf_counter()
+    outcomes, seconds = score_tasks(selector, hub, pool, sets["report"], costs=costs, fractions=fractions)
+    shipped, _ = score_tasks(selector, hub, pool, sets["shipped"])
+    from mll_index.predict import load_calibration, predict_features
+
+    calibration = load_calibration()
+
+    def prediction(scored: list) -> dict:
+        out = {}
+        for k in ("1", "3"):
+            rows = [(predict_features(o.prediction[k]["features"], calibration)[0], o.prediction[k]["truth"])
+                    for o in scored]
+            out[f"k{k}"] = {"mae": round(float(np.mean([abs(p.estimate - t) for p, t in rows])), 4),
+                            "coverage_80": round(float(np.mean([p.low <= t <= p.high for p, t in rows])), 4)}
+        return out
+
+    generated_pred, shipped_pred = prediction(outcomes), prediction(shipped)
+    budget = {}
+    for frac in fractions:
+        rows = [o.budget[str(frac)] for o in outcomes]
+        fits = [r for r in rows if r["mll"] is not None]
+        budget[str(frac)] = {
+            "gflops": round(frac * max(c.gflops for c in costs.values()), 5),
+            "mll": round(float(np.mean([r["mll"] for r in fits])), 4) if fits else None,
+            "oracle_single": round(float(np.mean([r["oracle_single"] for r in fits])), 4) if fits else None,
+            "tasks_with_a_model_within": len(fits)}
+    figures = {"generated": {**summarise(outcomes), "tasks": len(outcomes), "seed": 2,
+                             "images_per_class_and_domain": per_cell},
+               "prediction_mae": generated_pred["k1"]["mae"], "prediction_coverage_80": generated_pred["k1"]["coverage_80"],
+               "prediction": {"generated": generated_pred, "shipped": shipped_pred, "calibration": calibration.about},
+               "budget": budget, "budget_note": "k=3 within --budget-gflops = fraction x the hub's largest model's GFLOPs; "
+                                                "oracle_single: the best single model within the same limit",
+               "generated_seconds": {**seconds, "score_all": round(time.perf_counter() - started, 1), **pool.seconds}}
+    g = figures["generated"]
+    md = [f"\n## {len(outcomes)} generated tasks (seed 2; {per_cell} images per class and domain)\n",
+          "| method | mean | std |\n|---|---|---|",
+          *[f"| {m} | {g['mean'][m]:.3f} | {g['std'][m]:.3f} |" for m in g["mean"]],
+          "\n## Predicted accuracy (calibrated on seed 1)\n",
+          "| tasks | k | MAE | 80% coverage |\n|---|---|---|---|",
+          *[f"| {name} | {k[1:]} | {v['mae']:.3f} | {v['coverage_80']:.2f} |"
+            for name, pred in (("generated", generated_pred), ("shipped", shipped_pred)) for k, v in pred.items()],
+          "\n## Budget (k=3 MLL against the oracle single model within the same GFLOPs)\n",
+          "| fraction of the largest model | GFLOPs | MLL | oracle single | tasks with a model within |\n|---|---|---|---|---|",
+          *[f"| {f} | {b['gflops']} | {b['mll']} | {b['oracle_single']} | {b['tasks_with_a_model_within']} |"
+            for f, b in budget.items()]]
+    return figures, md
 
 
 PROBES_PER_TASK = 16
@@ -158,7 +233,23 @@ def main() -> None:
                         help="Only the probe-image figures (probe, probe_seconds_per_task), merged into the results.")
     parser.add_argument("--probe-cache", type=Path, default=None,
                         help="An .npz of every model's task probabilities, written on the first run and read after.")
+    parser.add_argument("--generated-tasks", type=int, default=200)
+    parser.add_argument("--per-cell", type=int, default=2, help="Task-pool images per class and domain, generated tasks.")
+    parser.add_argument("--generated-only", action="store_true",
+                        help="Only the generated-task figures, merged into the existing results file.")
     args = parser.parse_args()
+    if args.generated_only:
+        import json
+
+        extra, extra_md = generated_figures(args.index, args.generated_tasks, args.per_cell)
+        path = RESULTS / "selection_quality.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        keep = {k: v for k, v in previous.items() if k not in ("command", "date", "machine")}
+        md_path = RESULTS / "selection_quality.md"
+        md = md_path.read_text().split("\n## " + str(args.generated_tasks) + " generated tasks")[0] if md_path.is_file() else ""
+        write_results("selection_quality", {**keep, **extra}, md + "\n".join(extra_md) + "\n")
+        print("\n".join(extra_md))
+        return
     if args.probe_only:
         probe_only(args)
         return
@@ -203,6 +294,8 @@ def main() -> None:
                  "mll_k1_minus_text_proxy": round(mean["mll_k1"] - mean["text_proxy"], 4)},
     }
     figures.update(probe_quality(args.index))
+    extra, extra_md = generated_figures(args.index, args.generated_tasks, args.per_cell)
+    figures |= extra
     shutil.copy(files["png"], RESULTS / "selection_quality.png")
     md = ["# Selection quality on the emoji world\n", result.table(),
           f"\nBars: MLL k=3 minus oracle single = {figures['bars']['mll_k3_minus_oracle_single']:+.3f}; "
@@ -214,7 +307,7 @@ def main() -> None:
           f"Batch of {args.batch_tasks} tasks of 20 classes: {batch['restricted']} s (restricted), "
           f"{batch['counts']} s (counts).\n", "![](selection_quality.png)\n",
           "## Sweep" + (RESULTS / "selection_quality_eval" / "evaluation.md").read_text().split("## Sweep", 1)[-1],
-          probe_markdown(figures)]
+          probe_markdown(figures), *extra_md]
     write_results("selection_quality", figures, "\n".join(md))
     print((RESULTS / "selection_quality.md").read_text())
 

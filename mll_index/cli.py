@@ -306,6 +306,18 @@ def hub_show(source: str, fmt: str) -> None:
             click.echo(f"{m.id:45s} {m.weights:50s} imagenet {acc}")
 
 
+@hub.command("flops")
+@click.argument("hub_file", type=click.Path(path_type=Path))
+def hub_flops(hub_file: Path) -> None:
+    """Measure the GFLOPs and parameters of the models that lack them and write them into HUB_FILE."""
+    from mll_index.flops import fill_hub_flops
+
+    for model, cost in fill_hub_flops(hub_file).items():
+        gflops = "unknown" if cost.gflops is None else f"{cost.gflops:g}"
+        params = "unknown" if cost.params_m is None else f"{cost.params_m:g}"
+        click.echo(f"{model}\t{gflops} GFLOPs\t{params} M params")
+
+
 def _workers_option(f: Any) -> Any:
     return click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
                         help="Processes decoding images ahead of the models (0: decode in this process).")(f)
@@ -543,10 +555,23 @@ def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-unty
               help="Probe images of --images (or the task's probe_images) used at most (0: ignore them).")
 @click.option("--server", default=None, metavar="URL", help="Ask a running `mll-index serve` at URL instead of "
               "opening the index here (bearer token from $MLL_INDEX_API_KEY).")
+@click.option("--max-gflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="Only models of at most this many GFLOPs per image.")
+@click.option("--max-params", type=click.FloatRange(0, min_open=True), default=None,
+              help="Only models of at most this many million parameters.")
+@click.option("--budget-gflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="The ensemble's GFLOPs per image (the sum over its distinct models) at most this.")
+@click.option("--pareto", is_flag=True, help="Also list the non-dominated (predicted accuracy, GFLOPs) choices.")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
-           explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None) -> None:
+           explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None,
+           max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
+    from mll_index.budget import Budget
+
+    budget = Budget(max_gflops, max_params, budget_gflops)
+    if server is not None and (budget.active or pareto):
+        raise InputError("budgets and --pareto are answered by a local index; drop --server or the budget")
     if server is not None:
         # Before any other import: this path loads no numpy-heavy module, no text runtime.
         from mll_index.service.client import remote_select
@@ -585,20 +610,33 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
 
         tasks = [replace(t, domain=domain or t.domain,
                          probe_images=(str(probe_images),) if probe_images else t.probe_images) for t in tasks]
-    settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode,  # type: ignore[arg-type]
-                                 explain=explain, ranking_size=ranking_size or None, probe=probe)
+    from mll_index.estimate import complete_selection, internal_k
+
     selector = open_selector(path, cache=_embedding_cache())
-    selections = select_batch(selector, tasks, settings)
-    for s in selections:
-        _warn_weak(s)
+    # Every model ranked, then cut to k (within the budget) with its predicted accuracy.
+    settings = SelectionSettings(k=internal_k(selector, k, budget, pareto), alpha=alpha, n_nodes=n_nodes,
+                                 mode=mode, explain=explain, ranking_size=None, probe=probe)  # type: ignore[arg-type]
+    full = select_batch(selector, tasks, settings)
+    costs = None
+    if budget.active or pareto:
+        from mll_index.estimate import selection_costs
+
+        costs = selection_costs(selector)
+    answers = [complete_selection(selector, t, f, k=k, ranking_size=ranking_size or None, budget=budget, costs=costs,
+                                  pareto=pareto) for t, f in zip(tasks, full)]
+    from mll_index.service.client import selection_warnings
+
+    for answer in answers:
+        for line in selection_warnings(answer):
+            click.echo(line, err=True)
     for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
         # Only the counts mode gets here with a damaged label (the others refuse): say what it did.
         used = "its counts come from the label matrix" if model_id in selector.store.model_ids else "left out"
         click.echo(f"mll-index: warning: the label folder of {model_id!r} cannot be used ({why}); {used}", err=True)
     if batch is not None:
-        text = "".join(json.dumps(s.to_dict()) + "\n" for s in selections)
+        text = "".join(json.dumps(a) + "\n" for a in answers)
     else:
-        text = json.dumps(selections[0].to_dict(), indent=1) + "\n"
+        text = json.dumps(answers[0], indent=1) + "\n"
     if out:
         with atomic_file(out) as handle:
             handle.write(text)
@@ -731,6 +769,11 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True, workers=workers)
     _echo_rates(result.stats)
     files = write_evaluation(result, out)
+    from mll_index.evaluate_cost import plot_accuracy_gflops
+    from mll_index.flops import model_costs
+
+    files["gflops_png"] = out / "evaluation_gflops.png"
+    plot_accuracy_gflops(result.mean, result.chosen, model_costs(list(hub)), files["gflops_png"])
     click.echo(result.table())
     click.echo(f"written: {', '.join(str(p) for p in files.values())}")
 
@@ -842,6 +885,26 @@ def world_build(size: str, root: Path | None, task_file: Path | None, rebuild: b
         shipped = ship_world_weights(built, ship_to)
         click.echo(f"wrote {len(shipped['models'])} compact checkpoints to {ship_to}")
     click.echo(_accuracy_table(built.accuracy))
+
+
+@world.command("tasks")
+@_world_options
+@click.option("--generate", "n", required=True, type=click.IntRange(1, 100000), help="Tasks to draw.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (task names carry it).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Write the task file here [default: stdout]; `world build --tasks` takes it.")
+def world_tasks(size: str, root: Path | None, n: int, seed: int, out: Path | None) -> None:
+    """Draw N tasks from a built world's concepts and domains (10-60 classes named by their lemma)."""
+    from mll_index.world.generate import generate_world_tasks
+
+    text = json.dumps(generate_world_tasks(size, root, n, seed), indent=1, ensure_ascii=False) + "\n"
+    if out:
+        from mll_index.artifacts import atomic_file
+
+        with atomic_file(out) as handle:
+            handle.write(text)
+    else:
+        click.echo(text, nl=False)
 
 
 @world.command("show")

@@ -136,6 +136,21 @@ def _inputs_hash(size: WorldSize, hub: HubSpec, task_file: Path, mapping_file: P
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def training_key(size: WorldSize, mapping_file: Path, concepts: list[EmojiConcept]) -> str:
+    """The training data's part of every model's cache key: only what training reads.
+
+    Training reads the `train` pool (world version and seed, the domains, images per cell) of the
+    given concepts, and their phrasings (the mapping's names and lemmas). Not the task file: a
+    new task file (generated tasks, a user's own) then reuses the trained hub. The task file
+    still shapes training where it picks the concepts (a size with `tasks`/`task_classes`),
+    and does so through `concepts`.
+    """
+    payload = json.dumps({"version": WORLD_VERSION, "seed": WORLD_SEED, "train_per_cell": size.per_cell.get("train", 0),
+                          "mapping": _file_hash(mapping_file), "domains": [d.__dict__ for d in DOMAINS.values()],
+                          "concepts": [c.wnid for c in concepts]}, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def load_world(size: str = "full", root: Path | None = None) -> World:
     """A world built before; an InputError says how to build it if there is none."""
     root = Path(root) if root else default_world_dir(size)
@@ -476,8 +491,7 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
     if missing:
         raise InputError(f"no vendor draws these mapped emoji: {missing[:10]}")
     workers = workers or min(4, os.cpu_count() or 1)
-    data_key = json.dumps({"inputs_without_hub": _inputs_hash(spec, HubSpec({}, ()), task_file, mapping_file),
-                           "concepts": [c.wnid for c in concepts]})
+    data_key = training_key(spec, mapping_file, concepts)
     must_train = retrain or _must_train(hub_spec, spec, data_key)
     # The training pool (over half the images) is drawn only if a model is to be trained.
     per_cell = spec.per_cell if must_train else {k: v for k, v in spec.per_cell.items() if k != "train"}

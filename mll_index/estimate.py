@@ -1,0 +1,110 @@
+"""What a selection will cost and score: a compute budget applied to it, and its predicted accuracy.
+
+`select` ranks every model for every class; this step, after the ranking, keeps each class's top k
+(within a budget when one is given: `mll_index.budget`), and adds the predicted accuracy of the
+ensemble it keeps (`mll_index.predict`) and, on request, the Pareto list of (predicted accuracy,
+GFLOPs) choices. Model costs come from the labels' copies of the hub entries, measured once where
+they lack a figure (`mll_index.flops`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from mll_index.budget import Budget, Choice, choose_within_budget, pareto_front
+from mll_index.errors import InputError
+from mll_index.flops import ModelCost, entry_model, model_costs
+from mll_index.predict import (Calibration, class_features, f1_matrix, load_calibration, predict_features,
+                               selection_matrix)
+
+log = logging.getLogger(__name__)
+
+
+def selection_costs(selector: Any) -> dict[str, ModelCost]:
+    """Each labeled model's cost, from its hub entry as the labels keep it (measured where it lacks one).
+
+    Raises:
+        InputError: the index has only published labels.
+    """
+    if selector.store is None:
+        raise InputError(f"{selector.index.path}: budgets need image-based labels (this index has published ones "
+                         "only)")
+    entries = selector.store.entries
+    return model_costs([entry_model({**entries[m], "id": m}) for m in selector.store.model_ids])
+
+
+def internal_k(selector: Any, k: int, budget: Budget, pareto: bool) -> int:
+    """The k to select with before `complete_selection`: every model when a budget or Pareto list must
+    choose among them, else k."""
+    if (budget.active or pareto) and selector.store is not None:
+        return max(k, len(selector.store.model_ids))
+    return k
+
+
+def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_size: int | None,
+                       budget: Budget | None = None, costs: dict[str, ModelCost] | None = None,
+                       pareto: bool = False, calibration: Calibration | None = None) -> dict[str, Any]:
+    """The selection's JSON with each class's top k (within the budget), `predicted_accuracy` for the
+    task and per class, and `budget` / `pareto` when asked.
+
+    Args:
+        full: the Selection of `task` made with `ranking_size=None` and `k=internal_k(...)`.
+        k, ranking_size: what the user asked for (ranking_size None: every model).
+        costs: per model (see `selection_costs`); needed with a budget or `pareto`.
+    Raises:
+        InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.budget`).
+    """
+    from mll_index.select import ModelScore, prompt_warnings
+
+    budget = budget or Budget()
+    calibration = calibration or load_calibration()
+    got = selection_matrix(full)
+    f1 = f1_matrix(*got[:2], got[2], full.alpha) if got is not None else None
+    choice: Choice | None = None
+    front: list[Choice] = []
+    if budget.active or pareto:
+        if got is None:
+            raise InputError("budgets and --pareto need image-based labels with every model ranked")
+        ids, scores, _ = got
+        costs = costs if costs is not None else selection_costs(selector)
+        lacking = [m for m in ids if costs.get(m) is None or costs[m].gflops is None]
+        if lacking:
+            log.warning("model(s) %s have no FLOPs figure and cannot be measured: left out of the budget", lacking[:10])
+        if budget.active:
+            choice = choose_within_budget(ids, scores, f1, costs, k, budget)
+        if pareto:
+            front = pareto_front(ids, scores, f1, costs, k)
+    classes = []
+    for c, cls in enumerate(full.classes):
+        wanted = choice.per_class[c] if choice is not None else tuple(m.model for m in cls.models[:k])
+        by_id = {m.model: m for m in cls.models}
+        classes.append(replace(cls, models=tuple(by_id[m] for m in wanted)))
+    ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
+    trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
+                      ranking=tuple(ModelScore(m.model, m.score) for m in ranking),
+                      warnings=prompt_warnings(selector, task, classes))
+    out = trimmed.to_dict()
+    if f1 is not None:
+        features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
+                                  selector.index.graph.ancestors)
+        task_pred, class_pred = predict_features(features, calibration)
+        out["predicted_accuracy"] = task_pred.to_dict()
+        for entry, pred in zip(out["classes"], class_pred):
+            entry["predicted_accuracy"] = pred.to_dict()
+        out["predicted_accuracy_about"] = (f"calibration v{calibration.version}: "
+                                           f"{calibration.about.get('summary', 'see data/accuracy_calibration.json')}")
+    if choice is not None and costs is not None:
+        out["budget"] = {"limits": {"max_gflops": budget.max_gflops, "max_params": budget.max_params,
+                                    "budget_gflops": budget.budget_gflops},
+                         "models": list(choice.models), "gflops": choice.gflops,
+                         "params_m": round(sum(costs[m].params_m or 0.0 for m in choice.models), 3)}
+    if pareto:
+        out["pareto"] = []
+        for p in front:
+            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
+                                      selector.index.graph.ancestors)
+            out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
+                                  "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
+    return out

@@ -1,0 +1,103 @@
+"""Selection under a compute budget: the best set within the limits (against brute force), the Pareto list, bad budgets."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mll_index.budget import EXACT_MODELS, Budget, choose_within_budget, pareto_front
+from mll_index.errors import InputError
+from mll_index.flops import ModelCost
+
+
+def _case(n: int, c: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, ModelCost]]:
+    rng = np.random.default_rng(seed)
+    ids = [f"m{i}" for i in range(n)]
+    f1 = rng.random((n, c))
+    scores = f1 + rng.normal(0, 0.05, (n, c))       # scores rank; F1 is what the value averages
+    costs = {m: ModelCost(m, float(rng.integers(1, 6)), float(rng.integers(1, 100))) for m in ids}
+    return ids, scores, f1, costs
+
+
+def _brute_force(ids, scores, f1, costs, k, budget):  # type: ignore[no-untyped-def]
+    """Every set within the limits: (value, GFLOPs of the models its classes use)."""
+    best = []
+    for r in range(1, len(ids) + 1):
+        for subset in itertools.combinations(range(len(ids)), r):
+            if any(budget.max_gflops is not None and costs[ids[i]].gflops > budget.max_gflops for i in subset):
+                continue
+            if any(budget.max_params is not None and costs[ids[i]].params_m > budget.max_params for i in subset):
+                continue
+            if budget.budget_gflops is not None and sum(costs[ids[i]].gflops for i in subset) > budget.budget_gflops:
+                continue
+            per_class, used = [], set()
+            for c in range(scores.shape[1]):
+                top = sorted(subset, key=lambda i: (-scores[i, c], i))[:k]
+                used |= set(top)
+                per_class.append(max(f1[i, c] for i in top))
+            best.append((float(np.mean(per_class)), sum(costs[ids[i]].gflops for i in used)))
+    return best
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("budget", [Budget(budget_gflops=6), Budget(max_gflops=3, budget_gflops=8),
+                                    Budget(max_params=60), Budget(max_gflops=4)])
+def test_the_choice_is_the_best_set_within_the_budget(k: int, budget: Budget) -> None:
+    ids, scores, f1, costs = _case(7, 5, seed=k)
+    choice = choose_within_budget(ids, scores, f1, costs, k, budget)
+    sets = _brute_force(ids, scores, f1, costs, k, budget)
+    assert choice.value == pytest.approx(max(v for v, _ in sets), abs=1e-6)
+    assert choice.gflops == pytest.approx(sum(costs[m].gflops for m in choice.models))
+    if budget.budget_gflops is not None:
+        assert choice.gflops <= budget.budget_gflops
+    for m in choice.models:
+        assert budget.max_gflops is None or costs[m].gflops <= budget.max_gflops
+        assert budget.max_params is None or costs[m].params_m <= budget.max_params
+    assert all(1 <= len(models) <= k and set(models) <= set(choice.models) for models in choice.per_class)
+    assert set(choice.models) == {m for models in choice.per_class for m in models}
+
+
+def test_pareto_front_is_the_non_dominated_sets() -> None:
+    ids, scores, f1, costs = _case(6, 4, seed=9)
+    front = pareto_front(ids, scores, f1, costs, 1)
+    points = _brute_force(ids, scores, f1, costs, 1, Budget())
+    assert [p.gflops for p in front] == sorted(p.gflops for p in front)
+    assert all(a.value < b.value for a, b in zip(front, front[1:]))
+    for p in front:   # nothing is at least as good for less
+        assert not any(v >= p.value - 1e-9 and g < p.gflops - 1e-9 for v, g in points)
+    assert front[-1].value == pytest.approx(max(v for v, _ in points), abs=1e-6)
+    # Each point is what a budget of its cost chooses.
+    for p in front:
+        assert choose_within_budget(ids, scores, f1, costs, 1, Budget(budget_gflops=p.gflops)).value == \
+            pytest.approx(p.value, abs=1e-6)
+
+
+def test_a_large_hub_stays_within_the_budget() -> None:
+    ids, scores, f1, costs = _case(EXACT_MODELS + 30, 12, seed=4)
+    choice = choose_within_budget(ids, scores, f1, costs, 3, Budget(budget_gflops=7))
+    assert 0 < choice.gflops <= 7 and choice.value > 0
+    alone = max(f1[ids.index(m)].mean() for m in ids if costs[m].gflops <= 7)
+    assert choice.value >= alone - 1e-9    # never worse than the best model alone
+
+
+def test_models_without_a_figure_are_never_chosen() -> None:
+    ids, scores, f1, costs = _case(5, 3, seed=2)
+    costs["m0"] = ModelCost("m0", None, None)
+    scores[0] += 10     # the best everywhere, but of unknown cost
+    choice = choose_within_budget(ids, scores, f1, costs, 1, Budget(budget_gflops=100))
+    assert "m0" not in choice.models
+
+
+def test_bad_budgets_are_one_line_naming_the_smallest_model() -> None:
+    ids, scores, f1, costs = _case(4, 3, seed=1)
+    smallest = min(ids, key=lambda m: costs[m].gflops)
+    with pytest.raises(InputError, match=f"no model meets the budget.*smallest is '{smallest}'") as exc:
+        choose_within_budget(ids, scores, f1, costs, 1, Budget(budget_gflops=0.5))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match="--max-params 0.1"):
+        choose_within_budget(ids, scores, f1, costs, 1, Budget(max_params=0.1))
+    unknown = {m: ModelCost(m, None, None) for m in ids}
+    with pytest.raises(InputError, match=r"no model has a FLOPs figure \(\['m0', 'm1', 'm2', 'm3'\] lack one\)"):
+        pareto_front(ids, scores, f1, unknown, 1)

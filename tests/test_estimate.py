@@ -1,0 +1,64 @@
+"""Select's last step: each class's top k (within a budget), predicted accuracy, the Pareto list; and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mll_index.budget import Budget
+from mll_index.errors import InputError
+from mll_index.estimate import complete_selection, internal_k, selection_costs
+from mll_index.select import make_task, open_selector, select_models
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def selector(world_index: Path, embedder):  # type: ignore[no-untyped-def]
+    return open_selector(world_index, embedder)
+
+
+def test_without_a_budget_the_answer_is_the_plain_selection(selector) -> None:  # type: ignore[no-untyped-def]
+    task = make_task(["tiger", "lion", "banana"], "t")
+    plain = select_models(selector, task, k=2, ranking_size=2).to_dict()
+    full = select_models(selector, task, k=internal_k(selector, 2, Budget(), False), ranking_size=None)
+    got = complete_selection(selector, task, full, k=2, ranking_size=2)
+    predicted = got.pop("predicted_accuracy")
+    got.pop("predicted_accuracy_about")
+    classes = [c.pop("predicted_accuracy") for c in got["classes"]]
+    assert got == plain
+    assert 0 <= predicted["low"] <= predicted["estimate"] <= predicted["high"] <= 1 and len(classes) == 3
+
+
+def test_a_budget_keeps_the_ensemble_within_it(selector) -> None:  # type: ignore[no-untyped-def]
+    task = make_task(["tiger", "lion", "banana"], "t")
+    costs = selection_costs(selector)
+    smallest = min(c.gflops for c in costs.values())
+    budget = Budget(budget_gflops=smallest * 1.5)      # room for one model only
+    full = select_models(selector, task, k=internal_k(selector, 3, budget, True), ranking_size=None)
+    got = complete_selection(selector, task, full, k=3, ranking_size=None, budget=budget, costs=costs, pareto=True)
+    assert len(got["budget"]["models"]) == 1 and got["budget"]["gflops"] <= budget.budget_gflops
+    assert all([m["model"] for m in c["models"]] == got["budget"]["models"] for c in got["classes"])
+    front = got["pareto"]
+    assert front and [p["gflops"] for p in front] == sorted(p["gflops"] for p in front)
+    with pytest.raises(InputError, match="no model meets the budget.*the smallest is"):
+        complete_selection(selector, task, full, k=3, ranking_size=None, budget=Budget(max_gflops=smallest / 10),
+                           costs=costs)
+
+
+def test_select_cli_budget_and_prediction(world_index: Path) -> None:
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index))
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert set(answer["predicted_accuracy"]) == {"estimate", "low", "high"}
+    assert all("predicted_accuracy" in c for c in answer["classes"]) and len(answer["classes"][0]["models"]) == 1
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "-k", "2", "--budget-gflops", "1",
+                   "--max-params", "1000", "--pareto")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["budget"]["gflops"] <= 1 and answer["pareto"]
+    bad = run_cli("select", "tiger", "lion", "--index", str(world_index), "--max-gflops", "1e-9")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "no model meets the budget (--max-gflops 1e-09); the smallest is" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
