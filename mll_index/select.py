@@ -41,7 +41,8 @@ from mll_index.label_matrix import LabelMatrix, Shard, has_matrix, open_matrix
 from mll_index.labels import (SampleTable, folder_counts, load_label, read_sample_table, relabel_hint, scan_labels,
                               stale_in_matrix)
 from mll_index.match import LOW_CONFIDENCE, ClassName, Matcher, is_weak, read_class_name, read_class_names
-from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
+from mll_index.published import (BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published,
+                                  published_evidence, rank_published, task_text_vectors)
 from mll_index.userfiles import names_from_text, normalize_class_name, parse_user_json, read_user_text
 
 log = logging.getLogger(__name__)
@@ -645,6 +646,7 @@ class Selection:
     description: str | None = None
     domain_images: bool = False  # whether the confusion used only the domain's sample images
     warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
+    published: dict[str, Any] | None = None  # published labels' rule, fallback and neighbours (published.describe_ranking)
 
     @property
     def class_names(self) -> list[str]:
@@ -657,6 +659,8 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["warnings"] = list(self.warnings)
+        if out["published"] is None:
+            del out["published"]
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -747,7 +751,15 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                 published_raw: np.ndarray | None, k: int, alpha: float, mode: SelectionMode, explain: bool,
                 use_domain: bool = True, ranking_size: int | None = RANKING_SIZE) -> Selection:
     image = _image_part(sel, task, matches, alpha, mode, use_domain) if sel.store is not None else None
-    published = smooth_scores(published_raw, alpha) if published_raw is not None else None
+    published, pub_ranking = None, None
+    if published_raw is not None:
+        # published_raw is (n_datasets, n_classes): the classes' neighbour weights (see prepare_tasks).
+        domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
+                                                        domain=task.domain if use_domain else None,
+                                                        description=task.description)
+        pub_ranking = rank_published(sel.published, published_raw.T, domain=domain_vec,  # type: ignore[arg-type]
+                                description=description_vec)
+        published = smooth_scores(pub_ranking.scores, alpha)
     if image is not None and published is not None:
         # Two scales (F1 on sample images, published accuracy): each becomes a rank among its own
         # models per class, and a model's score is the mean of the ranks it has.
@@ -789,8 +801,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                     for i in _top_stable(image["scores"][:, c], max(k_eff, 3))}
             if published is not None:
                 pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
-                detail["published_rule"] = ("published score = similarity-weighted mean accuracy on the matched "
-                                            f"benchmark classes, smoothed with alpha {alpha}")
+                detail["published_rule"] = (describe_ranking(sel.published, pub_ranking, task.classes)["rule"] +  # type: ignore[arg-type]
+                                            f", smoothed with alpha {alpha}")
                 detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
                                               for i in _top_stable(published[:, c], max(k_eff, 3))}
             if labels == "both":
@@ -802,7 +814,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     used = image["mode"] if image is not None else mode
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
-                     warnings=prompt_warnings(sel, task, classes))
+                     warnings=prompt_warnings(sel, task, classes),
+                     published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
 
 
 def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
@@ -876,7 +889,8 @@ def _class_key(task: Task, name: str) -> str:
 class PreparedTasks:
     """Tasks with every distinct class embedded and matched once, ready to select under any settings.
 
-    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`.
+    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`
+    ((n_datasets, n_distinct_classes): each class's neighbour weights, `published.published_evidence`).
     """
 
     tasks: list[Task]
@@ -907,7 +921,8 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> Pre
     else:
         matched = [[] for _ in keys]
     if sel.published is not None and keys:
-        published_raw, bench = published_scores(sel.published, queries, n_nodes)
+        evidence = published_evidence(sel.published, queries, n_nodes)
+        published_raw, bench = evidence.weights.T, evidence.matches
     else:
         published_raw, bench = None, [[] for _ in keys]
     rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]
