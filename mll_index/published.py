@@ -39,8 +39,8 @@ from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextE
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index import load_index, read_index_manifest
 from mll_index.layout import MANIFEST, published_dir
-from mll_index.published_rule import (PublishedRule, TaskRanking, calibrate_rule, class_weights, hidden_mask, rank_task,
-                                      standardise, text_weights)
+from mll_index.published_rule import (PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask,
+                                      rank_task, standardise, text_similarity)
 from mll_index.published_table import (IMAGENET_COLUMN, META_COLUMNS, SCALES, ResultsTable, Scale,  # noqa: F401
                                        clean_benchmark_name, decide_scale, read_classnames, read_dataset_texts,
                                        read_results)
@@ -274,22 +274,24 @@ def published_scores(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
 
 @dataclass(frozen=True)
 class PublishedEvidence:
-    """Per task class, its neighbour weights over the benchmark datasets and the matches they rest on.
+    """Per task class, its similarity to every benchmark dataset and the benchmark classes it matched.
 
-    weights: (n_classes, n_datasets) float64, rows summing to 1 (all 0 when nothing is similar).
+    similarity: (n_classes, n_datasets) float64, the cosine similarity of the dataset's most similar class.
+    matches: per class, its `n` most similar benchmark classes of the visible datasets, best first.
     """
 
-    weights: np.ndarray
+    similarity: np.ndarray
     matches: list[list[BenchmarkMatch]]
 
 
 def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
                        hidden: Sequence[str] = ()) -> PublishedEvidence:
-    """Step 1 of `published_rule` for task classes: each class's `n` most similar benchmark classes.
+    """Step 1 of `published_rule` for task classes: their similarity to the benchmark datasets.
 
     Args:
         queries: (n_classes, d) unit class embeddings (the index's embedder).
-        hidden: dataset names to ignore, with their families (leave-one-out evaluation).
+        hidden: dataset names left out of the matches, with their families (leave-one-out evaluation;
+            `rank_published` leaves them out of the ranking).
     Raises:
         InputError: every benchmark dataset is hidden.
     """
@@ -297,31 +299,31 @@ def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
     if not visible.any():
         raise InputError("every benchmark dataset is hidden")
     sims = np.asarray(queries, np.float32) @ pub.class_vectors.T
-    weights = class_weights(sims, pub.class_dataset, len(pub.datasets), visible, n)
+    similarity = dataset_similarity(sims, pub.class_dataset, len(pub.datasets))
     sims[:, ~visible[pub.class_dataset]] = -np.inf
     n = min(n, int(visible[pub.class_dataset].sum()))
     top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
     names = pub.dataset_names
     matches = [[BenchmarkMatch(names[pub.class_dataset[j]], pub.class_names[j], round(float(sims[c, j]), 4))
                 for j in top[c]] for c in range(len(queries))]
-    return PublishedEvidence(weights, matches)
+    return PublishedEvidence(similarity, matches)
 
 
-def rank_published(pub: PublishedLabels, class_w: np.ndarray, *, domain: np.ndarray | None = None,
+def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.ndarray | None = None,
                    description: np.ndarray | None = None, hidden: Sequence[str] = (),
                    rule: PublishedRule | None = None) -> TaskRanking:
-    """A task's published ranking (steps 2-5 of `published_rule`), with its fallback when the evidence is unclear.
+    """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why.
 
     Args:
-        class_w: (n_classes, n_datasets) the task's rows of `PublishedEvidence.weights`.
+        similarity: (n_classes, n_datasets) the task's rows of `PublishedEvidence.similarity`.
         domain, description: the task's (d,) unit text vectors, or None.
+        hidden: datasets (and their families) the ranking may not use.
         rule: the weights; the ones chosen at import by default.
     """
     visible = hidden_mask(pub.dataset_names, pub.families, hidden)
     z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
-    given = [(v, pub.text_vectors.get(f)) for f, v in zip(("domain", "description"), (domain, description))]
-    text_w = text_weights([v for v, _ in given], [dv for _, dv in given], visible)
-    return rank_task(z, pub.dataset_names, visible, class_w, text_w, rule or pub.rule, pub.model_ids)
+    text = text_similarity([domain, description], [pub.text_vectors.get(f) for f in TEXT_FIELDS])
+    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids)
 
 
 def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: EmbeddingCache | None, *,

@@ -753,7 +753,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     image = _image_part(sel, task, matches, alpha, mode, use_domain) if sel.store is not None else None
     published, pub_ranking = None, None
     if published_raw is not None:
-        # published_raw is (n_datasets, n_classes): the classes' neighbour weights (see prepare_tasks).
+        # published_raw is (n_datasets, n_classes): the classes' similarity to each dataset (see prepare_tasks).
         domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
                                                         domain=task.domain if use_domain else None,
                                                         description=task.description)
@@ -890,7 +890,7 @@ class PreparedTasks:
     """Tasks with every distinct class embedded and matched once, ready to select under any settings.
 
     rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`
-    ((n_datasets, n_distinct_classes): each class's neighbour weights, `published.published_evidence`).
+    ((n_datasets, n_distinct_classes): each class's similarity to every dataset, `published.published_evidence`).
     """
 
     tasks: list[Task]
@@ -922,7 +922,7 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task], n_nodes: int = 5) -> Pre
         matched = [[] for _ in keys]
     if sel.published is not None and keys:
         evidence = published_evidence(sel.published, queries, n_nodes)
-        published_raw, bench = evidence.weights.T, evidence.matches
+        published_raw, bench = evidence.similarity.T, evidence.matches
     else:
         published_raw, bench = None, [[] for _ in keys]
     rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]
