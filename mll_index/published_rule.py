@@ -286,5 +286,5 @@ def calibrate_rule(accuracy: np.ndarray, datasets: Sequence[str], families: Sequ
             a, b = da, db
     return PublishedRule(NEIGHBOUR_WEIGHTS[a], grid_text[b],
                          f"leave-one-dataset-out over {len(picked)} datasets of the table: least mean regret "
-                         f"{100 * regret[a, b]:.2f} points with no more losses than wins against general strength "
-                         f"({int(wins[a, b])} won, {int(losses[a, b])} lost)")
+                         f"{100 * regret[a, b]:.2f} points among the weights that beat general strength on more datasets "
+                         f"than they lose ({int(wins[a, b])} won, {int(losses[a, b])} lost)")
