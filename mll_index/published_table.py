@@ -143,27 +143,44 @@ def decide_scale(path: Path, datasets: Sequence[str], values: np.ndarray, scale:
 
 
 def _read_table(path: Path) -> UserTable:
-    """The CSV, its unnamed first column (an index pandas writes: `,task,dataset,...`) dropped."""
+    """The CSV as read_user_csv reads it; an unnamed first column (the index pandas writes: `,task,dataset,...`)
+    is dropped, the other columns checked as read_user_csv checks them (named, not repeated, no ragged row)."""
     text = read_user_text(path)
-    first = next(csv.reader(io.StringIO(text.lstrip("\n"), newline="")), [])
-    if not first or first[0].strip():
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        first = next((cells for cells in reader if any(c.strip() for c in cells)), [])
+    except csv.Error:
+        first = []
+    if not first or first[0].strip() or not any(c.strip() for c in first[1:]):
         return read_user_csv(path, "results table")
-    # The file is re-read without the index column, so read_user_csv's checks (repeated columns,
-    # ragged rows, line numbers) still apply to the rest.
-    out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\n")
-    for cells in csv.reader(io.StringIO(text, newline="")):
-        writer.writerow(cells[1:] if cells else cells)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / path.name
-        copy.write_text(out.getvalue(), encoding="utf-8")
-        try:
-            table = read_user_csv(copy, "results table")
-        except InputError as exc:
-            raise InputError(str(exc).replace(str(copy), str(path))) from None
-    return table
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[dict[str, str | None]] = []
+    lines: list[int] = []
+    try:
+        for cells in reader:
+            cells = [c.strip() for c in cells]
+            if not any(cells):
+                continue
+            cells = cells[1:]    # the index column
+            if header is None:
+                while cells and not cells[-1]:
+                    cells.pop()
+                unnamed = [i for i, c in enumerate(cells, 2) if not c]
+                repeated = sorted({c for c in cells if cells.count(c) > 1})
+                if unnamed or repeated:
+                    what = f"column {unnamed[0]} has no name" if unnamed else f"column(s) {repeated} appear twice"
+                    raise InputError(f"{path}: line {reader.line_num}: {what} in the header")
+                header = cells
+                continue
+            if any(cells[len(header):]):
+                raise InputError(f"{path}: line {reader.line_num}: {len(cells) + 1} cells, the header has "
+                                 f"{len(header) + 1} columns")
+            rows.append({name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)})
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise InputError(f"{path}: line {reader.line_num}: not a readable results table ({exc})") from None
+    return UserTable(tuple(header or ()), rows, lines)
 
 
 def _long_model_ids(path: Path, table: UserTable) -> list[tuple[str, str, str | None]]:

@@ -63,6 +63,12 @@ def test_a_dataset_named_twice_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: line 7: dataset 'cars' named twice for model "
                                          r"'RN50-openai' \(first at line 3\)$"):
         read_results(path)
+    header = _write(tmp_path, ",dataset,dataset,model_fullname,acc1\n0,cars,cars,RN50 openai,0.5\n", "header.csv")
+    with pytest.raises(InputError, match=r"header.csv: line 1: column\(s\) \['dataset'\] appear twice in the header$"):
+        read_results(header)
+    ragged = _write(tmp_path, LOVM_HEADER + LOVM_ROWS[0].rstrip("\n") + ",extra\n", "ragged.csv")
+    with pytest.raises(InputError, match=r"ragged.csv: line 2: 10 cells, the header has 9 columns$"):
+        read_results(ragged)
     wide = _write(tmp_path, "name,pretrained,Cars,Cars\nRN50,openai,0.5,0.6\n", "wide.csv")
     with pytest.raises(InputError, match=r"column\(s\) \['Cars'\] appear twice in the header"):
         read_results(wide)
