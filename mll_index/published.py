@@ -341,9 +341,10 @@ def describe_ranking(pub: PublishedLabels, ranking: TaskRanking, class_names: Se
                      top: int = 5) -> dict[str, Any]:
     """The published part of a selection answer: the rule, `fallback` (every class fell back to general
     strength), `fallback_classes` (class → why, for each class that did), the strength column and the
-    task's `top` neighbour datasets with their weights."""
+    task's `top` neighbour datasets with their weights (those holding at least 1% of it)."""
     names = pub.dataset_names
-    order = [int(j) for j in np.argsort(-ranking.weights, kind="stable")[:top] if ranking.weights[j] > 0]
+    # Datasets under 1% of the weight do not move the answer: not listed.
+    order = [int(j) for j in np.argsort(-ranking.weights, kind="stable")[:top] if ranking.weights[j] >= 0.01]
     rule = pub.rule
     return {"rule": (f"score = {rule.neighbour_weight} * weighted mean z-score on the neighbour datasets + "
                      f"{round(1 - rule.neighbour_weight, 4)} * general strength ({ranking.strength}); text weight "
