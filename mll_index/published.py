@@ -1,32 +1,34 @@
 """Labels from published benchmark results: every model's accuracy on benchmark datasets, per class.
 
-A results table (open_clip's `openclip_results.csv` shape: `name, pretrained, params (M),
-FLOPs (B), <dataset columns>...`, accuracies in [0, 1]) and class-name lists for its datasets
-become coarse labels: every class of a benchmark dataset carries each model's accuracy on
-that dataset. The classes are embedded like a task's classes (captions pooled, the index's
-embedder), so a task's class is matched to the benchmark classes most like it, and a model's
-score for the class is the similarity-weighted mean of its accuracies there. Nothing is
+A results table (open_clip's wide `openclip_results.csv` or LOVM's long `eval_table.csv`, see
+`published_table`) and class-name lists for its datasets become coarse labels: every class of a
+benchmark dataset carries each model's accuracy on that dataset. The classes are embedded like a
+task's classes (captions pooled, the index's embedder), and so are the datasets' domains and
+descriptions when given (LOVM's `dataset_domains.json`, `dataset_tasks.json`). A task's classes,
+domain and description are matched to them, and models are ranked by `published_rule`. Nothing is
 downloaded.
 
     <index>/published/
-        manifest.json       kind "published-labels": sources, embedder, counts, files
+        manifest.json       kind "published-labels": sources, embedder, counts, files, the rule's weights
         models.json         hub entries of the table's models (id = name-pretrained, metadata)
-        datasets.json       per dataset column: its class-name list key, family, class count
+        datasets.json       per dataset column: its class-name list key, family, class count, domain, description
         classes.json        per benchmark class: dataset position and class name
         class_vectors.npy   (n_classes, d) float32 unit rows, the classes' pooled caption embeddings
         accuracy.npy        (n_models, n_datasets) float32, NaN where the table has no figure
+        domain_vectors.npy, description_vectors.npy
+                            (n_datasets, d) float32 unit rows, zero where a dataset has no such text
+                            (absent when no dataset has one, and in labels imported before)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +39,17 @@ from mll_index.embed import (EmbedderRecord, EmbeddingCache, LazyEmbedder, TextE
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index import load_index, read_index_manifest
 from mll_index.layout import MANIFEST, published_dir
-from mll_index.userfiles import names_from_text, normalize_class_name, read_user_csv, read_user_json, read_user_text
+from mll_index.published_rule import (PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask,
+                                      rank_task, standardise, text_similarity)
+from mll_index.published_table import (IMAGENET_COLUMN, META_COLUMNS, SCALES, ResultsTable, Scale,  # noqa: F401
+                                       clean_benchmark_name, decide_scale, read_classnames, read_dataset_texts,
+                                       read_results)
+from mll_index.userfiles import read_user_json
 
 log = logging.getLogger(__name__)
 
 KIND = "published-labels"
-META_COLUMNS = {"name", "pretrained", "params (M)", "FLOPs (B)", "Average perf. on 38 datasets"}
-IMAGENET_COLUMN = "ImageNet 1k"
-Scale = Literal["auto", "percent", "fraction"]
-SCALES: tuple[str, ...] = ("auto", "percent", "fraction")
+TEXT_FIELDS = ("domain", "description")
 
 
 def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -57,150 +61,24 @@ def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return data["datasets"]
 
 
-def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
-    """Class-name lists by key from JSON files ({key: [names]}) and folders of `<key>.txt` (one name per line,
-    blank lines and empty names skipped, the latter with a warning); names are normalised as task class
-    names are (`userfiles.normalize_class_name`).
-
-    Raises:
-        InputError: a missing source, an unreadable file or a name empty once cleaned, naming the file.
-    """
-    out: dict[str, list[str]] = {}
-    for source in sources:
-        source = Path(source)
-        if source.is_dir():
-            for f in sorted(source.glob("*.txt")):
-                out[f.stem] = names_from_text(read_user_text(f), str(f), skip_blank=True)
-        elif source.is_file():
-            data = read_user_json(source, "JSON class-name file")
-            if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-                raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
-            for key, names in data.items():
-                # A benchmark's list may hold an empty name (CLIP_benchmark's CLEVR distances do): it names
-                # nothing to match, so it is left out, as blank lines of a text list are, and said.
-                blank = [i for i, n in enumerate(names, 1) if not str(n).strip()]
-                if blank:
-                    log.warning("%s: %r: empty class name(s) at position %s left out", source, key,
-                                ", ".join(map(str, blank)))
-                out[key] = [normalize_class_name(str(n), f"{source}: {key!r} name {i}")
-                            for i, n in enumerate(names, 1) if str(n).strip()]
-        else:
-            raise InputError(f"{source}: no such class-name file or folder")
-    return out
-
-
-@dataclass(frozen=True)
-class ResultsTable:
-    """A published results table: models (hub entries) × dataset columns, accuracy in [0, 1] (NaN: missing).
-
-    scale: how the table's figures were read: "percent" (divided by 100) or "fraction".
-    """
-
-    models: list[dict[str, Any]]
-    datasets: list[str]
-    accuracy: np.ndarray
-    scale: str = "fraction"
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is None or math.isfinite(value) else None
-
-
-def decide_scale(path: Path, datasets: Sequence[str], values: np.ndarray, scale: Scale = "auto") -> str:
-    """Whether a table's figures are percentages or fractions, decided from all its values, never one by one.
-
-    With `auto`, a table with any figure above 1 is in percent, every column of it: one tool
-    wrote the table, and a percent column where every model scored below 1% (0.9 meaning 0.9%)
-    must not read as 90%. A table whose figures are all in [0, 1] holds fractions. Each column
-    is checked: a negative figure or one above 100 is an error, and so is a figure above 1 when
-    `scale` says fractions.
-
-    Args:
-        values: (n_models, n_datasets) raw figures, NaN where missing.
-    Returns:
-        "percent" or "fraction".
-    Raises:
-        InputError: naming the file and the column.
-    """
-    if scale not in SCALES:
-        raise InputError(f"unknown scale {scale!r}; valid: {list(SCALES)}")
-    above_one = False
-    for j, d in enumerate(datasets):
-        column = values[:, j][~np.isnan(values[:, j])]
-        if not column.size:
-            continue
-        low, high = float(column.min()), float(column.max())
-        if low < 0 or high > 100:
-            raise InputError(f"{path}: column {d!r}: figures from {low:g} to {high:g}; accuracies are fractions in "
-                             "[0, 1] or percentages in [0, 100]")
-        if scale == "fraction" and high > 1:
-            raise InputError(f"{path}: column {d!r}: figure {high:g} is above 1, but the table was said to hold "
-                             "fractions")
-        above_one = above_one or high > 1
-    return "percent" if scale == "percent" or (scale == "auto" and above_one) else "fraction"
-
-
-def read_results(path: Path, scale: Scale = "auto") -> ResultsTable:
-    """Read a results CSV of open_clip's shape; percent or fraction is decided for the whole table (`decide_scale`).
-
-    Raises:
-        InputError: a missing `name` column, no dataset column, a value that is not a number, figures
-            outside [0, 100] or a unit that contradicts `scale`.
-    """
-    path = Path(path)
-    table = read_user_csv(path, "results table")
-    header, rows = table.columns, table.rows
-    if "name" not in header:
-        raise InputError(f"{path}: a results table needs a 'name' column (and 'pretrained', dataset columns); "
-                         f"its columns are {list(header)[:8]}")
-    datasets = [c for c in header if c not in META_COLUMNS]
-    if not datasets or not rows:
-        raise InputError(f"{path}: no dataset columns or no models")
-    acc = np.full((len(rows), len(datasets)), np.nan, np.float64)
-    for i, row in enumerate(rows):
-        for j, d in enumerate(datasets):
-            raw = row.get(d)
-            value = _number(raw)
-            if raw not in (None, "") and value is None:
-                raise InputError(f"{path}: line {table.lines[i]}, column {d!r}: {raw!r} is not a number")
-            if value is not None:
-                acc[i, j] = value
-    unit = decide_scale(path, datasets, acc, scale)
-    acc = (acc / 100 if unit == "percent" else acc).astype(np.float32)
-    models, seen = [], set()
-    for i, row in enumerate(rows):
-        if not row.get("name"):
-            raise InputError(f"{path}: line {table.lines[i]}: no model name")
-        model_id = f"{row['name']}-{row['pretrained']}" if row.get("pretrained") else row["name"]
-        if model_id in seen:
-            raise InputError(f"{path}: line {table.lines[i]}: model {model_id!r} appears twice")
-        seen.add(model_id)
-        imagenet = acc[i, datasets.index(IMAGENET_COLUMN)] if IMAGENET_COLUMN in datasets else np.nan
-        models.append({"id": model_id, "arch": row["name"], "pretrained": row.get("pretrained") or None,
-                       "params_m": _number(row.get("params (M)")), "flops_b": _number(row.get("FLOPs (B)")),
-                       "imagenet_acc": None if np.isnan(imagenet) else round(float(imagenet), 4)})
-    log.info("%s: figures read as %s", path, "percentages" if unit == "percent" else "fractions")
-    return ResultsTable(models, datasets, acc, unit)
-
-
-def clean_benchmark_name(name: str) -> str:
-    """A benchmark class name as a user would write it ('apple_pie' → 'apple pie')."""
-    return " ".join(name.replace("_", " ").split())
-
-
 def import_published(index_path: Path, results: Path, classnames: Sequence[Path], *, mapping: Path | None = None,
+                     domains: Path | None = None, descriptions: Path | None = None,
                      embedder: TextEmbedder | None = None, cache: EmbeddingCache | None = None,
                      scale: Scale = "auto") -> dict[str, Any]:
     """Import a results table and class-name lists as published labels of the index (written atomically).
 
-    Columns without a class-name list are left out and reported. `scale` says whether the
-    table's figures are percentages or fractions (`auto`: decided from them, see `decide_scale`).
-    Returns a summary: models, datasets used, datasets left out, classes, and the scale the
-    figures were read in (also recorded in the manifest).
+    Columns without a class-name list are left out, each named in a warning and in the summary.
+    `domains` and `descriptions` are JSON maps {dataset: text} (LOVM's `dataset_domains.json`,
+    `dataset_tasks.json`); a task's domain and description are matched against them. The rule's
+    weights are chosen on the table itself (`published_rule.calibrate_rule`) and recorded in the
+    manifest. `scale` says whether the table's figures are percentages or fractions (`auto`:
+    decided from them, see `decide_scale`).
+
+    Returns:
+        A summary: models, datasets used, datasets left out, classes, the scale the figures were
+        read in, the datasets with a domain or description, and the rule.
+    Raises:
+        InputError: an unreadable table or list (see `read_results`), or no column with a class-name list.
     """
     index = load_index(index_path)
     embedder = embedder or LazyEmbedder(index.embedder)
@@ -208,6 +86,8 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     table = read_results(results, scale)
     names = read_classnames(classnames)
     settings = dataset_settings(mapping)
+    texts = {f: read_dataset_texts(p, f"dataset {f} file") if p else {}
+             for f, p in zip(TEXT_FIELDS, (domains, descriptions))}
     used, skipped = [], []
     for d in table.datasets:
         key = settings.get(d, {}).get("classnames", d)
@@ -215,6 +95,9 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     if not used:
         raise InputError(f"{results}: no dataset column has a class-name list; columns: {table.datasets[:10]}..., "
                          f"lists: {sorted(names)[:10]}...")
+    for d in skipped:
+        log.warning("%s: dataset %r has no class-name list (key %r); left out", results, d,
+                    settings.get(d, {}).get("classnames", d))
     classes: list[tuple[int, str]] = []
     for j, d in enumerate(used):
         key = settings.get(d, {}).get("classnames", d)
@@ -223,25 +106,43 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     vectors = embed_classes(distinct, embedder, cache=cache)
     row = {n: i for i, n in enumerate(distinct)}
     class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
+    class_dataset = np.array([j for j, _ in classes], np.int64)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
+    text_vectors: dict[str, np.ndarray] = {}
+    for f in TEXT_FIELDS:
+        given = [d for d in used if d in texts[f]]
+        if given:
+            vecs = embed_classes([texts[f][d] for d in given], embedder, cache=cache, bare=True)
+            text_vectors[f] = np.zeros((len(used), vecs.shape[1]), np.float32)
+            text_vectors[f][[used.index(d) for d in given]] = vecs
+    families = [settings.get(d, {}).get("family", d) for d in used]
+    rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
+                          [text_vectors.get(f) for f in TEXT_FIELDS])
     folder = published_dir(index_path)
+    files = ["models.json", "datasets.json", "classes.json", "class_vectors.npy", "accuracy.npy"]
     with index_lock(index_path), atomic_dir(folder) as tmp:
         write_json(tmp / "models.json", table.models)
         write_json(tmp / "datasets.json", [
-            {"name": d, "classnames": settings.get(d, {}).get("classnames", d),
-             "family": settings.get(d, {}).get("family", d), "classes": sum(1 for j, _ in classes if j == k)}
+            {"name": d, "classnames": settings.get(d, {}).get("classnames", d), "family": families[k],
+             "classes": int((class_dataset == k).sum()),
+             **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
             for k, d in enumerate(used)])
         write_json(tmp / "classes.json", [{"dataset": j, "name": n} for j, n in classes])
         np.save(tmp / "class_vectors.npy", class_vectors)
         np.save(tmp / "accuracy.npy", accuracy)
+        for f, vecs in text_vectors.items():
+            np.save(tmp / f"{f}_vectors.npy", vecs)
+            files.append(f"{f}_vectors.npy")
         manifest = new_manifest(KIND, results=str(results), classnames=[str(c) for c in classnames],
+                                domains=str(domains) if domains else None,
+                                descriptions=str(descriptions) if descriptions else None,
                                 embedder=record_of(embedder).to_dict(),
                                 counts={"models": len(table.models), "datasets": len(used), "classes": len(classes)},
-                                left_out=skipped, scale=table.scale)
-        seal_manifest(tmp, manifest, ["models.json", "datasets.json", "classes.json", "class_vectors.npy",
-                                      "accuracy.npy"])
+                                left_out=skipped, scale=table.scale, table_shape=table.shape, rule=rule.to_dict())
+        seal_manifest(tmp, manifest, files)
     return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
-            "scale": table.scale}
+            "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
+            "rule": rule.to_dict()}
 
 
 @dataclass
@@ -255,6 +156,8 @@ class PublishedLabels:
     class_vectors: np.ndarray   # (n_classes, d) float32
     accuracy: np.ndarray        # (n_models, n_datasets) float32, NaN missing
     manifest: dict[str, Any]
+    # per text field ("domain", "description"): (n_datasets, d) float32, zero rows where none
+    text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def model_ids(self) -> list[str]:
@@ -263,6 +166,15 @@ class PublishedLabels:
     @property
     def dataset_names(self) -> list[str]:
         return [d["name"] for d in self.datasets]
+
+    @property
+    def families(self) -> list[str]:
+        return [d.get("family", d["name"]) for d in self.datasets]
+
+    @property
+    def rule(self) -> PublishedRule:
+        """The rule's weights chosen at import (the defaults for labels imported before there was a choice)."""
+        return PublishedRule.from_dict(self.manifest.get("rule"))
 
 
 def has_published(index_path: Path) -> bool:
@@ -290,16 +202,22 @@ def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
         raise IndexFormatError(f"{folder}: published labels embedded with {own.describe()}, the index with "
                                f"{index_embedder.describe()}; import them again") from exc
     classes = read_json(folder / "classes.json")
+    text_vectors: dict[str, np.ndarray] = {}
     try:
         vectors = np.load(folder / "class_vectors.npy", mmap_mode="r")
         accuracy = np.load(folder / "accuracy.npy")
+        for f in TEXT_FIELDS:
+            if (folder / f"{f}_vectors.npy").is_file():
+                text_vectors[f] = np.asarray(np.load(folder / f"{f}_vectors.npy"), np.float32)
     except (ValueError, OSError) as exc:
         raise IndexFormatError(f"{folder}: cannot read the published arrays ({exc})") from None
     models, datasets = read_json(folder / "models.json"), read_json(folder / "datasets.json")
-    if vectors.shape[0] != len(classes) or accuracy.shape != (len(models), len(datasets)):
+    if vectors.shape[0] != len(classes) or accuracy.shape != (len(models), len(datasets)) or any(
+            v.shape != (len(datasets), vectors.shape[1]) for v in text_vectors.values()):
         raise IndexFormatError(f"{folder}: arrays disagree with models.json, datasets.json or classes.json")
     return PublishedLabels(models, datasets, np.array([c["dataset"] for c in classes], np.int64),
-                           [c["name"] for c in classes], np.asarray(vectors, np.float32), accuracy, manifest)
+                           [c["name"] for c in classes], np.asarray(vectors, np.float32), accuracy, manifest,
+                           text_vectors)
 
 
 def check_published(index_path: Path, checksums: bool = False) -> list[str]:
@@ -352,3 +270,86 @@ def published_scores(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
         matches.append([BenchmarkMatch(names[pub.class_dataset[j]], pub.class_names[j], round(float(sims[c, j]), 4))
                         for j in top[c]])
     return scores, matches
+
+
+@dataclass(frozen=True)
+class PublishedEvidence:
+    """Per task class, its similarity to every benchmark dataset and the benchmark classes it matched.
+
+    similarity: (n_classes, n_datasets) float64, the cosine similarity of the dataset's most similar class.
+    matches: per class, its `n` most similar benchmark classes of the visible datasets, best first.
+    """
+
+    similarity: np.ndarray
+    matches: list[list[BenchmarkMatch]]
+
+
+def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
+                       hidden: Sequence[str] = ()) -> PublishedEvidence:
+    """Step 1 of `published_rule` for task classes: their similarity to the benchmark datasets.
+
+    Args:
+        queries: (n_classes, d) unit class embeddings (the index's embedder).
+        hidden: dataset names left out of the matches, with their families (leave-one-out evaluation;
+            `rank_published` leaves them out of the ranking).
+    Raises:
+        InputError: every benchmark dataset is hidden.
+    """
+    visible = hidden_mask(pub.dataset_names, pub.families, hidden)
+    if not visible.any():
+        raise InputError("every benchmark dataset is hidden")
+    sims = np.asarray(queries, np.float32) @ pub.class_vectors.T
+    similarity = dataset_similarity(sims, pub.class_dataset, len(pub.datasets))
+    sims[:, ~visible[pub.class_dataset]] = -np.inf
+    n = min(n, int(visible[pub.class_dataset].sum()))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    names = pub.dataset_names
+    matches = [[BenchmarkMatch(names[pub.class_dataset[j]], pub.class_names[j], round(float(sims[c, j]), 4))
+                for j in top[c]] for c in range(len(queries))]
+    return PublishedEvidence(similarity, matches)
+
+
+def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.ndarray | None = None,
+                   description: np.ndarray | None = None, hidden: Sequence[str] = (),
+                   rule: PublishedRule | None = None) -> TaskRanking:
+    """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why.
+
+    Args:
+        similarity: (n_classes, n_datasets) the task's rows of `PublishedEvidence.similarity`.
+        domain, description: the task's (d,) unit text vectors, or None.
+        hidden: datasets (and their families) the ranking may not use.
+        rule: the weights; the ones chosen at import by default.
+    """
+    visible = hidden_mask(pub.dataset_names, pub.families, hidden)
+    z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
+    text = text_similarity([domain, description], [pub.text_vectors.get(f) for f in TEXT_FIELDS])
+    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids)
+
+
+def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: EmbeddingCache | None, *,
+                      domain: str | None, description: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The task's domain and description as (d,) unit vectors, each None where the task or the labels lack it
+    (so a task without them, or labels without dataset texts, loads no text model)."""
+    out: list[np.ndarray | None] = []
+    for f, text in zip(TEXT_FIELDS, (domain, description)):
+        wanted = bool(text and text.strip()) and f in pub.text_vectors
+        out.append(embed_classes([text.strip()], embedder, cache=cache, bare=True)[0] if wanted else None)  # type: ignore[union-attr]
+    return out[0], out[1]
+
+
+def describe_ranking(pub: PublishedLabels, ranking: TaskRanking, class_names: Sequence[str],
+                     top: int = 5) -> dict[str, Any]:
+    """The published part of a selection answer: the rule, `fallback` (every class fell back to general
+    strength), `fallback_classes` (class → why, for each class that did), the strength column and the
+    task's `top` neighbour datasets with their weights (those holding at least 1% of it)."""
+    names = pub.dataset_names
+    # Datasets under 1% of the weight do not move the answer: not listed.
+    order = [int(j) for j in np.argsort(-ranking.weights, kind="stable")[:top] if ranking.weights[j] >= 0.01]
+    rule = pub.rule
+    return {"rule": (f"score = {rule.neighbour_weight} * weighted mean z-score on the neighbour datasets + "
+                     f"{round(1 - rule.neighbour_weight, 4)} * general strength ({ranking.strength}); text weight "
+                     f"{rule.text_weight}; weights chosen by {rule.chosen_by}"),
+            "fallback": ranking.fallback,
+            "fallback_classes": {c: r for c, r in zip(class_names, ranking.reasons) if r is not None},
+            "strength": ranking.strength,
+            "neighbours": {names[j]: round(float(ranking.weights[j]), 4) for j in order}}

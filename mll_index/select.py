@@ -46,7 +46,8 @@ from mll_index.labels import scan_labels
 from mll_index.match import LOW_CONFIDENCE, Matcher, is_weak, read_class_name
 from mll_index.node_matching import (LabeledNodes, NodeMatch, labeled_nodes, lent_blindly, match_labeled_nodes,
                                      top_stable)
-from mll_index.published import BenchmarkMatch, PublishedLabels, has_published, open_published, published_scores
+from mll_index.published import (BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published,
+                                  published_evidence, rank_published, task_text_vectors)
 from mll_index.selection_settings import RANKING_SIZE, SelectionSettings, settings_from
 from mll_index.task import Task, make_task, read_batch_file, read_task_file, task_from_json
 
@@ -103,6 +104,7 @@ class Selection:
     warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
     # The probe images used (probes.ProbeSet.summary: images, skipped, models, images_encoded, seconds); None without
     probe: dict[str, Any] | None = None
+    published: dict[str, Any] | None = None  # published labels' rule, fallback and neighbours (published.describe_ranking)
 
     @property
     def class_names(self) -> list[str]:
@@ -117,6 +119,8 @@ class Selection:
         out["warnings"] = list(self.warnings)
         if out["probe"] is None:
             del out["probe"]
+        if out["published"] is None:
+            del out["published"]
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -240,7 +244,15 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     k, alpha, mode, explain, ranking_size = (settings.k, settings.alpha, settings.mode, settings.explain,
                                              settings.ranking_size)
     image = _image_part(sel, task, matches, settings) if sel.store is not None else None
-    published = smooth_scores(published_raw, alpha) if published_raw is not None else None
+    published, pub_ranking = None, None
+    if published_raw is not None:
+        # published_raw is (n_datasets, n_classes): the classes' similarity to each dataset (see prepare_tasks).
+        domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
+                                                        domain=task.domain if settings.use_domain else None,
+                                                        description=task.description)
+        pub_ranking = rank_published(sel.published, published_raw.T, domain=domain_vec,  # type: ignore[arg-type]
+                                     description=description_vec)
+        published = smooth_scores(pub_ranking.scores, alpha)
     if image is not None and published is not None:
         # Two scales (F1 on sample images, published accuracy): each becomes a rank among its own
         # models per class, and a model's score is the mean of the ranks it has.
@@ -282,8 +294,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                     for i in top_stable(image["scores"][:, c], max(k_eff, 3))}
             if published is not None:
                 pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
-                detail["published_rule"] = ("published score = similarity-weighted mean accuracy on the matched "
-                                            f"benchmark classes, smoothed with alpha {alpha}")
+                detail["published_rule"] = (describe_ranking(sel.published, pub_ranking, task.classes)["rule"] +  # type: ignore[arg-type]
+                                            f", smoothed with alpha {alpha}")
                 detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
                                               for i in top_stable(published[:, c], max(k_eff, 3))}
             if labels == "both":
@@ -299,7 +311,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
-                     warnings=warnings, probe=probe)
+                     warnings=warnings, probe=probe,
+                     published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
 
 
 def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
@@ -362,7 +375,8 @@ def _class_key(task: Task, name: str) -> str:
 class PreparedTasks:
     """Tasks with every distinct class embedded and matched once, ready to select under any settings.
 
-    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`.
+    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`
+    ((n_datasets, n_distinct_classes): each class's similarity to every dataset, `published.published_evidence`).
     """
 
     tasks: list[Task]
@@ -397,7 +411,8 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task],
     else:
         matched = [[] for _ in keys]
     if sel.published is not None and keys:
-        published_raw, bench = published_scores(sel.published, queries, n_nodes)
+        evidence = published_evidence(sel.published, queries, n_nodes)
+        published_raw, bench = evidence.similarity.T, evidence.matches
     else:
         published_raw, bench = None, [[] for _ in keys]
     rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]

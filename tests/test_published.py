@@ -163,3 +163,94 @@ def test_published_labels_survive_a_rebuild_with_the_same_embedder(tmp_path: Pat
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
     build_index(index_copy, small_graph, embedder)
     assert open_published(index_copy).class_names[0] == "golden retriever"
+
+
+# LOVM's shape: a pandas index column, one row per model and dataset; "nolist" has no class names.
+LOVM_TABLE = ",task,dataset,model_fullname,model,pretrained,acc1\n" + "".join(
+    f"{i},zeroshot_classification,{d},{m} {p},{m},{p},{a}\n" for i, (d, m, p, a) in enumerate([
+        ("dogs", "A", "x", 0.90), ("dogs", "B", "y", 0.30), ("dogs", "C", "z", 0.60),
+        ("food", "A", "x", 0.20), ("food", "B", "y", 0.80), ("food", "C", "z", 0.60),
+        ("nolist", "A", "x", 0.40), ("nolist", "B", "y", 0.45), ("nolist", "C", "z", 0.50)]))
+
+
+def _lovm_files(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    results = tmp_path / "eval_table.csv"
+    results.write_text(LOVM_TABLE)
+    names = tmp_path / "classnames"
+    names.mkdir()
+    (names / "dogs.txt").write_text("golden retriever\npomeranian\n")
+    (names / "food.txt").write_text("pizza\napple pie\n")
+    domains = tmp_path / "dataset_domains.json"
+    domains.write_text(json.dumps({"dogs": "photograph/picture", "food": "food photographs", "nolist": "x"}))
+    tasks = tmp_path / "dataset_tasks.json"
+    tasks.write_text(json.dumps({"dogs": "dog breed classification", "food": "food classification"}))
+    return results, names, domains, tasks
+
+
+def test_import_a_lovm_table_with_domains_and_descriptions(tmp_path: Path, index_copy: Path, embedder,
+                                                           caplog) -> None:  # type: ignore[no-untyped-def]
+    results, names, domains, tasks = _lovm_files(tmp_path)
+    with caplog.at_level("WARNING"):
+        summary = import_published(index_copy, results, [names], domains=domains, descriptions=tasks,
+                                   embedder=embedder)
+    assert summary["datasets"] == ["dogs", "food"] and summary["left_out"] == ["nolist"]
+    assert "dataset 'nolist' has no class-name list" in caplog.text
+    assert summary["with_domain"] == ["dogs", "food"] and summary["with_description"] == ["dogs", "food"]
+    # Two datasets are too few to choose the weights on: the defaults stay, and say so.
+    assert summary["rule"]["chosen_by"].startswith("default")
+    pub = open_published(index_copy)
+    assert pub.model_ids == ["A-x", "B-y", "C-z"] and pub.datasets[1]["description"] == "food classification"
+    assert set(pub.text_vectors) == {"domain", "description"} and pub.text_vectors["domain"].shape[0] == 2
+
+
+def test_select_says_when_published_labels_fall_back(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import make_task, open_selector, select_models
+
+    results, names, domains, tasks = _lovm_files(tmp_path)
+    import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
+    sel = open_selector(index_copy, embedder)
+    clear = select_models(sel, make_task(["golden retriever", "pizza"]), alpha=1.0, explain=True).to_dict()
+    assert [c["models"][0]["model"] for c in clear["classes"]] == ["A-x", "B-y"]
+    assert clear["published"]["fallback"] is False and clear["published"]["fallback_classes"] == {}
+    assert set(clear["published"]["neighbours"]) == {"dogs", "food"}
+    assert "general strength" in clear["classes"][0]["explain"]["published_rule"]
+    # Names like no benchmark class: general strength (mean z-score: C, steady on both), said per class.
+    vague = select_models(sel, make_task(["tax law", "quantum chromodynamics"])).to_dict()
+    assert vague["published"]["fallback"] is True and vague["published"]["strength"] == "mean z-score"
+    assert all("no benchmark dataset resembles it" in r for r in vague["published"]["fallback_classes"].values())
+    assert vague["ranking"][0]["model"] == "C-z"
+
+
+def test_a_tasks_domain_and_description_count(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import make_task, open_selector, select_models
+
+    results, names, domains, tasks = _lovm_files(tmp_path)
+    import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
+    sel = open_selector(index_copy, embedder)
+    plain = select_models(sel, make_task(["bagel", "pretzel"]))
+    described = select_models(sel, make_task(["bagel", "pretzel"], domain="photograph/picture",
+                                             description="dog breed classification"))
+    assert plain.published["neighbours"]["food"] > plain.published["neighbours"].get("dogs", 0)  # type: ignore[index]
+    assert described.published["neighbours"]["dogs"] > plain.published["neighbours"].get("dogs", 0)  # type: ignore[index]
+
+
+def test_published_cli_reads_lovm_files(tmp_path: Path, index_copy: Path) -> None:
+    from tests.conftest import run_cli
+
+    results, names, domains, tasks = _lovm_files(tmp_path)
+    done = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
+                   "--classnames", str(names), "--domains", str(domains), "--descriptions", str(tasks))
+    assert done.returncode == 0, done.stderr
+    assert "dataset 'nolist' has no class-name list" in done.stderr and json.loads(done.stdout)["left_out"] == ["nolist"]
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"classes": ["golden retriever", "pizza"], "domain": "photograph/picture",
+                                "description": "dog breed classification"}))
+    selected = run_cli("select", "--task", str(task), "--index", str(index_copy))
+    assert selected.returncode == 0, selected.stderr
+    assert json.loads(selected.stdout)["published"]["fallback"] is False
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n "dogs": "photograph"\n "food": "food"\n}\n')
+    bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
+                  "--classnames", str(names), "--domains", str(broken))
+    assert bad.returncode == 1 and "broken.json" in bad.stderr and "line 3" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

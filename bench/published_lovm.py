@@ -1,0 +1,233 @@
+"""Selection from published results on LOVM's protocol: leave one dataset out, LOVM's metrics.
+
+    python bench/published_lovm.py [--index indexes/default] [--results ../shared/data/lovm/eval_table.csv]
+        [--classnames ../shared/data/lovm/classnames] [--domains ../shared/data/lovm/dataset_domains.json]
+        [--descriptions ../shared/data/lovm/dataset_tasks.json] [--exclude imagenet1k] [--name published_lovm]
+
+The table (any of `published import`'s shapes: LOVM's long `eval_table.csv`, open_clip's wide
+table) is imported with its class names, domains and descriptions into a linked copy of the index
+(the index itself is not touched). For each dataset but the excluded ones (LOVM leaves out
+`imagenet1k`): its column is hidden (with its family, see `--mapping`), the rule's weights are
+chosen by leave-one-dataset-out on the other datasets only (`calibrate_rule(..., hidden=[it])`:
+nested, the hidden column never chooses them), and the models are ranked from its class names,
+domain and description, as `select` does. Scored with LOVM's definitions (LOVM/lovm.py):
+
+- top-5 recall: how many of the true top-5 models are in the predicted top 5, divided by 5;
+- Kendall tau: over the models in both top-5s, ranked by true and by predicted accuracy
+  (scipy's tau-b on the integer ranks); 0 when fewer than 3 models are in both;
+- regret: the best accuracy on the dataset minus the first-ranked model's, in points; top-1 hit.
+
+The same for INB (ranking by ImageNet accuracy) and the oracle. LOVM's published ModelGPT figures
+are quoted. Writes bench/results/<name>.{json,md}.
+
+A text file that is not valid JSON is refused by `published import` (one line naming its line);
+LOVM's own `dataset_domains.json` lacks a comma after one entry, so the bench reads a copy with
+that comma added and says so in the results (`repairs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The package of this checkout, not an installed one elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import write_results  # noqa: E402
+
+LOVM = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lovm"
+KEYS = ("top5_recall", "tau", "regret", "top1_hit")
+# LOVM's paper, Table 2 (model ranking, text-only): ModelGPT's top-5 recall and Kendall tau.
+MODELGPT_PUBLISHED = {"top5_recall": 0.461, "tau": 0.223}
+
+
+def lovm_scores(predicted: np.ndarray, truth: np.ndarray, k: int = 5) -> dict[str, float]:
+    """LOVM's `get_acc` and `get_k_tau`, the chosen model's regret (points) and whether it is the best.
+
+    Args:
+        predicted, truth: (n_models,) scores and true accuracies in [0, 1]; models without a true
+            figure must be left out by the caller.
+    """
+    from scipy.stats import kendalltau, rankdata
+
+    pred_top = [int(i) for i in np.argsort(-predicted, kind="stable")[:k]]
+    true_top = [int(i) for i in np.argsort(-truth, kind="stable")[:k]]
+    common = [i for i in true_top if i in set(pred_top)]
+    tau = 0.0
+    if len(common) > 2:
+        # LOVM ranks both columns of the merged top-5s (pandas rank, descending) and casts to int.
+        tau = float(kendalltau(rankdata(-truth[common]).astype(int), rankdata(-predicted[common]).astype(int)).statistic)
+        tau = 0.0 if np.isnan(tau) else tau
+    first = pred_top[0]
+    return {"top5_recall": len(common) / k, "tau": tau, "regret": float(100 * (truth.max() - truth[first])),
+            "top1_hit": float(first == int(np.argmax(truth)))}
+
+
+def read_or_repair(path: Path | None, folder: Path, repairs: list[str]) -> Path | None:
+    """The text file, or a copy in `folder` with missing commas between JSON entries added (said in `repairs`)."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        return path
+    except json.JSONDecodeError:
+        pass
+    fixed, n = re.subn(r'("\s*)\n(\s*")', r'\1,\n\2', text)
+    json.loads(fixed)   # anything else wrong is left to `published import` to refuse
+    repairs.append(f"{path}: {n} missing comma(s) between entries added (read from a copy)")
+    copy = folder / path.name
+    copy.write_text(fixed, encoding="utf-8")
+    return copy
+
+
+def linked_copy(index: Path, folder: Path) -> Path:
+    """The index's files hard-linked (copied across devices) into `folder`, without its published labels."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    out = folder / "index"
+    shutil.copytree(index, out, copy_function=link, ignore=shutil.ignore_patterns("published", ".lock"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=Path("indexes/default"))
+    parser.add_argument("--results", type=Path, default=LOVM / "eval_table.csv")
+    parser.add_argument("--classnames", type=Path, nargs="+", default=[LOVM / "classnames"])
+    parser.add_argument("--domains", type=Path, default=LOVM / "dataset_domains.json", help="'none': no domains")
+    parser.add_argument("--descriptions", type=Path, default=LOVM / "dataset_tasks.json", help="'none': none")
+    parser.add_argument("--mapping", type=Path, default=None, help="column -> class-name key and family")
+    parser.add_argument("--exclude", nargs="*", default=["imagenet1k"], help="datasets that are never targets")
+    parser.add_argument("--nodes", type=int, default=5, help="benchmark classes matched per class")
+    parser.add_argument("--name", default="published_lovm")
+    args = parser.parse_args()
+    domains = None if str(args.domains) == "none" else args.domains
+    descriptions = None if str(args.descriptions) == "none" else args.descriptions
+
+    from mll_index.embed import EmbeddingCache, embedder_for
+    from mll_index.graph import cache_dir
+    from mll_index.index import load_index
+    from mll_index.published import import_published, open_published, published_evidence, rank_published
+    from mll_index.published_rule import calibrate_rule
+
+    embedder = embedder_for(load_index(args.index).embedder)
+    cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    repairs: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        domains = read_or_repair(domains, folder, repairs)
+        descriptions = read_or_repair(descriptions, folder, repairs)
+        index = linked_copy(args.index, folder)
+        summary = import_published(index, args.results, args.classnames, mapping=args.mapping, domains=domains,
+                                   descriptions=descriptions, embedder=embedder, cache=cache)
+        pub = open_published(index)
+    names, families = pub.dataset_names, pub.families
+    text_vectors = [pub.text_vectors.get(f) for f in ("domain", "description")]
+    inb_column = next((c for c in ("imagenet1k", "ImageNet 1k") if c in names), None)
+    results: dict[str, Any] = {}
+    fallback_tasks: dict[str, Any] = {}
+    excluded: dict[str, Any] = {}   # the excluded datasets scored too, for LOVM's published convention
+    for j, dataset in enumerate(names):
+        truth_all = pub.accuracy[:, j].astype(np.float64)
+        known = ~np.isnan(truth_all)
+        if known.sum() < 5:
+            continue
+        rule = calibrate_rule(pub.accuracy, names, families, pub.class_vectors, pub.class_dataset, text_vectors,
+                              hidden=[dataset])
+        evidence = published_evidence(pub, pub.class_vectors[pub.class_dataset == j], args.nodes, hidden=[dataset])
+        texts = [tv[j] if tv is not None and np.any(tv[j]) else None for tv in text_vectors]
+        ranking = rank_published(pub, evidence.similarity, domain=texts[0], description=texts[1], hidden=[dataset],
+                                 rule=rule)
+        scores = ranking.scores.mean(axis=1)
+        truth = truth_all[known]
+        row = {k: round(v, 4) for k, v in lovm_scores(scores[known], truth).items()}
+        if inb_column is not None:
+            inb = pub.accuracy[:, names.index(inb_column)].astype(np.float64)
+            row["inb"] = {k: round(v, 4) for k, v in lovm_scores(np.nan_to_num(inb[known], nan=-1.0), truth).items()}
+        order = np.argsort(-np.where(known, scores, -np.inf), kind="stable")
+        row["chosen"] = pub.model_ids[int(order[0])]
+        row["chosen_acc"] = round(float(truth_all[order[0]]), 4)
+        row["oracle_acc"] = round(float(truth.max()), 4)
+        row["rule"] = {"neighbour_weight": rule.neighbour_weight, "text_weight": rule.text_weight}
+        row["neighbours"] = {names[k]: round(float(ranking.weights[k]), 3)
+                             for k in np.argsort(-ranking.weights, kind="stable")[:3] if ranking.weights[k] > 0}
+        fell = [r for r in ranking.reasons if r is not None]
+        row["classes_fallen_back"] = f"{len(fell)}/{len(ranking.reasons)}"
+        if dataset in args.exclude:
+            excluded[dataset] = row
+            continue
+        if ranking.fallback or fell:
+            fallback_tasks[dataset] = {"all_classes": ranking.fallback, "classes": f"{len(fell)}/{len(ranking.reasons)}",
+                                       "why": list(dict.fromkeys(fell))[:3]}
+        results[dataset] = row
+    mean = {k: round(float(np.mean([r[k] for r in results.values()])), 4) for k in KEYS}
+    mean_inb = {k: round(float(np.mean([r["inb"][k] for r in results.values()])), 4) for k in KEYS} \
+        if inb_column else None
+    every = list(results.values()) + list(excluded.values())
+    mean_every = {k: round(float(np.mean([r[k] for r in every])), 4) for k in KEYS}
+    mean_every_inb = {k: round(float(np.mean([r["inb"][k] for r in every])), 4) for k in KEYS} \
+        if inb_column else None
+    mean_acc = {"chosen_acc": round(float(np.mean([r["chosen_acc"] for r in results.values()])), 4),
+                "oracle_acc": round(float(np.mean([r["oracle_acc"] for r in results.values()])), 4)}
+    wins = losses = 0
+    if inb_column:
+        inb_acc = pub.accuracy[int(np.nanargmax(pub.accuracy[:, names.index(inb_column)])), :]
+        mean_acc["inb_acc"] = round(float(np.mean([inb_acc[names.index(d)] for d in results])), 4)
+        wins = sum(r["chosen_acc"] > round(float(inb_acc[names.index(d)]), 4) for d, r in results.items())
+        losses = sum(r["chosen_acc"] < round(float(inb_acc[names.index(d)]), 4) for d, r in results.items())
+    md = [f"# Selection from published results, LOVM protocol ({args.results.name})\n",
+          f"{len(pub.models)} models, {len(names)} datasets ({', '.join(summary['left_out']) or 'none'} left out: no "
+          f"class names); targets: {len(results)} (excluded: {', '.join(args.exclude) or 'none'}). Each target's "
+          f"column is hidden; the rule's weights are chosen by leave-one-dataset-out on the others. "
+          f"INB = {inb_column or 'none'}'s best model. Chosen beats INB's model on {wins} datasets, loses on {losses}.\n",
+          "| dataset | top-5 recall | tau | regret (pts) | top-1 | INB recall | INB tau | INB regret | chosen | "
+          "weights (nb, text) | neighbours | classes fallen back |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d, r in results.items():
+        inb = r.get("inb", {k: float("nan") for k in KEYS})
+        md.append(f"| {d} | {r['top5_recall']:.1f} | {r['tau']:+.2f} | {r['regret']:.1f} | {int(r['top1_hit'])} | "
+                  f"{inb['top5_recall']:.1f} | {inb['tau']:+.2f} | {inb['regret']:.1f} | {r['chosen']} | "
+                  f"{r['rule']['neighbour_weight']}, {r['rule']['text_weight']} | "
+                  + ", ".join(f"{k} {v}" for k, v in r["neighbours"].items()) + f" | {r['classes_fallen_back']} |")
+    md += ["", "| method | top-5 recall | tau | regret (pts) | top-1 hits | mean chosen acc |", "|---|---|---|---|---|---|",
+           f"| mll-index | **{mean['top5_recall']:.3f}** | **{mean['tau']:.3f}** | **{mean['regret']:.2f}** | "
+           f"{mean['top1_hit']:.3f} | {mean_acc['chosen_acc']:.4f} |"]
+    if mean_inb:
+        md.append(f"| INB | {mean_inb['top5_recall']:.3f} | {mean_inb['tau']:.3f} | {mean_inb['regret']:.2f} | "
+                  f"{mean_inb['top1_hit']:.3f} | {mean_acc['inb_acc']:.4f} |")
+    md += [f"| ModelGPT (LOVM's paper) | {MODELGPT_PUBLISHED['top5_recall']:.3f} | {MODELGPT_PUBLISHED['tau']:.3f} | "
+           "- | - | - |", f"| oracle | 1.000 | 1.000 | 0.00 | 1.000 | {mean_acc['oracle_acc']:.4f} |"]
+    if excluded and mean_every_inb:
+        md += ["", f"With the excluded datasets as targets too ({', '.join(excluded)}; {len(every)} targets, the "
+               f"convention of LOVM's published INB figures 0.452 / 0.177): mll-index {mean_every['top5_recall']:.3f} / "
+               f"{mean_every['tau']:.3f} / {mean_every['regret']:.2f} points, INB {mean_every_inb['top5_recall']:.3f} / "
+               f"{mean_every_inb['tau']:.3f} / {mean_every_inb['regret']:.2f} points."]
+    if repairs:
+        md += ["", "Repairs: " + "; ".join(repairs)]
+    figures = {"datasets": results, "mean": {**mean, "inb": mean_inb}, "mean_accuracy": mean_acc,
+               "wins_over_inb": wins, "losses_to_inb": losses, "modelgpt_published": MODELGPT_PUBLISHED,
+               "fallback_tasks": fallback_tasks, "excluded": args.exclude, "excluded_targets": excluded,
+               "mean_with_excluded": {**mean_every, "inb": mean_every_inb}, "left_out": summary["left_out"],
+               "rule_at_import": summary["rule"], "nodes": args.nodes, "repairs": repairs,
+               "inputs": {"results": str(args.results), "classnames": [str(c) for c in args.classnames],
+                          "domains": str(args.domains), "descriptions": str(args.descriptions)}}
+    write_results(args.name, figures, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
