@@ -43,6 +43,18 @@ def internal_k(selector: Any, k: int, budget: Budget, pareto: bool) -> int:
     return k
 
 
+def select_answer(selector: Any, task: Any, settings: Any = None, **changes: Any) -> dict[str, Any]:
+    """The JSON `mll-index select` prints for one task without a budget: every model ranked
+    (`select.select_models` with `ranking_size=None`), then cut to k with the predicted accuracy
+    (`complete_selection`). `settings` / `changes` as for `select_models`."""
+    from mll_index.select import select_models
+    from mll_index.selection_settings import settings_from
+
+    chosen = settings_from(settings, changes)
+    full = select_models(selector, task, chosen.with_(ranking_size=None))
+    return complete_selection(selector, task, full, k=chosen.k, ranking_size=chosen.ranking_size)
+
+
 def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_size: int | None,
                        budget: Budget | None = None, costs: dict[str, ModelCost] | None = None,
                        pareto: bool = False, calibration: Calibration | None = None) -> dict[str, Any]:

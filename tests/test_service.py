@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mll_index.select import open_selector, select_models, task_from_json
+from mll_index.select import open_selector, task_from_json
 from mll_index.service.app import ServiceSettings, create_app
 from mll_index.service.version import index_version
 from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
@@ -23,9 +23,11 @@ from tests.test_cli import HEAVY, assert_one_line_error, modules_of
 TOKEN = "s3cret-token"
 
 
-def _json(selection) -> dict:  # type: ignore[no-untyped-def]
-    """A Selection as the CLI prints it, read back (tuples become lists)."""
-    return json.loads(json.dumps(selection.to_dict()))
+def _json(selector, task, **settings) -> dict:  # type: ignore[no-untyped-def]
+    """The selection as the CLI prints it (`estimate.select_answer`), read back (tuples become lists)."""
+    from mll_index.estimate import select_answer
+
+    return json.loads(json.dumps(select_answer(selector, task, **settings)))
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +63,16 @@ def test_select_equals_select_models(client: TestClient, selector, task) -> None
     assert r.status_code == 200, r.text
     body = r.json()
     assert body.pop("index_version") == r.headers["x-index-version"] == index_version(selector.index.path)
-    expected = select_models(selector, task_from_json(task), k=2, alpha=0.5, mode="restricted", explain=True,
-                             ranking_size=3)
-    assert body == _json(expected)
+    expected = _json(selector, task_from_json(task), k=2, alpha=0.5, mode="restricted", explain=True, ranking_size=3)
+    assert body == expected
     plain = client.post("/v1/select", json={"task": task}).json()
     plain.pop("index_version")
-    assert plain == _json(select_models(selector, task_from_json(task)))
+    assert plain == _json(selector, task_from_json(task))
 
 
 def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
     tasks = TASKS + [["tench", "goldfish"], ["pizza", "banana", "apple"]]   # 5 tasks in chunks of 2
-    expected = [_json(select_models(selector, task_from_json(t), k=2, ranking_size=None)) for t in tasks]
+    expected = [_json(selector, task_from_json(t), k=2, ranking_size=None) for t in tasks]
     as_array = client.post("/v1/select/batch?k=2&ranking=0", content=json.dumps(tasks))
     as_jsonl = client.post("/v1/select/batch?k=2&ranking=0", content="\n".join(json.dumps(t) for t in tasks) + "\n\n",
                            headers={"content-type": "application/x-ndjson"})
@@ -254,9 +255,8 @@ def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, t
             assert r.status_code == 200, r.text
             body = r.json()
             body.pop("index_version")
-            local = select_models(open_selector(path, embedder), task_from_json(["tiger", "lion", "banana"]),
-                                  mode=mode, k=2)  # type: ignore[arg-type]
-            assert body == _json(local)
+            assert body == _json(open_selector(path, embedder), task_from_json(["tiger", "lion", "banana"]),
+                                 mode=mode, k=2)
 
 
 def _new_node(path: Path) -> list[str]:

@@ -246,9 +246,13 @@ def _is_one_json(text: str) -> bool:
     return True
 
 
-def selection_json(selection: Any, version: str) -> dict[str, Any]:
-    """A Selection as `mll-index select` prints it (`Selection.to_dict`), plus the index version it came from."""
-    return {**selection.to_dict(), "index_version": version}
+def selection_json(selector: Any, task: Any, full: Any, settings: Any, version: str) -> dict[str, Any]:
+    """A selection as `mll-index select` prints it (`estimate.complete_selection`: the top k per class and the
+    predicted accuracy), plus the index version it came from. `full` was selected with every model ranked."""
+    from mll_index.estimate import complete_selection
+
+    out = complete_selection(selector, task, full, k=settings.k, ranking_size=settings.ranking_size)
+    return {**out, "index_version": version}
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,8 +487,9 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                                    explain=body.explain, ranking_size=body.ranking or None, probe=body.probe)
 
         def answer(state: IndexState) -> dict[str, Any]:
-            selection = select_models(state.selector, task, chosen)
-            return selection_json(selection, state.version)
+            # Every model ranked, then cut to k with the predicted accuracy, as `select` does.
+            full = select_models(state.selector, task, chosen.with_(ranking_size=None))
+            return selection_json(state.selector, task, full, chosen, state.version)
 
         state, out = await run(answer, "task")
         return versioned(out, state)
@@ -523,7 +528,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    work = partial(select_batch, state.selector, chunk, chosen)
+                    work = partial(select_batch, state.selector, chunk, chosen.with_(ranking_size=None))
                     selections = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "
@@ -532,8 +537,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                 except (RequestError, MLLIndexError, OSError) as exc:
                     yield _error_line(f"stopped after {at} of {len(tasks)} tasks: {exc}")
                     return
-                for selection in selections:
-                    yield (json.dumps(selection_json(selection, state.version)) + "\n").encode()
+                for task, full in zip(chunk, selections):
+                    yield (json.dumps(selection_json(state.selector, task, full, chosen, state.version)) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={VERSION_HEADER: state.version})
 
