@@ -424,12 +424,12 @@ def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] 
     if report.workers:
         p = report.phases
         click.echo(f"mll-index: cluster {report.address}: {report.shards} tasks on {len(report.nodes)} node(s), "
-                   f"{report.throughput():.0f} images/s overall in {p['wall_s']:.1f} s; summed over tasks: decoding "
+                   f"{report.throughput():.0f} model-images/s overall in {p['wall_s']:.1f} s; summed over tasks: decoding "
                    f"{p['decode_s']:.1f} s, encoding {p['encode_s']:.1f} s, loading models {p['load_s']:.1f} s; "
                    f"writing labels {p['write_s']:.1f} s", err=True)
         for worker, w in sorted(report.workers.items()):
-            click.echo(f"mll-index:   worker {worker}: {w['images']} images in {w['shards']} tasks, "
-                       f"{w['images_per_s']:.0f} images/s (decoding {w['decode_s']:.1f} s, encoding "
+            click.echo(f"mll-index:   worker {worker}: {w['images']} model-images in {w['shards']} task(s), "
+                       f"{w['images_per_s']:.0f}/s (decoding {w['decode_s']:.1f} s, encoding "
                        f"{w['encode_s']:.1f} s, loading {w['load_s']:.1f} s)", err=True)
     if report.failed:
         sys.exit(1)

@@ -239,3 +239,37 @@ def test_the_single_machine_path_never_imports_ray() -> None:
             "assert 'ray' not in sys.modules, 'ray imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_cluster_with_token_authentication_is_reached_with_the_machines_token(fresh_index: Path, small_world,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    """A head started where a token exists requires it (Ray's default): the driver sends it without RAY_AUTH_MODE."""
+    import secrets
+
+    token = secrets.token_hex(32)
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    started = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+                              "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                              "--object-store-memory=200000000", f"--temp-dir={temp}"],
+                             capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        driver_env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        model = load_hub(small_world.hub_path).ids[0]
+        args = [sys.executable, "-m", "mll_index.cli", "label", "--index", str(fresh_index), "--hub",
+                str(small_world.hub_path), "--samples", str(small_world.samples_dir), "--model", model,
+                "--ray", f"127.0.0.1:{port}"]
+        wrong = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+                               env={**driver_env, "RAY_AUTH_TOKEN": "0" * 64})
+        assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
+        assert "authentication token" in wrong.stderr
+        right = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+                               env={**driver_env, "RAY_AUTH_TOKEN": token})
+        assert right.returncode == 0, right.stderr[-2000:]
+        assert f"labeled  {model}" in right.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
+                       timeout=120, env=env, check=False)
+        shutil.rmtree(temp, ignore_errors=True)

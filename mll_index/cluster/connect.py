@@ -68,14 +68,18 @@ def import_ray() -> Any:
     return ray
 
 
-def _use_token_if_present() -> None:
+def _use_token_if_present() -> bool:
     """Send the cluster token when this machine has one and RAY_AUTH_MODE is unset, as `ray start` does:
-    a head started where a token exists requires it, and a cluster without authentication ignores it."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
+    a head started where a token exists requires it, and a cluster without authentication ignores it.
+    Returns whether a token will be sent. Must run before `import ray`."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode:
+        return mode.lower() == "token"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
     if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
         os.environ["RAY_AUTH_MODE"] = "token"
+        return True
+    return False
 
 
 def _port_open(host: str, port: int, timeout_s: float) -> str | None:
@@ -98,6 +102,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout_s: floa
             within `timeout_s` seconds; always one line naming the address.
     """
     where = parse_address(address)
+    # Before Ray is imported: it reads RAY_AUTH_MODE once, at import.
+    token = _use_token_if_present() if where.kind != "local" else False
     ray = import_ray()
     if ray.is_initialized():
         return where
@@ -134,16 +140,15 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout_s: floa
     else:
         # A daemon thread: one that never returns does not keep the process alive after the error below.
         # Ray's C++ core logs each retry on stderr meanwhile; users get our one line instead.
-        _use_token_if_present()
         thread = threading.Thread(target=init, name="ray-connect", daemon=True)
         with _stderr_to_log() as said:
             thread.start()
             thread.join(timeout_s)
     if thread is not None and thread.is_alive():
-        if "InvalidAuthToken" in said[0]:
-            raise InputError(f"the Ray cluster at {where.text} refused this machine's authentication token (set "
-                             "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to the token of that cluster: `ray get-auth-token` "
-                             "on its head node)")
+        if "InvalidAuthToken" in said[0] or "Unauthenticated" in said[0]:
+            what = "refused this machine's authentication token" if token else "requires an authentication token"
+            raise InputError(f"the Ray cluster at {where.text} {what} (set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to "
+                             "the token of that cluster: `ray get-auth-token` on its head node)")
         raise InputError(f"cannot reach the Ray cluster at {where.text}: no answer from Ray within {timeout_s:.0f} s "
                          "(something listens there, but it is not a Ray head node's GCS port)")
     if "error" in outcome:

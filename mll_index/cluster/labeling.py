@@ -419,4 +419,4 @@ def _progress(total: int, enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="label on ray", unit="img", dynamic_ncols=True)
+    return tqdm(total=total, desc="label on ray", unit=" model-img", dynamic_ncols=True)
