@@ -385,8 +385,16 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     report = label_models(path, load_hub(hub_source), samples, models=list(models) or None, device=device,
                           batch_size=batch_size, progress=True, workers=workers, pixel_cache=pixel_cache,
                           notify=lambda line: click.echo(f"mll-index: {line}", err=True))
+    _echo_label_report(report, samples, "images/s")
+    _echo_rates(report.stats)
+    if report.failed:
+        sys.exit(1)
+
+
+def _echo_label_report(report: Any, samples: Path, rate: str) -> None:
+    """A labeling run's per-model lines (labeled, current, failed), unreadable images and skipped folders."""
     for model_id in report.labeled:
-        click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s)")
+        click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} {rate})")
     for model_id in report.skipped:
         click.echo(f"current  {model_id}")
     for model_id, why in report.failed.items():
@@ -395,9 +403,6 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
         _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
     if report.skipped_folders:
         click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
-    _echo_rates(report.stats)
-    if report.failed:
-        sys.exit(1)
 
 
 def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] | None, address: str,
@@ -411,16 +416,7 @@ def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] 
     report = label_on_ray(path, load_hub(hub_source), samples, address=address, models=models, batch_size=batch_size,
                           shard_images=shard_images, gpus_per_task=gpus, cpus_per_task=cpus, decode_workers=workers,
                           progress=True, notify=lambda line: click.echo(f"mll-index: warning: {line}", err=True))
-    for model_id in report.labeled:
-        click.echo(f"labeled  {model_id}  ({report.images_per_s[model_id]:.0f} images/s in the model)")
-    for model_id in report.skipped:
-        click.echo(f"current  {model_id}")
-    for model_id, why in report.failed.items():
-        click.echo(f"failed   {model_id}: {why}", err=True)
-    if report.unreadable:
-        _echo_unreadable(report.unreadable, report.unreadable_reasons, samples)
-    if report.skipped_folders:
-        click.echo(f"skipped folders: {report.skipped_folders[:5]}", err=True)
+    _echo_label_report(report, samples, "images/s in the model")
     if report.workers:
         p = report.phases
         click.echo(f"mll-index: cluster {report.address}: {report.shards} tasks on {len(report.nodes)} node(s), "
