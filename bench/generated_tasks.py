@@ -90,10 +90,9 @@ def embed_pool(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int,
     return pool
 
 
-def task_probabilities(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every model's (n, C) probabilities over the task's classes on its images, and the (n,) labels."""
+def task_rows(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The task's images as (n,) rows of the pool, and their (n,) labels (class positions)."""
     from mll_index.world import DOMAINS
-    from mll_index.zeroshot import class_probabilities
 
     index = {w: i for i, w in enumerate(pool.wnids)}
     domains = [list(DOMAINS).index(d) for d in task["domains"]]
@@ -102,7 +101,14 @@ def task_probabilities(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[dict
         hit = np.flatnonzero((pool.concept_ids == index[cls["wnid"]]) & np.isin(pool.domain_ids, domains))
         rows.append(hit)
         labels.append(np.full(len(hit), label))
-    rows_all, labels_all = np.concatenate(rows), np.concatenate(labels)
+    return np.concatenate(rows), np.concatenate(labels)
+
+
+def task_probabilities(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every model's (n, C) probabilities over the task's classes on its images, and the (n,) labels."""
+    from mll_index.zeroshot import class_probabilities
+
+    rows_all, labels_all = task_rows(pool, task)
     names = [c["name"] for c in task["classes"]]
     probs = {m: class_probabilities(emb[rows_all], np.stack([pool.name_emb[m][n] for n in names]), pool.scale[m])
              for m, emb in pool.image_emb.items()}
@@ -187,6 +193,67 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
             budget_rows[str(frac)] = row
         out.append(TaskOutcome(t["name"], len(names), {k: round(v, 4) for k, v in acc.items()}, pred, budget_rows))
     return out, seconds
+
+
+def score_probes(selector: Any, pool: PoolEmbeddings, tasks: list[dict[str, Any]], *, probes_per_task: int = 16,
+                 seed: int = 0, probe_models: int = 1, alpha: float = 0.7) -> tuple[list[TaskOutcome], dict[str, Any]]:
+    """MLL with probe images and no domain word, beside MLL with neither and with the domain word.
+
+    Per task, `probes_per_task` of its images (seeded; at most half) are the probes and are left out
+    of scoring: every method is scored on the same remaining images. The probes' embeddings are the
+    pool's, taken from the probe models (`probes.probe_models`: the labeled models with the most
+    accurate labels): what `encode_probes` computes from files, without writing the files. Returns
+    the outcomes (accuracy keys mll_k1, mll_k3, mll_k{1,3}_no_domain, mll_k{1,3}_domain_word,
+    oracle_single) and the cost: probe images encoded per task and selection seconds per task.
+    """
+    from mll_index.baselines import oracle_single
+    from mll_index.probes import PROBE_LIMIT, ProbeSet
+    from mll_index.probes import probe_models as choose_probe_models
+    from mll_index.select import make_task, prepare_tasks, select_prepared
+    from mll_index.selection_settings import SelectionSettings
+
+    ids = list(selector.store.model_ids)
+    encoders = sorted({m for ms in choose_probe_models(selector.store, probe_models).values() for m in ms})
+    rng = np.random.default_rng(seed)
+    held, made = [], []
+    settings = SelectionSettings(k=len(ids), alpha=alpha, mode="restricted", ranking_size=None,
+                                 probe=PROBE_LIMIT, probe_models=probe_models)
+    for t in tasks:
+        rows, labels = task_rows(pool, t)
+        picked = np.sort(rng.choice(len(rows), min(probes_per_task, len(rows) // 2), replace=False))
+        held.append(np.setdiff1d(np.arange(len(rows)), picked))
+        names = [c["name"] for c in t["classes"]]
+        sources = [f"pool:{t['name']}:{int(rows[i])}" for i in picked]
+        task = make_task(names, t["name"], domain=t["domains"][0] if len(t["domains"]) == 1 else None,
+                         probe_images=sources)
+        selector.probes[(task.probe_images, settings.probe, settings.probe_models)] = ProbeSet(
+            tuple(sources), (), {m: pool.image_emb[m][rows[picked]] for m in encoders}, 0.0)
+        made.append(task)
+    prepared = prepare_tasks(selector, made)
+    started = time.perf_counter()
+    probed = select_prepared(selector, prepared, settings, use_domain=False)
+    probe_seconds = (time.perf_counter() - started) / len(tasks)
+    plain = [make_task(t.classes, t.name, domain=t.domain) for t in made]
+    prepared_plain = prepare_tasks(selector, plain)
+    without = select_prepared(selector, prepared_plain, settings, use_domain=False)
+    worded = select_prepared(selector, prepared_plain, settings)
+    out = []
+    for t, keep, sel_p, sel_n, sel_w in zip(tasks, held, probed, without, worded):
+        names = [c["name"] for c in t["classes"]]
+        probs, labels = task_probabilities(pool, t)
+        probs = {m: probs[m][keep] for m in ids}
+        labels = labels[keep]
+        acc: dict[str, float] = {}
+        for k in (1, 3):
+            for key, sel in ((f"mll_k{k}", sel_p), (f"mll_k{k}_no_domain", sel_n), (f"mll_k{k}_domain_word", sel_w)):
+                chosen = {c.name: [m.model for m in c.models[:k]] for c in sel.classes}
+                acc[key], _ = ensemble_accuracy(probs, labels, chosen, names)
+        acc["oracle_single"] = oracle_single(probs, labels)[1]
+        out.append(TaskOutcome(t["name"], len(names), {k: round(v, 4) for k, v in acc.items()}, {}))
+    cost = {"images_encoded_per_task": min(probes_per_task, PROBE_LIMIT) * len(encoders), "probe_models": encoders,
+            "select_seconds_per_task": round(probe_seconds, 4),
+            "images_per_task_mean": round(float(np.mean([len(h) for h in held])), 1), "models_in_hub": len(ids)}
+    return out, cost
 
 
 def summarise(outcomes: list[TaskOutcome]) -> dict[str, dict[str, float]]:

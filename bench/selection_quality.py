@@ -37,7 +37,7 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
     `n` generated tasks of the report seed (the calibration of predicted accuracy used the other
     seed), their images the first `per_cell` of the world's task pool per class and domain
     (bench/generated_tasks.py); the shipped tasks are scored the same way for the prediction."""
-    from generated_tasks import bench_tasks, embed_pool, score_tasks, summarise
+    from generated_tasks import bench_tasks, embed_pool, score_probes, score_tasks, summarise
 
     from mll_index.flops import model_costs
     from mll_index.hub import load_hub
@@ -68,6 +68,15 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
         return out
 
     generated_pred, shipped_pred = prediction(outcomes), prediction(shipped)
+    probed, probe_cost = score_probes(selector, pool, sets["report"])
+    probe = {**summarise(probed), "tasks": len(probed), "seed": 2, "probes_per_task": PROBES_PER_TASK,
+             "cost": probe_cost,
+             "bars": {"mll_k3_minus_oracle_single": round(float(np.mean(
+                          [o.accuracy["mll_k3"] - o.accuracy["oracle_single"] for o in probed])), 4),
+                      "mll_k1_minus_domain_word_k1": round(float(np.mean(
+                          [o.accuracy["mll_k1"] - o.accuracy["mll_k1_domain_word"] for o in probed])), 4)},
+             "note": "scored on each task's images less its probes; domain_word: the word where the task has one "
+                     "domain; parameters chosen on seed 1, reported here on seed 2"}
     budget = {}
     for frac in fractions:
         rows = [o.budget[str(frac)] for o in outcomes]
@@ -78,7 +87,7 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
             "oracle_single": round(float(np.mean([r["oracle_single"] for r in fits])), 4) if fits else None,
             "tasks_with_a_model_within": len(fits)}
     figures = {"generated": {**summarise(outcomes), "tasks": len(outcomes), "seed": 2,
-                             "images_per_class_and_domain": per_cell},
+                             "images_per_class_and_domain": per_cell, "probe": probe},
                "prediction_mae": generated_pred["k1"]["mae"], "prediction_coverage_80": generated_pred["k1"]["coverage_80"],
                "prediction": {"generated": generated_pred, "shipped": shipped_pred, "calibration": calibration.about},
                "budget": budget, "budget_note": "k=3 within --budget-gflops = fraction x the hub's largest model's GFLOPs; "
@@ -88,6 +97,18 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
     md = [f"\n## {len(outcomes)} generated tasks (seed 2; {per_cell} images per class and domain)\n",
           "| method | mean | std |\n|---|---|---|",
           *[f"| {m} | {g['mean'][m]:.3f} | {g['std'][m]:.3f} |" for m in g["mean"]],
+          (f"\n## Probe images on the {len(probed)} generated tasks ({PROBES_PER_TASK} per task, left out of "
+           "scoring; no domain word)\n"),
+          "| method | k=1 | k=3 |\n|---|---|---|",
+          *[(f"| {label} | {probe['mean'][f'mll_k1{key}']:.3f} ± {probe['std'][f'mll_k1{key}']:.3f} | "
+             f"{probe['mean'][f'mll_k3{key}']:.3f} ± {probe['std'][f'mll_k3{key}']:.3f} |")
+            for label, key in (("probe images", ""), ("neither", "_no_domain"), ("domain word", "_domain_word"))],
+          f"| oracle single | {probe['mean']['oracle_single']:.3f} ± {probe['std']['oracle_single']:.3f} | |",
+          (f"\nBars: k=3 with probes minus oracle single {probe['bars']['mll_k3_minus_oracle_single']:+.4f} (>= 0); "
+           f"k=1 with probes minus with the domain word {probe['bars']['mll_k1_minus_domain_word_k1']:+.4f} "
+           f"(>= -0.010). Cost: {probe_cost['images_encoded_per_task']} images encoded per task, "
+           f"{probe_cost['select_seconds_per_task']} s selection per task, against "
+           f"~{probe_cost['images_per_task_mean']} images x {probe_cost['models_in_hub']} models to evaluate the hub."),
           "\n## Predicted accuracy (calibrated on seed 1)\n",
           "| tasks | k | MAE | 80% coverage |\n|---|---|---|---|",
           *[f"| {name} | {k[1:]} | {v['mae']:.3f} | {v['coverage_80']:.2f} |"

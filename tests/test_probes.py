@@ -61,21 +61,55 @@ def test_probe_weights_by_hand(world_index: Path, probe_dir: Path) -> None:
     assert probes.summary()["images_encoded"] == 6 * len(probes.embeddings) == 6
     (model, encoded), = probes.embeddings.items()
     assert encoded.shape[0] == 6 and np.allclose(np.linalg.norm(encoded, axis=1), 1, atol=1e-3)
-    # The weights are the per-node softmax of each image's offset from its node's centre against the
-    # probes' offset from the sample set's centre, recomputed here by hand.
+    # The weights are the per-node softmax of each image's unit offset from its node's centre against
+    # the mean of the probes' unit offsets from their nearest node's centre, recomputed here by hand.
     fingerprint = next(iter(store.groups()))
     group = store.sample_group(fingerprint)
     emb = np.asarray(store.image_labels(store.model_ids.index(model)).image_embeddings, np.float64)
     nodes = group.image_nodes
-    offset = emb - np.array([emb[nodes == n].mean(axis=0) for n in nodes])
-    shift = encoded.mean(axis=0) - emb.mean(axis=0)
-    score = offset @ shift / np.maximum(np.linalg.norm(offset, axis=1) * np.linalg.norm(shift), 1e-12)
+    distinct = np.unique(nodes)
+    centres = np.array([emb[nodes == n].mean(axis=0) for n in distinct])
+    offset = emb - centres[np.searchsorted(distinct, nodes)]
+    offset /= np.linalg.norm(offset, axis=1, keepdims=True)
+    nearest = np.argmax(encoded @ (centres / np.linalg.norm(centres, axis=1, keepdims=True)).T, axis=1)
+    probe_offset = encoded - centres[nearest]
+    probe_offset /= np.linalg.norm(probe_offset, axis=1, keepdims=True)
     w = probe_weights(store, probes)[fingerprint]
-    np.testing.assert_allclose(w, node_softmax(score, nodes, 0.1), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(w, node_softmax(offset @ probe_offset.mean(axis=0), nodes, 0.1), rtol=1e-3, atol=1e-4)
+    # "residual": the probes' mean offset from the whole sample set's centre, as one unit direction.
+    shift = encoded.mean(axis=0) - emb.mean(axis=0)
+    residual = probe_weights(store, probes, aggregate="residual")[fingerprint]
+    np.testing.assert_allclose(residual, node_softmax(offset @ shift / np.linalg.norm(shift), nodes, 0.1),
+                               rtol=1e-3, atol=1e-4)
     _, inverse, count = np.unique(nodes, return_inverse=True, return_counts=True)
     assert np.allclose(np.bincount(inverse, weights=w), count, rtol=1e-4)
     other = probe_weights(store, probes, aggregate="max")[fingerprint]
     assert other.shape == w.shape and np.allclose(np.bincount(inverse, weights=other), count, rtol=1e-4)
+
+
+def test_probes_that_disagree_weigh_less_sharply(world_index: Path, probe_dir: Path) -> None:
+    """Probes whose styles cancel (each probe and its mirror image about its node's centre) leave every
+    image its weight of 1, where the same probes alone sharpen: a task of several domains is not
+    forced into one."""
+    from mll_index.probes import ProbeSet
+
+    store = open_labels(world_index)
+    probes = encode_probes(store, [probe_dir])
+    (model, encoded), = probes.embeddings.items()
+    fingerprint = next(iter(store.groups()))
+    group = store.sample_group(fingerprint)
+    emb = np.asarray(store.image_labels(store.model_ids.index(model)).image_embeddings, np.float64)
+    distinct = np.unique(group.image_nodes)
+    centres = np.array([emb[group.image_nodes == n].mean(axis=0) for n in distinct])
+    unit_centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    nearest = np.argmax(encoded @ unit_centres.T, axis=1)
+    # A small step away from the centre, mirrored: the same nearest node, the opposite style.
+    mirrored = (centres[nearest] - 0.01 * (encoded - centres[nearest])).astype(np.float32)
+    assert (np.argmax(mirrored @ unit_centres.T, axis=1) == nearest).all()
+    both = ProbeSet(probes.paths * 2, (), {model: np.concatenate([encoded, mirrored])}, 0.0)
+    sharp = probe_weights(store, probes)[fingerprint]
+    flat = probe_weights(store, both)[fingerprint]
+    assert np.std(sharp) > 0.1 and np.allclose(flat, 1, atol=1e-3)
 
 
 def test_no_readable_probe_image_is_one_line(world_index: Path, tmp_path: Path) -> None:
