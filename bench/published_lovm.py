@@ -20,6 +20,14 @@ domain and description, as `select` does. Scored with LOVM's definitions (LOVM/l
 The same for INB (ranking by ImageNet accuracy) and the oracle. LOVM's published ModelGPT figures
 are quoted. Writes bench/results/<name>.{json,md}.
 
+`ceilings` (json and md) says how far a ranking of this kind can go, and these figures DO read the
+hidden column, on purpose; they choose nothing. `oracle_weights`: per target, the grid's weights
+(`NEIGHBOUR_WEIGHTS` x `TEXT_WEIGHTS`) with the best top-5 recall (tau breaking ties), chosen by
+looking at the answer. `oracle_low_rank_<k>`: the hidden column's z-scores fitted by least squares
+on general strength and the k leading model factors (SVD) of the visible datasets' z-scores less
+general strength, which is the best any dataset loading of such a model could do. `oracle_dataset`:
+the single visible dataset whose ranking is best.
+
 A text file that is not valid JSON is refused by `published import` (one line naming its line);
 LOVM's own `dataset_domains.json` lacks a comma after one entry, so the bench reads a copy with
 that comma added and says so in the results (`repairs`).
@@ -71,6 +79,36 @@ def lovm_scores(predicted: np.ndarray, truth: np.ndarray, k: int = 5) -> dict[st
     first = pred_top[0]
     return {"top5_recall": len(common) / k, "tau": tau, "regret": float(100 * (truth.max() - truth[first])),
             "top1_hit": float(first == int(np.argmax(truth)))}
+
+
+def ceilings(pub: Any, j: int, similarity: np.ndarray, texts: list[np.ndarray | None], hidden: str,
+             known: np.ndarray) -> dict[str, dict[str, float]]:
+    """LOVM's scores of rankings that read the hidden column j (see the module docstring): upper bounds."""
+    from mll_index.published import rank_published
+    from mll_index.published_rule import (NEIGHBOUR_WEIGHTS, TEXT_WEIGHTS, PublishedRule, hidden_mask, standardise,
+                                          strength_of)
+
+    truth = pub.accuracy[known, j].astype(np.float64)
+    out: dict[str, dict[str, float]] = {}
+    grid = [lovm_scores(rank_published(pub, similarity, domain=texts[0], description=texts[1], hidden=[hidden],
+                                       rule=PublishedRule(b, g)).scores.mean(axis=1)[known], truth)
+            for b in NEIGHBOUR_WEIGHTS for g in TEXT_WEIGHTS]
+    out["oracle_weights"] = max(grid, key=lambda m: (m["top5_recall"], m["tau"]))
+    names = pub.dataset_names
+    visible = hidden_mask(names, pub.families, [hidden])
+    z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
+    strength, _ = strength_of(z, names, visible)
+    residual = np.nan_to_num(z[:, visible]) - strength[:, None]
+    u, _, _ = np.linalg.svd(residual - residual.mean(axis=0), full_matrices=False)
+    target = standardise(pub.accuracy[:, [j]])[:, 0]
+    for k in (2, 4):
+        basis = np.column_stack([np.ones(len(strength)), strength, u[:, :k]])
+        coef, *_ = np.linalg.lstsq(basis[known], target[known], rcond=None)
+        out[f"oracle_low_rank_{k}"] = lovm_scores((basis @ coef)[known], truth)
+    columns = [lovm_scores(np.nan_to_num(pub.accuracy[known, k].astype(np.float64), nan=-1.0), truth)
+               for k in np.where(visible)[0]]
+    out["oracle_dataset"] = max(columns, key=lambda m: (m["top5_recall"], m["tau"]))
+    return out
 
 
 def read_or_repair(path: Path | None, folder: Path, repairs: list[str]) -> Path | None:
@@ -139,6 +177,7 @@ def main() -> None:
     text_vectors = [pub.text_vectors.get(f) for f in ("domain", "description")]
     inb_column = next((c for c in ("imagenet1k", "ImageNet 1k") if c in names), None)
     results: dict[str, Any] = {}
+    bounds: dict[str, list[dict[str, float]]] = {}
     fallback_tasks: dict[str, Any] = {}
     excluded: dict[str, Any] = {}   # the excluded datasets scored too, for LOVM's published convention
     for j, dataset in enumerate(names):
@@ -170,6 +209,8 @@ def main() -> None:
         if dataset in args.exclude:
             excluded[dataset] = row
             continue
+        for kind, scored in ceilings(pub, j, evidence.similarity, texts, dataset, known).items():
+            bounds.setdefault(kind, []).append(scored)
         if ranking.fallback or fell:
             fallback_tasks[dataset] = {"all_classes": ranking.fallback, "classes": f"{len(fell)}/{len(ranking.reasons)}",
                                        "why": list(dict.fromkeys(fell))[:3]}
@@ -211,6 +252,11 @@ def main() -> None:
                   f"{mean_inb['top1_hit']:.3f} | {mean_acc['inb_acc']:.4f} |")
     md += [f"| ModelGPT (LOVM's paper) | {MODELGPT_PUBLISHED['top5_recall']:.3f} | {MODELGPT_PUBLISHED['tau']:.3f} | "
            "- | - | - |", f"| oracle | 1.000 | 1.000 | 0.00 | 1.000 | {mean_acc['oracle_acc']:.4f} |"]
+    ceiling = {kind: {k: round(float(np.mean([m[k] for m in rows])), 4) for k in ("top5_recall", "tau", "regret")}
+               for kind, rows in bounds.items()}
+    md += ["", "Ceilings: rankings that read the hidden column (see the module docstring), top-5 recall / tau / "
+           "regret: " + "; ".join(f"{kind} {c['top5_recall']:.3f} / {c['tau']:.3f} / {c['regret']:.2f}"
+                                  for kind, c in ceiling.items()) + "."]
     if excluded and mean_every_inb:
         md += ["", f"With the excluded datasets as targets too ({', '.join(excluded)}; {len(every)} targets, the "
                f"convention of LOVM's published INB figures 0.452 / 0.177): mll-index {mean_every['top5_recall']:.3f} / "
@@ -219,7 +265,7 @@ def main() -> None:
     if repairs:
         md += ["", "Repairs: " + "; ".join(repairs)]
     figures = {"datasets": results, "mean": {**mean, "inb": mean_inb}, "mean_accuracy": mean_acc,
-               "wins_over_inb": wins, "losses_to_inb": losses, "modelgpt_published": MODELGPT_PUBLISHED,
+               "wins_over_inb": wins, "losses_to_inb": losses, "ceilings": ceiling, "modelgpt_published": MODELGPT_PUBLISHED,
                "fallback_tasks": fallback_tasks, "excluded": args.exclude, "excluded_targets": excluded,
                "mean_with_excluded": {**mean_every, "inb": mean_every_inb}, "left_out": summary["left_out"],
                "rule_at_import": summary["rule"], "nodes": args.nodes, "repairs": repairs,

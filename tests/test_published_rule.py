@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mll_index.published_rule import (NEIGHBOUR_WEIGHTS, PublishedRule, calibrate_rule, dataset_similarity,
-                                      hidden_mask, neighbour_weights, rank_task, standardise, strength_of,
-                                      text_similarity)
+from mll_index.published_rule import (NEIGHBOUR_WEIGHTS, QUALIFY_LEVEL, PublishedRule, calibrate_rule,
+                                      dataset_similarity, hidden_mask, neighbour_weights, rank_task, sign_test_p,
+                                      standardise, strength_of, text_similarity)
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -127,7 +127,34 @@ def test_calibration_trusts_neighbours_only_where_they_predict() -> None:
         acc[:, datasets.index(t)] = acc[:, 0] - 0.1
         acc[:, datasets.index(t[:-1] + "1")] = acc[::-1, 0] - 0.1
     rule = calibrate_rule(acc, datasets, families, vectors, owners, targets=targets)
-    assert rule.neighbour_weight == 0.0 and "(0 won, 0 lost)" in rule.chosen_by
+    assert rule.neighbour_weight == 0.0 and "chosen: 0 won, 0 lost" in rule.chosen_by
+
+
+def test_sign_test_asks_for_more_than_a_majority() -> None:
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(2, 2) == pytest.approx(11 / 16)
+    assert sign_test_p(3, 1) == pytest.approx(5 / 16) and sign_test_p(3, 1) > QUALIFY_LEVEL   # a majority, by chance
+    assert sign_test_p(4, 1) == pytest.approx(6 / 32) and sign_test_p(4, 1) <= QUALIFY_LEVEL
+    assert sign_test_p(3, 0) == pytest.approx(1 / 8) and sign_test_p(3, 0) <= QUALIFY_LEVEL
+
+
+def test_calibration_wants_more_wins_than_chance_gives() -> None:
+    # Four targets: on three the look-alike ranks the models as the target does (the neighbours
+    # win), on one it misleads while ImageNet is right (they lose). 3 won, 1 lost is a
+    # majority that a coin gives 5 times in 16: general strength stays. Four winning targets qualify.
+    rng = np.random.default_rng(2)
+    acc, datasets, families, vectors, owners = _paired_table(rng, agree=True, n_pairs=5)
+    targets = [d for d in datasets if d.endswith("-0")]
+    for t in targets:
+        j = datasets.index(t)
+        while int(np.argmax(acc[:, j])) == 0:              # ImageNet's first model must not be the best
+            acc[:, j] = acc[:, datasets.index(t[:-1] + "1")] = rng.permutation(acc[:, j])
+    bad = targets[0]   # the target ranks the models as ImageNet; its look-alike puts the second far ahead
+    acc[:, datasets.index(bad)] = acc[:, 0] - 0.1
+    acc[:, datasets.index(bad[:-1] + "1")] = np.where(np.arange(len(acc)) == 1, 0.9, 0.3)
+    rule = calibrate_rule(acc, datasets, families, vectors, owners, targets=targets[:4])
+    assert rule.neighbour_weight == 0.0
+    rule = calibrate_rule(acc, datasets, families, vectors, owners, targets=targets[1:])
+    assert rule.neighbour_weight > 0 and "chosen: 4 won, 0 lost" in rule.chosen_by
 
 
 def test_calibration_never_reads_the_hidden_column() -> None:
