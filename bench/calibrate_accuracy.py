@@ -1,18 +1,21 @@
 """Calibrate select's predicted accuracy on generated tasks of one seed and measure it on another.
 
-    python bench/calibrate_accuracy.py [--index indexes/default] [--tasks 200] [--per-cell 2]
+    python bench/calibrate_accuracy.py [--index indexes/default] [--tasks 200] [--per-cell 8]
 
 Draws `--tasks` generated tasks with seed 1 (calibration) and seed 2 (report) from the full emoji
-world, scores MLL's selections (k = 1 and 3) on their images (bench/generated_tasks.py), fits the
-linear rules of mll_index/predict.py on seed 1 by least squares, takes the 80% interval from the
-residuals' 10th and 90th percentiles there, and writes the rules with how they were chosen and
-what they scored on seed 2 to mll_index/data/accuracy_calibration.json. The task's labels are
-used only here, as ground truth; `select` reads the rules, never a task's labels.
+world, scores MLL's selections (k = 1 and 3) on their images (bench/generated_tasks.py), and, on
+seed 1 alone, chooses each rule's features and link (identity or logit) among CANDIDATES by 5-fold
+cross-validated MAE (folds by task), fits the chosen one by least squares on the link's scale and
+takes the 80% interval from the residuals' 10th and 90th percentiles on that scale. It writes the
+rules with how they were chosen and what they scored on seed 2 to
+mll_index/data/accuracy_calibration.json. The task's labels are used only here, as ground truth;
+`select` reads the rules, never a task's labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -29,13 +32,15 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
     """Per seed, every task's predicted-accuracy features and truth (cached in <cache>/bench/)."""
     from dataclasses import asdict
 
+    from mll_index.graph import cache_dir
     from mll_index.hub import load_hub
+    from mll_index.predict import FEATURES
     from mll_index.select import open_selector
     from mll_index.world import load_world
 
-    from mll_index.graph import cache_dir
-
-    cached = cache_dir() / "bench" / f"calibration_outcomes-{n}-{per_cell}.json"
+    # Keyed by the feature names too: a change of features scores the tasks again.
+    key = hashlib.sha256(json.dumps(FEATURES).encode()).hexdigest()[:8]
+    cached = cache_dir() / "bench" / f"calibration_outcomes-{n}-{per_cell}-{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     world = load_world("full")
@@ -56,11 +61,16 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
     return out
 
 
-CANDIDATES = (("f1_best",), ("f1_best", "log_classes"), ("f1_best", "log_classes", "f1_task"),
-              ("f1_best", "log_classes", "f1_task", "match_score"),
-              ("f1_best", "log_classes", "f1_task", "match_score", "domain_images"),
-              ("f1_best", "log_classes", "relatedness"), ("f1_best", "log_classes", "f1_task", "relatedness"),
-              ("f1_best", "log_classes", "f1_task", "match_score", "domain_images", "relatedness"))
+FEATURE_SETS = (("f1_best",), ("f1_best", "log_classes"), ("f1_best", "log_classes", "f1_task"),
+                ("f1_best", "log_classes", "f1_task", "match_score"),
+                ("f1_best", "log_classes", "f1_task", "match_score", "domain_images"),
+                ("f1_best", "log_classes", "relatedness"), ("f1_best", "log_classes", "f1_task", "relatedness"),
+                ("f1_best", "log_classes", "f1_task", "match_score", "domain_images", "relatedness"),
+                ("f1_best", "log_classes", "relatedness_sq"), ("f1_best", "log_classes", "relatedness", "relatedness_sq"),
+                ("f1_best", "log_classes", "f1_task", "match_score", "domain_images", "relatedness", "relatedness_sq"))
+CANDIDATES = tuple((names, link) for link in ("identity", "logit") for names in FEATURE_SETS)
+# The logit of a truth of 0 or 1 (a class's recall often is) is cut at this distance from the ends.
+LOGIT_EPS = 0.005
 
 
 def _rows(outcomes: list[dict], level: str) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -85,30 +95,62 @@ def _design(feats: list[dict], names: tuple[str, ...]) -> np.ndarray:
     return np.array([[1.0] + [f[n] for n in names] for f in feats])
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.linalg.lstsq(x, y, rcond=None)[0]
+def _to_link(y: np.ndarray, link: str) -> np.ndarray:
+    if link == "logit":
+        y = np.clip(y, LOGIT_EPS, 1 - LOGIT_EPS)
+        return np.log(y / (1 - y))
+    return y
+
+
+def _from_link(z: np.ndarray, link: str) -> np.ndarray:
+    from mll_index.predict import logistic
+
+    return np.asarray(logistic(z)) if link == "logit" else np.clip(z, 0, 1)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, link: str) -> np.ndarray:
+    """Least squares on the link's scale."""
+    return np.linalg.lstsq(x, _to_link(y, link), rcond=None)[0]
+
+
+def _residuals(x: np.ndarray, y: np.ndarray, beta: np.ndarray, link: str) -> np.ndarray:
+    """Truth minus the rule on the link's scale (the interval's quantiles are taken there)."""
+    z = x @ beta
+    return _to_link(y, link) - z if link == "logit" else y - np.clip(z, 0, 1)
+
+
+def _key(names: tuple[str, ...], link: str) -> str:
+    return f"{link}: {'+'.join(names)}"
 
 
 def choose_rule(outcomes: list[dict], level: str, folds: int = 5) -> tuple[tuple[str, ...], dict, dict]:
-    """The feature set of least 5-fold (by task) cross-validated MAE on the calibration tasks, its rule
-    fitted on all of them, and the cross-validation table."""
+    """The candidate (features, link) of least 5-fold (by task) cross-validated MAE on the calibration
+    tasks, its rule fitted on all of them, and the cross-validation table: per candidate, the MAE
+    of the estimate and the coverage of its 80% interval on the held-out folds."""
     feats, y, group = _rows(outcomes, level)
     fold = group % folds
     table = {}
-    for names in CANDIDATES:
+    for names, link in CANDIDATES:
         x = _design(feats, names)
-        err = np.zeros_like(y)
+        pred, low, high = np.zeros_like(y), np.zeros_like(y), np.zeros_like(y)
         for f in range(folds):
-            beta = _fit(x[fold != f], y[fold != f])
-            err[fold == f] = y[fold == f] - x[fold == f] @ beta
-        table["+".join(names)] = round(float(np.abs(err).mean()), 4)
-    names = min(CANDIDATES, key=lambda n: table["+".join(n)])
+            train, test = fold != f, fold == f
+            beta = _fit(x[train], y[train], link)
+            q_low, q_high = np.quantile(_residuals(x[train], y[train], beta, link), [0.1, 0.9])
+            z = x[test] @ beta
+            if link == "logit":
+                pred[test], low[test], high[test] = (_from_link(z + q, link) for q in (0.0, q_low, q_high))
+            else:
+                pred[test] = _from_link(z, link)
+                low[test], high[test] = pred[test] + q_low, pred[test] + q_high
+        table[_key(names, link)] = {"mae": round(float(np.abs(y - pred).mean()), 4),
+                                    "coverage_80": round(float(np.mean((low <= y) & (y <= high))), 4)}
+    names, link = min(CANDIDATES, key=lambda c: table[_key(*c)]["mae"])
     x = _design(feats, names)
-    beta = _fit(x, y)
-    resid = y - np.clip(x @ beta, 0, 1)
-    q_low, q_high = np.quantile(resid, [0.1, 0.9])
+    beta = _fit(x, y, link)
+    q_low, q_high = np.quantile(_residuals(x, y, beta, link), [0.1, 0.9])
     rule = {"intercept": round(float(beta[0]), 5), "coef": {n: round(float(b), 5) for n, b in zip(names, beta[1:])},
-            "q_low": round(float(q_low), 5), "q_high": round(float(q_high), 5)}
+            "q_low": round(float(q_low), 5), "q_high": round(float(q_high), 5), "link": link}
     return names, rule, table
 
 
@@ -142,15 +184,22 @@ def calibrate(index: Path, n: int, per_cell: int) -> dict:
     chosen, rules, tables = {}, {}, {}
     for level in ("task", "class"):
         chosen[level], rules[level], tables[level] = choose_rule(outcomes["calibrate"], level)
-    version = 1
+    # Where the task rule was fitted: outside these ranges it extrapolates (its logit is quadratic in relatedness).
+    task_feats = _rows(outcomes["calibrate"], "task")[0]
+    ranges = {f: [round(min(t[f] for t in task_feats), 4), round(max(t[f] for t in task_feats), 4)]
+              for f in chosen["task"]}
+    version = 2
     data = {"format": CALIBRATION_FORMAT, "version": version,
-            "about": {"summary": (f"linear rules fitted by least squares on {n} generated tasks of seed "
-                                  f"{TASKS_SEEDS['calibrate']} (k = 1 and 3 pooled), features chosen by 5-fold "
-                                  "cross-validated MAE, 80% interval from the residuals' 10th and 90th percentiles"),
+            "about": {"summary": (f"linear rules (task: {rules['task']['link']} link, class: "
+                                  f"{rules['class']['link']} link) fitted by least squares on {n} generated tasks of "
+                                  f"seed {TASKS_SEEDS['calibrate']} (k = 1 and 3 pooled), features and link chosen by "
+                                  "5-fold cross-validated MAE on that seed, 80% interval from the residuals' 10th and "
+                                  "90th percentiles on the link's scale"),
                       "calibration_seed": TASKS_SEEDS["calibrate"], "report_seed": TASKS_SEEDS["report"],
                       "tasks": n, "world": "full emoji world, its 13-model hub, indexes/default labels",
                       "images_per_class_and_domain": per_cell, "mode": "restricted", "alpha": 0.7,
-                      "cross_validation_mae": tables, "command": "python bench/calibrate_accuracy.py"},
+                      "cross_validation": tables, "task_feature_range": ranges,
+                      "command": f"python bench/calibrate_accuracy.py --tasks {n} --per-cell {per_cell}"},
             "task": rules["task"], "class": rules["class"]}
     path = calibration_path()
     tmp = path.with_suffix(".json.tmp")
@@ -167,7 +216,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
     parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--per-cell", type=int, default=2)
+    parser.add_argument("--per-cell", type=int, default=8, help="task-pool images per class and domain (all 8)")
     args = parser.parse_args()
     result = calibrate(args.index, args.tasks, args.per_cell)
     print(json.dumps({k: result[k] for k in ("task", "class")}, indent=1))

@@ -2,11 +2,15 @@
 
 What the labels say about a selection is each model's F1 on each class's matched nodes, counted
 on the sample images (the restricted confusion among the task's nodes, or the label matrix's
-counts), plus how well each class name matched its nodes. The prediction is a linear rule over a
-few such features; its constants were fitted on generated tasks of one seed, where the chosen
-ensemble's real accuracy on the task's images is known, and its interval is the residuals' 10th
-and 90th percentiles there (`data/accuracy_calibration.json` says which features, how they were
-chosen, on what, and what the rule scored on another seed). The task's own labels are never read.
+counts), plus how well each class name matched its nodes and how close the classes' nodes sit in
+the index's graph. The prediction is a linear rule over a few such features, read through a link
+(the identity, or the logit: the estimate is then the logistic of the linear rule, which keeps it
+inside (0, 1) and lets the features matter less near the ends). Its constants were fitted on
+generated tasks of one seed, where the chosen ensemble's real accuracy on the task's images is
+known; its interval is the residuals' 10th and 90th percentiles there, on the link's scale (with
+the logit, an interval narrows towards 0 and 1). `data/accuracy_calibration.json` says which
+features and link, how they were chosen (cross-validation on that seed alone), on what, and what
+the rule scored on another seed. The task's own labels are never read.
 
 Features (per class; the task's are their means over classes, and `log_classes` = ln C):
     f1_best       the best F1 among the models chosen for the class
@@ -15,7 +19,17 @@ Features (per class; the task's are their means over classes, and `log_classes` 
     domain_images 1 where the confusion used only the task's domain's sample images, else 0
     relatedness   the share of the class's node's hypernyms that the nearest other class's node has too
                   (farm animals: high; a mixed task: low), from the index's graph
-    estimate = intercept + sum(coef[f] * feature[f]);  interval = [estimate + q_low, estimate + q_high]
+    relatedness_sq  relatedness squared (the task's: the classes' mean square), so that the effect of
+                  relatedness can bend: in the shipped task rule accuracy falls faster the closer
+                  a class's nearest neighbour is
+    z = intercept + sum(coef[f] * feature[f])
+    identity link: estimate = z, interval = [z + q_low, z + q_high] (each clipped to [0, 1])
+    logit link:    estimate = 1 / (1 + exp(-z)), interval = [logistic(z + q_low), logistic(z + q_high)]
+
+The shipped rules (calibration v2): the task's, the logit link over f1_best, log_classes,
+relatedness and relatedness_sq; each class's, the identity link over all seven features. The task
+rule was fitted on tasks of 10 to 60 classes whose mean relatedness lay in 0.56-0.92 (the file's
+`task_feature_range`); a task far outside that, such as two unrelated classes, is an extrapolation.
 
 A selection's scores are alpha * F1 + (1 - alpha) * (mean F1 of the task's other classes), and
 its task-level ranking is each model's mean F1: so F1 is read back from the scores exactly (to
@@ -28,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -53,21 +67,32 @@ class Interval:
         return {"estimate": round(self.estimate, 4), "low": round(self.low, 4), "high": round(self.high, 4)}
 
 
-FEATURES = ("f1_best", "f1_task", "match_score", "domain_images", "log_classes", "relatedness")
+FEATURES = ("f1_best", "f1_task", "match_score", "domain_images", "log_classes", "relatedness", "relatedness_sq")
+Link = Literal["identity", "logit"]
+LINKS: tuple[str, ...] = get_args(Link)
+
+
+def logistic(z: np.ndarray | float) -> np.ndarray | float:
+    """1 / (1 + exp(-z)), the logit link's inverse."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
 
 
 @dataclass(frozen=True)
 class Rule:
-    """estimate = intercept + sum of coef[f] * features[f]; the interval adds the residual quantiles."""
+    """z = intercept + sum of coef[f] * features[f], read through `link`; the interval adds the
+    residual quantiles q_low <= 0 <= q_high on the link's scale (see the module docstring)."""
 
     intercept: float
     coef: dict[str, float]
     q_low: float
     q_high: float
+    link: Link = "identity"
 
     def apply(self, features: dict[str, float]) -> Interval:
-        value = self.intercept + sum(c * features[f] for f, c in self.coef.items())
-        est = float(np.clip(value, 0.0, 1.0))
+        z = self.intercept + sum(c * features[f] for f, c in self.coef.items())
+        if self.link == "logit":
+            return Interval(float(logistic(z)), float(logistic(z + self.q_low)), float(logistic(z + self.q_high)))
+        est = float(np.clip(z, 0.0, 1.0))
         return Interval(est, float(np.clip(est + self.q_low, 0.0, 1.0)), float(np.clip(est + self.q_high, 0.0, 1.0)))
 
 
@@ -89,7 +114,8 @@ def load_calibration(path: Path | None = None) -> Calibration:
     """Read a calibration file (the shipped one by default).
 
     Raises:
-        IndexFormatError: not a calibration file, or a rule without its four numbers (naming the file).
+        IndexFormatError: not a calibration file, a rule without its four numbers, an unknown feature
+            or link (naming the file).
     """
     path = Path(path) if path else calibration_path()
     data = read_json(path)
@@ -100,10 +126,13 @@ def load_calibration(path: Path | None = None) -> Calibration:
         raw = data.get(name)
         try:
             coef = {str(f): float(v) for f, v in raw["coef"].items()}
-            rules[name] = Rule(float(raw["intercept"]), coef, float(raw["q_low"]), float(raw["q_high"]))
+            link = raw.get("link", "identity")
+            rules[name] = Rule(float(raw["intercept"]), coef, float(raw["q_low"]), float(raw["q_high"]), link)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise IndexFormatError(f"{path}: {name!r} needs intercept, coef (feature -> number), q_low and q_high") \
                 from None
+        if link not in LINKS:
+            raise IndexFormatError(f"{path}: {name!r} has unknown link {link!r}; links: {list(LINKS)}")
         unknown = sorted(set(coef) - set(FEATURES))
         if unknown:
             raise IndexFormatError(f"{path}: {name!r} uses unknown feature(s) {unknown}; features: {list(FEATURES)}")
@@ -193,7 +222,7 @@ def class_features(selection: Any, f1: np.ndarray, ids: Sequence[str], task_scor
                     "f1_task": float(np.mean(np.asarray(task_scores)[rows])) if rows else 0.0,
                     "match_score": float(cls.nodes[0].score) if cls.nodes else 0.0,
                     "domain_images": float(bool(selection.domain_images)), "log_classes": log_classes,
-                    "relatedness": related[c]})
+                    "relatedness": related[c], "relatedness_sq": related[c] ** 2})
     return out
 
 

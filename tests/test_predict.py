@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mll_index.errors import IndexFormatError
-from mll_index.predict import (Rule, chosen_f1, f1_matrix, load_calibration, predict_features, predict_selection,
-                               selection_matrix)
+from mll_index.predict import (FEATURES, Rule, chosen_f1, class_features, f1_matrix, load_calibration,
+                               predict_features, predict_selection, selection_matrix)
 from mll_index.select import make_task, open_selector, select_models, smooth_scores
 
 
@@ -33,6 +33,14 @@ def test_the_shipped_calibration_loads_and_says_how_it_was_made() -> None:
     assert cal.task.q_low <= 0 <= cal.task.q_high and cal.cls.q_low <= 0 <= cal.cls.q_high
 
 
+def test_the_shipped_rules_are_the_cross_validations_choice() -> None:
+    cal = load_calibration()
+    for level, rule in (("task", cal.task), ("class", cal.cls)):
+        table = cal.about["cross_validation"][level]
+        best = min(table.values(), key=lambda v: v["mae"])["mae"]
+        assert table[f"{rule.link}: {'+'.join(rule.coef)}"]["mae"] == best
+
+
 def test_a_damaged_calibration_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "cal.json"
     bad.write_text(json.dumps({"format": "mll-index-accuracy-calibration", "task": {"intercept": 0}}))
@@ -41,6 +49,10 @@ def test_a_damaged_calibration_names_the_file(tmp_path: Path) -> None:
     rule = {"intercept": 0, "coef": {"moon_phase": 1}, "q_low": 0, "q_high": 0}
     bad.write_text(json.dumps({"format": "mll-index-accuracy-calibration", "task": rule, "class": rule}))
     with pytest.raises(IndexFormatError, match="unknown feature.*moon_phase"):
+        load_calibration(bad)
+    rule = {"intercept": 0, "coef": {"f1_best": 1}, "q_low": 0, "q_high": 0, "link": "probit"}
+    bad.write_text(json.dumps({"format": "mll-index-accuracy-calibration", "task": rule, "class": rule}))
+    with pytest.raises(IndexFormatError, match=r"unknown link 'probit'; links: \['identity', 'logit'\]"):
         load_calibration(bad)
     bad.write_text("[]")
     with pytest.raises(IndexFormatError, match="not an accuracy calibration file"):
@@ -54,9 +66,19 @@ def test_intervals_hold_their_estimate_within_zero_and_one() -> None:
         assert 0.0 <= got.low <= got.estimate <= got.high <= 1.0
     assert chosen_f1(np.array([[0.2, 0.9], [0.5, 0.1]]), ["a", "b"], [["a", "b"], ["b"]]).tolist() == [0.5, 0.1]
     weak, strong = ({"f1_best": x, "f1_task": x, "match_score": 0.8, "domain_images": 1.0, "log_classes": 2.0,
-                     "relatedness": 0.5} for x in (0.2, 0.8))
+                     "relatedness": 0.7, "relatedness_sq": 0.49} for x in (0.2, 0.8))
     task, classes = predict_features([weak, strong], load_calibration())
-    assert len(classes) == 2 and classes[0].estimate <= classes[1].estimate
+    assert len(classes) == 2 and classes[0].estimate <= classes[1].estimate and 0 < task.estimate < 1
+
+
+def test_a_logit_rule_stays_inside_zero_and_one_and_narrows_towards_the_ends() -> None:
+    rule = Rule(-2.0, {"f1_best": 4.0}, -0.3, 0.3, "logit")
+    got = [rule.apply({"f1_best": x}) for x in (-5.0, 0.0, 0.5, 1.0, 5.0)]
+    assert all(0.0 < g.low < g.estimate < g.high < 1.0 for g in got)
+    assert [g.estimate for g in got] == sorted(g.estimate for g in got)
+    assert got[2].estimate == pytest.approx(0.5)
+    widths = [g.high - g.low for g in got]
+    assert widths[2] > widths[1] > widths[0] and widths[2] > widths[3] > widths[4]
 
 
 def test_a_selection_predicts_its_ensemble(world_index: Path, embedder) -> None:  # type: ignore[no-untyped-def]
@@ -64,11 +86,15 @@ def test_a_selection_predicts_its_ensemble(world_index: Path, embedder) -> None:
     n = len(selector.store.model_ids)
     task = make_task(["tiger", "lion", "banana"], "t")
     full = select_models(selector, task, k=n, ranking_size=None)
-    ids, scores, _ = selection_matrix(full)
+    ids, scores, task_scores = selection_matrix(full)
     assert scores.shape == (n, 3) and not np.isnan(scores).any()
     best = predict_selection(full, [[c.models[0].model] for c in full.classes], full.alpha,
                              selector.index.graph.ancestors)
     assert best is not None and 0 <= best[0].low <= best[0].estimate <= best[0].high <= 1
+    f1 = f1_matrix(ids, scores, task_scores, full.alpha)
+    features = class_features(full, f1, ids, task_scores, [[c.models[0].model] for c in full.classes],
+                              selector.index.graph.ancestors)
+    assert all(set(f) == set(FEATURES) and f["relatedness_sq"] == f["relatedness"] ** 2 for f in features)
     cut = select_models(selector, task, k=1, ranking_size=1)    # a cut ranking holds no F1 for every model
     assert selection_matrix(cut) is None or n == 1
 
