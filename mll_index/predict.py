@@ -236,6 +236,29 @@ def predict_features(per_class: Sequence[dict[str, float]], calibration: Calibra
     return calibration.task.apply(task_features(per_class)), [calibration.cls.apply(c) for c in per_class]
 
 
+def extrapolation(per_class: Sequence[dict[str, float]], calibration: Calibration) -> list[str]:
+    """The task features of the task rule that lie outside the range they were calibrated on
+    (`about.task_feature_range`: [min, max] per feature over the calibration tasks), one phrase each;
+    empty when every feature is inside or the file records no range. Such an estimate is an
+    extrapolation: its interval was not measured there."""
+    ranges = calibration.about.get("task_feature_range") or {}
+    values = task_features(per_class)
+    out = []
+    for name in calibration.task.coef:
+        if name not in ranges or name.endswith("_sq"):
+            continue  # a square is outside exactly when its base is
+        low, high = (float(v) for v in ranges[name])
+        value = values[name]
+        if low <= value <= high:
+            continue
+        if name == "log_classes":
+            out.append(f"{round(float(np.exp(value)))} classes (calibrated on {round(float(np.exp(low)))} to "
+                       f"{round(float(np.exp(high)))})")
+        else:
+            out.append(f"{name} {value:.2f} (calibrated on {low:.2f} to {high:.2f})")
+    return out
+
+
 def predict_selection(full: Any, chosen: Sequence[Sequence[str]], alpha: float, ancestors: Callable[[str], set[str]],
                       calibration: Calibration | None = None) -> tuple[Interval, list[Interval]] | None:
     """Predicted accuracy of the ensemble `chosen` (per class, model ids, each among the class's models

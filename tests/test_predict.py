@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mll_index.errors import IndexFormatError
-from mll_index.predict import (FEATURES, Rule, chosen_f1, class_features, f1_matrix, load_calibration,
+from mll_index.predict import (FEATURES, Rule, chosen_f1, class_features, extrapolation, f1_matrix, load_calibration,
                                predict_features, predict_selection, selection_matrix)
 from mll_index.select import make_task, open_selector, select_models, smooth_scores
 
@@ -107,3 +108,16 @@ def test_relatedness_is_high_for_neighbours_and_low_for_strangers(taxonomy) -> N
     apart = relatedness([tiger, laptop, pizza], taxonomy.ancestors)
     assert min(cats) > max(apart) and all(0 <= v <= 1 for v in cats + apart)
     assert relatedness([tiger, None], taxonomy.ancestors) == [0.0, 0.0]
+
+
+def test_a_task_outside_the_calibration_range_is_named_an_extrapolation() -> None:
+    calibration = load_calibration()
+    ranges = calibration.about["task_feature_range"]
+    inside = {f: 0.5 for f in FEATURES} | {f: float(np.mean(ranges[f])) for f in ranges}
+    assert extrapolation([inside] * 3, calibration) == []
+    two = inside | {"log_classes": float(np.log(2))}
+    assert extrapolation([two, two], calibration) == [f"2 classes (calibrated on {round(np.exp(ranges['log_classes'][0]))} "
+                                                      f"to {round(np.exp(ranges['log_classes'][1]))})"]
+    strangers = inside | {"relatedness": 0.0, "relatedness_sq": 0.0}
+    assert [m.split(" ")[0] for m in extrapolation([strangers], calibration)] == ["relatedness"]
+    assert extrapolation([two], replace(calibration, about={})) == []   # no recorded range: nothing to say
