@@ -18,6 +18,7 @@ Pure functions of arrays: no index, no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,13 @@ class Budget:
     max_gflops: float | None = None
     max_params: float | None = None
     budget_gflops: float | None = None
+
+    def __post_init__(self) -> None:
+        # A NaN passes every comparison and infinity is no JSON number: refuse both, as the CLI does.
+        for name, value in (("max_gflops", self.max_gflops), ("max_params", self.max_params),
+                            ("budget_gflops", self.budget_gflops)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"budget {name} must be a finite number above 0, got {value!r}")
 
     @property
     def active(self) -> bool:

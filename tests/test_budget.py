@@ -101,3 +101,11 @@ def test_bad_budgets_are_one_line_naming_the_smallest_model() -> None:
     unknown = {m: ModelCost(m, None, None) for m in ids}
     with pytest.raises(InputError, match=r"no model has a FLOPs figure \(\['m0', 'm1', 'm2', 'm3'\] lack one\)"):
         pareto_front(ids, scores, f1, unknown, 1)
+
+
+@pytest.mark.parametrize("limits", [{"budget_gflops": float("inf")}, {"max_params": float("nan")},
+                                    {"max_gflops": float("nan")}, {"budget_gflops": 0.0}, {"max_params": -1.0}])
+def test_a_budget_refuses_limits_that_are_not_finite_and_positive(limits: dict[str, float]) -> None:
+    # NaN passes every comparison (so every model would "meet" it) and infinity is no JSON number.
+    with pytest.raises(InputError, match=f"budget {next(iter(limits))} must be a finite number above 0"):
+        Budget(**limits)

@@ -62,3 +62,11 @@ def test_select_cli_budget_and_prediction(world_index: Path) -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "no model meets the budget (--max-gflops 1e-09); the smallest is" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--max-params", "nan"), ("--max-gflops", "NaN"), ("--budget-gflops", "inf"),
+                                        ("--budget-gflops", "1e400")])
+def test_select_cli_refuses_budgets_that_are_not_finite(world_index: Path, flag: str, value: str) -> None:
+    done = run_cli("select", "tiger", "--index", str(world_index), flag, value)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and f"'{flag}'" in done.stderr and "not a finite number" in done.stderr
