@@ -3,14 +3,25 @@
 Users pay per image at inference: every image runs through every distinct model of the ensemble,
 so an ensemble costs the sum of its distinct models' GFLOPs. Given, per class, every candidate
 model's selection score and F1 (from the labels), and each model's cost, `choose_within_budget`
-returns the set of models S that maximises the predicted quality
+returns a set of models S and each class's top k of it (ranked by score, as select ranks them).
 
-    value(S) = mean over classes c of the best F1 among c's top-k models in S (ranked by score)
+A budget never changes an answer it does not bind: when the models of the plain selection (each
+class's top k among all models) each meet `max_gflops` / `max_params` and together cost at most
+`budget_gflops`, they are the answer, the same models in the same order. Otherwise the answer is
+the set that maximises, among the sets within the limits, first
 
-among the sets whose models each satisfy `max_gflops` / `max_params` and whose total GFLOPs is at
-most `budget_gflops`. Up to EXACT_MODELS candidates every set is tried; beyond, models are added
-greedily by gain per GFLOP. `pareto_front` lists the sets that no other beats on both value and
-GFLOPs. To bound the work: beyond EXACT_MODELS allowed models, the greedy search keeps to the models in
+    value(S) = mean over classes c of the best F1 among c's top-k models in S
+
+(an ensemble is about as good as its best member: what the predicted accuracy rests on), then
+
+    rest(S) = mean over classes c of the summed F1 of c's other top-k models in S
+
+(so that, the best members being equal, a class keeps up to k models rather than fewer), and then
+costs the fewest GFLOPs. A class may still get fewer than k models when few fit: the caller says so
+(`mll_index.estimate`). Up to EXACT_MODELS candidates every set is tried; beyond, models are added
+greedily by gain in value per GFLOP, then by gain in rest per GFLOP. `pareto_front` lists the sets
+that no other beats on both value and GFLOPs (value alone: rest adds cost for no predicted gain).
+To bound the work: beyond EXACT_MODELS allowed models, the greedy search keeps to the models in
 some class's top k + 2.
 
 Pure functions of arrays: no index, no torch.
@@ -18,6 +29,7 @@ Pure functions of arrays: no index, no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +50,13 @@ class Budget:
     max_params: float | None = None
     budget_gflops: float | None = None
 
+    def __post_init__(self) -> None:
+        # A NaN passes every comparison and infinity is no JSON number: refuse both, as the CLI does.
+        for name, value in (("max_gflops", self.max_gflops), ("max_params", self.max_params),
+                            ("budget_gflops", self.budget_gflops)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"budget {name} must be a finite number above 0, got {value!r}")
+
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.max_gflops, self.max_params, self.budget_gflops))
@@ -51,12 +70,14 @@ class Budget:
 @dataclass(frozen=True)
 class Choice:
     """A set of models and what it gives: per class the chosen model ids (best first), the distinct
-    models, their total GFLOPs per image and the value (mean over classes of the best chosen model's F1)."""
+    models, their total GFLOPs per image, the value (mean over classes of the best chosen model's F1)
+    and rest (mean over classes of the summed F1 of the other chosen models)."""
 
     per_class: tuple[tuple[str, ...], ...]
     models: tuple[str, ...]
     gflops: float
     value: float
+    rest: float = 0.0
 
 
 def allowed_models(ids: Sequence[str], costs: dict[str, ModelCost], budget: Budget) -> list[str]:
@@ -86,20 +107,27 @@ def _names(models: Sequence[str]) -> str:
     return f"{list(models[:10])}{f' and {len(models) - 10} more' if len(models) > 10 else ''}"
 
 
-def _evaluate_sets(masks: np.ndarray, scores: np.ndarray, f1: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """For (s, n) bool sets: value (s,) and per class the top-k indices (s, k, C), -1 where fewer models."""
+def _evaluate_sets(masks: np.ndarray, scores: np.ndarray, f1: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For (s, n) bool sets: value (s,), rest (s,) and per class the top-k indices (s, k, C), -1 where fewer models."""
     if len(masks) > BLOCK:
         parts = [_evaluate_sets(masks[i:i + BLOCK], scores, f1, k) for i in range(0, len(masks), BLOCK)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
     s, n = masks.shape
     c = scores.shape[1]
-    masked = np.where(masks[:, :, None], scores[None, :, :], -np.inf)          # (s, n, C)
+    # A model without a finite score for a class (one select does not rank there) is never its pick.
+    member = masks[:, :, None] & np.isfinite(scores)[None, :, :]                # (s, n, C)
+    masked = np.where(member, scores[None, :, :], -np.inf)
     kk = min(k, n)
     # A stable order by score (ties: the lower index, as selection breaks them).
     order = np.argsort(-masked, axis=1, kind="stable")[:, :kk, :]               # (s, kk, C)
-    taken = np.take_along_axis(masks[:, :, None].repeat(c, axis=2), order, axis=1)
+    taken = np.take_along_axis(member, order, axis=1)
     f1_taken = np.where(taken, f1[order, np.arange(c)[None, None, :]], 0.0)
-    return f1_taken.max(axis=1).mean(axis=1), np.where(taken, order, -1)
+    best = f1_taken.max(axis=1)                                                  # (s, C)
+    # Rounded so that sets with the same members per class compare equal whatever the summing order.
+    value = np.round(best.mean(axis=1), 12)
+    rest = np.round((f1_taken.sum(axis=1) - best).mean(axis=1), 12)
+    return value, rest, np.where(taken, order, -1)
 
 
 def _candidate_sets(n: int, costs: np.ndarray, scores: np.ndarray, f1: np.ndarray, k: int,
@@ -112,22 +140,26 @@ def _candidate_sets(n: int, costs: np.ndarray, scores: np.ndarray, f1: np.ndarra
     current = np.zeros(n, bool)
     path = []
     spent = 0.0
-    value = 0.0
+    value = rest = 0.0
     while True:
         trial = np.repeat(current[None, :], n, axis=0)
         trial[np.arange(n), np.arange(n)] = True
         fits = ~current & (spent + costs <= total + 1e-12)
         if not fits.any():
             break
-        values, _ = _evaluate_sets(trial[fits], scores, f1, k)
-        gain = (values - value) / np.maximum(costs[fits], 1e-12)
-        best = int(np.argmax(gain))
-        if values[best] <= value and path:
+        values, rests, _ = _evaluate_sets(trial[fits], scores, f1, k)
+        per_gflop = np.maximum(costs[fits], 1e-12)
+        # Value first; once no model raises it, the models that fill the classes' top k.
+        if (values > value).any() or not path:
+            best = int(np.argmax((values - value) / per_gflop))
+        elif ((values == value) & (rests > rest)).any():
+            best = int(np.argmax(np.where(values == value, (rests - rest) / per_gflop, -np.inf)))
+        else:
             break
         j = int(np.flatnonzero(fits)[best])
         current[j] = True
         spent += costs[j]
-        value = float(values[best])
+        value, rest = float(values[best]), float(rests[best])
         path.append(current.copy())
     # Every single model too: a greedy start by gain per GFLOP may pass over the best one alone.
     singles = np.eye(n, dtype=bool)[costs <= total + 1e-12]
@@ -145,31 +177,55 @@ def _candidates(ids: Sequence[str], allowed: Sequence[str], scores: np.ndarray, 
     return [rows[i] for i in sorted(set(top.ravel().tolist()))]
 
 
-def _all_sets(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: dict[str, ModelCost], k: int,
-              budget: Budget) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _checked(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, np.float64)
     f1 = np.asarray(f1, np.float64)
     if scores.shape != f1.shape or scores.shape[0] != len(ids):
         raise InputError(f"scores {scores.shape} and F1 {f1.shape} must both be (len(ids)={len(ids)}, classes)")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
+    return scores, f1
+
+
+def _all_sets(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: dict[str, ModelCost], k: int,
+              budget: Budget) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, used (s, n'), GFLOPs (s,), value (s,), rest (s,), tops (s, k, C)) over the candidate sets."""
+    scores, f1 = _checked(ids, scores, f1, k)
     rows = _candidates(ids, allowed_models(ids, costs, budget), scores, k)
     cost = np.array([costs[ids[i]].gflops for i in rows], np.float64)
     total = budget.budget_gflops if budget.budget_gflops is not None else float("inf")
     masks = _candidate_sets(len(rows), cost, scores[rows], f1[rows], k, total)
-    values, tops = _evaluate_sets(masks, scores[rows], f1[rows], k)
+    values, rests, tops = _evaluate_sets(masks, scores[rows], f1[rows], k)
     # A model no class takes costs without helping: a set's cost is that of the models its classes use.
     used = np.zeros_like(masks)
     for s in range(len(masks)):
         used[s, np.unique(tops[s][tops[s] >= 0])] = True
-    return rows, used, used.astype(np.float64) @ cost, values, tops
+    return rows, used, used.astype(np.float64) @ cost, values, rests, tops
 
 
 def _choice(ids: Sequence[str], rows: list[int], top: np.ndarray, used: np.ndarray, gflops: float,
-            value: float) -> Choice:
+            value: float, rest: float) -> Choice:
     per_class = tuple(tuple(ids[rows[j]] for j in top[:, c] if j >= 0) for c in range(top.shape[1]))
     return Choice(per_class, tuple(ids[rows[j]] for j in np.flatnonzero(used)), round(float(gflops), 6),
-                  round(float(value), 6))
+                  round(float(value), 6), round(float(rest), 6))
+
+
+def _plain_choice(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: dict[str, ModelCost], k: int,
+                  budget: Budget) -> Choice | None:
+    """The plain selection (each class's top k among all models) when the budget does not bind it, else None."""
+    every = np.ones((1, len(ids)), bool)
+    values, rests, tops = _evaluate_sets(every, scores, f1, k)
+    used = np.zeros(len(ids), bool)
+    used[np.unique(tops[0][tops[0] >= 0])] = True
+    models = [ids[i] for i in np.flatnonzero(used)]
+    if any(costs.get(m) is None or costs[m].gflops is None for m in models):
+        return None
+    allowed = set(allowed_models(ids, costs, budget))
+    gflops = sum(costs[m].gflops for m in models)  # type: ignore[misc]
+    total = budget.budget_gflops if budget.budget_gflops is not None else float("inf")
+    if not set(models) <= allowed or gflops > total + 1e-12:
+        return None
+    return _choice(ids, list(range(len(ids))), tops[0], used, gflops, values[0], rests[0])
 
 
 def choose_within_budget(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: dict[str, ModelCost],
@@ -184,13 +240,19 @@ def choose_within_budget(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray,
         k: models per class (a class gets fewer when the set holds fewer).
         budget: the limits.
     Returns:
-        the Choice of highest value; among equal values the cheaper, then the one found first.
+        the plain selection when the budget does not bind it; else the Choice of highest value, then
+        highest rest, then fewest GFLOPs, then the one found first (see the module docstring).
     Raises:
         InputError: see `allowed_models`; mismatched shapes.
     """
-    rows, used, gflops, values, tops = _all_sets(ids, scores, f1, costs, k, budget)
-    best = int(np.lexsort((gflops, -values))[0])
-    return _choice(ids, rows, tops[best], used[best], gflops[best], values[best])
+    scores, f1 = _checked(ids, scores, f1, k)
+    allowed_models(ids, costs, budget)      # the same errors whether or not the budget binds
+    plain = _plain_choice(ids, scores, f1, costs, k, budget)
+    if plain is not None:
+        return plain
+    rows, used, gflops, values, rests, tops = _all_sets(ids, scores, f1, costs, k, budget)
+    best = int(np.lexsort((gflops, -rests, -values))[0])
+    return _choice(ids, rows, tops[best], used[best], gflops[best], values[best], rests[best])
 
 
 def pareto_front(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: dict[str, ModelCost], k: int,
@@ -200,11 +262,11 @@ def pareto_front(ids: Sequence[str], scores: np.ndarray, f1: np.ndarray, costs: 
     Raises:
         InputError: no model has a FLOPs figure (naming them), or none meets the budget.
     """
-    rows, used, gflops, values, tops = _all_sets(ids, scores, f1, costs, k, budget or Budget())
+    rows, used, gflops, values, rests, tops = _all_sets(ids, scores, f1, costs, k, budget or Budget())
     front: list[Choice] = []
     best_value = -np.inf
-    for s in np.lexsort((-values, gflops)):
+    for s in np.lexsort((-rests, -values, gflops)):
         if values[s] > best_value + 1e-12:
             best_value = values[s]
-            front.append(_choice(ids, rows, tops[s], used[s], gflops[s], values[s]))
+            front.append(_choice(ids, rows, tops[s], used[s], gflops[s], values[s], rests[s]))
     return front

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,16 @@ def _read_names(names: tuple[str, ...], file: str | None, what: str = "class nam
     if sys.stdin.isatty():
         raise InputError(f"no {what}: give them as arguments, with --file, or on stdin")
     return names_from_text(decode_user_bytes(sys.stdin.buffer.read(), "stdin"), "stdin", what)
+
+
+class _PositiveFinite(click.FloatRange):
+    """A FloatRange that also refuses nan (it passes every range check) and inf (no JSON number)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _index_option(f):  # type: ignore[no-untyped-def]
@@ -551,11 +562,11 @@ def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-unty
               help="Probe images of --images (or the task's probe_images) used at most (0: ignore them).")
 @click.option("--server", default=None, metavar="URL", help="Ask a running `mll-index serve` at URL instead of "
               "opening the index here (bearer token from $MLL_INDEX_API_KEY).")
-@click.option("--max-gflops", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-gflops", type=_PositiveFinite(0, min_open=True), default=None,
               help="Only models of at most this many GFLOPs per image.")
-@click.option("--max-params", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-params", type=_PositiveFinite(0, min_open=True), default=None,
               help="Only models of at most this many million parameters.")
-@click.option("--budget-gflops", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--budget-gflops", type=_PositiveFinite(0, min_open=True), default=None,
               help="The ensemble's GFLOPs per image (the sum over its distinct models) at most this.")
 @click.option("--pareto", is_flag=True, help="Also list the non-dominated (predicted accuracy, GFLOPs) choices.")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,

@@ -13,6 +13,8 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from mll_index.budget import Budget, Choice, choose_within_budget, pareto_front
 from mll_index.errors import InputError
 from mll_index.flops import ModelCost, entry_model, model_costs
@@ -79,24 +81,30 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     if budget.active or pareto:
         if got is None:
             raise InputError("budgets and --pareto need image-based labels with every model ranked")
-        ids, scores, _ = got
+        ids = got[0]
         costs = costs if costs is not None else selection_costs(selector)
         lacking = [m for m in ids if costs.get(m) is None or costs[m].gflops is None]
         if lacking:
             log.warning("model(s) %s have no FLOPs figure and cannot be measured: left out of the budget", lacking[:10])
+        # Ranked by each class's order in `full` (select's own, ties included) rather than by the
+        # rounded scores, so that a budget that does not bind gives select's answer exactly.
+        order = _class_order(full, ids)
         if budget.active:
-            choice = choose_within_budget(ids, scores, f1, costs, k, budget)
+            choice = choose_within_budget(ids, order, f1, costs, k, budget)
         if pareto:
-            front = pareto_front(ids, scores, f1, costs, k)
+            front = pareto_front(ids, order, f1, costs, k)
     classes = []
     for c, cls in enumerate(full.classes):
         wanted = choice.per_class[c] if choice is not None else tuple(m.model for m in cls.models[:k])
         by_id = {m.model: m for m in cls.models}
         classes.append(replace(cls, models=tuple(by_id[m] for m in wanted)))
     ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
+    warnings = prompt_warnings(selector, task, classes)
+    if choice is not None:
+        warnings += budget_warnings(task.name, [cls.name for cls in full.classes], choice, k,
+                                    [len(cls.models) for cls in full.classes], budget)
     trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
-                      ranking=tuple(ModelScore(m.model, m.score) for m in ranking),
-                      warnings=prompt_warnings(selector, task, classes))
+                      ranking=tuple(ModelScore(m.model, m.score) for m in ranking), warnings=warnings)
     out = trimmed.to_dict()
     if f1 is not None:
         features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
@@ -120,3 +128,29 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
             out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
                                   "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
     return out
+
+
+def _class_order(full: Any, ids: list[str]) -> np.ndarray:
+    """(n, C) per class minus each model's position in `full`'s list for the class (higher: ranked
+    first); -inf for a model the class does not list."""
+    pos = {m: i for i, m in enumerate(ids)}
+    order = np.full((len(ids), len(full.classes)), -np.inf)
+    for c, cls in enumerate(full.classes):
+        for place, m in enumerate(cls.models):
+            order[pos[m.model], c] = -place
+    return order
+
+
+def budget_warnings(task_name: str, class_names: list[str], choice: Choice, k: int, available: list[int],
+                    budget: Budget) -> tuple[str, ...]:
+    """One line when the budget leaves some class fewer than k models (fewer than it has without the
+    budget: `available[c]` models ranked for class c), naming the budget and the classes; else none."""
+    short = [(name, len(got)) for name, got, have in zip(class_names, choice.per_class, available)
+             if len(got) < min(k, have)]
+    if not short:
+        return ()
+    listed = ", ".join(f"{name!r} {n}" for name, n in short[:10])
+    more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+    line = (f"task {task_name!r}: within the budget ({budget.describe()}) {len(short)} of {len(class_names)} "
+            f"class(es) get fewer than the {k} models asked for ({listed}{more}); raise the budget for more")
+    return (line,)

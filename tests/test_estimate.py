@@ -40,11 +40,26 @@ def test_a_budget_keeps_the_ensemble_within_it(selector) -> None:  # type: ignor
     got = complete_selection(selector, task, full, k=3, ranking_size=None, budget=budget, costs=costs, pareto=True)
     assert len(got["budget"]["models"]) == 1 and got["budget"]["gflops"] <= budget.budget_gflops
     assert all([m["model"] for m in c["models"]] == got["budget"]["models"] for c in got["classes"])
+    # One model where 3 were asked for: the answer says so, naming the budget and the classes.
+    short = [w for w in got["warnings"] if "fewer than the 3 models asked for" in w]
+    assert len(short) == 1 and f"--budget-gflops {budget.budget_gflops:g}" in short[0] and "'banana' 1" in short[0]
     front = got["pareto"]
     assert front and [p["gflops"] for p in front] == sorted(p["gflops"] for p in front)
     with pytest.raises(InputError, match="no model meets the budget.*the smallest is"):
         complete_selection(selector, task, full, k=3, ranking_size=None, budget=Budget(max_gflops=smallest / 10),
                            costs=costs)
+
+
+@pytest.mark.parametrize("budget", [Budget(max_params=1e6), Budget(max_gflops=1e6), Budget(budget_gflops=1e6)])
+def test_a_budget_every_model_meets_changes_nothing(selector, budget: Budget) -> None:  # type: ignore[no-untyped-def]
+    task = make_task(["tiger", "lion", "banana"], "t")
+    full = select_models(selector, task, k=internal_k(selector, 3, budget, False), ranking_size=None)
+    plain = complete_selection(selector, task, full, k=3, ranking_size=None)
+    got = complete_selection(selector, task, full, k=3, ranking_size=None, budget=budget,
+                             costs=selection_costs(selector))
+    assert [c["models"] for c in got["classes"]] == [c["models"] for c in plain["classes"]]
+    assert all(len(c["models"]) == min(3, len(selector.store.model_ids)) for c in got["classes"])
+    assert got["warnings"] == plain["warnings"]
 
 
 def test_select_cli_budget_and_prediction(world_index: Path) -> None:
@@ -62,3 +77,11 @@ def test_select_cli_budget_and_prediction(world_index: Path) -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "no model meets the budget (--max-gflops 1e-09); the smallest is" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--max-params", "nan"), ("--max-gflops", "NaN"), ("--budget-gflops", "inf"),
+                                        ("--budget-gflops", "1e400")])
+def test_select_cli_refuses_budgets_that_are_not_finite(world_index: Path, flag: str, value: str) -> None:
+    done = run_cli("select", "tiger", "--index", str(world_index), flag, value)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and f"'{flag}'" in done.stderr and "not a finite number" in done.stderr
