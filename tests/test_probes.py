@@ -36,15 +36,47 @@ def probe_dir(probe_copies: tuple[Path, list[str]]) -> Path:
     return probe_copies[0]
 
 
-def test_probe_files_bad_input_and_limit(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="neither a folder nor a file"):
+def test_probe_files_bad_input_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InputError, match=r"^probe images: .*missing does not exist: give a folder"):
         probe_files([tmp_path / "missing"])
-    with pytest.raises(InputError, match=r"^probe images: no image file in .*empty"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=rf"^probe images: missing does not exist \(relative to the current folder "
+                       rf"{tmp_path}\)"):
+        probe_files(["missing"])
+    with pytest.raises(InputError, match=r"^probe images: no image file in .*empty \(no subfolder\)"):
         probe_files([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
     for i in range(5):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
     assert [p.name for p in probe_files([tmp_path], limit=2)] == ["0.png", "4.png"]
     assert len(probe_files([tmp_path])) == 5
+
+
+def test_probe_files_read_one_level_of_class_subfolders(tmp_path: Path) -> None:
+    """A task's images laid out as <task>/<class>/*.png are found; deeper and hidden folders are not
+    read, and the evenly spaced choice spans the classes."""
+    task = tmp_path / "task"
+    for cls in ("cat", "dog", "eel"):
+        (task / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8)).save(task / cls / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(task / "top.png")
+    (task / "dog" / "deeper").mkdir()
+    Image.new("RGB", (8, 8)).save(task / "dog" / "deeper" / "x.png")
+    (task / ".hidden").mkdir()
+    Image.new("RGB", (8, 8)).save(task / ".hidden" / "y.png")
+    found = probe_files([task], limit=100)
+    assert [str(p.relative_to(task)) for p in found] == [f"{c}/{i}.png" for c in ("cat", "dog", "eel")
+                                                          for i in range(4)] + ["top.png"]
+    chosen = [str(p.relative_to(task)) for p in probe_files([task], limit=3)]
+    assert chosen == ["cat/0.png", "dog/2.png", "top.png"] == [str(p.relative_to(task)) for p in
+                                                               probe_files([task], limit=3)]
+    (tmp_path / "nothing" / "a").mkdir(parents=True)
+    (tmp_path / "nothing" / "b").mkdir()
+    (tmp_path / "nothing" / "a" / "deep").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "nothing" / "a" / "deep" / "z.png")
+    with pytest.raises(InputError, match=r"^probe images: no image file in .*nothing and its 2 subfolders \(") as err:
+        probe_files([tmp_path / "nothing"])
+    assert "\n" not in str(err.value)
 
 
 def test_node_softmax_keeps_each_node_s_count() -> None:
