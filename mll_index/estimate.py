@@ -68,7 +68,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.budget`).
     """
-    from mll_index.select import ModelScore, prompt_warnings
+    from mll_index.select import ModelScore, selection_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -96,7 +96,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
     trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
                       ranking=tuple(ModelScore(m.model, m.score) for m in ranking),
-                      warnings=prompt_warnings(selector, task, classes))
+                      warnings=selection_warnings(selector, task, classes, full.probe))
     out = trimmed.to_dict()
     if f1 is not None:
         features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],

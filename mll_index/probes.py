@@ -125,6 +125,16 @@ def _subfolders(folder: Path) -> list[Path]:
         return []
 
 
+def skipped_warning(skipped: Sequence[Sequence[str]]) -> str | None:
+    """One line naming the probe files that could not be read (the first five; `ProbeSet.skipped`
+    or its summary's "skipped" list of (file, reason)), or None when there are none."""
+    if not skipped:
+        return None
+    shown = ", ".join(str(p) for p, _ in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return (f"probe images: skipped {len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''} "
+            f"({shown}; first reason: {skipped[0][1]})")
+
+
 def probe_models(store: LabelStore, n_models: int = 1) -> dict[str, list[str]]:
     """Sample fingerprint -> the `n_models` models labeled on it whose labels are most accurate
     (TP / images over the sample set's nodes, from the label matrix; ties by id)."""
@@ -173,7 +183,9 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
     skipped: list[tuple[str, str]] = []
     for model_id in chosen:
         loaded = load_model(_hub_model(store.entries[model_id]), device)
-        encoded = encode_image_set([loaded], images, device=device, batch_size=len(files), desc="probe images")
+        # Not logged here: the selection lists the skipped files once in its warnings (`skipped_warning`).
+        encoded = encode_image_set([loaded], images, device=device, batch_size=len(files), desc="probe images",
+                                   log_unreadable=False)
         embeddings[model_id] = np.asarray(encoded.embeddings[model_id], np.float32)
         positions, skipped = encoded.positions, list(encoded.unreadable)
     if len(positions) == 0:
@@ -181,8 +193,6 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
         raise InputError(f"probe images: none of the {len(files)} files in {', '.join(str(s) for s in sources)} "
                          f"could be read{first}")
     paths = tuple(str(files[i]) for i in positions)
-    if skipped:
-        log.warning("probe images: skipped %d unreadable file(s): %s", len(skipped), [p for p, _ in skipped[:5]])
     return ProbeSet(paths, tuple((str(p), str(r)) for p, r in skipped), embeddings, time.perf_counter() - started)
 
 

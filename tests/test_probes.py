@@ -177,6 +177,26 @@ def test_select_cli_with_images(world_index: Path, probe_dir: Path, tmp_path: Pa
     assert "no image file" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_select_cli_warns_once_for_skipped_and_ignored_probes(world_index: Path, probe_dir: Path) -> None:
+    """An unreadable probe file is one `mll-index: warning:` line (no raw logging line, however the
+    libraries loaded log), and probes in the counts mode are ignored with a warning, in the answer too."""
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(probe_dir),
+                   "--mode", "restricted")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    skipped = [line for line in lines if "broken.png" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("mll-index: warning: task 'task': probe images: skipped 1 "
+                                                       "unreadable file (")
+    assert "WARNING" not in done.stderr and "/:" not in done.stderr
+    assert any("broken.png" in w for w in json.loads(done.stdout)["warnings"])
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(probe_dir), "--mode", "counts")
+    assert done.returncode == 0, done.stderr
+    ignored = [line for line in done.stderr.splitlines() if "probe images need the restricted mode" in line]
+    assert len(ignored) == 1 and ignored[0].startswith("mll-index: warning: ")
+    answer = json.loads(done.stdout)
+    assert answer["probe"]["images"] == 0 and any("restricted mode" in w for w in answer["warnings"])
+
+
 def test_service_task_json_takes_probe_images() -> None:
     from mll_index.service.app import RequestError, parse_task
 
