@@ -148,13 +148,23 @@ class Selector:
         self.matcher = Matcher(self.index)
 
     def probe_set(self, task: Task, settings: SelectionSettings) -> Any:
-        """The task's probe images encoded (probes.encode_probes), once per sources and settings."""
+        """The task's probe images encoded (probes.encode_probes), once per sources and settings.
+
+        Raises:
+            InputError: as encode_probes, led by the task's `where` ("tasks.jsonl:3: probe images: ...")
+                when it was read from a file or a batch, so that the message names the task at fault.
+        """
         from mll_index.probes import encode_probes
 
         key = (task.probe_images, settings.probe, settings.probe_models)
         if key not in self.probes:
-            self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
-                                             n_models=settings.probe_models)
+            try:
+                self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
+                                                 n_models=settings.probe_models)
+            except InputError as exc:
+                if task.where in ("", "task"):  # one task given directly: nothing to tell it from
+                    raise
+                raise InputError(f"{task.where}: {exc}") from None
         return self.probes[key]
 
     def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:

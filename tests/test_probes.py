@@ -197,6 +197,36 @@ def test_select_cli_warns_once_for_skipped_and_ignored_probes(world_index: Path,
     assert answer["probe"]["images"] == 0 and any("restricted mode" in w for w in answer["warnings"])
 
 
+def test_task_files_read_relative_probe_images_from_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 world_index: Path, probe_dir: Path,
+                                                                 embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import read_batch_file, read_task_file, select_batch
+
+    folder = tmp_path / "tasks"
+    (folder / "probes").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    shutil.copy(probe_dir / "probe-1.png", folder / "probes" / "a.png")
+    (folder / "t.json").write_text('{"classes": ["tiger", "lion"], "probe_images": ["probes", "%s"]}' % probe_dir)
+    monkeypatch.chdir(tmp_path)  # elsewhere than the task file
+    task = read_task_file(Path("tasks/t.json"))
+    assert task.probe_images == (str(folder / "probes"), str(probe_dir)) and task.where == "tasks/t.json"
+    assert Path(task.probe_images[0]).is_dir()
+    (folder / "b.jsonl").write_text('{"name": "a", "classes": ["tiger", "lion"], "probe_images": "probes"}\n\n'
+                                    '{"name": "b", "classes": ["cow", "pig"], "probe_images": "empty"}\n')
+    tasks = read_batch_file(Path("tasks/b.jsonl"))
+    assert [t.probe_images for t in tasks] == [(str(folder / "probes"),), (str(folder / "empty"),)]
+    assert [t.where for t in tasks] == ["tasks/b.jsonl:1", "tasks/b.jsonl:3"]
+    selector = open_selector(world_index, embedder)
+    with pytest.raises(InputError, match=r"^tasks/b\.jsonl:3: probe images: no image file in .*tasks/empty") as err:
+        select_batch(selector, tasks, mode="restricted")
+    assert "\n" not in str(err.value)
+    (folder / "gone.json").write_text('{"classes": ["tiger", "lion"], "probe_images": "nowhere"}')
+    with pytest.raises(InputError, match=rf"^tasks/gone\.json: probe images: {folder}/nowhere does not exist"):
+        select_batch(selector, [read_task_file(Path("tasks/gone.json"))], mode="restricted")
+    # Given directly (the service's task JSON, --images): paths as given, no file to lead the message.
+    assert task_from_json({"classes": ["tiger", "lion"], "probe_images": "probes"}).probe_images == ("probes",)
+
+
 def test_service_task_json_takes_probe_images() -> None:
     from mll_index.service.app import RequestError, parse_task
 
