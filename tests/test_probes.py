@@ -232,5 +232,7 @@ def test_service_task_json_takes_probe_images() -> None:
 
     assert parse_task({"classes": ["cow", "pig"], "probe_images": "/data/probes"}, "task", 100).probe_images == (
         "/data/probes",)
-    with pytest.raises(RequestError, match="'probe_images' must be"):
-        parse_task({"classes": ["cow", "pig"], "probe_images": {"a": 1}}, "task", 100)
+    for wrong in ({"a": 1}, 5, ["/data", 5]):
+        with pytest.raises(RequestError, match="'probe_images' must be") as err:
+            parse_task({"classes": ["cow", "pig"], "probe_images": wrong}, "task", 100)
+        assert err.value.field == "task.probe_images"
