@@ -90,6 +90,10 @@ def cli(verbose: bool) -> None:
         # No handler on the root: third-party records below CRITICAL are dropped where they are
         # made, and ours still propagate (to a host's handlers, such as pytest's) without printing twice.
         root.setLevel(logging.CRITICAL)
+        # A handler that prints nothing, so that a library's module-level `logging.info(...)` (open_clip's
+        # create_model) finds one and does not call basicConfig, whose raw stderr handler would print
+        # every later warning of ours a second time as `WARNING:mll_index...`.
+        root.addHandler(logging.NullHandler())
     if _WARNING_LINES not in ours.handlers:
         ours.addHandler(_WARNING_LINES)
     ours.setLevel(logging.WARNING)

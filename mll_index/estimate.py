@@ -70,7 +70,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.budget`).
     """
-    from mll_index.select import ModelScore, prompt_warnings
+    from mll_index.select import ModelScore, selection_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -99,7 +99,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
         by_id = {m.model: m for m in cls.models}
         classes.append(replace(cls, models=tuple(by_id[m] for m in wanted)))
     ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
-    warnings = prompt_warnings(selector, task, classes)
+    warnings = selection_warnings(selector, task, classes, full.probe)
     if choice is not None:
         warnings += budget_warnings(task.name, [cls.name for cls in full.classes], choice, k,
                                     [len(cls.models) for cls in full.classes], budget)

@@ -474,7 +474,8 @@ def encode_image_set(models: Sequence[LoadedModel], images: ImageSet, *, batch_s
                      device: str = "cpu", precision: Precision = "auto", decode: Decoder | None = None,
                      on_batch: Callable[[np.ndarray, dict[str, Any]], None] | None = None,
                      out: Mapping[str, np.ndarray] | None = None, progress: bool = False,
-                     timeout_s: float = DEFAULT_TIMEOUT_S, desc: str = "encode images") -> EncodedImages:
+                     timeout_s: float = DEFAULT_TIMEOUT_S, desc: str = "encode images",
+                     log_unreadable: bool = True) -> EncodedImages:
     """Unit image embeddings of every model on every image, in ONE pass over the images.
 
     Each batch is decoded once (by `workers` processes) and run through every model, under
@@ -491,6 +492,8 @@ def encode_image_set(models: Sequence[LoadedModel], images: ImageSet, *, batch_s
         device: where the models are ("cpu", "cuda", "cuda:1").
         precision: "auto" (fp16 on cuda, fp32 on cpu), "fp32", "fp16" or "bf16".
         progress: a tqdm bar on stderr with images/s and time left.
+        log_unreadable: log a warning naming the skipped images (off where the caller reports
+            them itself, as probe images do in the selection's warnings).
     Returns:
         EncodedImages: embeddings (n_readable, d) float32 per model id (views into `out` when
         given), positions (n_readable,) int64, unreadable (path, reason), and the timing stats.
@@ -522,7 +525,7 @@ def encode_image_set(models: Sequence[LoadedModel], images: ImageSet, *, batch_s
             raise
         raise explained from None
     stats.seconds = time.perf_counter() - started
-    if unreadable:
+    if unreadable and log_unreadable:
         log.warning("%s: skipped %d unreadable images: %s", images.root, len(unreadable),
                     [p for p, _ in unreadable[:5]])
     if on_batch is None:

@@ -71,30 +71,68 @@ class ProbeSet:
 
 
 def probe_files(sources: Sequence[str | Path], limit: int = PROBE_LIMIT) -> list[Path]:
-    """The probe image files: each source is a folder (the image files directly in it; a folder is not
-    walked, so that a path such as "/" given to the service costs nothing) or a file.
+    """The probe image files, sorted by path: each source is a file, or a folder whose image files
+    are read directly in it and in its immediate subfolders (one per class, as in
+    `<task>/<class>/*.png`). Deeper folders are not walked, so that a path such as "/" given to
+    the service costs one listing of it and of its subfolders; hidden and unreadable subfolders
+    are passed over.
 
-    More than `limit` files: `limit` of them, evenly spaced in sorted order (deterministic).
+    More than `limit` files: `limit` of them, evenly spaced in sorted order (deterministic; with
+    one subfolder per class, the choice spans the classes).
 
     Raises:
-        InputError: a source that does not exist, or no image file at all (one line naming the sources).
+        InputError: a source that does not exist (naming the path looked at, and the current
+            folder when it is relative), or no image file at all (one line naming the folders and
+            how many subfolders were looked in).
     """
     files: list[Path] = []
+    looked: list[str] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            files += image_files(path, recursive=False)
+            try:
+                files += image_files(path, recursive=False)
+            except OSError as exc:
+                raise InputError(f"probe images: cannot list {path} ({exc.strerror or exc})") from None
+            subfolders = _subfolders(path)
+            for sub in subfolders:
+                try:
+                    files += image_files(sub, recursive=False)
+                except OSError:  # a subfolder we may not list (e.g. under "/"): not a task's images
+                    continue
+            looked.append(f"{path} and its {len(subfolders)} subfolder{'' if len(subfolders) == 1 else 's'}"
+                          if subfolders else f"{path} (no subfolder)")
         elif path.is_file():
             files.append(path)
+            looked.append(str(path))
         else:
-            raise InputError(f"probe images: {path} is neither a folder nor a file")
+            where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+            raise InputError(f"probe images: {path} does not exist{where}: give a folder of images or image files")
     files = sorted(dict.fromkeys(files))
     if not files:
-        raise InputError(f"probe images: no image file in {', '.join(str(s) for s in sources)} (image suffixes: "
+        raise InputError(f"probe images: no image file in {'; '.join(looked)} (image suffixes: "
                          ".jpg, .png, .webp, ...)")
     if len(files) > limit:
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     return files
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The non-hidden folders directly in `folder`, sorted; none where it cannot be listed."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+    except OSError:
+        return []
+
+
+def skipped_warning(skipped: Sequence[Sequence[str]]) -> str | None:
+    """One line naming the probe files that could not be read (the first five; `ProbeSet.skipped`
+    or its summary's "skipped" list of (file, reason)), or None when there are none."""
+    if not skipped:
+        return None
+    shown = ", ".join(str(p) for p, _ in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return (f"probe images: skipped {len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''} "
+            f"({shown}; first reason: {skipped[0][1]})")
 
 
 def probe_models(store: LabelStore, n_models: int = 1) -> dict[str, list[str]]:
@@ -145,7 +183,9 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
     skipped: list[tuple[str, str]] = []
     for model_id in chosen:
         loaded = load_model(_hub_model(store.entries[model_id]), device)
-        encoded = encode_image_set([loaded], images, device=device, batch_size=len(files), desc="probe images")
+        # Not logged here: the selection lists the skipped files once in its warnings (`skipped_warning`).
+        encoded = encode_image_set([loaded], images, device=device, batch_size=len(files), desc="probe images",
+                                   log_unreadable=False)
         embeddings[model_id] = np.asarray(encoded.embeddings[model_id], np.float32)
         positions, skipped = encoded.positions, list(encoded.unreadable)
     if len(positions) == 0:
@@ -153,8 +193,6 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
         raise InputError(f"probe images: none of the {len(files)} files in {', '.join(str(s) for s in sources)} "
                          f"could be read{first}")
     paths = tuple(str(files[i]) for i in positions)
-    if skipped:
-        log.warning("probe images: skipped %d unreadable file(s): %s", len(skipped), [p for p, _ in skipped[:5]])
     return ProbeSet(paths, tuple((str(p), str(r)) for p, r in skipped), embeddings, time.perf_counter() - started)
 
 

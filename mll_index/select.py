@@ -148,13 +148,23 @@ class Selector:
         self.matcher = Matcher(self.index)
 
     def probe_set(self, task: Task, settings: SelectionSettings) -> Any:
-        """The task's probe images encoded (probes.encode_probes), once per sources and settings."""
+        """The task's probe images encoded (probes.encode_probes), once per sources and settings.
+
+        Raises:
+            InputError: as encode_probes, led by the task's `where` ("tasks.jsonl:3: probe images: ...")
+                when it was read from a file or a batch, so that the message names the task at fault.
+        """
         from mll_index.probes import encode_probes
 
         key = (task.probe_images, settings.probe, settings.probe_models)
         if key not in self.probes:
-            self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
-                                             n_models=settings.probe_models)
+            try:
+                self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
+                                                 n_models=settings.probe_models)
+            except InputError as exc:
+                if task.where in ("", "task"):  # one task given directly: nothing to tell it from
+                    raise
+                raise InputError(f"{task.where}: {exc}") from None
         return self.probes[key]
 
     def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:
@@ -306,13 +316,27 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
     used = image["mode"] if image is not None else mode
     probe = image["probe"] if image is not None else None
-    warnings = prompt_warnings(sel, task, classes)
-    if probe is not None and "ignored" in probe:
-        warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
+    warnings = selection_warnings(sel, task, classes, probe)
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
                      warnings=warnings, probe=probe,
                      published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
+
+
+def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection],
+                       probe: dict[str, Any] | None) -> tuple[str, ...]:
+    """A selection's warnings: the chosen models' prompt problems (`prompt_warnings`), then the
+    probe images' (`probe`: the selection's probe summary): ignored outside the restricted mode,
+    or some files unreadable. Recomputed wherever the chosen models change (estimate.complete_selection)."""
+    from mll_index.probes import skipped_warning
+
+    warnings = prompt_warnings(sel, task, classes)
+    if probe is not None and "ignored" in probe:
+        warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
+    skipped = skipped_warning(probe.get("skipped") or []) if probe is not None else None
+    if skipped:
+        warnings += (f"task {task.name!r}: {skipped}",)
+    return warnings
 
 
 def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:

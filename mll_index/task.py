@@ -7,7 +7,7 @@ reader checks the task once (`make_task`) and names the file and line of a mista
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ class Task:
     The domain word restricts the restricted confusion to the sample images of that domain
     (where the sample set tags its images); the description is kept in the output. Probe images
     (folders or files of a few unlabeled images of the task) weight the sample images by their
-    likeness to them (mll_index.probes).
+    likeness to them (mll_index.probes). `where` is where the task was read ("tasks.jsonl:3", a
+    task file; "" when given directly), for the messages of errors found while selecting for it.
     """
 
     classes: tuple[str, ...]
@@ -33,6 +34,7 @@ class Task:
     domain: str | None = None
     description: str | None = None
     probe_images: tuple[str, ...] = ()
+    where: str = field(default="", compare=False)
 
 
 def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Sequence[str]] | None = None,
@@ -53,12 +55,14 @@ def make_task(classes: Sequence[str], name: str = "task", captions: dict[str, Se
     return Task(tuple(cleaned), name, caps, domain, description, tuple(str(p) for p in probe_images))
 
 
-def task_from_json(data: Any, where: str = "task") -> Task:
+def task_from_json(data: Any, where: str = "task", base: Path | None = None) -> Task:
     """A Task from JSON: a list of class names, or {"name", "classes": [name | {"name", "captions"}],
     "domain", "description", "probe_images": folder or [folder or file, ...]}.
 
     Args:
-        where: the file (and line, for a batch file) for messages ("tasks.jsonl:3").
+        where: the file (and line, for a batch file) for messages ("tasks.jsonl:3"); kept as `Task.where`.
+        base: the folder relative `probe_images` paths are read from (a task file's own folder, as
+            hub files do); None keeps them as given (relative to the current folder).
     Raises:
         InputError: naming `where` (and the class): a malformed task, or a class name empty once
             cleaned (`userfiles.normalize_class_name`).
@@ -85,36 +89,41 @@ def task_from_json(data: Any, where: str = "task") -> Task:
     probes = [probes] if isinstance(probes, str) else probes
     if not isinstance(probes, list) or not all(isinstance(p, str) and p for p in probes):
         raise InputError(f"{where}: 'probe_images' must be a folder or a list of folders and image files")
+    if base is not None:
+        probes = [str((Path(base) / Path(p).expanduser()).absolute()) for p in probes]
     try:
-        return make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"),
+        task = make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"),
                          probes)
     except InputError as exc:
         if where == "task":
             raise
         raise InputError(f"{where}: {exc}") from None
+    return replace(task, where=where)
 
 
 def read_task_file(path: Path) -> Task:
     """A task from a file: JSON (see task_from_json) or plain text, one class name per line (blank lines skipped).
 
     The file is read as `userfiles.read_user_text` reads (a byte-order mark, UTF-16, CR LF); it is
-    JSON when its first character is '{' or '['.
+    JSON when its first character is '{' or '['. Relative `probe_images` paths are read from the
+    file's folder.
 
     Raises:
         InputError: naming the file (and line): unreadable text, invalid JSON, a malformed task.
     """
     text = read_user_text(path)
     if text.lstrip().startswith(("{", "[")):
-        return task_from_json(parse_user_json(text, str(path), "JSON task file"), str(path))
+        return task_from_json(parse_user_json(text, str(path), "JSON task file"), str(path), Path(path).parent)
     names = names_from_text(text, str(path), skip_blank=True)
     try:
-        return make_task(names, Path(path).stem)
+        return replace(make_task(names, Path(path).stem), where=str(path))
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
 
 
 def read_batch_file(path: Path) -> list[Task]:
     """Tasks from a JSON-lines file, one task (see task_from_json) per line; blank lines are skipped.
+    Relative `probe_images` paths are read from the file's folder.
 
     Raises:
         InputError: naming the file and line ("tasks.jsonl:3"): unreadable text, a line that is not
@@ -124,7 +133,7 @@ def read_batch_file(path: Path) -> list[Task]:
     for number, line in enumerate(read_user_text(path).split("\n"), 1):
         if line.strip():
             where = f"{path}:{number}"
-            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where))
+            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where, Path(path).parent))
     if not tasks:
         raise InputError(f"{path}: no tasks")
     return tasks

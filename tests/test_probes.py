@@ -36,15 +36,47 @@ def probe_dir(probe_copies: tuple[Path, list[str]]) -> Path:
     return probe_copies[0]
 
 
-def test_probe_files_bad_input_and_limit(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="neither a folder nor a file"):
+def test_probe_files_bad_input_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InputError, match=r"^probe images: .*missing does not exist: give a folder"):
         probe_files([tmp_path / "missing"])
-    with pytest.raises(InputError, match=r"^probe images: no image file in .*empty"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=rf"^probe images: missing does not exist \(relative to the current folder "
+                       rf"{tmp_path}\)"):
+        probe_files(["missing"])
+    with pytest.raises(InputError, match=r"^probe images: no image file in .*empty \(no subfolder\)"):
         probe_files([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
     for i in range(5):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
     assert [p.name for p in probe_files([tmp_path], limit=2)] == ["0.png", "4.png"]
     assert len(probe_files([tmp_path])) == 5
+
+
+def test_probe_files_read_one_level_of_class_subfolders(tmp_path: Path) -> None:
+    """A task's images laid out as <task>/<class>/*.png are found; deeper and hidden folders are not
+    read, and the evenly spaced choice spans the classes."""
+    task = tmp_path / "task"
+    for cls in ("cat", "dog", "eel"):
+        (task / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8)).save(task / cls / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(task / "top.png")
+    (task / "dog" / "deeper").mkdir()
+    Image.new("RGB", (8, 8)).save(task / "dog" / "deeper" / "x.png")
+    (task / ".hidden").mkdir()
+    Image.new("RGB", (8, 8)).save(task / ".hidden" / "y.png")
+    found = probe_files([task], limit=100)
+    assert [str(p.relative_to(task)) for p in found] == [f"{c}/{i}.png" for c in ("cat", "dog", "eel")
+                                                          for i in range(4)] + ["top.png"]
+    chosen = [str(p.relative_to(task)) for p in probe_files([task], limit=3)]
+    assert chosen == ["cat/0.png", "dog/2.png", "top.png"] == [str(p.relative_to(task)) for p in
+                                                               probe_files([task], limit=3)]
+    (tmp_path / "nothing" / "a").mkdir(parents=True)
+    (tmp_path / "nothing" / "b").mkdir()
+    (tmp_path / "nothing" / "a" / "deep").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "nothing" / "a" / "deep" / "z.png")
+    with pytest.raises(InputError, match=r"^probe images: no image file in .*nothing and its 2 subfolders \(") as err:
+        probe_files([tmp_path / "nothing"])
+    assert "\n" not in str(err.value)
 
 
 def test_node_softmax_keeps_each_node_s_count() -> None:
@@ -145,10 +177,62 @@ def test_select_cli_with_images(world_index: Path, probe_dir: Path, tmp_path: Pa
     assert "no image file" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_select_cli_warns_once_for_skipped_and_ignored_probes(world_index: Path, probe_dir: Path) -> None:
+    """An unreadable probe file is one `mll-index: warning:` line (no raw logging line, however the
+    libraries loaded log), and probes in the counts mode are ignored with a warning, in the answer too."""
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(probe_dir),
+                   "--mode", "restricted")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    skipped = [line for line in lines if "broken.png" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("mll-index: warning: task 'task': probe images: skipped 1 "
+                                                       "unreadable file (")
+    assert "WARNING" not in done.stderr and "/:" not in done.stderr
+    assert any("broken.png" in w for w in json.loads(done.stdout)["warnings"])
+    done = run_cli("select", "tiger", "lion", "--index", str(world_index), "--images", str(probe_dir), "--mode", "counts")
+    assert done.returncode == 0, done.stderr
+    ignored = [line for line in done.stderr.splitlines() if "probe images need the restricted mode" in line]
+    assert len(ignored) == 1 and ignored[0].startswith("mll-index: warning: ")
+    answer = json.loads(done.stdout)
+    assert answer["probe"]["images"] == 0 and any("restricted mode" in w for w in answer["warnings"])
+
+
+def test_task_files_read_relative_probe_images_from_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 world_index: Path, probe_dir: Path,
+                                                                 embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import read_batch_file, read_task_file, select_batch
+
+    folder = tmp_path / "tasks"
+    (folder / "probes").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    shutil.copy(probe_dir / "probe-1.png", folder / "probes" / "a.png")
+    (folder / "t.json").write_text('{"classes": ["tiger", "lion"], "probe_images": ["probes", "%s"]}' % probe_dir)
+    monkeypatch.chdir(tmp_path)  # elsewhere than the task file
+    task = read_task_file(Path("tasks/t.json"))
+    assert task.probe_images == (str(folder / "probes"), str(probe_dir)) and task.where == "tasks/t.json"
+    assert Path(task.probe_images[0]).is_dir()
+    (folder / "b.jsonl").write_text('{"name": "a", "classes": ["tiger", "lion"], "probe_images": "probes"}\n\n'
+                                    '{"name": "b", "classes": ["cow", "pig"], "probe_images": "empty"}\n')
+    tasks = read_batch_file(Path("tasks/b.jsonl"))
+    assert [t.probe_images for t in tasks] == [(str(folder / "probes"),), (str(folder / "empty"),)]
+    assert [t.where for t in tasks] == ["tasks/b.jsonl:1", "tasks/b.jsonl:3"]
+    selector = open_selector(world_index, embedder)
+    with pytest.raises(InputError, match=r"^tasks/b\.jsonl:3: probe images: no image file in .*tasks/empty") as err:
+        select_batch(selector, tasks, mode="restricted")
+    assert "\n" not in str(err.value)
+    (folder / "gone.json").write_text('{"classes": ["tiger", "lion"], "probe_images": "nowhere"}')
+    with pytest.raises(InputError, match=rf"^tasks/gone\.json: probe images: {folder}/nowhere does not exist"):
+        select_batch(selector, [read_task_file(Path("tasks/gone.json"))], mode="restricted")
+    # Given directly (the service's task JSON, --images): paths as given, no file to lead the message.
+    assert task_from_json({"classes": ["tiger", "lion"], "probe_images": "probes"}).probe_images == ("probes",)
+
+
 def test_service_task_json_takes_probe_images() -> None:
     from mll_index.service.app import RequestError, parse_task
 
     assert parse_task({"classes": ["cow", "pig"], "probe_images": "/data/probes"}, "task", 100).probe_images == (
         "/data/probes",)
-    with pytest.raises(RequestError, match="'probe_images' must be"):
-        parse_task({"classes": ["cow", "pig"], "probe_images": {"a": 1}}, "task", 100)
+    for wrong in ({"a": 1}, 5, ["/data", 5]):
+        with pytest.raises(RequestError, match="'probe_images' must be") as err:
+            parse_task({"classes": ["cow", "pig"], "probe_images": wrong}, "task", 100)
+        assert err.value.field == "task.probe_images"

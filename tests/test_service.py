@@ -86,6 +86,35 @@ def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # 
         assert lines == expected
 
 
+def test_a_batch_task_refused_midway_is_named_after_the_ones_before_it(client: TestClient, selector,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    """Probe images that cannot be used stop the stream at their task: the tasks before it (in the same
+    chunk of 2) are answered, and the error line names the task."""
+    (tmp_path / "empty").mkdir()
+    tasks = [["tiger", "lion"], {"classes": ["cow", "pig"], "probe_images": str(tmp_path / "empty")},
+             ["tench", "goldfish"]]
+    r = client.post("/v1/select/batch?ranking=0", content=json.dumps(tasks))
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert r.status_code == 200 and len(lines) == 2, r.text
+    lines[0].pop("index_version")
+    assert lines[0] == _json(selector, task_from_json(tasks[0]), ranking_size=None)
+    assert lines[1]["error"].startswith("stopped at task 2 of 3 (1 answered): body[1]: probe images: no image file in ")
+
+
+def test_select_answers_keep_to_the_openapi_schema(client: TestClient, tmp_path: Path) -> None:
+    """Every key of a selection answer (the task's and each class's) is in the documented schema."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    r = client.post("/v1/select", json={"task": ["tiger", "lion"], "mode": "counts"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert "predicted_accuracy" in answer and "predicted_accuracy_about" in answer
+    assert set(answer) <= set(schemas["SelectionAnswer"]["properties"])
+    assert set(answer["predicted_accuracy"]) <= set(schemas["Interval"]["properties"])
+    class_schema = schemas["SelectionAnswer"]["properties"]["classes"]["items"]["$ref"].rsplit("/", 1)[1]
+    assert all(set(c) <= set(schemas[class_schema]["properties"]) for c in answer["classes"])
+    assert "predicted_accuracy" in answer["classes"][0]
+
+
 def test_match_answers_as_the_cli_prints(client: TestClient, world_index: Path) -> None:
     names = ["tench", "crane", "golden_retrievers"]
     r = client.post("/v1/match", json={"names": names, "k": 3})
@@ -135,6 +164,8 @@ BAD = [  # (route, body, status, field, words in the message)
     ("/v1/select", {"task": {"classes": ["cow", {"name": "pig", "captions": "pink"}]}}, 422,
      "task.classes[1].captions", "list of strings"),
     ("/v1/select", {"task": {"classes": ["cow", "pig"], "colour": "red"}}, 422, "task.colour", "unknown keys"),
+    ("/v1/select", {"task": {"classes": ["cow", "pig"], "probe_images": 5}}, 422, "task.probe_images",
+     "'probe_images' must be"),
     ("/v1/select", {"task": [f"class {i}" for i in range(51)]}, 413, "task.classes", "at most 50"),
     ("/v1/select", {"task": ["cow", "pig"], "k": "2"}, 422, "k", "valid integer"),
     ("/v1/select", {"task": ["cow", "pig"], "k": 0}, 422, "k", "greater than or equal to 1"),

@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.match import Match
-from mll_index.select import Selection
+from mll_index.predict import Interval
+from mll_index.select import ClassSelection, Selection
 from mll_index.service.state import IndexState, StateHolder
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,21 @@ class MatchRequest(BaseModel):
 
 
 @dataclass(frozen=True)
-class SelectionAnswer(Selection):
-    """A selection as `mll-index select` prints it, and the index version it came from."""
+class ClassAnswer(ClassSelection):
+    """One class as `mll-index select` prints it, with its predicted accuracy (absent without image-based labels)."""
 
+    predicted_accuracy: Interval | None = None
+
+
+@dataclass(frozen=True)
+class SelectionAnswer(Selection):
+    """A selection as `mll-index select` prints it (`estimate.complete_selection`), and the index version it
+    came from. predicted_accuracy: the task's (absent without image-based labels), with
+    predicted_accuracy_about naming the calibration it comes from."""
+
+    classes: tuple[ClassAnswer, ...]  # type: ignore[assignment]
+    predicted_accuracy: Interval | None = None
+    predicted_accuracy_about: str | None = None
     index_version: str = ""
 
 
@@ -194,6 +207,11 @@ def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-unty
         if unknown:
             raise RequestError(422, f"{where}.{unknown[0]}", f"{where}: unknown keys {unknown}; "
                                "valid: ['classes', 'description', 'domain', 'name', 'probe_images']")
+        probes = data.get("probe_images")
+        if probes is not None and not (isinstance(probes, str) or (
+                isinstance(probes, list) and all(isinstance(x, str) for x in probes))):
+            raise RequestError(422, f"{where}.probe_images", f"{where}: 'probe_images' must be a folder or a list "
+                               "of folders and image files (paths on the server)")
     for i, c in enumerate(classes):
         captions = c.get("captions") if isinstance(c, dict) else None
         if captions is not None and not (isinstance(captions, list) and all(isinstance(x, str) for x in captions)):
@@ -236,6 +254,25 @@ def parse_batch_body(body: bytes, max_batch: int, max_classes: int, jsonl: bool 
     if len(items) > max_batch:
         raise RequestError(413, "body", f"{len(items)} tasks; at most {max_batch} per batch")
     return [parse_task(task, where, max_classes) for where, task in items]
+
+
+def _select_chunk(selector: Any, chunk: Sequence[Any], settings: Any) -> tuple[list[Any], InputError | None]:
+    """The chunk's selections (`select.select_batch`, its classes embedded together), and None; when a
+    task of it is refused (InputError: its probe images, say), the tasks before that one answered one
+    by one, and the error, so that the stream answers every task it can and names the one at fault."""
+    from mll_index.select import select_batch
+
+    try:
+        return select_batch(selector, chunk, settings), None
+    except InputError:
+        pass
+    done: list[Any] = []
+    for task in chunk:
+        try:
+            done.append(select_batch(selector, [task], settings)[0])
+        except InputError as exc:
+            return done, exc
+    return done, None
 
 
 def _is_one_json(text: str) -> bool:
@@ -508,7 +545,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         Every task is checked before the first line is sent; a line {"error": ...} ends a stream
         that could not finish (the time limit, the index gone)."""
-        from mll_index.select import SelectionSettings, select_batch
+        from mll_index.select import SelectionSettings
 
         chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
                                    ranking_size=ranking or None, probe=probe)
@@ -528,8 +565,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    work = partial(select_batch, state.selector, chunk, chosen.with_(ranking_size=None))
-                    selections = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
+                    work = partial(_select_chunk, state.selector, chunk, chosen.with_(ranking_size=None))
+                    selections, failed = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "
                                       f"{at} of {len(tasks)} tasks answered")
@@ -539,6 +576,10 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                     return
                 for task, full in zip(chunk, selections):
                     yield (json.dumps(selection_json(state.selector, task, full, chosen, state.version)) + "\n").encode()
+                if failed is not None:
+                    done = at + len(selections)
+                    yield _error_line(f"stopped at task {done + 1} of {len(tasks)} ({done} answered): {failed}")
+                    return
 
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={VERSION_HEADER: state.version})
 
