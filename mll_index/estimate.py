@@ -68,7 +68,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.budget`).
     """
-    from mll_index.select import ModelScore, prompt_warnings
+    from mll_index.select import PROMPT_WARNING_TAIL, ModelScore, prompt_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -96,7 +96,9 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
     trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
                       ranking=tuple(ModelScore(m.model, m.score) for m in ranking),
-                      warnings=prompt_warnings(selector, task, classes))
+                      # The prompt lines again for the models kept; select's other lines (the label sources) stay.
+                      warnings=tuple(w for w in full.warnings if not w.endswith(PROMPT_WARNING_TAIL)) +
+                      prompt_warnings(selector, task, classes))
     out = trimmed.to_dict()
     if f1 is not None:
         features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
@@ -107,6 +109,16 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
             entry["predicted_accuracy"] = pred.to_dict()
         out["predicted_accuracy_about"] = (f"calibration v{calibration.version}: "
                                            f"{calibration.about.get('summary', 'see data/accuracy_calibration.json')}")
+    else:
+        # The calibration maps F1 on sample images to accuracy; a published z-score or a merged rank is
+        # another scale, so no prediction is made rather than a wrong one.
+        out["predicted_accuracy"] = None
+        for entry in out["classes"]:
+            entry["predicted_accuracy"] = None
+        hint = "; select with --labels image for one" if selector.store is not None else ""
+        out["predicted_accuracy_about"] = (f"not predicted: the calibration (v{calibration.version}) maps image-based "
+                                           f"labels' F1 to accuracy, and these models were ranked by {full.labels} "
+                                           f"labels{hint}")
     if choice is not None and costs is not None:
         out["budget"] = {"limits": {"max_gflops": budget.max_gflops, "max_params": budget.max_params,
                                     "budget_gflops": budget.budget_gflops},
