@@ -46,7 +46,7 @@ def test_model_fullname_alone_gives_the_same_ids(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("dataset,model_fullname,top1\ncars,RN50 openai,0.5\n", "needs a 'acc1' column"),
+    ("dataset,model_fullname,top1\ncars,RN50 openai,0.5\n", "needs an 'acc1' column"),
     ("dataset,arch,acc1\ncars,RN50,0.5\n", "needs a 'model' (with 'pretrained') or a 'model_fullname' column"),
     ("model,acc1\nRN50,0.5\n", "a results table needs a 'name' column"),
 ])
