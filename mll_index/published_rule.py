@@ -221,10 +221,10 @@ def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, simil
         a = int(np.argmax(scores[:, c]))
         both = ~np.isnan(z[a]) & ~np.isnan(z[best])
         share = float(w[c][both & (z[a] > z[best])].sum() / max(w[c][both].sum(), 1e-12))
-        if unknown is not None and unknown[c]:
-            reason = "none of its words is a WordNet lemma: its match to benchmark classes rests on the embedding alone"
-        elif closest < WEAK_SIMILARITY:
+        if closest < WEAK_SIMILARITY:
             reason = (f"no benchmark dataset resembles it: best similarity {closest:.2f} < {WEAK_SIMILARITY}")
+        elif unknown is not None and unknown[c]:
+            reason = "none of its words is a WordNet lemma: its match to benchmark classes rests on the embedding alone"
         elif a != best and share < CONTRADICTED:
             reason = (f"neighbours contradict the rule: {names[a]} (first by the rule) beats {names[best]} (strongest "
                       f"in general) only on datasets holding {share:.0%} of the neighbour weight")
