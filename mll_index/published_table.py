@@ -75,7 +75,8 @@ def read_classnames(sources: Sequence[Path], used: Collection[str] | None = None
             if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
                 raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
             for key, names in data.items():
-                keep(key, lambda key=key, names=names: _json_names(source, key, names), str(source))  # type: ignore[misc]
+                keep(key, lambda source=source, key=key, names=names: _json_names(source, key, names),  # type: ignore[misc]
+                     str(source))
         else:
             raise InputError(f"{source}: no such class-name file or folder")
     return out

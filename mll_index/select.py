@@ -21,6 +21,16 @@
 3. Per class, the counts of its nodes, weighted by their similarity, give the model's F1.
 4. score(model, class) = alpha * F1(model, class) + (1 - alpha) * mean F1(model, other classes).
 5. The top-k models per class; the task-level ranking is the mean score over classes.
+
+Label sources (settings `labels`): image-based labels (steps 1-4), published labels
+(`published_rule`), or both. Both are merged by rank (`merge_by_rank`): their scores are on two
+scales (F1 on sample images, published z-scores), so each becomes a rank among its own models per
+class, and each source's best model scores 1.0 whatever its real accuracy. That is only sound when
+the two sources rank largely the same models; `auto` (every source the index holds) warns in the
+answer's `warnings` when they share fewer than half of the smaller source's models
+(`unrelated_sources`) and names `--labels image` / `--labels published`. A tie in the merge goes to
+the model that leads its own source(s) more clearly (its score's z-score among that source's
+models), not to the source listed first.
 """
 
 from __future__ import annotations
@@ -371,10 +381,10 @@ def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: S
     shared = len(set(image_ids) & set(published_ids))
     if shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids)):
         return ()
-    return (f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
+    return ((f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
             f"({len(published_ids)} models) share {shared} model(s); they are merged by rank, so each source's best "
             "model scores 1.0 though the two were never compared: choose one source with --labels image or "
-            "--labels published (settings \"labels\")",)
+            "--labels published (settings \"labels\")"),)
 
 
 # How every prompt_warnings line ends (estimate.complete_selection recomputes those lines only).

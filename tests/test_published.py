@@ -268,7 +268,7 @@ def test_published_cli_reads_lovm_files(tmp_path: Path, index_copy: Path) -> Non
 
 def test_a_stray_class_name_list_no_column_uses_does_not_stop_the_import(tmp_path: Path, index_copy: Path, embedder,
                                                                          caplog) -> None:  # type: ignore[no-untyped-def]
-    results, names, domains, tasks = _lovm_files(tmp_path)
+    results, names, _, _ = _lovm_files(tmp_path)
     (names / "empty.txt").write_text("")
     with caplog.at_level("WARNING"):
         summary = import_published(index_copy, results, [names], embedder=embedder)
