@@ -150,6 +150,10 @@ def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
     selected = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy))
     assert selected.returncode == 0, selected.stderr
     assert json.loads(selected.stdout)["labels"] == "published"
+    assert json.loads(selected.stdout)["predicted_accuracy"] is None
+    image_only = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy), "--labels", "image")
+    assert image_only.returncode == 1 and "no image-based labels" in image_only.stderr
+    assert len(image_only.stderr.strip().splitlines()) == 1
     bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(tmp_path / "none.csv"),
                   "--classnames", str(names))
     assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
