@@ -28,17 +28,16 @@ on general strength and the k leading model factors (SVD) of the visible dataset
 general strength, which is the best any dataset loading of such a model could do. `oracle_dataset`:
 the single visible dataset whose ranking is best.
 
-A text file that is not valid JSON is refused by `published import` (one line naming its line);
-LOVM's own `dataset_domains.json` lacks a comma after one entry, so the bench reads a copy with
-that comma added and says so in the results (`repairs`).
+LOVM's own `dataset_domains.json` lacks a comma after one entry; `published import` (the
+package's `read_dataset_texts`) reads it with that comma added and warns, and the bench records
+the warning in the results (`repairs`). Other invalid JSON is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -111,22 +110,16 @@ def ceilings(pub: Any, j: int, similarity: np.ndarray, texts: list[np.ndarray | 
     return out
 
 
-def read_or_repair(path: Path | None, folder: Path, repairs: list[str]) -> Path | None:
-    """The text file, or a copy in `folder` with missing commas between JSON entries added (said in `repairs`)."""
-    if path is None:
-        return None
-    text = path.read_text(encoding="utf-8")
-    try:
-        json.loads(text)
-        return path
-    except json.JSONDecodeError:
-        pass
-    fixed, n = re.subn(r'("\s*)\n(\s*")', r'\1,\n\2', text)
-    json.loads(fixed)   # anything else wrong is left to `published import` to refuse
-    repairs.append(f"{path}: {n} missing comma(s) between entries added (read from a copy)")
-    copy = folder / path.name
-    copy.write_text(fixed, encoding="utf-8")
-    return copy
+class RepairLog(logging.Handler):
+    """Collects the package's warnings about repaired text files (`read_dataset_texts`) for the results."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.repairs: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "missing comma" in record.getMessage():
+            self.repairs.append(record.getMessage())
 
 
 def linked_copy(index: Path, folder: Path) -> Path:
@@ -164,11 +157,11 @@ def main() -> None:
 
     embedder = embedder_for(load_index(args.index).embedder)
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
-    repairs: list[str] = []
+    repair_log = RepairLog()
+    logging.getLogger("mll_index.published_table").addHandler(repair_log)
+    repairs = repair_log.repairs
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        domains = read_or_repair(domains, folder, repairs)
-        descriptions = read_or_repair(descriptions, folder, repairs)
         index = linked_copy(args.index, folder)
         summary = import_published(index, args.results, args.classnames, mapping=args.mapping, domains=domains,
                                    descriptions=descriptions, embedder=embedder, cache=cache)

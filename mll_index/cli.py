@@ -573,10 +573,14 @@ def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-unty
 @click.option("--budget-gflops", type=_PositiveFinite(0, min_open=True), default=None,
               help="The ensemble's GFLOPs per image (the sum over its distinct models) at most this.")
 @click.option("--pareto", is_flag=True, help="Also list the non-dominated (predicted accuracy, GFLOPs) choices.")
+@click.option("--labels", "label_source", type=click.Choice(["auto", "image", "published", "both"]), default="auto",
+              show_default=True, help="Labels that rank the models: image-based, published, both merged by rank, or "
+              "auto (every source the index holds; warns when the two share few models).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
            explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None,
-           max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool) -> None:
+           max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool,
+           label_source: str) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.budget import Budget
 
@@ -594,7 +598,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
                              "\"probe_images\" (a path the server can read) with --server")
         text, warnings = remote_select(server, None if (task_file or batch) else _read_names(names, file),
                                        task_file, batch, bool(names or file), k=k, alpha=alpha, nodes=n_nodes,
-                                       mode=mode, domain=domain, explain=explain, ranking=ranking_size)
+                                       mode=mode, domain=domain, explain=explain, ranking=ranking_size,
+                                       labels=label_source)
         for line in warnings:
             click.echo(line, err=True)
         if out:
@@ -626,7 +631,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     selector = open_selector(path, cache=_embedding_cache())
     # Every model ranked, then cut to k (within the budget) with its predicted accuracy.
     settings = SelectionSettings(k=internal_k(selector, k, budget, pareto), alpha=alpha, n_nodes=n_nodes,
-                                 mode=mode, explain=explain, ranking_size=None, probe=probe)  # type: ignore[arg-type]
+                                 mode=mode, explain=explain, ranking_size=None, probe=probe,  # type: ignore[arg-type]
+                                 labels=label_source)  # type: ignore[arg-type]
     full = select_batch(selector, tasks, settings)
     costs = None
     if budget.active or pareto:

@@ -70,7 +70,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.budget`).
     """
-    from mll_index.select import ModelScore, selection_warnings
+    from mll_index.select import PROMPT_WARNING_TAIL, ModelScore, probe_warnings, selection_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -99,7 +99,11 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
         by_id = {m.model: m for m in cls.models}
         classes.append(replace(cls, models=tuple(by_id[m] for m in wanted)))
     ranking = full.ranking if ranking_size is None else full.ranking[:ranking_size]
-    warnings = selection_warnings(selector, task, classes, full.probe)
+    # select's lines about the label sources stay; the prompt and probe lines are made again for the
+    # models kept.
+    redone = probe_warnings(task, full.probe)
+    warnings = tuple(w for w in full.warnings if not w.endswith(PROMPT_WARNING_TAIL) and w not in redone) + \
+        selection_warnings(selector, task, classes, full.probe)
     if choice is not None:
         warnings += budget_warnings(task.name, [cls.name for cls in full.classes], choice, k,
                                     [len(cls.models) for cls in full.classes], budget)
@@ -115,6 +119,16 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
             entry["predicted_accuracy"] = pred.to_dict()
         out["predicted_accuracy_about"] = (f"calibration v{calibration.version}: "
                                            f"{calibration.about.get('summary', 'see data/accuracy_calibration.json')}")
+    else:
+        # The calibration maps F1 on sample images to accuracy; a published z-score or a merged rank is
+        # another scale, so no prediction is made rather than a wrong one.
+        out["predicted_accuracy"] = None
+        for entry in out["classes"]:
+            entry["predicted_accuracy"] = None
+        hint = "; select with --labels image for one" if selector.store is not None else ""
+        out["predicted_accuracy_about"] = (f"not predicted: the calibration (v{calibration.version}) maps image-based "
+                                           f"labels' F1 to accuracy, and these models were ranked by {full.labels} "
+                                           f"labels{hint}")
     if choice is not None and costs is not None:
         out["budget"] = {"limits": {"max_gflops": budget.max_gflops, "max_params": budget.max_params,
                                     "budget_gflops": budget.budget_gflops},

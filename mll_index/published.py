@@ -84,8 +84,9 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     embedder = embedder or LazyEmbedder(index.embedder)
     index.check_embedder(embedder)
     table = read_results(results, scale)
-    names = read_classnames(classnames)
     settings = dataset_settings(mapping)
+    # Only the lists a column uses must be sound: a stray file in the folder does not stop the import.
+    names = read_classnames(classnames, used={settings.get(d, {}).get("classnames", d) for d in table.datasets})
     texts = {f: read_dataset_texts(p, f"dataset {f} file") if p else {}
              for f, p in zip(TEXT_FIELDS, (domains, descriptions))}
     used, skipped = [], []
@@ -311,7 +312,7 @@ def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
 
 def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.ndarray | None = None,
                    description: np.ndarray | None = None, hidden: Sequence[str] = (),
-                   rule: PublishedRule | None = None) -> TaskRanking:
+                   rule: PublishedRule | None = None, unknown: Sequence[bool] | None = None) -> TaskRanking:
     """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why.
 
     Args:
@@ -319,11 +320,13 @@ def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.n
         domain, description: the task's (d,) unit text vectors, or None.
         hidden: datasets (and their families) the ranking may not use.
         rule: the weights; the ones chosen at import by default.
+        unknown: per class, whether its name holds no WordNet lemma (`match.is_weak`'s test): such a
+            class falls back to general strength.
     """
     visible = hidden_mask(pub.dataset_names, pub.families, hidden)
     z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
     text = text_similarity([domain, description], [pub.text_vectors.get(f) for f in TEXT_FIELDS])
-    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids)
+    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids, unknown)
 
 
 def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: EmbeddingCache | None, *,

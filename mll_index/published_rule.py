@@ -22,6 +22,9 @@ standard deviations a model stands above the table's mean there). For a task:
    fall back to general strength (saying so and why), when
    - its best similarity to any visible dataset is below `WEAK_SIMILARITY` (0.45, the bar below
      which `match` flags a class's match as weak): no benchmark dataset resembles it; or
+   - none of its name's words is a WordNet lemma (the caller's `unknown`, `match.is_weak`'s other
+     test): an embedding finds some near benchmark class for any string ("zzkk vvmp" reaches 0.58
+     to a DTD class), so the similarity alone does not show evidence; or
    - the model A the blend ranks first is not the strongest model in general, B, yet A loses
      to B on the neighbour datasets holding more than 2/3 of the class's weight (`CONTRADICTED`):
      the weighted mean rests on a minority of its neighbours.
@@ -191,7 +194,8 @@ def _weighted_z(z: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, similarity: np.ndarray,
-              text: np.ndarray | None, rule: PublishedRule, model_ids: Sequence[str] | None = None) -> TaskRanking:
+              text: np.ndarray | None, rule: PublishedRule, model_ids: Sequence[str] | None = None,
+              unknown: Sequence[bool] | None = None) -> TaskRanking:
     """Score every model for a task's classes (steps 1-5 of the module docstring).
 
     Args:
@@ -200,6 +204,7 @@ def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, simil
         similarity: (n_classes, n_datasets) per task class (`dataset_similarity`).
         text: (n_datasets,) the task's domain and description similarity (`text_similarity`), or None.
         model_ids: names for the fallback messages (positions when None).
+        unknown: (n_classes,) whether a class's name holds no WordNet lemma (None: every name known).
     """
     strength, source = strength_of(z, datasets, visible)
     combined, w = neighbour_weights(similarity, text, visible, rule.text_weight)
@@ -218,6 +223,8 @@ def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, simil
         share = float(w[c][both & (z[a] > z[best])].sum() / max(w[c][both].sum(), 1e-12))
         if closest < WEAK_SIMILARITY:
             reason = (f"no benchmark dataset resembles it: best similarity {closest:.2f} < {WEAK_SIMILARITY}")
+        elif unknown is not None and unknown[c]:
+            reason = "none of its words is a WordNet lemma: its match to benchmark classes rests on the embedding alone"
         elif a != best and share < CONTRADICTED:
             reason = (f"neighbours contradict the rule: {names[a]} (first by the rule) beats {names[best]} (strongest "
                       f"in general) only on datasets holding {share:.0%} of the neighbour weight")

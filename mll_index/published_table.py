@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +29,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mll_index.errors import InputError
-from mll_index.userfiles import (UserTable, names_from_text, normalize_class_name, read_user_csv, read_user_json,
-                                 read_user_text)
+from mll_index.userfiles import (UserTable, names_from_text, normalize_class_name, parse_user_json, read_user_csv,
+                                 read_user_json, read_user_text)
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +43,84 @@ Scale = Literal["auto", "percent", "fraction"]
 SCALES: tuple[str, ...] = ("auto", "percent", "fraction")
 
 
-def read_classnames(sources: Sequence[Path]) -> dict[str, list[str]]:
+def read_classnames(sources: Sequence[Path], used: Collection[str] | None = None) -> dict[str, list[str]]:
     """Class-name lists by key from JSON files ({key: [names]}) and folders of `<key>.txt` (one name per line,
     blank lines and empty names skipped, the latter with a warning); names are normalised as task class
     names are (`userfiles.normalize_class_name`).
 
+    Args:
+        used: the keys the caller needs (None: every key). A list outside them that cannot be read
+            (a stray empty `.txt` in the folder) is left out with a warning instead of stopping the import.
     Raises:
-        InputError: a missing source, an unreadable file or a name empty once cleaned, naming the file.
+        InputError: a missing source, an unreadable JSON file, or a used list that is unreadable or
+            holds a name empty once cleaned, naming the file.
     """
     out: dict[str, list[str]] = {}
+
+    def keep(key: str, read: Callable[[], list[str]], where: str) -> None:
+        try:
+            out[key] = read()
+        except InputError as exc:
+            if used is None or key in used:
+                raise
+            log.warning("%s: class-name list %r left out, no results column uses it (%s)", where, key, exc)
+
     for source in sources:
         source = Path(source)
         if source.is_dir():
             for f in sorted(source.glob("*.txt")):
-                out[f.stem] = names_from_text(read_user_text(f), str(f), skip_blank=True)
+                keep(f.stem, lambda f=f: names_from_text(read_user_text(f), str(f), skip_blank=True), str(f))  # type: ignore[misc]
         elif source.is_file():
             data = read_user_json(source, "JSON class-name file")
             if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
                 raise InputError(f"{source}: a class-name file maps dataset keys to lists of names")
             for key, names in data.items():
-                # A benchmark's list may hold an empty name (CLIP_benchmark's CLEVR distances do): it names
-                # nothing to match, so it is left out, as blank lines of a text list are, and said.
-                blank = [i for i, n in enumerate(names, 1) if not str(n).strip()]
-                if blank:
-                    log.warning("%s: %r: empty class name(s) at position %s left out", source, key,
-                                ", ".join(map(str, blank)))
-                out[key] = [normalize_class_name(str(n), f"{source}: {key!r} name {i}")
-                            for i, n in enumerate(names, 1) if str(n).strip()]
+                keep(key, lambda source=source, key=key, names=names: _json_names(source, key, names),  # type: ignore[misc]
+                     str(source))
         else:
             raise InputError(f"{source}: no such class-name file or folder")
     return out
 
 
+def _json_names(source: Path, key: str, names: list[Any]) -> list[str]:
+    # A benchmark's list may hold an empty name (CLIP_benchmark's CLEVR distances do): it names
+    # nothing to match, so it is left out, as blank lines of a text list are, and said.
+    blank = [i for i, n in enumerate(names, 1) if not str(n).strip()]
+    if blank:
+        log.warning("%s: %r: empty class name(s) at position %s left out", source, key, ", ".join(map(str, blank)))
+    return [normalize_class_name(str(n), f"{source}: {key!r} name {i}") for i, n in enumerate(names, 1) if str(n).strip()]
+
+
+# A closing quote at a line's end and an opening quote at the next line's start: in a {name: text}
+# map only a missing comma puts them there (LOVM's dataset_domains.json lacks one after
+# "kitti_closest_vehicle_distance").
+_MISSING_COMMA = re.compile(r'("[ \t]*)(\r?\n[ \t]*")')
+
+
 def read_dataset_texts(path: Path, what: str) -> dict[str, str]:
     """A JSON file {dataset: text} (LOVM's `dataset_domains.json`, `dataset_tasks.json`), texts cleaned.
+
+    One defect is repaired, with a warning naming the file and lines: a missing comma between two
+    entries on consecutive lines (as LOVM ships `dataset_domains.json`). Only when the file does not
+    parse as it is and parses with those commas added; any other invalid JSON stays an error.
 
     Raises:
         InputError: naming the file (and the line, for JSON that does not parse), when it is not such a map.
     """
-    data = read_user_json(Path(path), what)
+    text = read_user_text(Path(path))
+    try:
+        data = parse_user_json(text, str(path), what)
+    except InputError:
+        fixed, n = _MISSING_COMMA.subn(r"\1,\2", text)
+        try:
+            data = json.loads(fixed) if n else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise
+        lines = [text.count("\n", 0, m.start()) + 1 for m in _MISSING_COMMA.finditer(text)]
+        log.warning("%s: not valid JSON; read with %d missing comma(s) added at the end of line(s) %s (fix the file "
+                    "to silence this)", path, n, ", ".join(map(str, lines)))
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise InputError(f"{path}: a {what} maps dataset names to one text each")
     return {str(k): normalize_class_name(v, f"{path}: {k!r}") for k, v in data.items() if v.strip()}
@@ -203,7 +244,8 @@ def _read_long(path: Path, table: UserTable, scale: Scale) -> ResultsTable:
     header = table.columns
     for needed in ("dataset", LONG_ACCURACY):
         if needed not in header:
-            raise InputError(f"{path}: a results table with one row per model and dataset needs a {needed!r} column; "
+            raise InputError(f"{path}: a results table with one row per model and dataset needs "
+                             f"{'an' if needed[0] in 'aeiou' else 'a'} {needed!r} column; "
                              f"its columns are {list(header)[:10]}")
     if "model" not in header and "model_fullname" not in header:
         raise InputError(f"{path}: a results table with one row per model and dataset needs a 'model' (with "

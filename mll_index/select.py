@@ -21,6 +21,16 @@
 3. Per class, the counts of its nodes, weighted by their similarity, give the model's F1.
 4. score(model, class) = alpha * F1(model, class) + (1 - alpha) * mean F1(model, other classes).
 5. The top-k models per class; the task-level ranking is the mean score over classes.
+
+Label sources (settings `labels`): image-based labels (steps 1-4), published labels
+(`published_rule`), or both. Both are merged by rank (`merge_by_rank`): their scores are on two
+scales (F1 on sample images, published z-scores), so each becomes a rank among its own models per
+class, and each source's best model scores 1.0 whatever its real accuracy. That is only sound when
+the two sources rank largely the same models; `auto` (every source the index holds) warns in the
+answer's `warnings` when they share fewer than half of the smaller source's models
+(`unrelated_sources`) and names `--labels image` / `--labels published`. A tie in the merge goes to
+the model that leads its own source(s) more clearly (its score's z-score among that source's
+models), not to the source listed first.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from mll_index.node_matching import (LabeledNodes, NodeMatch, labeled_nodes, len
                                      top_stable)
 from mll_index.published import (BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published,
                                   published_evidence, rank_published, task_text_vectors)
-from mll_index.selection_settings import RANKING_SIZE, SelectionSettings, settings_from
+from mll_index.selection_settings import LABEL_SOURCES, RANKING_SIZE, SelectionSettings, settings_from
 from mll_index.task import Task, make_task, read_batch_file, read_task_file, task_from_json
 
 # Names other modules import from here since before the split into task, label_store,
@@ -251,30 +261,25 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
                 published_raw: np.ndarray | None, settings: SelectionSettings) -> Selection:
-    k, alpha, mode, explain, ranking_size = (settings.k, settings.alpha, settings.mode, settings.explain,
-                                             settings.ranking_size)
-    image = _image_part(sel, task, matches, settings) if sel.store is not None else None
+    k, alpha, explain, ranking_size = settings.k, settings.alpha, settings.explain, settings.ranking_size
+    use_image, use_published = _sources(sel, settings.labels)
+    image = _image_part(sel, task, matches, settings) if use_image else None
+    unknown = [not sel.matcher.lemma_hits(read_class_name(name)) for name in task.classes]
     published, pub_ranking = None, None
-    if published_raw is not None:
+    if published_raw is not None and use_published:
         # published_raw is (n_datasets, n_classes): the classes' similarity to each dataset (see prepare_tasks).
         domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
                                                         domain=task.domain if settings.use_domain else None,
                                                         description=task.description)
         pub_ranking = rank_published(sel.published, published_raw.T, domain=domain_vec,  # type: ignore[arg-type]
-                                     description=description_vec)
+                                     description=description_vec, unknown=unknown)
         published = smooth_scores(pub_ranking.scores, alpha)
+    source_note: tuple[str, ...] = ()
     if image is not None and published is not None:
-        # Two scales (F1 on sample images, published accuracy): each becomes a rank among its own
-        # models per class, and a model's score is the mean of the ranks it has.
         pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
-        ids = image["ids"] + [m for m in pub_ids if m not in image["ids"]]
-        total = np.zeros((len(ids), len(task.classes)))
-        count = np.zeros((len(ids), 1))
-        for part_ids, part in ((image["ids"], image["scores"]), (pub_ids, published)):
-            rows = [ids.index(m) for m in part_ids]
-            total[rows] += _percentile_ranks(part)
-            count[rows] += 1
-        scores, labels = total / count, "both"
+        ids, scores = merge_by_rank([(image["ids"], image["scores"]), (pub_ids, published)])
+        labels = "both"
+        source_note = unrelated_sources(task.name, image["ids"], pub_ids) if settings.labels == "auto" else ()
     elif image is not None:
         ids, scores, labels = image["ids"], image["scores"], "image"
     else:
@@ -286,7 +291,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
         weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
             (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
-        weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE
+        # As the image path (match.is_weak): a name none of whose words is a lemma matches on the embedding alone.
+        weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE or unknown[c]
         weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None
         if explain:
@@ -314,13 +320,83 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     task_scores = scores.mean(axis=1)
     ranked = top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
     ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
-    used = image["mode"] if image is not None else mode
+    # `mode` names the confusion mode that ran; published labels alone run none of them.
+    used = image["mode"] if image is not None else "published"
     probe = image["probe"] if image is not None else None
-    warnings = selection_warnings(sel, task, classes, probe)
+    warnings = source_note + selection_warnings(sel, task, classes, probe)
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
                      warnings=warnings, probe=probe,
                      published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
+
+
+def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
+    """Whether the image-based and the published labels rank the models, for settings' `labels`.
+
+    Raises:
+        InputError: the source asked for is not in the index.
+    """
+    has_image, has_published = sel.store is not None, sel.published is not None
+    wanted_image = labels in ("image", "both") or (labels == "auto" and has_image)
+    wanted_published = labels in ("published", "both") or (labels == "auto" and has_published)
+    for wanted, has, what, how in ((wanted_image, has_image, "image-based", "run `mll-index label`"),
+                                   (wanted_published, has_published, "published", "run `mll-index published import`")):
+        if wanted and not has:
+            raise InputError(f"{sel.index.path}: labels {labels!r} asked for, but the index has no {what} labels "
+                             f"({how}, or choose labels among {list(LABEL_SOURCES)})")
+    return wanted_image, wanted_published
+
+
+def merge_by_rank(parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """Merge per-source scores (F1 on sample images, published z-scores: two scales) into one.
+
+    Each source's scores become a rank among its own models per class (1 = best, `_percentile_ranks`),
+    and a model's score is the mean of the ranks it has. Ties (each source's best model has 1.0)
+    are broken by how clearly the model leads in its sources: the mean over its sources of its
+    score's z-score among that source's models, added times 1e-6 (below the 4 decimals an answer
+    shows), so neither source wins a tie by its position in the list.
+
+    Args:
+        parts: per source, its model ids and (n_models, n_classes) scores.
+    Returns:
+        The ids (the first source's, then the others' new ones) and (n_ids, n_classes) float64 scores.
+    """
+    ids: list[str] = []
+    for part_ids, _ in parts:
+        ids += [m for m in part_ids if m not in set(ids)]
+    position = {m: i for i, m in enumerate(ids)}
+    n_classes = parts[0][1].shape[1]
+    total, lead = np.zeros((len(ids), n_classes)), np.zeros((len(ids), n_classes))
+    count = np.zeros((len(ids), 1))
+    for part_ids, part in parts:
+        rows = [position[m] for m in part_ids]
+        part = np.asarray(part, np.float64)
+        spread = part.std(axis=0)
+        total[rows] += _percentile_ranks(part)
+        lead[rows] += np.divide(part - part.mean(axis=0), spread, out=np.zeros_like(part), where=spread > 1e-12)
+        count[rows] += 1
+    return ids, (total + 1e-6 * lead) / count
+
+
+# Below this share of the smaller source's models in common, `auto` warns that the merge mixes unrelated hubs.
+SHARED_ENOUGH = 0.5
+
+
+def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> tuple[str, ...]:
+    """One warning when the image-labeled and the published models are (mostly) different models:
+    merged by rank, each source's best model scores 1.0 whatever its accuracy, so the answer may
+    pair models that were never compared."""
+    shared = len(set(image_ids) & set(published_ids))
+    if shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids)):
+        return ()
+    return ((f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
+            f"({len(published_ids)} models) share {shared} model(s); they are merged by rank, so each source's best "
+            "model scores 1.0 though the two were never compared: choose one source with --labels image or "
+            "--labels published (settings \"labels\")"),)
+
+
+# How every prompt_warnings line ends (estimate.complete_selection recomputes those lines only).
+PROMPT_WARNING_TAIL = " (reuse refuses them unless --force; shorten or rename those classes)"
 
 
 def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection],
@@ -328,9 +404,15 @@ def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelecti
     """A selection's warnings: the chosen models' prompt problems (`prompt_warnings`), then the
     probe images' (`probe`: the selection's probe summary): ignored outside the restricted mode,
     or some files unreadable. Recomputed wherever the chosen models change (estimate.complete_selection)."""
+    return prompt_warnings(sel, task, classes) + probe_warnings(task, probe)
+
+
+def probe_warnings(task: Task, probe: dict[str, Any] | None) -> tuple[str, ...]:
+    """The probe images' warnings (`probe`: the selection's probe summary): ignored outside the
+    restricted mode, or some files unreadable."""
     from mll_index.probes import skipped_warning
 
-    warnings = prompt_warnings(sel, task, classes)
+    warnings: tuple[str, ...] = ()
     if probe is not None and "ignored" in probe:
         warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
     skipped = skipped_warning(probe.get("skipped") or []) if probe is not None else None
@@ -376,7 +458,7 @@ def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]
             parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
         shown = f"{models[:5]}{' and others' if len(models) > 5 else ''}"
         out.append(f"task {task.name!r}: model(s) {shown} read at most {length} tokens: " + "; ".join(parts) +
-                   " (reuse refuses them unless --force; shorten or rename those classes)")
+                   PROMPT_WARNING_TAIL)
     return tuple(out)
 
 

@@ -7,13 +7,15 @@ variant and checks it again.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from mll_index.confusion import MODES, SelectionMode
 from mll_index.errors import InputError
 
 RANKING_SIZE = 100
 PROBE_LIMIT = 16    # as probes.PROBE_LIMIT (not imported: settings load nothing heavy)
+LabelSource = Literal["auto", "image", "published", "both"]
+LABEL_SOURCES: tuple[str, ...] = ("auto", "image", "published", "both")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class SelectionSettings:
         ranking_size: models in the task-level ranking (None: every model).
         probe: probe images used at most, of a task that gives some (0: ignore them).
         probe_models: models that encode the probe images, per sample set.
+        labels: which labels rank the models: "image" (image-based), "published", "both" (merged by
+            rank, see `select`), or "auto" (every source the index holds, with a warning when the
+            two share few models).
 
     Raises:
         InputError: on construction (and on `replace`), one line naming the bad value.
@@ -44,6 +49,7 @@ class SelectionSettings:
     ranking_size: int | None = RANKING_SIZE
     probe: int = PROBE_LIMIT
     probe_models: int = 1
+    labels: LabelSource = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -54,6 +60,8 @@ class SelectionSettings:
             raise InputError(f"the number of nodes per class must be at least 1, got {self.n_nodes!r}")
         if self.mode not in MODES:
             raise InputError(f"unknown selection mode {self.mode!r}; modes: {list(MODES)}")
+        if self.labels not in LABEL_SOURCES:
+            raise InputError(f"unknown label source {self.labels!r}; sources: {list(LABEL_SOURCES)}")
         if self.ranking_size is not None and (isinstance(self.ranking_size, bool) or
                                               not isinstance(self.ranking_size, int) or self.ranking_size < 1):
             raise InputError(f"the ranking size must be at least 1 (or None for every model), "

@@ -150,6 +150,10 @@ def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
     selected = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy))
     assert selected.returncode == 0, selected.stderr
     assert json.loads(selected.stdout)["labels"] == "published"
+    assert json.loads(selected.stdout)["predicted_accuracy"] is None
+    image_only = run_cli("select", "golden retriever", "pizza", "--index", str(index_copy), "--labels", "image")
+    assert image_only.returncode == 1 and "no image-based labels" in image_only.stderr
+    assert len(image_only.stderr.strip().splitlines()) == 1
     bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(tmp_path / "none.csv"),
                   "--classnames", str(names))
     assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
@@ -248,9 +252,122 @@ def test_published_cli_reads_lovm_files(tmp_path: Path, index_copy: Path) -> Non
     selected = run_cli("select", "--task", str(task), "--index", str(index_copy))
     assert selected.returncode == 0, selected.stderr
     assert json.loads(selected.stdout)["published"]["fallback"] is False
+    # LOVM's own dataset_domains.json lacks a comma between two entries: read, with one warning line.
+    lovm_like = tmp_path / "dataset_domains.json"
+    lovm_like.write_text('{\n "dogs": "photograph/picture"\n "food": "food photographs"\n}\n')
+    repaired = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
+                       "--classnames", str(names), "--domains", str(lovm_like))
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["with_domain"] == ["dogs", "food"]
+    said = [line for line in repaired.stderr.splitlines() if "missing comma" in line]
+    assert len(said) == 1 and "dataset_domains.json" in said[0] and "line(s) 2" in said[0]
+    # Any other invalid JSON stays an error naming the file and line.
     broken = tmp_path / "broken.json"
-    broken.write_text('{\n "dogs": "photograph"\n "food": "food"\n}\n')
+    broken.write_text('{\n "dogs": "photograph",\n "food": food\n}\n')
     bad = run_cli("published", "import", "--index", str(index_copy), "--results", str(results),
                   "--classnames", str(names), "--domains", str(broken))
     assert bad.returncode == 1 and "broken.json" in bad.stderr and "line 3" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_stray_class_name_list_no_column_uses_does_not_stop_the_import(tmp_path: Path, index_copy: Path, embedder,
+                                                                         caplog) -> None:  # type: ignore[no-untyped-def]
+    results, names, _, _ = _lovm_files(tmp_path)
+    (names / "empty.txt").write_text("")
+    with caplog.at_level("WARNING"):
+        summary = import_published(index_copy, results, [names], embedder=embedder)
+    assert summary["datasets"] == ["dogs", "food"]
+    assert "empty.txt" in caplog.text and "no results column uses it" in caplog.text
+    # A list the table does use must be sound.
+    (names / "dogs.txt").write_text("\n")
+    with pytest.raises(InputError, match="dogs.txt"):
+        import_published(index_copy, results, [names], embedder=embedder)
+
+
+def _mixed_index(tmp_path: Path, world_index: Path, embedder) -> Path:  # type: ignore[no-untyped-def]
+    import shutil
+
+    tmp_path.mkdir(exist_ok=True)
+    results, names, mapping = _files(tmp_path)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(world_index, mixed)
+    import_published(mixed, results, [names], mapping=mapping, embedder=embedder)
+    return mixed
+
+
+def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model(
+        tmp_path: Path, world_index: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import make_task, open_selector, select_models
+
+    sel = open_selector(_mixed_index(tmp_path / "m", world_index, embedder), embedder)
+    task = make_task(["tiger", "pizza"])
+    auto = select_models(sel, task)
+    assert auto.labels == "both" and len(auto.warnings) == 1
+    assert "share 0 model(s)" in auto.warnings[0] and "--labels image" in auto.warnings[0]
+    image = select_models(sel, task, labels="image")
+    assert image.labels == "image" and not image.warnings and {m.model for m in image.ranking} == set(sel.store.model_ids)
+    published = select_models(sel, task, labels="published")
+    assert published.labels == "published" and published.mode == "published"
+    assert {m.model for m in published.ranking} == {"A-x", "B-y"}
+    both = select_models(sel, task, labels="both")    # asked for: merged without the warning
+    assert both.labels == "both" and not both.warnings
+    results, names, mapping = _files(tmp_path)
+    import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    with pytest.raises(InputError, match="no image-based labels"):
+        select_models(open_selector(index_copy, embedder), task, labels="image")
+    with pytest.raises(InputError, match="unknown label source 'mine'"):
+        select_models(sel, task, labels="mine")
+
+
+def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_clearly() -> None:
+    from mll_index.select import merge_by_rank
+
+    # Each source's best model ranks 1.0; "clear" stands far above its source's others, "close" barely.
+    close = (["close", "b", "c"], np.array([[0.51], [0.50], [0.49]]))
+    clear = (["clear", "e", "f"], np.array([[0.90], [0.10], [0.10]]))
+    for parts in ([close, clear], [clear, close]):
+        ids, scores = merge_by_rank(parts)
+        assert ids[int(np.argmax(scores[:, 0]))] == "clear"
+        assert round(float(scores[:, 0].max()), 4) == 1.0
+
+
+def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
+                                                                   embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.estimate import select_answer
+    from mll_index.select import make_task, open_selector
+
+    results, names, mapping = _files(tmp_path)
+    import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    answer = select_answer(open_selector(index_copy, embedder), make_task(["golden retriever", "pizza"]))
+    assert answer["mode"] == "published" and answer["labels"] == "published"
+    assert answer["predicted_accuracy"] is None and all(c["predicted_accuracy"] is None for c in answer["classes"])
+    assert "image-based labels" in answer["predicted_accuracy_about"]
+
+
+def test_a_published_class_whose_name_is_no_word_is_low_confidence_and_falls_back(
+        tmp_path: Path, index_copy: Path, world_index: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.select import make_task, open_selector, select_models
+
+    results, names, mapping = _files(tmp_path)
+    import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    task = make_task(["zzkk vvmp", "golden retriever"])
+    only = select_models(open_selector(index_copy, embedder), task).to_dict()
+    gibberish, known = only["classes"]
+    assert gibberish["low_confidence"] is True and known["low_confidence"] is False
+    assert "zzkk vvmp" in only["published"]["fallback_classes"]
+    assert "golden retriever" not in only["published"]["fallback_classes"]
+    mixed = select_models(open_selector(_mixed_index(tmp_path / "m", world_index, embedder), embedder), task,
+                          labels="both").to_dict()
+    assert mixed["classes"][0]["low_confidence"] is True
+
+
+def test_the_rule_falls_back_for_a_class_whose_name_is_no_word_however_similar() -> None:
+    from mll_index.published_rule import PublishedRule, rank_task
+
+    z = np.array([[1.0, -1.0], [-1.0, 1.0]])                # model 0 leads dataset a, model 1 dataset b
+    similarity = np.array([[0.9, 0.2], [0.9, 0.2]])         # both classes look like dataset a (0.9 >= 0.45)
+    ranking = rank_task(z, ["a", "b"], np.array([True, True]), similarity, None, PublishedRule(), ["m0", "m1"],
+                        unknown=[True, False])
+    assert ranking.reasons[1] is None
+    assert ranking.reasons[0] is not None and "WordNet lemma" in ranking.reasons[0]
+    assert ranking.scores[0, 0] == ranking.scores[1, 0]    # general strength: the mean z-score ties them

@@ -46,7 +46,7 @@ def test_model_fullname_alone_gives_the_same_ids(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("dataset,model_fullname,top1\ncars,RN50 openai,0.5\n", "needs a 'acc1' column"),
+    ("dataset,model_fullname,top1\ncars,RN50 openai,0.5\n", "needs an 'acc1' column"),
     ("dataset,arch,acc1\ncars,RN50,0.5\n", "needs a 'model' (with 'pretrained') or a 'model_fullname' column"),
     ("model,acc1\nRN50,0.5\n", "a results table needs a 'name' column"),
 ])
@@ -83,8 +83,11 @@ def test_a_bad_figure_in_a_lovm_table_names_its_line(tmp_path: Path) -> None:
 def test_dataset_texts(tmp_path: Path) -> None:
     good = _write(tmp_path, json.dumps({"cars": "photograph/picture", "pcam": " medical  images "}), "d.json")
     assert read_dataset_texts(good, "domains file") == {"cars": "photograph/picture", "pcam": "medical images"}
-    # LOVM's own dataset_domains.json lacks a comma: refused in one line naming the line.
-    broken = _write(tmp_path, '{\n "cars": "photograph"\n "pcam": "medical"\n}\n', "broken.json")
+    # LOVM's own dataset_domains.json lacks a comma between two entries: read, said in one warning.
+    lovm = _write(tmp_path, '{\n "cars": "photograph"\n "pcam": "medical"\n}\n', "lovm.json")
+    assert read_dataset_texts(lovm, "domains file") == {"cars": "photograph", "pcam": "medical"}
+    # Other invalid JSON is refused in one line naming the line.
+    broken = _write(tmp_path, '{\n "cars": "photograph",\n "pcam": medical\n}\n', "broken.json")
     with pytest.raises(InputError, match=r"broken.json: not a readable domains file .*line 3"):
         read_dataset_texts(broken, "domains file")
     wrong = _write(tmp_path, json.dumps({"cars": ["photograph"]}), "wrong.json")

@@ -70,6 +70,16 @@ def test_select_equals_select_models(client: TestClient, selector, task) -> None
     assert plain == _json(selector, task_from_json(task))
 
 
+def test_select_takes_the_label_source(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/select", json={"task": TASKS[0], "labels": "image"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    body.pop("index_version")
+    assert body == _json(selector, task_from_json(TASKS[0]), labels="image")
+    missing = client.post("/v1/select", json={"task": TASKS[0], "labels": "published"})
+    assert 400 <= missing.status_code < 500 and "no published labels" in missing.text
+
+
 def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
     tasks = TASKS + [["tench", "goldfish"], ["pizza", "banana", "apple"]]   # 5 tasks in chunks of 2
     expected = [_json(selector, task_from_json(t), k=2, ranking_size=None) for t in tasks]
@@ -172,6 +182,7 @@ BAD = [  # (route, body, status, field, words in the message)
     ("/v1/select", {"task": ["cow", "pig"], "alpha": 1.5}, 422, "alpha", "less than or equal to 1"),
     ("/v1/select", {"task": ["cow", "pig"], "mode": "magic"}, 422, "mode", "'auto', 'restricted' or 'counts'"),
     ("/v1/select", {"task": ["cow", "pig"], "explain": "yes"}, 422, "explain", "valid boolean"),
+    ("/v1/select", {"task": ["cow", "pig"], "labels": "mine"}, 422, "labels", "'auto', 'image'"),
     ("/v1/select", {"task": ["cow", "pig"], "top": 3}, 422, "top", "Extra inputs"),
     ("/v1/select", {"k": 2}, 422, "task", "field required"),
     ("/v1/select", {"classes": ["tiger", "lion"]}, 422, "task", "the body is {\"task\""),

@@ -120,6 +120,8 @@ class SelectRequest(BaseModel):
     explain: bool = False
     ranking: int = Field(100, ge=0, description="Models in the task-level ranking (0: all).")
     probe: int = Field(16, ge=0, le=1000, description="Probe images of the task used at most (0: ignore them).")
+    labels: Literal["auto", "image", "published", "both"] = Field(
+        "auto", description="Labels that rank the models (see `mll-index select --labels`).")
 
 
 class MatchRequest(BaseModel):
@@ -521,7 +523,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
         chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
-                                   explain=body.explain, ranking_size=body.ranking or None, probe=body.probe)
+                                   explain=body.explain, ranking_size=body.ranking or None, probe=body.probe,
+                                   labels=body.labels)
 
         def answer(state: IndexState) -> dict[str, Any]:
             # Every model ranked, then cut to k with the predicted accuracy, as `select` does.
@@ -540,6 +543,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
             nodes: int = Query(5, ge=1, le=1000), mode: Literal["auto", "restricted", "counts"] = Query("auto"),
             domain: str | None = Query(None), explain: bool = Query(False), ranking: int = Query(100, ge=0),
             probe: int = Query(16, ge=0, le=1000),
+            labels: Literal["auto", "image", "published", "both"] = Query("auto"),
     ) -> StreamingResponse:
         """Select for many tasks (a JSON array of tasks, or JSONL): one JSON line per task, in input order.
 
@@ -548,7 +552,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
         from mll_index.select import SelectionSettings
 
         chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
-                                   ranking_size=ranking or None, probe=probe)
+                                   ranking_size=ranking or None, probe=probe, labels=labels)
         tasks = [_with_domain(t, domain) for t in
                  parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
                                   jsonl="ndjson" in request.headers.get("content-type", "")

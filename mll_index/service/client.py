@@ -55,7 +55,7 @@ def _api_key(api_key: str | None) -> str | None:
 
 
 def select_remote(url: str, task: Any, *, k: int = 1, alpha: float = 0.7, nodes: int = 5, mode: str = "auto",
-                  domain: str | None = None, explain: bool = False, ranking: int = 100,
+                  domain: str | None = None, explain: bool = False, ranking: int = 100, labels: str = "auto",
                   api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Select models for one task on a running service (`mll-index serve`).
 
@@ -63,8 +63,8 @@ def select_remote(url: str, task: Any, *, k: int = 1, alpha: float = 0.7, nodes:
         url: the service's base URL, e.g. "http://127.0.0.1:8000".
         task: a list of class names, or the task object `mll-index select --task` reads
             ({"name", "classes": [name | {"name", "captions"}], "domain", "description"}).
-        k, alpha, nodes, mode, domain, explain, ranking: as the options of `mll-index select`
-            (ranking 0: every model).
+        k, alpha, nodes, mode, domain, explain, ranking, labels: as the options of `mll-index select`
+            (ranking 0: every model; labels sent only when not "auto", so an older service still answers).
         api_key: the service's bearer token [default: $MLL_INDEX_API_KEY, if set].
     Returns:
         the selection as `mll-index select` prints it, plus "index_version": the index version it came from.
@@ -72,15 +72,16 @@ def select_remote(url: str, task: Any, *, k: int = 1, alpha: float = 0.7, nodes:
         InputError: the service refused the request (its message names the field).
         EndpointError: no service answers at `url`, or it failed.
     """
-    body = json.dumps({"task": task, "k": k, "alpha": alpha, "nodes": nodes, "mode": mode, "domain": domain,
-                       "explain": explain, "ranking": ranking}).encode()
+    request = {"task": task, "k": k, "alpha": alpha, "nodes": nodes, "mode": mode, "domain": domain,
+               "explain": explain, "ranking": ranking}
+    body = json.dumps(request | ({"labels": labels} if labels != "auto" else {})).encode()
     with _request(url, "/v1/select", body, api_key=_api_key(api_key), timeout=timeout) as response:
         return json.loads(response.read())
 
 
 def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: float = 0.7, nodes: int = 5,
                         mode: str = "auto", domain: str | None = None, explain: bool = False, ranking: int = 100,
-                        api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[dict[str, Any]]:
+                        labels: str = "auto", api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[dict[str, Any]]:
     """Select for many tasks on a running service: one selection per task, in order, as they stream in.
 
     Raises EndpointError when the stream ends with an error line (the service's time limit).
@@ -90,6 +91,8 @@ def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: fl
     query = {"k": k, "alpha": alpha, "nodes": nodes, "mode": mode, "explain": str(explain).lower(), "ranking": ranking}
     if domain:
         query["domain"] = domain
+    if labels != "auto":
+        query["labels"] = labels
     body = "".join(json.dumps(t) + "\n" for t in tasks).encode()
     with _request(url, "/v1/select/batch?" + urlencode(query), body, content_type="application/x-ndjson",
                   api_key=_api_key(api_key), timeout=timeout) as response:
@@ -111,6 +114,13 @@ def selection_warnings(selection: dict[str, Any], prompts: bool = True) -> list[
             best = c["nodes"][0] if c.get("nodes") else None
             via = best.get("via", "direct") if best else "direct"
             lent = f", lent by {via.split(':', 1)[1]}" if via != "direct" and ":" in via else ""
+            if not best and c.get("benchmark"):
+                near = c["benchmark"][0]
+                why = (selection.get("published") or {}).get("fallback_classes", {}).get(c["name"], "a weak match")
+                lines.append(f"mll-index: warning: task {selection.get('task')!r}: class {c['name']!r} matches no "
+                             f"benchmark class well (nearest {near['name']!r} of {near['dataset']}, {near['similarity']}): "
+                             f"{why}; its models rest on general strength or a weak match")
+                continue
             lines.append(f"mll-index: warning: task {selection.get('task')!r}: class {c['name']!r} matches no labeled "
                          f"node well (best {best['synset'] if best else 'none'}, score {best['score'] if best else 'n/a'}"
                          f"{lent}); its models rest on a weak match")
