@@ -18,8 +18,8 @@ import numpy as np
 from mll_index.budget import Budget, Choice, choose_within_budget, pareto_front
 from mll_index.errors import InputError
 from mll_index.flops import ModelCost, entry_model, model_costs
-from mll_index.predict import (Calibration, class_features, f1_matrix, load_calibration, predict_features,
-                               selection_matrix)
+from mll_index.predict import (Calibration, class_features, extrapolation, f1_matrix, load_calibration,
+                               predict_features, selection_matrix)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,11 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
             entry["predicted_accuracy"] = pred.to_dict()
         out["predicted_accuracy_about"] = (f"calibration v{calibration.version}: "
                                            f"{calibration.about.get('summary', 'see data/accuracy_calibration.json')}")
+        outside = extrapolation(features, calibration)
+        if outside:
+            out["predicted_accuracy_about"] += ("; this task lies outside the calibration's range, so the estimate "
+                                                "is an extrapolation and its interval was not measured: "
+                                                + ", ".join(outside))
     else:
         # The calibration maps F1 on sample images to accuracy; a published z-score or a merged rank is
         # another scale, so no prediction is made rather than a wrong one.

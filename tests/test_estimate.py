@@ -25,10 +25,12 @@ def test_without_a_budget_the_answer_is_the_plain_selection(selector) -> None:  
     full = select_models(selector, task, k=internal_k(selector, 2, Budget(), False), ranking_size=None)
     got = complete_selection(selector, task, full, k=2, ranking_size=2)
     predicted = got.pop("predicted_accuracy")
-    got.pop("predicted_accuracy_about")
+    about = got.pop("predicted_accuracy_about")
     classes = [c.pop("predicted_accuracy") for c in got["classes"]]
     assert got == plain
     assert 0 <= predicted["low"] <= predicted["estimate"] <= predicted["high"] <= 1 and len(classes) == 3
+    # Three classes: fewer than the calibration's tasks had, and the answer says so.
+    assert "an extrapolation" in about and "3 classes (calibrated on 10 to 60)" in about
 
 
 def test_a_budget_keeps_the_ensemble_within_it(selector) -> None:  # type: ignore[no-untyped-def]
