@@ -184,44 +184,28 @@ def decide_scale(path: Path, datasets: Sequence[str], values: np.ndarray, scale:
 
 
 def _read_table(path: Path) -> UserTable:
-    """The CSV as read_user_csv reads it; an unnamed first column (the index pandas writes: `,task,dataset,...`)
-    is dropped, the other columns checked as read_user_csv checks them (named, not repeated, no ragged row)."""
+    """The CSV as read_user_csv reads it; an unnamed first column (the index pandas writes:
+    `,task,dataset,...`) is dropped."""
     text = read_user_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        first = next((cells for cells in reader if any(c.strip() for c in cells)), [])
+        first = next((cells for cells in csv.reader(io.StringIO(text, newline=""), strict=True)
+                      if any(c.strip() for c in cells)), [])
     except csv.Error:
-        first = []
-    if not first or first[0].strip() or not any(c.strip() for c in first[1:]):
-        return read_user_csv(path, "results table")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    rows: list[dict[str, str | None]] = []
-    lines: list[int] = []
-    try:
-        for cells in reader:
-            cells = [c.strip() for c in cells]
-            if not any(cells):
-                continue
-            cells = cells[1:]    # the index column
-            if header is None:
-                while cells and not cells[-1]:
-                    cells.pop()
-                unnamed = [i for i, c in enumerate(cells, 2) if not c]
-                repeated = sorted({c for c in cells if cells.count(c) > 1})
-                if unnamed or repeated:
-                    what = f"column {unnamed[0]} has no name" if unnamed else f"column(s) {repeated} appear twice"
-                    raise InputError(f"{path}: line {reader.line_num}: {what} in the header")
-                header = cells
-                continue
-            if any(cells[len(header):]):
-                raise InputError(f"{path}: line {reader.line_num}: {len(cells) + 1} cells, the header has "
-                                 f"{len(header) + 1} columns")
-            rows.append({name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)})
-            lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise InputError(f"{path}: line {reader.line_num}: not a readable results table ({exc})") from None
-    return UserTable(tuple(header or ()), rows, lines)
+        first = []    # read_user_csv names the line
+    indexed = bool(first) and not first[0].strip() and any(c.strip() for c in first[1:])
+    return read_user_csv(path, "results table", index_column=indexed)
+
+
+def _cell(path: Path, line: int, column: str, raw: str | None) -> float:
+    """A figure of the table: NaN where the cell is empty.
+
+    Raises:
+        InputError: a cell that is not a number (naming the line and column).
+    """
+    value = _number(raw)
+    if raw not in (None, "") and value is None:
+        raise InputError(f"{path}: line {line}, column {column!r}: {raw!r} is not a number")
+    return np.nan if value is None else value
 
 
 def _long_model_ids(path: Path, table: UserTable) -> list[tuple[str, str, str | None]]:
@@ -264,12 +248,7 @@ def _read_long(path: Path, table: UserTable, scale: Scale) -> ResultsTable:
             raise InputError(f"{path}: line {table.lines[r]}: dataset {row['dataset']!r} named twice for model "
                              f"{ids[r][0]!r} (first at line {where[i, j]})")
         where[i, j] = table.lines[r]
-        raw = row.get(LONG_ACCURACY)
-        value = _number(raw)
-        if raw not in (None, "") and value is None:
-            raise InputError(f"{path}: line {table.lines[r]}, column {LONG_ACCURACY!r}: {raw!r} is not a number")
-        if value is not None:
-            acc[i, j] = value
+        acc[i, j] = _cell(path, table.lines[r], LONG_ACCURACY, row.get(LONG_ACCURACY))
     unit = decide_scale(path, datasets, acc, scale)
     acc = (acc / 100 if unit == "percent" else acc).astype(np.float32)
     entries = [_entry(model_id, arch, tag, None, None, acc[i], datasets) for i, (model_id, arch, tag) in enumerate(models)]
@@ -308,12 +287,7 @@ def read_results(path: Path, scale: Scale = "auto") -> ResultsTable:
     acc = np.full((len(rows), len(datasets)), np.nan, np.float64)
     for i, row in enumerate(rows):
         for j, d in enumerate(datasets):
-            raw = row.get(d)
-            value = _number(raw)
-            if raw not in (None, "") and value is None:
-                raise InputError(f"{path}: line {table.lines[i]}, column {d!r}: {raw!r} is not a number")
-            if value is not None:
-                acc[i, j] = value
+            acc[i, j] = _cell(path, table.lines[i], d, row.get(d))
     unit = decide_scale(path, datasets, acc, scale)
     acc = (acc / 100 if unit == "percent" else acc).astype(np.float32)
     models, seen = [], set()

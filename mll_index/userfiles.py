@@ -179,11 +179,14 @@ class UserTable:
     lines: list[int]
 
 
-def read_user_csv(path: Path, what: str = "CSV file", delimiter: str = ",") -> UserTable:
+def read_user_csv(path: Path, what: str = "CSV file", delimiter: str = ",", *,
+                  index_column: bool = False) -> UserTable:
     """A user's CSV table with a header row, read by the csv module.
 
     Spreadsheet habits are accepted: a byte-order mark, CR LF line ends, trailing empty columns
     (a header or row ending in the delimiter), blank lines and rows of empty cells.
+    index_column: the first column is an unnamed row index (what pandas writes: `,task,dataset,...`)
+    and is dropped from every row; column numbers and cell counts in errors still count it.
 
     Raises:
         InputError: naming the file (and line): unreadable text, malformed CSV, no header, an
@@ -194,16 +197,18 @@ def read_user_csv(path: Path, what: str = "CSV file", delimiter: str = ",") -> U
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[dict[str, str | None]] = []
     lines: list[int] = []
+    skip = 1 if index_column else 0
     try:
         header: list[str] | None = None
         for cells in reader:
             cells = [c.strip() for c in cells]
             if not any(cells):
                 continue   # a blank line, or a spreadsheet's row of empty cells
+            cells = cells[skip:]
             if header is None:
                 while cells and not cells[-1]:
                     cells.pop()
-                for number, name in enumerate(cells, 1):
+                for number, name in enumerate(cells, 1 + skip):
                     if not name:
                         raise InputError(f"{path}: line {reader.line_num}: column {number} of the header has no name")
                 repeated = sorted({c for c in cells if cells.count(c) > 1})
@@ -213,8 +218,8 @@ def read_user_csv(path: Path, what: str = "CSV file", delimiter: str = ",") -> U
                 continue
             extra = cells[len(header):]
             if any(extra):
-                raise InputError(f"{path}: line {reader.line_num}: {len(header) + len(extra)} cells, the header has "
-                                 f"{len(header)} columns")
+                raise InputError(f"{path}: line {reader.line_num}: {len(header) + len(extra) + skip} cells, the header "
+                                 f"has {len(header) + skip} columns")
             rows.append({name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)})
             lines.append(reader.line_num)
     except csv.Error as exc:
