@@ -112,18 +112,8 @@ def default_decode(path: Path) -> PIL.Image.Image:
     Raises:
         InputError: the file cannot be decoded (or is refused, e.g. too many pixels).
     """
-    try:
-        from mll_index.images import open_image
-    except ModuleNotFoundError as exc:
-        if exc.name != "mll_index.images":
-            raise
-        # Fallback until mll_index/images.py lands; it goes then.
-        from mll_index.samples import _decode
+    from mll_index.images import open_image  # PIL is imported on first use, not with the package
 
-        image = _decode(path)
-        if image is None:
-            raise InputError(f"{path}: cannot decode the image") from None
-        return image
     return open_image(path)
 
 
