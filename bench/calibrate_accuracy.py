@@ -32,10 +32,10 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
     """Per seed, every task's predicted-accuracy features and truth (cached in <cache>/bench/)."""
     from dataclasses import asdict
 
-    from mll_index.graph import cache_dir
-    from mll_index.hub import load_hub
-    from mll_index.predict import FEATURES
-    from mll_index.select import open_selector
+    from mll_index.index.graph import cache_dir
+    from mll_index.models.hub import load_hub
+    from mll_index.selection.accuracy import FEATURES
+    from mll_index.selection.selector import open_selector
     from mll_index.world import load_world
 
     # Keyed by the feature names too: a change of features scores the tasks again.
@@ -75,7 +75,7 @@ LOGIT_EPS = 0.005
 
 def _rows(outcomes: list[dict], level: str) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Feature dicts, truths and task numbers (for folds), for k = 1 and 3 pooled."""
-    from mll_index.predict import task_features
+    from mll_index.selection.accuracy import task_features
 
     feats, truth, group = [], [], []
     for t, o in enumerate(outcomes):
@@ -103,7 +103,7 @@ def _to_link(y: np.ndarray, link: str) -> np.ndarray:
 
 
 def _from_link(z: np.ndarray, link: str) -> np.ndarray:
-    from mll_index.predict import logistic
+    from mll_index.selection.accuracy import logistic
 
     return np.asarray(logistic(z)) if link == "logit" else np.clip(z, 0, 1)
 
@@ -156,7 +156,7 @@ def choose_rule(outcomes: list[dict], level: str, folds: int = 5) -> tuple[tuple
 
 def report(outcomes: list[dict], calibration: object) -> dict:
     """MAE and 80% coverage of the rules on other tasks, per k and pooled, task and class level."""
-    from mll_index.predict import predict_features
+    from mll_index.selection.accuracy import predict_features
 
     out: dict = {}
     for k in ("1", "3", "all"):
@@ -178,7 +178,7 @@ def report(outcomes: list[dict], calibration: object) -> dict:
 
 
 def calibrate(index: Path, n: int, per_cell: int) -> dict:
-    from mll_index.predict import CALIBRATION_FORMAT, calibration_path, load_calibration
+    from mll_index.selection.accuracy import CALIBRATION_FORMAT, calibration_path, load_calibration
 
     outcomes = outcomes_for(index, n, per_cell)
     chosen, rules, tables = {}, {}, {}

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import write_results  # noqa: E402
 
-from mll_index.graph import cache_dir  # noqa: E402
+from mll_index.index.graph import cache_dir  # noqa: E402
 
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray", "stingray",
            "cock", "hen", "ostrich"]
@@ -117,7 +117,7 @@ def bench_hub(root: Path) -> Path:
 
 
 def image_set(folder: Path, n: int) -> Any:
-    from mll_index.pipeline import ImageSet
+    from mll_index.images.loader import ImageSet
 
     return ImageSet(folder, tuple(f"{i // 1000:03d}/{i:05d}.jpg" for i in range(n)))
 
@@ -136,8 +136,8 @@ def _written_bytes() -> int:
 
 def child(kind: str, folder: Path, hub_file: Path, n: int, workers: int, batch_size: int) -> dict[str, Any]:
     """Run one reuse- or labeling-style pass and report its peak memory, bytes written and timing."""
-    from mll_index.hub import load_hub, load_model
-    from mll_index.pipeline import encode_image_set, zero_shot_probabilities
+    from mll_index.models.hub import load_hub, load_model
+    from mll_index.images.loader import encode_image_set, zero_shot_probabilities
 
     written = _written_bytes()
     hub = load_hub(hub_file)
@@ -172,8 +172,8 @@ def run_child(kind: str, folder: Path, hub_file: Path, n: int, workers: int, bat
 
 def decode_rate(folder: Path, hub_file: Path, n: int, workers: int, batch_size: int) -> float:
     """Images/s of the loader alone (decode + the 224-px transform), no model."""
-    from mll_index.hub import load_hub, load_model
-    from mll_index.pipeline import image_loader
+    from mll_index.models.hub import load_hub, load_model
+    from mll_index.images.loader import image_loader
 
     preprocess = load_model(load_hub(hub_file).models[0]).preprocess
     started = time.perf_counter()

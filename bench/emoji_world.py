@@ -33,7 +33,7 @@ def main() -> None:
     fetch_world_art()  # the registry download is set-up's, not the build's
     seconds = {}
     if not args.reuse:
-        from mll_index.graph import cache_dir, load_taxonomy
+        from mll_index.index.graph import cache_dir, load_taxonomy
 
         load_taxonomy()  # WordNet is set-up's, not the world's
         for folder in (default_world_dir("full"), cache_dir() / "world" / "models"):
@@ -46,7 +46,7 @@ def main() -> None:
     seconds["warm_load"] = round(time.perf_counter() - started, 2)
     m = world.manifest
     accuracy = world.accuracy
-    from mll_index.hub import load_hub
+    from mll_index.models.hub import load_hub
 
     hub = load_hub(world.hub_path, validate=False)
     inb = max(hub.ids, key=lambda i: hub.get(i).imagenet_acc or 0)

@@ -32,8 +32,8 @@ def measure_world_eval(world_size: str = "full", task: str | None = None) -> dic
     preprocessing, encoding images and class prompts). Raises the MLLIndexError of
     `load_world` when the world is not built.
     """
-    from mll_index.hub import load_hub
-    from mll_index.reuse import predict_probabilities, scan_task_images
+    from mll_index.models.hub import load_hub
+    from mll_index.reuse.ensemble import predict_probabilities, scan_task_images
     from mll_index.world.build import load_world
 
     world = load_world(world_size)

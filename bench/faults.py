@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mll_index.index import add_nodes, index_leftovers, load_index, load_index_graph
-from mll_index.label_matrix import has_matrix, open_matrix
-from mll_index.labels import labeled_models
+from mll_index.index.node_index import add_nodes, index_leftovers, load_index, load_index_graph
+from mll_index.labels.matrix import has_matrix, open_matrix
+from mll_index.labels.folders import labeled_models
 from mll_index.verify import check_index
 
 
@@ -130,8 +130,8 @@ READER = textwrap.dedent("""
     import json, sys, traceback
     from pathlib import Path
     import numpy as np
-    from mll_index.index import load_index
-    from mll_index.label_matrix import has_matrix, open_matrix
+    from mll_index.index.node_index import load_index
+    from mll_index.labels.matrix import has_matrix, open_matrix
     index, stop = Path(sys.argv[1]), Path(sys.argv[2])
     reads = failed = 0
     errors = []
@@ -203,8 +203,8 @@ WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     import numpy as np
-    from mll_index.index import add_nodes, compact_index, load_index_graph
-    from mll_index.label_matrix import append_labels, compact_matrix
+    from mll_index.index.node_index import add_nodes, compact_index, load_index_graph
+    from mll_index.labels.matrix import append_labels, compact_matrix
     index, kind, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(seed)
     graph = load_index_graph(index)

@@ -4,7 +4,7 @@
     python bench/gpu_check.py --smoke          # on the CPU, a tiny model, 16 images: seconds
 
 ViT-B-32 and ViT-L-14 with random weights (`open_clip.create_model(name, pretrained=None)`,
-224 px, the OpenAI preprocessing) run through `mll_index.pipeline` under fp16 autocast on
+224 px, the OpenAI preprocessing) run through `mll_index.images.loader` under fp16 autocast on
 generated JPEGs of 256 to 512 px (cached in <cache>/bench/jpegs-N):
 
 - labeling: `encode_image_set` (unit image embeddings, (n, d) float32 on the host);
@@ -44,7 +44,7 @@ def random_model(arch: str, device: str) -> Any:
     """A LoadedModel of an open_clip architecture with random weights (nothing downloaded)."""
     import open_clip
 
-    from mll_index.hub import HubModel, LoadedModel, format_preprocess_key
+    from mll_index.models.hub import HubModel, LoadedModel, format_preprocess_key
 
     net, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device)
     net.eval()
@@ -70,7 +70,7 @@ def measure(loaded: Any, images: Any, kind: str, *, batch_size: int, workers: in
     """One labeling- or reuse-style pass: images/s, the timing split, peak GPU memory."""
     import torch
 
-    from mll_index.pipeline import encode_image_set, zero_shot_probabilities
+    from mll_index.images.loader import encode_image_set, zero_shot_probabilities
 
     cuda = device.startswith("cuda")
     if cuda:

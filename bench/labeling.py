@@ -26,13 +26,13 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from common import write_results  # noqa: E402
 from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch  # noqa: E402
 
-from mll_index.embed import load_embedder  # noqa: E402
-from mll_index.graph import build_graph, wnid_node_set  # noqa: E402
-from mll_index.hub import LoadedModel, load_hub  # noqa: E402
-from mll_index.index import build_index  # noqa: E402
-from mll_index.labels import LABEL_FILES, label_models, labels_dir, load_label  # noqa: E402
-from mll_index.pipeline import encode_image_set, image_set_from_samples  # noqa: E402
-from mll_index.samples import scan_samples  # noqa: E402
+from mll_index.index.embed import load_embedder  # noqa: E402
+from mll_index.index.graph import build_graph, wnid_node_set  # noqa: E402
+from mll_index.models.hub import LoadedModel, load_hub  # noqa: E402
+from mll_index.index.node_index import build_index  # noqa: E402
+from mll_index.labels.folders import LABEL_FILES, label_models, labels_dir, load_label  # noqa: E402
+from mll_index.images.loader import encode_image_set, image_set_from_samples  # noqa: E402
+from mll_index.labeling.samples import scan_samples  # noqa: E402
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668",
          "n01514859", "n01518878", "n01530575", "n01531178", "n01532829", "n01534433", "n01537544", "n01558993",
@@ -71,7 +71,7 @@ def main() -> None:
     net.eval()
     loaded = LoadedModel(hub_model=SimpleNamespace(id="ViT-B-32"), model=net,  # type: ignore[arg-type]
                          preprocess=preprocess, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess_key="224")
-    # Through the labeling data path (mll_index.pipeline), decoding in this process so that the
+    # Through the labeling data path (mll_index.images.loader), decoding in this process so that the
     # decode and encode rates are measured apart.
     images = image_set_from_samples(scan_samples(samples))
     images = images.subset(range(min(args.images, len(images))))

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from common import write_results  # noqa: E402
 from matching import median, run_methods, score_results  # noqa: E402
 
-from mll_index.embed import embedder_for  # noqa: E402
-from mll_index.index import default_index_path, load_index  # noqa: E402
-from mll_index.match import METHODS, match_names  # noqa: E402
+from mll_index.index.embed import embedder_for  # noqa: E402
+from mll_index.index.node_index import default_index_path, load_index  # noqa: E402
+from mll_index.index.match import METHODS, match_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_LVIS = HERE.parents[1] / "shared" / "data" / "lvis_v1_synsets.tsv"

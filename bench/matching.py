@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 # warmed first, no caption cache), answering top-5 wnids per name.
 _OTHER = """
 import json, sys, time
-from mll_index.embed import embedder_for
-from mll_index.index import load_index
-from mll_index.match import match_names
+from mll_index.index.embed import embedder_for
+from mll_index.index.node_index import load_index
+from mll_index.index.match import match_names
 job = json.load(open(sys.argv[1]))
 index = load_index(job["index"])
 embedder = embedder_for(index.embedder)
@@ -101,7 +101,7 @@ def run_methods(index: Any, names: Sequence[str], embedder: Any, repeats: int, c
     "seconds": {method: [run seconds]}, "ref_top5": {name: [wnid]} or None, "ref_seconds": [per run,
     scaled to len(names)]}. The reference gets the distinct names (older matchers refuse repeats).
     """
-    from mll_index.match import METHODS, Matcher, match_names
+    from mll_index.index.match import METHODS, Matcher, match_names
 
     unique = list(dict.fromkeys(names))
     out: dict[str, Any] = {"answers": {}, "combined": None, "seconds": {m: [] for m in METHODS},

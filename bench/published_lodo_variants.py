@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     from scipy.stats import rankdata
 
-    from mll_index.published import open_published
+    from mll_index.published.store import open_published
 
     pub = open_published(args.index)
     acc = pub.accuracy.astype(np.float64)                    # (n_models, n_datasets), NaN missing

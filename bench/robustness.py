@@ -428,7 +428,7 @@ def model_cases(scratch: Path, index: Path) -> list[Case]:
         path = scratch / "reserved-hub.json"
         path.write_text(json.dumps({"name": "reserved", "models": [entry]}))
         copy = index_copy(index, scratch / "index-reserved")
-        from mll_index.label_matrix import append_labels, open_matrix
+        from mll_index.labels.matrix import append_labels, open_matrix
 
         append_labels(copy, ["n07739125"], [("other", {"id": "other"})], np.ones((1, 1, 3), np.int64))
         samples = scratch / "samples-one" / "n07739125"          # apple
@@ -454,8 +454,8 @@ def small_index(folder: Path, source: Path, nodes: int = 300, models: int = 3) -
     the CLI, with a label matrix of `models` models' seeded counts (no vision model needed)."""
     import numpy as np
 
-    from mll_index.index import load_index
-    from mll_index.label_matrix import append_labels
+    from mll_index.index.node_index import load_index
+    from mll_index.labels.matrix import append_labels
 
     index = load_index(source)
     every = sorted(index.graph.wnids[r] for r in index.graph.nodes)

@@ -66,7 +66,7 @@ def name_pool(graph: Any) -> tuple[list[str], str]:
     else:
         names = [graph.lemmas[r][0].replace("_", " ") for r in graph.nodes]
         origin = "lemmas of the graph's nodes"
-    from mll_index.graph import normalize_name
+    from mll_index.index.graph import normalize_name
 
     unique: dict[str, str] = {}
     for n in names:
@@ -80,7 +80,7 @@ def name_pool(graph: Any) -> tuple[list[str], str]:
 
 def draw_tasks(pool: list[str], n_tasks: int, n_classes: int, seed: int) -> list[Any]:
     """Tasks whose class names repeat as in real sweeps: names drawn by a Zipf law over the pool."""
-    from mll_index.select import make_task
+    from mll_index.selection.selector import make_task
 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.8
@@ -93,7 +93,7 @@ def draw_tasks(pool: list[str], n_tasks: int, n_classes: int, seed: int) -> list
 
 
 def fresh_cache(root: Path, name: str) -> Any:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     path = root / f"{name}.sqlite"
     if path.exists():
@@ -143,8 +143,8 @@ def probe_open(index: Path, classes: int) -> dict[str, Any]:
     """Run in a fresh process: time and memory of opening an index for selection, then of one gather."""
     import faiss  # noqa: F401  (imported before the baseline, as by any caller)
 
-    from mll_index.index import load_index
-    from mll_index.select import labeled_nodes, node_confusion, open_labels
+    from mll_index.index.node_index import load_index
+    from mll_index.selection.selector import labeled_nodes, node_confusion, open_labels
 
     before = rss_bytes()
     t = time.perf_counter()
@@ -172,7 +172,7 @@ def open_in_subprocess(index: Path, classes: int = 100) -> dict[str, Any]:
 
 def time_selects(sel: Any, task: Any, mode: str, reps: int, cold_root: Path | None = None) -> list[float]:
     """Seconds per selection; with cold_root, every repetition starts from an empty caption cache."""
-    from mll_index.select import select_models
+    from mll_index.selection.selector import select_models
 
     times = []
     for r in range(reps):
@@ -204,7 +204,7 @@ def single_task(sel: Any, tasks: dict[int, Any], modes: list[str], reps: dict[in
 
 
 def profile_restricted(sel: Any, task: Any) -> list[dict[str, Any]]:
-    from mll_index.select import select_models
+    from mll_index.selection.selector import select_models
 
     select_models(sel, task, k=3, mode="restricted")      # captions cached: the profile is selection alone
     prof = cProfile.Profile()
@@ -220,7 +220,7 @@ def profile_restricted(sel: Any, task: Any) -> list[dict[str, Any]]:
 
 def task_nodes(sel: Any, task: Any) -> tuple[np.ndarray, np.ndarray]:
     """(nodes S on the store's axis, (n_classes, |S|) class-node weights) of a task, as selection builds them."""
-    from mll_index.select import prepare_tasks
+    from mll_index.selection.selector import prepare_tasks
 
     prepared = prepare_tasks(sel, [task])
     matches = [prepared.matched[r] for r in prepared.rows[0]]
@@ -238,8 +238,8 @@ def topk_against_exact(sel: Any, task: Any) -> dict[str, Any]:
     """The restricted confusion read from stored top nodes against the exact recomputation, on one task:
     image-model pairs where no node of S is among the stored top nodes (the only place they can differ),
     confusion entries that differ, and the models chosen (top-3 per class, top-10 of the ranking)."""
-    from mll_index.confusion import class_f1, exact_restricted_confusion, restricted_confusion, smooth_scores
-    from mll_index.node_matching import top_stable
+    from mll_index.selection.confusion import class_f1, exact_restricted_confusion, restricted_confusion, smooth_scores
+    from mll_index.selection.labeled_nodes import top_stable
 
     nodes, weights = task_nodes(sel, task)
     t = time.perf_counter()
@@ -265,8 +265,8 @@ def restricted_at_scale(hubs: dict[int, Path], task: Any, embedder: Any, reps: i
                         compare_up_to: int = 1000) -> dict[str, Any]:
     """Per hub size (models over 1,000 nodes, image-level labels, top-K table written): the warm p50 of a
     restricted selection of `task`, the mode `auto` takes, and the difference from the exact mode."""
-    from mll_index.select import open_selector, select_models
-    from mll_index.topk_table import write_topk_tables
+    from mll_index.selection.selector import open_selector, select_models
+    from mll_index.labels.topk_table import write_topk_tables
 
     out: dict[str, Any] = {}
     for m, hub in sorted(hubs.items()):
@@ -294,7 +294,7 @@ def straightforward(sel: Any, task: Any, reps: int = 3) -> dict[str, Any]:
     """Steps 2-5 on the same matched nodes: ours (counts mode) against pandas loops per model and class."""
     from straightforward import label_frames, straightforward_select
 
-    from mll_index.select import prepare_tasks, select_prepared
+    from mll_index.selection.selector import prepare_tasks, select_prepared
 
     prepared = prepare_tasks(sel, [task])
     ours = []
@@ -321,7 +321,7 @@ def straightforward(sel: Any, task: Any, reps: int = 3) -> dict[str, Any]:
 
 
 def batch(sel: Any, tasks: list[Any], work: Path, cold: bool) -> dict[str, Any]:
-    from mll_index.select import prepare_tasks, select_prepared
+    from mll_index.selection.selector import prepare_tasks, select_prepared
 
     if cold:
         sel.cache = fresh_cache(work, "batch-cold")
@@ -358,8 +358,8 @@ def bytes_written(folder: Path, act: Any) -> int:
 def growth(hub: Path, work: Path, n_models: int, embedder: Any, add_nodes_too: bool,
            n_new: int = 1000) -> dict[str, Any]:
     """Add one model (three times), and n_new nodes, to a hard-linked copy of a hub; the hub stays as it was."""
-    from mll_index.index import add_nodes, load_index, read_node_table, write_index
-    from mll_index.label_matrix import append_labels, matrix_dir, open_matrix
+    from mll_index.index.node_index import add_nodes, load_index, read_node_table, write_index
+    from mll_index.labels.matrix import append_labels, matrix_dir, open_matrix
 
     copy = work / f"grow-{hub.name}"
     shutil.rmtree(copy, ignore_errors=True)
@@ -559,7 +559,7 @@ def image_hub_sizes(root: Path, hubs: dict[tuple[int, int], Path], smoke: bool) 
 
 def restricted_only(root: Path, source: Path | None, embedder: Any, out: Path, smoke: bool) -> None:
     """The restricted-mode figures alone, merged into results/scale.json (scale_smoke.json with --smoke)."""
-    from mll_index.index import load_index
+    from mll_index.index.node_index import load_index
 
     started = time.perf_counter()
     models = [20] if smoke else [100, 1000]
@@ -618,8 +618,8 @@ def main() -> None:
         print(json.dumps(probe_open(args.probe_open, args.probe_classes)))
         return
 
-    from mll_index.embed import load_embedder
-    from mll_index.select import open_selector
+    from mll_index.index.embed import load_embedder
+    from mll_index.selection.selector import open_selector
 
     started = time.perf_counter()
     smoke = args.smoke
@@ -641,7 +641,7 @@ def main() -> None:
                                "sizes": {"models": models, "nodes": nodes}, "largest": f"{largest[0]}x{largest[1]}",
                                "node_vectors": "default index" if source else "seeded synthetic", "hub_build": log,
                                "label_bytes_per_model_node": 6, "select": {}, "open": {}}
-    from mll_index.index import load_index
+    from mll_index.index.node_index import load_index
 
     pool, origin = name_pool(load_index(hubs[largest]).graph)
     figures["class_names"] = origin

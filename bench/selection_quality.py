@@ -39,9 +39,9 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
     (bench/generated_tasks.py); the shipped tasks are scored the same way for the prediction."""
     from generated_tasks import bench_tasks, embed_pool, score_probes, score_tasks, summarise
 
-    from mll_index.flops import model_costs
-    from mll_index.hub import load_hub
-    from mll_index.select import open_selector
+    from mll_index.models.flops import model_costs
+    from mll_index.models.hub import load_hub
+    from mll_index.selection.selector import open_selector
     from mll_index.world import load_world
 
     world = load_world("full")
@@ -56,7 +56,7 @@ def generated_figures(index: Path, n: int, per_cell: int) -> tuple[dict, list[st
     started = time.perf_counter()
     outcomes, seconds = score_tasks(selector, hub, pool, sets["report"], costs=costs, fractions=fractions)
     shipped, _ = score_tasks(selector, hub, pool, sets["shipped"])
-    from mll_index.predict import load_calibration, predict_features
+    from mll_index.selection.accuracy import load_calibration, predict_features
 
     calibration = load_calibration()
 
@@ -135,11 +135,11 @@ def probe_quality(index: Path, probes_per_task: int = PROBES_PER_TASK, seed: int
     Returns `probe` (the keys of `mean`, MLL with probes and no domain word), the same-image
     references, per-task figures and `probe_seconds_per_task`.
     """
-    from mll_index.baselines import accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy
-    from mll_index.evaluate import _all_probabilities, world_eval_tasks
-    from mll_index.hub import load_hub
-    from mll_index.reuse import combine, scan_task_images
-    from mll_index.select import make_task, open_selector, select_batch
+    from mll_index.evaluation.baselines import accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy
+    from mll_index.evaluation.run import _all_probabilities, world_eval_tasks
+    from mll_index.models.hub import load_hub
+    from mll_index.reuse.ensemble import combine, scan_task_images
+    from mll_index.selection.selector import make_task, open_selector, select_batch
     from mll_index.world import load_world
 
     world = load_world("full")
@@ -277,9 +277,9 @@ def main() -> None:
         probe_only(args)
         return
 
-    from mll_index.demo import run_demo
-    from mll_index.hub import load_hub
-    from mll_index.select import make_task, open_selector, select_batch, select_models
+    from mll_index.world.demo import run_demo
+    from mll_index.models.hub import load_hub
+    from mll_index.selection.selector import make_task, open_selector, select_batch, select_models
     from mll_index.world import load_world
 
     demo = run_demo(args.index, RESULTS / "selection_quality_eval", progress=True)

@@ -35,9 +35,9 @@ def node_index(path: Path, n_nodes: int, source: Path | None, embedder: Any) -> 
     """Write an N-node index at `path`: a seeded subset of `source`'s nodes with their real vectors
     (all of them, and more synsets embedded with `add_nodes`, when N exceeds the source), or,
     without a source, seeded synthetic vectors over WordNet synsets."""
-    from mll_index.embed import record_of
-    from mll_index.graph import build_graph
-    from mll_index.index import add_nodes, compact_index, load_index, read_node_table, write_index
+    from mll_index.index.embed import record_of
+    from mll_index.index.graph import build_graph
+    from mll_index.index.node_index import add_nodes, compact_index, load_index, read_node_table, write_index
 
     rng = np.random.default_rng(SEED + n_nodes)
     if source is not None and (source / "manifest.json").is_file():
@@ -108,8 +108,8 @@ def model_entries(n_models: int, skill: np.ndarray) -> list[tuple[str, dict[str,
 
 def label_matrix(index_path: Path, n_models: int, block: int = 5000) -> dict[str, Any]:
     """Write the hub's label matrix in node blocks (one shard each), then compact it into one shard."""
-    from mll_index.index import load_index
-    from mll_index.label_matrix import append_labels, compact_matrix, open_matrix
+    from mll_index.index.node_index import load_index
+    from mll_index.labels.matrix import append_labels, compact_matrix, open_matrix
 
     index = load_index(index_path)
     wnids = index.graph.node_wnids
@@ -136,9 +136,9 @@ def image_labels(index_path: Path, n_models: int, dim: int = 64) -> dict[str, An
     Each model sees a node as a noisy copy of a shared node embedding; its images scatter
     around their node's embedding with a noise set by the same skill structure as the counts.
     """
-    from mll_index.index import load_index
-    from mll_index.label_matrix import compact_matrix
-    from mll_index.labels import SampleTable, sync_matrix, write_label, write_sample_table
+    from mll_index.index.node_index import load_index
+    from mll_index.labels.matrix import compact_matrix
+    from mll_index.labels.folders import SampleTable, sync_matrix, write_label, write_sample_table
 
     index = load_index(index_path)
     wnids = sorted(index.graph.node_wnids)
@@ -165,7 +165,7 @@ def image_labels(index_path: Path, n_models: int, dim: int = 64) -> dict[str, An
         write_label(index_path, entry, table, fingerprint, images, nodes, logit_scale=100.0, preprocess="synthetic")
     sync_matrix(index_path)
     compact_matrix(index_path)
-    from mll_index.topk_table import write_topk_tables
+    from mll_index.labels.topk_table import write_topk_tables
 
     write_topk_tables(index_path)
     return {"models": n_models, "nodes": len(wnids), "images_per_model": len(paths),
@@ -179,11 +179,11 @@ def linked_image_labels(source: Path, index_path: Path, n_models: int) -> dict[s
     """
     import json
 
-    from mll_index.artifacts import MANIFEST, SELF_DIGEST, manifest_digest
-    from mll_index.label_matrix import append_labels, compact_matrix
-    from mll_index.labels import LABEL_FILES, label_folder, load_label, read_sample_table, scan_labels
-    from mll_index.layout import labels_dir, model_folder_name, sample_table_path
-    from mll_index.topk_table import write_topk_tables
+    from mll_index.core.artifacts import MANIFEST, SELF_DIGEST, manifest_digest
+    from mll_index.labels.matrix import append_labels, compact_matrix
+    from mll_index.labels.folders import LABEL_FILES, label_folder, load_label, read_sample_table, scan_labels
+    from mll_index.core.layout import labels_dir, model_folder_name, sample_table_path
+    from mll_index.labels.topk_table import write_topk_tables
 
     started = time.perf_counter()
     sources = sorted(scan_labels(source).folders)

@@ -16,7 +16,7 @@ from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
 
 if TYPE_CHECKING:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
 log = logging.getLogger("mll_index")
 
@@ -26,7 +26,7 @@ def _read_names(names: tuple[str, ...], file: str | None, what: str = "class nam
 
     Files and stdin are read by `userfiles` (byte-order marks, UTF-16, CR LF; names normalised).
     """
-    from mll_index.userfiles import decode_user_bytes, names_from_text, read_names_file
+    from mll_index.core.userfiles import decode_user_bytes, names_from_text, read_names_file
 
     if names and file:
         raise InputError(f"give {what} as arguments or with --file, not both")
@@ -56,14 +56,14 @@ def _index_option(f):  # type: ignore[no-untyped-def]
 
 def _embedding_cache() -> EmbeddingCache:
     """The user's caption-vector cache (<cache>/embeddings.sqlite), shared by every command."""
-    from mll_index.embed import EmbeddingCache
-    from mll_index.graph import cache_dir
+    from mll_index.index.embed import EmbeddingCache
+    from mll_index.index.graph import cache_dir
 
     return EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
 
 def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.index import default_index_path, load_index
+    from mll_index.index.node_index import default_index_path, load_index
 
     path = path or default_index_path()
     if not path.exists():
@@ -113,12 +113,12 @@ _WARNING_LINES = _WarningLine(logging.WARNING)
 
 
 def _node_set(node_set: str, wnids: str | None, folder: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.graph import folder_node_set, recipe_node_set, wnid_node_set
+    from mll_index.index.graph import folder_node_set, recipe_node_set, wnid_node_set
 
     if wnids and folder:
         raise InputError("give --wnids or --folder, not both")
     if wnids:
-        from mll_index.userfiles import read_user_text
+        from mll_index.core.userfiles import read_user_text
 
         return wnid_node_set(read_user_text(Path(wnids)).split())
     if folder:
@@ -154,7 +154,7 @@ _expander_options = [
 
 
 def _expander(expander: str, llm_url: str | None, llm_model: str | None, llm_key_env: str, caption_file: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.captions import make_expander
+    from mll_index.index.captions import make_expander
 
     return make_expander(expander, base_url=llm_url, model=llm_model, api_key_env=llm_key_env, caption_file=caption_file)
 
@@ -169,7 +169,7 @@ def graph() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Graph JSON file to write.")
 def graph_build(node_set: str, wnids: str | None, folder: Path | None, output: Path) -> None:
     """Build a graph for a node set and save it as JSON."""
-    from mll_index.graph import build_graph, save_graph
+    from mll_index.index.graph import build_graph, save_graph
 
     g = build_graph(_node_set(node_set, wnids, folder))
     save_graph(g, output)
@@ -181,7 +181,7 @@ def graph_build(node_set: str, wnids: str | None, folder: Path | None, output: P
 @_index_option
 def graph_show(wnids: tuple[str, ...], index_path: Path | None) -> None:
     """Print nodes (lemmas, gloss, hypernym path, children) as JSON lines."""
-    from mll_index.index import default_index_path, load_index_graph
+    from mll_index.index.node_index import default_index_path, load_index_graph
 
     g = load_index_graph(index_path or default_index_path())
     for wnid in wnids:
@@ -194,7 +194,7 @@ def graph_show(wnids: tuple[str, ...], index_path: Path | None) -> None:
 @_with(_expander_options)
 def expand(names: tuple[str, ...], file: str | None, **expander_args: object) -> None:
     """Print the captions an expander writes for class names, as JSON lines."""
-    from mll_index.captions import Concept, clean_class_names
+    from mll_index.index.captions import Concept, clean_class_names
 
     expander = _expander(**expander_args)  # type: ignore[arg-type]
     classes = clean_class_names(_read_names(names, file))
@@ -206,7 +206,7 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
     """Options from a recipe file (indexes/<name>.json); options given on the command line win."""
     if recipe is None:
         return options
-    from mll_index.userfiles import read_user_json
+    from mll_index.core.userfiles import read_user_json
 
     data = read_user_json(Path(recipe), "recipe file")
     if not isinstance(data, dict):
@@ -235,9 +235,9 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
 @_with(_expander_options)
 def build(index_path: Path | None, recipe: Path | None, **options: object) -> None:
     """Build a node index: graph, node captions, embeddings and FAISS index (written atomically)."""
-    from mll_index.embed import load_embedder
-    from mll_index.graph import build_graph
-    from mll_index.index import build_index, default_index_path
+    from mll_index.index.embed import load_embedder
+    from mll_index.index.graph import build_graph
+    from mll_index.index.node_index import build_index, default_index_path
 
     o = _apply_recipe(recipe, options)
     path = index_path or (recipe.with_suffix("") if recipe else default_index_path())
@@ -264,8 +264,8 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
 def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: int, method: str, fmt: str,
           **expander_args: object) -> None:
     """Match class names (arguments, --file, or stdin) to their top-k graph nodes."""
-    from mll_index.embed import LazyEmbedder
-    from mll_index.match import Matcher, is_weak, match_names
+    from mll_index.index.embed import LazyEmbedder
+    from mll_index.index.match import Matcher, is_weak, match_names
 
     classes = _read_names(names, file)
     index = _open_index(index_path)
@@ -299,7 +299,7 @@ def hub() -> None:
 @hub.command("list")
 def hub_list() -> None:
     """List the built-in hubs."""
-    from mll_index.hub import builtin_hubs, load_hub
+    from mll_index.models.hub import builtin_hubs, load_hub
 
     for name in builtin_hubs():
         click.echo(f"{name}\t{len(load_hub(name, validate=False))} models")
@@ -310,7 +310,7 @@ def hub_list() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
 def hub_show(source: str, fmt: str) -> None:
     """Check a hub (built-in name or file) and list its models."""
-    from mll_index.hub import load_hub
+    from mll_index.models.hub import load_hub
 
     h = load_hub(source)
     for m in h:
@@ -325,7 +325,7 @@ def hub_show(source: str, fmt: str) -> None:
 @click.argument("hub_file", type=click.Path(path_type=Path))
 def hub_flops(hub_file: Path) -> None:
     """Measure the GFLOPs and parameters of the models that lack them and write them into HUB_FILE."""
-    from mll_index.flops import fill_hub_flops
+    from mll_index.models.flops import fill_hub_flops
 
     for model, cost in fill_hub_flops(hub_file).items():
         gflops = "unknown" if cost.gflops is None else f"{cost.gflops:g}"
@@ -341,7 +341,7 @@ def _workers_option(f: Any) -> Any:
 def _echo_rates(stats: list[Any]) -> None:
     """The decode and encode rates on stderr, so a user sees which one bounds the run."""
     if stats:
-        from mll_index.pipeline import rates_line
+        from mll_index.images.loader import rates_line
 
         click.echo(f"mll-index: {rates_line(stats)}", err=True)
 
@@ -381,9 +381,9 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
           batch_size: int, workers: int, pixel_cache: bool, ray_address: str | None, ray_gpus: float | None,
           ray_cpus: float, shard_images: int | None) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
-    from mll_index.hub import load_hub
-    from mll_index.index import default_index_path
-    from mll_index.labels import label_models
+    from mll_index.models.hub import load_hub
+    from mll_index.index.node_index import default_index_path
+    from mll_index.labels.folders import label_models
 
     path = index_path or default_index_path()
     if not path.exists():
@@ -425,7 +425,7 @@ def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] 
     """`label --ray`: the cluster run, its per-model lines, then where the time went (per worker and phase)."""
     from mll_index.cluster import label_on_ray
     from mll_index.cluster.connect import connect
-    from mll_index.hub import load_hub
+    from mll_index.models.hub import load_hub
 
     connect(address)    # before reading the hub (which imports torch): a wrong address is named within seconds
     report = label_on_ray(path, load_hub(hub_source), samples, address=address, models=models, batch_size=batch_size,
@@ -452,8 +452,8 @@ def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] 
               "published labels).")
 def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
-    from mll_index.index import default_index_path, index_leftovers, load_index
-    from mll_index.label_matrix import matrix_counts
+    from mll_index.index.node_index import default_index_path, index_leftovers, load_index
+    from mll_index.labels.matrix import matrix_counts
     from mll_index.verify import check_index
 
     path = index_path or default_index_path()
@@ -481,7 +481,7 @@ def info(index_path: Path | None, verify: bool) -> None:
 @_index_option
 def add_nodes_command(wnids: tuple[str, ...], file: str | None, index_path: Path | None) -> None:
     """Add WordNet synsets (wnids) to an index's node set; only the new nodes are embedded."""
-    from mll_index.index import add_nodes, default_index_path
+    from mll_index.index.node_index import add_nodes, default_index_path
 
     report = add_nodes(index_path or default_index_path(), _read_names(wnids, file, "wnids"))
     click.echo(json.dumps({"added": len(report.added), "skipped_already_there": report.skipped,
@@ -499,10 +499,10 @@ def labels() -> None:
 def labels_compact(index_path: Path | None) -> None:
     """Store label folders the matrix lacks, merge its shards into one, and stack every model's top nodes
     per sample set (the restricted mode reads them together)."""
-    from mll_index.index import default_index_path
-    from mll_index.label_matrix import compact_matrix, has_matrix
-    from mll_index.labels import sync_matrix
-    from mll_index.topk_table import write_topk_tables
+    from mll_index.index.node_index import default_index_path
+    from mll_index.labels.matrix import compact_matrix, has_matrix
+    from mll_index.labels.folders import sync_matrix
+    from mll_index.labels.topk_table import write_topk_tables
 
     path = index_path or default_index_path()
     added = sync_matrix(path)
@@ -511,7 +511,7 @@ def labels_compact(index_path: Path | None) -> None:
 
 
 def _read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.select import make_task, read_task_file
+    from mll_index.selection.selector import make_task, read_task_file
 
     if task_file is not None:
         if names or file:
@@ -582,7 +582,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
            max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool,
            label_source: str) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
-    from mll_index.budget import Budget
+    from mll_index.selection.budget import Budget
 
     budget = Budget(max_gflops, max_params, budget_gflops)
     if server is not None and (budget.active or pareto):
@@ -603,16 +603,16 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         for line in warnings:
             click.echo(line, err=True)
         if out:
-            from mll_index.artifacts import atomic_file
+            from mll_index.core.artifacts import atomic_file
 
             with atomic_file(out) as handle:
                 handle.write(text)
         else:
             click.echo(text, nl=False)
         return
-    from mll_index.artifacts import atomic_file
-    from mll_index.index import default_index_path
-    from mll_index.select import SelectionSettings, open_selector, read_batch_file, select_batch
+    from mll_index.core.artifacts import atomic_file
+    from mll_index.index.node_index import default_index_path
+    from mll_index.selection.selector import SelectionSettings, open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -626,7 +626,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
 
         tasks = [replace(t, domain=domain or t.domain,
                          probe_images=(str(probe_images),) if probe_images else t.probe_images) for t in tasks]
-    from mll_index.estimate import complete_selection, internal_k
+    from mll_index.selection.answer import complete_selection, internal_k
 
     selector = open_selector(path, cache=_embedding_cache())
     # Every model ranked, then cut to k (within the budget) with its predicted accuracy.
@@ -636,7 +636,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     full = select_batch(selector, tasks, settings)
     costs = None
     if budget.active or pareto:
-        from mll_index.estimate import selection_costs
+        from mll_index.selection.answer import selection_costs
 
         costs = selection_costs(selector)
     answers = [complete_selection(selector, t, f, k=k, ranking_size=ranking_size or None, budget=budget, costs=costs,
@@ -671,7 +671,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
               help="Require the bearer token held by environment variable NAME on every route but /healthz.")
 def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_env: str | None) -> None:
     """Serve selection over HTTP (OpenAPI at /docs); new index versions are picked up without a restart."""
-    from mll_index.index import default_index_path
+    from mll_index.index.node_index import default_index_path
     from mll_index.service.server import serve as run_service
 
     run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env)
@@ -700,16 +700,16 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
 
     IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
     """
-    from mll_index.hub import load_hub
-    from mll_index.index import default_index_path
-    from mll_index.reuse import lemma_of, reuse_models, write_predictions
-    from mll_index.select import SelectionSettings, make_task, open_selector, select_models
+    from mll_index.models.hub import load_hub
+    from mll_index.index.node_index import default_index_path
+    from mll_index.reuse.ensemble import lemma_of, reuse_models, write_predictions
+    from mll_index.selection.selector import SelectionSettings, make_task, open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
     if selection_file is not None:
         if names_csv or task_file:
             raise InputError("give --selection or a task (--names / --task), not both")
-        from mll_index.userfiles import read_user_json
+        from mll_index.core.userfiles import read_user_json
 
         data = read_user_json(selection_file, "selection file")
         try:
@@ -759,10 +759,10 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
 def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,
              world_root: Path | None, alpha: float, mode: str, out: Path, workers: int) -> None:
     """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
-    from mll_index.evaluate import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
-    from mll_index.hub import load_hub
-    from mll_index.index import default_index_path
-    from mll_index.select import open_selector
+    from mll_index.evaluation.run import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
+    from mll_index.models.hub import load_hub
+    from mll_index.index.node_index import default_index_path
+    from mll_index.selection.selector import open_selector
     from mll_index.world import load_world
 
     world_obj = None
@@ -776,8 +776,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
                  for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
     else:
         tasks = world_eval_tasks(world_obj)
-    from mll_index.label_matrix import has_matrix
-    from mll_index.labels import labeled_models
+    from mll_index.labels.matrix import has_matrix
+    from mll_index.labels.folders import labeled_models
 
     path = index_path or default_index_path()
     # An index with published labels only is evaluated on those (naming models would ask for image labels).
@@ -786,8 +786,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     result = evaluate_tasks(selector, hub, tasks, alpha=alpha, mode=mode, progress=True, workers=workers)
     _echo_rates(result.stats)
     files = write_evaluation(result, out)
-    from mll_index.evaluate_cost import plot_accuracy_gflops
-    from mll_index.flops import model_costs
+    from mll_index.evaluation.cost import plot_accuracy_gflops
+    from mll_index.models.flops import model_costs
 
     files["gflops_png"] = out / "evaluation_gflops.png"
     plot_accuracy_gflops(result.mean, result.chosen, model_costs(list(hub)), files["gflops_png"])
@@ -804,8 +804,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
 def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path, device: str | None) -> None:
     """The whole paradigm on the emoji world: build, label, select, reuse, compare with the baselines."""
-    from mll_index.demo import run_demo
-    from mll_index.index import default_index_path
+    from mll_index.world.demo import run_demo
+    from mll_index.index.node_index import default_index_path
 
     result = run_demo(index_path or default_index_path(), out, size=size, world_root=world_root, device=device,
                       progress=True)
@@ -837,8 +837,8 @@ def published() -> None:
 def published_import(index_path: Path | None, results: Path, classnames: tuple[Path, ...], mapping: Path | None,
                      domains: Path | None, descriptions: Path | None, scale: str) -> None:
     """Import published results as coarse labels of the index (replaces earlier published labels)."""
-    from mll_index.index import default_index_path
-    from mll_index.published import import_published
+    from mll_index.index.node_index import default_index_path
+    from mll_index.published.store import import_published
 
     summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping,
                                domains=domains, descriptions=descriptions, scale=scale)  # type: ignore[arg-type]
@@ -921,7 +921,7 @@ def world_tasks(size: str, root: Path | None, n: int, seed: int, out: Path | Non
 
     text = json.dumps(generate_world_tasks(size, root, n, seed), indent=1, ensure_ascii=False) + "\n"
     if out:
-        from mll_index.artifacts import atomic_file
+        from mll_index.core.artifacts import atomic_file
 
         with atomic_file(out) as handle:
             handle.write(text)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mll_index import embed as embed_mod
-from mll_index import graph as graph_mod
-from mll_index import index as index_mod
+from mll_index.index import embed as embed_mod
+from mll_index.index import graph as graph_mod
+from mll_index.index import node_index as index_mod
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,8 +160,8 @@ def world_index(tmp_path_factory: pytest.TempPathFactory, small_world, taxonomy:
                 embedder: embed_mod.TextEmbedder) -> Path:
     """A node index around the small world's concepts (them, their hypernyms and hyponyms), its
     hub labeled into it. Tests must not modify it (copy it first)."""
-    from mll_index.hub import load_hub
-    from mll_index.labels import label_models
+    from mll_index.models.hub import load_hub
+    from mll_index.labels.folders import label_models
 
     concepts = {c["wnid"] for c in small_world.concepts}
     nodes = set(concepts)

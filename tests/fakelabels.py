@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mll_index.labels import SampleTable, sync_matrix, write_label, write_sample_table
+from mll_index.labels.folders import SampleTable, sync_matrix, write_label, write_sample_table
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of mll_index.artifacts: atomic files and directories, crash recovery, manifests."""
+"""Tests of mll_index.core.artifacts: atomic files and directories, crash recovery, manifests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mll_index import __version__
-from mll_index import artifacts as A
+from mll_index.core import artifacts as A
 from mll_index.errors import IndexFormatError
 
 KIND = "test-artifact"

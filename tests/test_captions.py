@@ -1,4 +1,4 @@
-"""Tests of mll_index.captions: the WordNet, file and LLM expanders (the LLM one against a real
+"""Tests of mll_index.index.captions: the WordNet, file and LLM expanders (the LLM one against a real
 local OpenAI-compatible HTTP server), class-name checks and chat-reply parsing."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mll_index import captions as C
+from mll_index.index import captions as C
 from mll_index.errors import EndpointError, InputError
-from mll_index.graph import Graph
+from mll_index.index.graph import Graph
 
 try:
     from conftest import GOLDFISH, TENCH, free_port

@@ -22,10 +22,10 @@ import pytest
 from conftest import REPO, free_port, run_cli
 
 from mll_index.errors import InputError
-from mll_index.hub import load_hub
-from mll_index.index import load_index
-from mll_index.labels import labeled_models, load_label, read_sample_table
-from mll_index.samples import scan_samples
+from mll_index.models.hub import load_hub
+from mll_index.index.node_index import load_index
+from mll_index.labels.folders import labeled_models, load_label, read_sample_table
+from mll_index.labeling.samples import scan_samples
 from mll_index.verify import check_index
 
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install 'mll-index[cluster]')")
@@ -143,7 +143,7 @@ def test_unloadable_model_fails_alone(cluster: str, fresh_index: Path, small_wor
 def test_sample_folder_a_node_cannot_see_is_named_before_labeling(cluster: str, small_world) -> None:  # type: ignore[no-untyped-def]
     from mll_index.cluster.connect import connect
     from mll_index.cluster.labeling import check_nodes
-    from mll_index.labels import sample_table
+    from mll_index.labels.folders import sample_table
 
     connect(cluster)
     full = sample_table(scan_samples(small_world.samples_dir))
@@ -234,7 +234,7 @@ def test_unreachable_or_malformed_address_is_one_line(fresh_index: Path, small_w
 
 
 def test_the_single_machine_path_never_imports_ray() -> None:
-    code = ("import sys, mll_index.cli, mll_index.labels, mll_index.pipeline, mll_index.select, mll_index.reuse; "
+    code = ("import sys, mll_index.cli, mll_index.labels.folders, mll_index.images.loader, mll_index.selection.selector, mll_index.reuse.ensemble; "
             "from mll_index.cluster import connect; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)

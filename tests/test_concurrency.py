@@ -18,12 +18,12 @@ import pytest
 from conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER
 from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
-from mll_index.artifacts import index_lock
-from mll_index.embed import TextEmbedder
-from mll_index.hub import load_hub
-from mll_index.index import add_nodes, compact_index, load_index
-from mll_index.label_matrix import open_matrix
-from mll_index.labels import label_models, labeled_models
+from mll_index.core.artifacts import index_lock
+from mll_index.index.embed import TextEmbedder
+from mll_index.models.hub import load_hub
+from mll_index.index.node_index import add_nodes, compact_index, load_index
+from mll_index.labels.matrix import open_matrix
+from mll_index.labels.folders import label_models, labeled_models
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults

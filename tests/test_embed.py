@@ -1,4 +1,4 @@
-"""Tests of mll_index.embed with the real all-MiniLM-L6-v2 model and a real local embeddings server."""
+"""Tests of mll_index.index.embed with the real all-MiniLM-L6-v2 model and a real local embeddings server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index import embed as E
+from mll_index.index import embed as E
 from mll_index.errors import EmbedderMismatchError, EndpointError, InputError, ModelLoadError
 
 try:

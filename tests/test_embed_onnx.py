@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index import embed as E
-from mll_index import embed_onnx as O
+from mll_index.index import embed as E
+from mll_index.index import onnx_runtime as O
 
 TEXTS = ["a photo of a tench.", "golden retriever", "crème brûlée", "a big red fire truck at night"]
 
@@ -72,7 +72,8 @@ def test_damaged_export_without_torch_is_refused_in_one_line(export_root: Path, 
         import sys
         sys.modules["torch"] = None  # as on a machine without torch
         from pathlib import Path
-        from mll_index import embed, embed_onnx
+        from mll_index.index import embed
+        from mll_index.index import onnx_runtime as embed_onnx
         from mll_index.errors import MLLIndexError
         try:
             embed_onnx.OnnxEmbedder(embed._minilm_dir(), embed.MINILM_ID, Path({str(root)!r}))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mll_index.budget import Budget
+from mll_index.selection.budget import Budget
 from mll_index.errors import InputError
-from mll_index.estimate import complete_selection, internal_k, selection_costs
-from mll_index.select import make_task, open_selector, select_models
+from mll_index.selection.answer import complete_selection, internal_k, selection_costs
+from mll_index.selection.selector import make_task, open_selector, select_models
 from tests.conftest import run_cli
 
 

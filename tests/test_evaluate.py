@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
-from mll_index.evaluate import COLUMNS, evaluate_tasks, world_eval_tasks, write_evaluation
-from mll_index.hub import load_hub
-from mll_index.select import open_selector
+from mll_index.evaluation.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
+from mll_index.evaluation.run import COLUMNS, evaluate_tasks, world_eval_tasks, write_evaluation
+from mll_index.models.hub import load_hub
+from mll_index.selection.selector import open_selector
 from tests.conftest import run_cli
 
 
@@ -65,7 +65,7 @@ def test_evaluation_with_published_labels_only(small_world, world_index: Path, e
                                                tmp_path: Path) -> None:
     import json
 
-    from mll_index.published import import_published
+    from mll_index.published.store import import_published
 
     index = tmp_path / "index"
     shutil.copytree(world_index, index)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mll_index.evaluate_cost import method_gflops, plot_accuracy_gflops
-from mll_index.flops import ModelCost
+from mll_index.evaluation.cost import method_gflops, plot_accuracy_gflops
+from mll_index.models.flops import ModelCost
 
 
 def _chosen() -> dict:

@@ -20,10 +20,10 @@ import pytest
 
 from conftest import REPO, run_cli
 
-from mll_index.artifacts import find_leftovers, writing
+from mll_index.core.artifacts import find_leftovers, writing
 from mll_index.errors import IndexWriteError
-from mll_index.index import load_index, load_index_graph
-from mll_index.label_matrix import append_labels, open_matrix
+from mll_index.index.node_index import load_index, load_index_graph
+from mll_index.labels.matrix import append_labels, open_matrix
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.flops import entry_model, fill_hub_flops, measure_model, model_costs
-from mll_index.hub import HubModel, load_hub
+from mll_index.models.flops import entry_model, fill_hub_flops, measure_model, model_costs
+from mll_index.models.hub import HubModel, load_hub
 from tests.conftest import run_cli
 from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
 
@@ -66,7 +66,7 @@ def test_a_csv_hub_gets_its_figures_too(tiny_hub: Path) -> None:
 
 def test_a_model_that_cannot_be_built_is_left_out_with_a_warning(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     ghost = HubModel(id="ghost", arch="no-such-arch-anywhere", pretrained="x")
-    with caplog.at_level(logging.WARNING, logger="mll_index.flops"):
+    with caplog.at_level(logging.WARNING, logger="mll_index.models.flops"):
         costs = model_costs([ghost])
     assert costs["ghost"].gflops is None and "cannot measure the FLOPs of model 'ghost'" in caplog.text
     assert entry_model({"id": "e", "arch": "x", "flops_b": 2, "params_m": None}).flops_b == 2.0

@@ -1,4 +1,4 @@
-"""Tests of mll_index.graph on the real WordNet 3.0 noun taxonomy."""
+"""Tests of mll_index.index.graph on the real WordNet 3.0 noun taxonomy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mll_index import graph as G
+from mll_index.index import graph as G
 from mll_index.errors import IndexFormatError, InputError
 
 try:

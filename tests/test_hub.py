@@ -1,4 +1,4 @@
-"""Tests of mll_index.hub: hub files, the built-in mll49 hub, model loading, preprocess keys.
+"""Tests of mll_index.models.hub: hub files, the built-in mll49 hub, model loading, preprocess keys.
 
 Real open_clip with tiny architectures (random weights written by tests/tinyclip.py); no mocks.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from mll_index.errors import InputError, ModelLoadError
-from mll_index.hub import (Hub, HubModel, builtin_hubs, group_by_preprocess, load_hub, load_model,
-                           preprocess_key)
+from mll_index.models.hub import Hub, HubModel, builtin_hubs, group_by_preprocess, load_hub, load_model, preprocess_key
 
 try:
     from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch

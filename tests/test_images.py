@@ -1,4 +1,4 @@
-"""Tests of mll_index.images: every image decoded the way an image viewer shows it.
+"""Tests of mll_index.images.decoding: every image decoded the way an image viewer shows it.
 
 Each test writes its images with Pillow; the end-to-end tests run the CLI in a subprocess
 with a tiny open_clip model (tests/tinyclip.py).
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from mll_index.errors import InputError
-from mll_index.images import IMAGE_SUFFIXES, UnreadableImageError, image_files, max_pixels, open_image
+from mll_index.images.decoding import IMAGE_SUFFIXES, UnreadableImageError, image_files, max_pixels, open_image
 
 try:
     from tests.conftest import TENCH, run_cli

@@ -1,4 +1,4 @@
-"""Tests of mll_index.index: building, loading and searching the node index (real model, real FAISS)."""
+"""Tests of mll_index.index.node_index: building, loading and searching the node index (real model, real FAISS)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import faiss
 import numpy as np
 import pytest
 
-from mll_index import artifacts as A
-from mll_index import index as I
-from mll_index.captions import Concept, WordNetExpander, node_concept
-from mll_index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
+from mll_index.core import artifacts as A
+from mll_index.index import node_index as I
+from mll_index.index.captions import Concept, WordNetExpander, node_concept
+from mll_index.index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
-from mll_index.graph import Graph, resolve_node_set, wnid_node_set
+from mll_index.index.graph import Graph, resolve_node_set, wnid_node_set
 
 try:
     from conftest import GOLDFISH, LAPTOP, TENCH
@@ -330,7 +330,7 @@ COUGAR = "n02125311"
 def test_add_nodes_appends_what_a_full_build_would_embed(index_dir: Path, index_copy: Path, taxonomy: Graph,
                                                          small_wnids: list[str], embedder: TextEmbedder,
                                                          tmp_path: Path) -> None:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     old = I.load_index(index_dir)
     report = I.add_nodes(index_copy, [LION, ZEBRA, TENCH, ORANGE], embedder,
@@ -352,8 +352,8 @@ def test_add_nodes_appends_what_a_full_build_would_embed(index_dir: Path, index_
 
 def test_add_nodes_keeps_labels_and_refuses_bad_wnids(index_copy: Path, embedder: TextEmbedder,
                                                       tmp_path: Path) -> None:
-    from mll_index.embed import EmbeddingCache
-    from mll_index.label_matrix import append_labels, open_matrix
+    from mll_index.index.embed import EmbeddingCache
+    from mll_index.labels.matrix import append_labels, open_matrix
 
     append_labels(index_copy, [TENCH, GOLDFISH], [("m", {"id": "m"})], np.ones((2, 1, 3), int))
 
@@ -381,7 +381,7 @@ def file_state(directory: Path) -> dict[str, tuple[int, int, int]]:
 @pytest.fixture(scope="module")
 def grown_dir(index_dir: Path, tmp_path_factory: pytest.TempPathFactory, embedder: TextEmbedder) -> Path:
     """The session index, copied and grown by one segment (lion, zebra, orange). Tests copy it before damaging it."""
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     root = tmp_path_factory.mktemp("grown")
     shutil.copytree(index_dir, root / "grown")
@@ -397,7 +397,7 @@ def grown_copy(grown_dir: Path, tmp_path: Path) -> Path:
 
 def test_growth_writes_one_segment_and_the_manifest(index_dir: Path, index_copy: Path, embedder: TextEmbedder,
                                                     tmp_path: Path) -> None:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     before = file_state(index_copy)
     I.add_nodes(index_copy, [LION, ZEBRA], embedder, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
@@ -433,7 +433,7 @@ def test_grown_index_equals_its_compacted_rebuild(grown_dir: Path, grown_copy: P
 
 def test_an_unlisted_or_partial_segment_is_ignored_and_cleared_by_the_next_growth(
         grown_dir: Path, grown_copy: Path, embedder: TextEmbedder, tmp_path: Path) -> None:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     # What a growth that died before its manifest leaves: segment 2's files, one cut short, and a temporary file.
     np.save(grown_copy / "node_vectors-000002.npy", np.ones((5, 384), np.float32))
@@ -484,7 +484,7 @@ def write_format_1(path: Path) -> None:
 
 def test_a_format_1_index_loads_and_grows(index_dir: Path, index_copy: Path, embedder: TextEmbedder,
                                           tmp_path: Path) -> None:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     write_format_1(index_copy)
     old, current = I.load_index(index_copy, verify=True), I.load_index(index_dir)
@@ -503,7 +503,7 @@ def test_a_format_1_index_loads_and_grows(index_dir: Path, index_copy: Path, emb
 
 def test_ivf_index_grows_by_adding_to_its_lists(ivf_index: I.NodeIndex, tmp_path: Path,
                                                 embedder: TextEmbedder) -> None:
-    from mll_index.embed import EmbeddingCache
+    from mll_index.index.embed import EmbeddingCache
 
     copy = tmp_path / "ivf"
     shutil.copytree(ivf_index.path, copy)

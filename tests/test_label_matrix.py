@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index import label_matrix as LM
+from mll_index.labels import matrix as LM
 from mll_index.errors import IndexFormatError, InputError
 
 WNIDS = [f"n{10000000 + i:08d}" for i in range(40)]

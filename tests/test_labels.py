@@ -18,12 +18,14 @@ from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, 
 from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.hub import load_hub, load_model
-from mll_index.index import load_index
-from mll_index.labels import (confusion_counts, label_models, labeled_models, labels_dir, load_label,
-                              node_prompts, read_sample_table, score_images)
-from mll_index.layout import PIXEL_CACHE
-from mll_index.samples import scan_samples
+from mll_index.models.hub import load_hub, load_model
+from mll_index.index.node_index import load_index
+from mll_index.labels.folders import (
+    confusion_counts, label_models, labeled_models, labels_dir, load_label, node_prompts, read_sample_table,
+    score_images,
+)
+from mll_index.core.layout import PIXEL_CACHE
+from mll_index.labeling.samples import scan_samples
 
 FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
 LATER = [CRANE_BIRD, CRANE_MACHINE]
@@ -58,7 +60,7 @@ def direct_counts(index: Path, hub_file: Path, model_id: str, samples_root: Path
     """The model's confusion over the labeled nodes, computed straight from open_clip."""
     import torch
 
-    from mll_index.images import UnreadableImageError, open_image
+    from mll_index.images.decoding import UnreadableImageError, open_image
 
     idx = load_index(index)
     loaded = load_model(load_hub(hub_file).get(model_id))
@@ -190,8 +192,8 @@ def _label_subprocess(index: Path, samples: Path, hub_file: Path, fsize: int | N
     code = (
         "import sys, resource, signal\n"
         "from pathlib import Path\n"
-        "from mll_index.hub import load_hub\n"
-        "from mll_index.labels import label_models\n"
+        "from mll_index.models.hub import load_hub\n"
+        "from mll_index.labels.folders import label_models\n"
         f"limit = {fsize!r}\n"
         "if limit:\n"
         "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"

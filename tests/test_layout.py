@@ -15,10 +15,11 @@ from conftest import GOLDFISH, LAPTOP, TENCH
 from fakelabels import fake_label
 
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.hub import load_hub
-from mll_index.labels import label_folder, labeled_models, load_label, scan_labels
-from mll_index.layout import (MATRIX, MAX_NAME_BYTES, is_reserved, labels_dir, legacy_folder_name, model_folder_name,
-                              model_id_of_folder)
+from mll_index.models.hub import load_hub
+from mll_index.labels.folders import label_folder, labeled_models, load_label, scan_labels
+from mll_index.core.layout import (
+    MATRIX, MAX_NAME_BYTES, is_reserved, labels_dir, legacy_folder_name, model_folder_name, model_id_of_folder,
+)
 
 WNIDS = [TENCH, GOLDFISH, LAPTOP]
 
@@ -72,7 +73,7 @@ def test_reserved_and_colliding_ids_are_labeled_apart(tmp_path: Path) -> None:
     assert load_label(index, "a/b").manifest["model"]["id"] == "a/b"
     assert load_label(index, long_id).manifest["model"]["id"] == long_id
     # The label matrix is still the matrix, holding all five models.
-    from mll_index.label_matrix import open_matrix
+    from mll_index.labels.matrix import open_matrix
 
     assert sorted(open_matrix(index).model_ids) == sorted(labeled_models(index))
     assert all(len(p.name.encode()) <= MAX_NAME_BYTES for p in labels_dir(index).iterdir())

@@ -1,4 +1,4 @@
-"""Tests of mll_index.match on the small session index (real model, real FAISS)."""
+"""Tests of mll_index.index.match on the small session index (real model, real FAISS)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index import match as M
-from mll_index.embed import EmbeddingCache, TextEmbedder, vector_space
+from mll_index.index import match as M
+from mll_index.index.embed import EmbeddingCache, TextEmbedder, vector_space
 from mll_index.errors import EmbedderMismatchError, InputError
-from mll_index.index import NodeIndex
+from mll_index.index.node_index import NodeIndex
 
 try:
     from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN, TENCH, TIGER
@@ -27,7 +27,7 @@ NAMES = ["golden retriever", "tench", "laptop", "Pomeranian", "goldfish", "crane
 @pytest.fixture(scope="module")
 def bf16_embedder() -> TextEmbedder:
     """The same model in bf16: vectors of the same dimension that do not agree to cosine 0.9999."""
-    from mll_index.embed import load_embedder
+    from mll_index.index.embed import load_embedder
 
     return load_embedder("minilm@bf16")
 
@@ -133,7 +133,7 @@ def test_openai_embedder_of_another_dimension_is_refused(node_index: NodeIndex) 
         from tests.openai_server import OpenAITestServer
     except ImportError:
         from openai_server import OpenAITestServer
-    from mll_index.embed import load_embedder
+    from mll_index.index.embed import load_embedder
 
     with OpenAITestServer(embed_dim=16) as server:
         other = load_embedder(f"openai:{server.base_url}#m")
@@ -210,9 +210,9 @@ HEADED = {"crane bird": "crane.n.05", "horse carriage": "carriage.n.02", "stop s
 def senses_index(tmp_path_factory: pytest.TempPathFactory, taxonomy, embedder: TextEmbedder) -> NodeIndex:  # type: ignore[no-untyped-def]
     """Every sense in the visual node set of the words above, the expected synsets, and their hypernyms
     in that set: a small part of the default index, where the senses compete as they do there."""
-    from mll_index.embed import EmbeddingCache as Cache
-    from mll_index.graph import recipe_node_set, resolve_node_set, wnid_node_set
-    from mll_index.index import build_index
+    from mll_index.index.embed import EmbeddingCache as Cache
+    from mll_index.index.graph import recipe_node_set, resolve_node_set, wnid_node_set
+    from mll_index.index.node_index import build_index
 
     visual = resolve_node_set(taxonomy, recipe_node_set("visual"))
     by_synset = {s: r for r, s in enumerate(taxonomy.synsets)}
@@ -257,7 +257,7 @@ def test_a_rare_sense_needs_evidence_in_the_name(senses_index: NodeIndex, embedd
 
 
 def test_node_scores_rank_what_match_names_returns(senses_index: NodeIndex, embedder: TextEmbedder) -> None:
-    from mll_index.embed import embed_classes
+    from mll_index.index.embed import embed_classes
 
     names = ["dog", "bat (animal)", "horse carriage", "dogs"]
     matcher = M.Matcher(senses_index)

@@ -1,4 +1,4 @@
-"""Tests of mll_index.openai_api against a real local OpenAI-compatible server (no mocks)."""
+"""Tests of mll_index.core.openai_client against a real local OpenAI-compatible server (no mocks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mll_index.errors import EndpointError
-from mll_index.openai_api import OpenAIClient
+from mll_index.core.openai_client import OpenAIClient
 
 try:
     from tests.openai_server import OpenAITestServer, fake_embedding

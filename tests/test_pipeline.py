@@ -15,17 +15,10 @@ import pytest
 from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import InputError
-from mll_index.hub import load_hub, load_model
-from mll_index.pipeline import (
-    ImageSet,
-    default_decode,
-    encode_image_set,
-    hub_probabilities,
-    image_loader,
-    image_set_from_samples,
-    image_set_from_task,
-    model_passes,
-    zero_shot_probabilities,
+from mll_index.models.hub import load_hub, load_model
+from mll_index.images.loader import (
+    ImageSet, default_decode, encode_image_set, hub_probabilities, image_loader, image_set_from_samples,
+    image_set_from_task, model_passes, zero_shot_probabilities,
 )
 
 WNIDS = ["n01440764", "n01443537", "n03642806", "n02129604"]
@@ -70,10 +63,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_streamed_embeddings_equal_decoding_one_file_at_a_time(loaded, samples_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.images import open_image
-    from mll_index.reuse import scan_task_images
-    from mll_index.samples import scan_samples
-    from mll_index.zeroshot import encode_pixels
+    from mll_index.images.decoding import open_image
+    from mll_index.reuse.ensemble import scan_task_images
+    from mll_index.labeling.samples import scan_samples
+    from mll_index.models.zeroshot import encode_pixels
 
     samples = scan_samples(samples_root)
     images = image_set_from_samples(samples)
@@ -94,7 +87,7 @@ def test_streamed_embeddings_equal_decoding_one_file_at_a_time(loaded, samples_r
 
 
 def test_probabilities_equal_reuse(tiny_hub: Path, samples_root: Path, tmp_path: Path) -> None:
-    from mll_index.reuse import predict_probabilities, scan_task_images
+    from mll_index.reuse.ensemble import predict_probabilities, scan_task_images
 
     flat = tmp_path / "task"
     for wnid, name in zip(WNIDS, CLASSES):

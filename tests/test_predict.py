@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from mll_index.errors import IndexFormatError
-from mll_index.predict import (FEATURES, Rule, chosen_f1, class_features, extrapolation, f1_matrix, load_calibration,
-                               predict_features, predict_selection, selection_matrix)
-from mll_index.select import make_task, open_selector, select_models, smooth_scores
+from mll_index.selection.accuracy import (
+    FEATURES, Rule, chosen_f1, class_features, extrapolation, f1_matrix, load_calibration, predict_features,
+    predict_selection, selection_matrix,
+)
+from mll_index.selection.selector import make_task, open_selector, select_models, smooth_scores
 
 
 @pytest.mark.parametrize("alpha, classes", [(0.7, 2), (0.7, 30), (1.0, 5), (0.0, 5), (0.3, 4)])
@@ -101,7 +103,7 @@ def test_a_selection_predicts_its_ensemble(world_index: Path, embedder) -> None:
 
 
 def test_relatedness_is_high_for_neighbours_and_low_for_strangers(taxonomy) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.predict import relatedness
+    from mll_index.selection.accuracy import relatedness
 
     tiger, lion, laptop, pizza = "n02129604", "n02129165", "n03642806", "n07873807"
     cats = relatedness([tiger, lion], taxonomy.ancestors)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from mll_index.errors import InputError
-from mll_index.probes import encode_probes, node_softmax, probe_files, probe_weights
-from mll_index.select import make_task, open_labels, open_selector, select_models, task_from_json
+from mll_index.selection.probes import encode_probes, node_softmax, probe_files, probe_weights
+from mll_index.selection.selector import make_task, open_labels, open_selector, select_models, task_from_json
 from tests.conftest import run_cli
 
 
@@ -123,7 +123,7 @@ def test_probes_that_disagree_weigh_less_sharply(world_index: Path, probe_dir: P
     """Probes whose styles cancel (each probe and its mirror image about its node's centre) leave every
     image its weight of 1, where the same probes alone sharpen: a task of several domains is not
     forced into one."""
-    from mll_index.probes import ProbeSet
+    from mll_index.selection.probes import ProbeSet
 
     store = open_labels(world_index)
     probes = encode_probes(store, [probe_dir])
@@ -200,7 +200,7 @@ def test_select_cli_warns_once_for_skipped_and_ignored_probes(world_index: Path,
 def test_task_files_read_relative_probe_images_from_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  world_index: Path, probe_dir: Path,
                                                                  embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.select import read_batch_file, read_task_file, select_batch
+    from mll_index.selection.selector import read_batch_file, read_task_file, select_batch
 
     folder = tmp_path / "tasks"
     (folder / "probes").mkdir(parents=True)

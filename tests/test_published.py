@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.published import (has_published, import_published, open_published, published_scores, read_classnames,
-                                 read_results)
-from mll_index.embed import embed_classes
+from mll_index.published.store import has_published, import_published, open_published, published_scores
+from mll_index.published.table import read_classnames, read_results
+from mll_index.index.embed import embed_classes
 
 HEADER = "name,pretrained,params (M),FLOPs (B),Average perf. on 38 datasets,ImageNet 1k,Dogs,Food,Extra\n"
 
@@ -119,7 +119,7 @@ def test_select_with_published_labels_only_and_mixed(tmp_path: Path, index_copy:
                                                     embedder) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.selection.selector import make_task, open_selector, select_models
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -161,7 +161,7 @@ def test_published_cli(tmp_path: Path, index_copy: Path) -> None:
 
 def test_published_labels_survive_a_rebuild_with_the_same_embedder(tmp_path: Path, index_copy: Path, small_graph,
                                                                    embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.index import build_index
+    from mll_index.index.node_index import build_index
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -208,7 +208,7 @@ def test_import_a_lovm_table_with_domains_and_descriptions(tmp_path: Path, index
 
 
 def test_select_says_when_published_labels_fall_back(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.selection.selector import make_task, open_selector, select_models
 
     results, names, domains, tasks = _lovm_files(tmp_path)
     import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
@@ -226,7 +226,7 @@ def test_select_says_when_published_labels_fall_back(tmp_path: Path, index_copy:
 
 
 def test_a_tasks_domain_and_description_count(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.selection.selector import make_task, open_selector, select_models
 
     results, names, domains, tasks = _lovm_files(tmp_path)
     import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
@@ -297,7 +297,7 @@ def _mixed_index(tmp_path: Path, world_index: Path, embedder) -> Path:  # type: 
 
 def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model(
         tmp_path: Path, world_index: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.selection.selector import make_task, open_selector, select_models
 
     sel = open_selector(_mixed_index(tmp_path / "m", world_index, embedder), embedder)
     task = make_task(["tiger", "pizza"])
@@ -320,7 +320,7 @@ def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model
 
 
 def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_clearly() -> None:
-    from mll_index.select import merge_by_rank
+    from mll_index.selection.selector import merge_by_rank
 
     # Each source's best model ranks 1.0; "clear" stands far above its source's others, "close" barely.
     close = (["close", "b", "c"], np.array([[0.51], [0.50], [0.49]]))
@@ -333,8 +333,8 @@ def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_cl
 
 def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
                                                                    embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.estimate import select_answer
-    from mll_index.select import make_task, open_selector
+    from mll_index.selection.answer import select_answer
+    from mll_index.selection.selector import make_task, open_selector
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -346,7 +346,7 @@ def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path
 
 def test_a_published_class_whose_name_is_no_word_is_low_confidence_and_falls_back(
         tmp_path: Path, index_copy: Path, world_index: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.select import make_task, open_selector, select_models
+    from mll_index.selection.selector import make_task, open_selector, select_models
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -362,7 +362,7 @@ def test_a_published_class_whose_name_is_no_word_is_low_confidence_and_falls_bac
 
 
 def test_the_rule_falls_back_for_a_class_whose_name_is_no_word_however_similar() -> None:
-    from mll_index.published_rule import PublishedRule, rank_task
+    from mll_index.published.rule import PublishedRule, rank_task
 
     z = np.array([[1.0, -1.0], [-1.0, 1.0]])                # model 0 leads dataset a, model 1 dataset b
     similarity = np.array([[0.9, 0.2], [0.9, 0.2]])         # both classes look like dataset a (0.9 >= 0.45)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mll_index.published_rule import (NEIGHBOUR_WEIGHTS, QUALIFY_LEVEL, PublishedRule, calibrate_rule,
-                                      dataset_similarity, hidden_mask, neighbour_weights, rank_task, sign_test_p,
-                                      standardise, strength_of, text_similarity)
+from mll_index.published.rule import (
+    NEIGHBOUR_WEIGHTS, QUALIFY_LEVEL, PublishedRule, calibrate_rule, dataset_similarity, hidden_mask,
+    neighbour_weights, rank_task, sign_test_p, standardise, strength_of, text_similarity,
+)
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:

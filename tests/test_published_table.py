@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.published_table import read_dataset_texts, read_results
+from mll_index.published.table import read_dataset_texts, read_results
 
 # LOVM's eval_table.csv: a pandas index column with no name, then one row per model and dataset.
 LOVM_HEADER = ",task,dataset,model_fullname,model,pretrained,mean_per_class_recall,acc1,acc5\n"

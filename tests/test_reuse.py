@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError, ModelLoadError
-from mll_index.hub import load_hub
-from mll_index.reuse import (combine, entropy_weights, predict_probabilities, reuse_models, scan_task_images,
-                             write_predictions)
+from mll_index.models.hub import load_hub
+from mll_index.reuse.ensemble import (
+    combine, entropy_weights, predict_probabilities, reuse_models, scan_task_images, write_predictions,
+)
 from tests.conftest import run_cli
 
 
@@ -185,8 +186,8 @@ def test_prompts_a_tokenizer_makes_identical_are_refused(tiny_reuse_hub: Path, t
 
 
 def test_a_cut_name_is_named(tiny_reuse_hub: Path) -> None:
-    from mll_index.hub import load_model
-    from mll_index.zeroshot import check_prompts
+    from mll_index.models.hub import load_model
+    from mll_index.models.zeroshot import check_prompts
 
     loaded = load_model(load_hub(tiny_reuse_hub).get("tiny-short"))
     check = check_prompts(loaded, ["cat", "a striped sea creature seen near the reef"])
@@ -196,7 +197,7 @@ def test_a_cut_name_is_named(tiny_reuse_hub: Path) -> None:
 
 
 def test_prompts_use_the_lemma_of_a_plural_name() -> None:
-    from mll_index.reuse import lemma_of, prompt_names
+    from mll_index.reuse.ensemble import lemma_of, prompt_names
 
     lemmas = {"apples": lemma_of("apple.n.01"), "Red bananas": "banana", "tench": "tench", "geese": "goose",
               "glass": "glass", "boxes": "box"}
@@ -210,7 +211,7 @@ def test_prompts_use_the_lemma_of_a_plural_name() -> None:
 def test_clip_tokens_without_torch_equal_open_clip_s() -> None:
     import open_clip
 
-    from mll_index.zeroshot import clip_token_rows
+    from mll_index.models.zeroshot import clip_token_rows
 
     texts = ["a photo of a golden retriever.", "Café &amp; naïve  CRÈME brûlée", "it's 2024, don't panic!!",
              "🍎 apple", "日本語のテキスト", "striped sea creature seen near the reef at dawn " * 12]
@@ -247,8 +248,8 @@ def test_reuse_cli_refuses_identical_prompts_unless_forced(tiny_reuse_hub: Path,
 
 
 def test_two_workers_predict_what_zero_workers_do(tiny_reuse_hub: Path, class_images: Path, tmp_path: Path) -> None:
-    from mll_index.images import open_image
-    from mll_index.reuse import predict
+    from mll_index.images.decoding import open_image
+    from mll_index.reuse.ensemble import predict
 
     hub = load_hub(tiny_reuse_hub)
     folder = tmp_path / "task"

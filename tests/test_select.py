@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.select import (class_f1, make_task, node_confusion, open_labels, open_selector,
-                              read_batch_file, read_task_file, select_batch, select_models, smooth_scores, task_from_json)
-from mll_index.labels import load_label, read_sample_table
+from mll_index.selection.selector import (
+    class_f1, make_task, node_confusion, open_labels, open_selector, read_batch_file, read_task_file, select_batch,
+    select_models, smooth_scores, task_from_json,
+)
+from mll_index.labels.folders import load_label, read_sample_table
 from tests.conftest import run_cli
 
 TIGER, LION = "n02129604", "n02129165"
@@ -155,8 +157,8 @@ def test_weak_matches_are_reported(selector) -> None:  # type: ignore[no-untyped
 
 
 def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.match import is_weak
-    from mll_index.select import NodeMatch, lent_blindly
+    from mll_index.index.match import is_weak
+    from mll_index.selection.selector import NodeMatch, lent_blindly
 
     # "ungulate" is a lemma of ungulate.n.01, but its best labeled node (horse) got its score from
     # odd-toed_ungulate.n.01, which matched on the embedding alone: the score is high, the evidence weak.
@@ -235,8 +237,8 @@ def test_select_cli(world_index: Path, tmp_path: Path) -> None:
 def counts_hub(tmp_path_factory, index_dir: Path, embedder):  # type: ignore[no-untyped-def]
     import shutil
 
-    from mll_index.index import load_index
-    from mll_index.label_matrix import append_labels
+    from mll_index.index.node_index import load_index
+    from mll_index.labels.matrix import append_labels
 
     path = tmp_path_factory.mktemp("counts-hub") / "index"
     shutil.copytree(index_dir, path)
@@ -276,7 +278,7 @@ def test_counts_only_hub_selects_in_counts_mode_by_brute_force(counts_hub) -> No
 def test_a_model_added_later_joins_the_selection(counts_hub, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from mll_index.label_matrix import append_labels
+    from mll_index.labels.matrix import append_labels
 
     path, _ = counts_hub
     copy = tmp_path / "index"

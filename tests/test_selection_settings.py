@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.select import make_task, open_selector, prepare_tasks, select_batch, select_models, select_prepared
-from mll_index.selection_settings import SelectionSettings
+from mll_index.selection.selector import (
+    make_task, open_selector, prepare_tasks, select_batch, select_models, select_prepared,
+)
+from mll_index.selection.settings import SelectionSettings
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -1,4 +1,4 @@
-"""Tests of mll_index.senses: WordNet's sense-tagged counts read from the installed WordNet folder."""
+"""Tests of mll_index.index.senses: WordNet's sense-tagged counts read from the installed WordNet folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mll_index.errors import ModelLoadError
-from mll_index.senses import SenseIndex, sense_index, sense_key_lemma
+from mll_index.index.senses import SenseIndex, sense_index, sense_key_lemma
 
 DOG, DOG_MAN, PERSON = "n02084071", "n10023039", "n00007846"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mll_index.select import open_selector, task_from_json
+from mll_index.selection.selector import open_selector, task_from_json
 from mll_index.service.app import ServiceSettings, create_app
 from mll_index.service.version import index_version
 from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
@@ -25,7 +25,7 @@ TOKEN = "s3cret-token"
 
 def _json(selector, task, **settings) -> dict:  # type: ignore[no-untyped-def]
     """The selection as the CLI prints it (`estimate.select_answer`), read back (tuples become lists)."""
-    from mll_index.estimate import select_answer
+    from mll_index.selection.answer import select_answer
 
     return json.loads(json.dumps(select_answer(selector, task, **settings)))
 
@@ -244,8 +244,8 @@ def test_the_token_is_required_everywhere_but_healthz(locked: TestClient) -> Non
 
 def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_index: Path, tmp_path: Path,
                                                                          embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.artifacts import atomic_file
-    from mll_index.index import add_nodes, load_index
+    from mll_index.core.artifacts import atomic_file
+    from mll_index.index.node_index import add_nodes, load_index
 
     path = tmp_path / "index"
     shutil.copytree(world_index, path)
@@ -281,8 +281,8 @@ def test_a_new_index_version_is_picked_up_and_a_broken_one_never_served(world_in
 def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     """`labels compact` deletes the shards an opened state read: its answers stay whole (memory maps, or
     a retry on the new version), and equal to a fresh local selection."""
-    from mll_index.label_matrix import compact_matrix
-    from mll_index.labels import sync_matrix
+    from mll_index.labels.matrix import compact_matrix
+    from mll_index.labels.folders import sync_matrix
 
     path = tmp_path / "index"
     shutil.copytree(world_index, path)
@@ -303,7 +303,7 @@ def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, t
 
 def _new_node(path: Path) -> list[str]:
     """One wnid the index lacks."""
-    from mll_index.index import load_index
+    from mll_index.index.node_index import load_index
 
     present = set(load_index(path).graph.nodes)
     new = [w for w in (TENCH, GOLDFISH, LAPTOP, PIZZA) if w not in present][:1]
@@ -312,7 +312,7 @@ def _new_node(path: Path) -> list[str]:
 
 
 def test_the_watcher_swaps_in_a_new_version_by_itself(world_index: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.index import add_nodes
+    from mll_index.index.node_index import add_nodes
 
     path = tmp_path / "index"
     shutil.copytree(world_index, path)

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mll_index.confusion import exact_restricted_confusion, restricted_confusion
+from mll_index.selection.confusion import exact_restricted_confusion, restricted_confusion
 from mll_index.errors import IndexFormatError
-from mll_index.labels import load_label, read_sample_table, write_label
-from mll_index.select import make_task, open_labels, open_selector, select_models
-from mll_index.topk_table import confusion_from_predictions, first_in_set, write_topk_tables
+from mll_index.labels.folders import load_label, read_sample_table, write_label
+from mll_index.selection.selector import make_task, open_labels, open_selector, select_models
+from mll_index.labels.topk_table import confusion_from_predictions, first_in_set, write_topk_tables
 
 
 @pytest.fixture()
@@ -116,7 +116,7 @@ def test_first_in_set_and_confusion_against_brute_force(seed: int, n_nodes: int,
 
 
 def test_pairs_beyond_the_stored_top_nodes_are_recomputed(labeled_copy: Path) -> None:
-    from mll_index.confusion import _recompute_beyond, _task_rows
+    from mll_index.selection.confusion import _recompute_beyond, _task_rows
 
     store = open_labels(labeled_copy)
     (fingerprint, members), = store.groups().items()

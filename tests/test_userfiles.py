@@ -15,14 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mll_index.captions import Concept, FileExpander, clean_class_names
+from mll_index.index.captions import Concept, FileExpander, clean_class_names
 from mll_index.errors import InputError
-from mll_index.hub import load_hub
-from mll_index.match import match_names, read_class_name
-from mll_index.published import dataset_settings, read_classnames, read_results
-from mll_index.select import make_task, read_batch_file, read_task_file
-from mll_index.userfiles import (decode_user_bytes, normalize_class_name, read_names_file, read_user_csv,
-                                 read_user_json, read_user_text)
+from mll_index.models.hub import load_hub
+from mll_index.index.match import match_names, read_class_name
+from mll_index.published.store import dataset_settings, read_classnames, read_results
+from mll_index.selection.selector import make_task, read_batch_file, read_task_file
+from mll_index.core.userfiles import (
+    decode_user_bytes, normalize_class_name, read_names_file, read_user_csv, read_user_json, read_user_text,
+)
 from tests.conftest import run_cli
 from tests.test_cli import assert_one_line_error
 
@@ -158,7 +159,7 @@ def test_missing_folder_and_too_large_files_are_input_errors(tmp_path: Path, mon
         read_user_text(tmp_path / "none.txt")
     with pytest.raises(InputError, match="is a folder"):
         read_user_text(tmp_path)
-    from mll_index import userfiles
+    from mll_index.core import userfiles
 
     monkeypatch.setattr(userfiles, "MAX_FILE_BYTES", 10)
     (tmp_path / "big.txt").write_text("x" * 11)
@@ -167,7 +168,7 @@ def test_missing_folder_and_too_large_files_are_input_errors(tmp_path: Path, mon
 
 
 def test_too_many_names_are_refused_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mll_index import userfiles
+    from mll_index.core import userfiles
 
     monkeypatch.setattr(userfiles, "MAX_NAMES", 3)
     path = tmp_path / "names.txt"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index import graph as graph_mod
+from mll_index.index import graph as graph_mod
 from mll_index.errors import InputError
-from mll_index.hub import load_hub, load_model
+from mll_index.models.hub import load_hub, load_model
 from mll_index.world import DOMAINS, build_world, load_concepts, load_task_specs, load_world
 from mll_index.world.build import SIZES, _draw_corpus
 from mll_index.world.domains import draw_image, image_rng

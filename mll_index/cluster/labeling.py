@@ -9,7 +9,7 @@ asks Ray for `gpus_per_task` GPUs (default: one when the cluster has GPUs) and `
 CPUs; Ray places the tasks, retries those whose worker dies (`max_retries`), and carries the
 shards' embeddings back through its object store.
 
-Only the driver writes to the index, through `mll_index.labels.finish_label` (the same writer
+Only the driver writes to the index, through `mll_index.labels.folders.finish_label` (the same writer
 as the single-machine labeler), one model at a time as soon as all of its shards are back: a
 folder per model written atomically, then its counts appended to the label matrix, each under
 the index's writer lock. So the index keeps its single-writer rule, a driver killed at any
@@ -44,22 +44,13 @@ from mll_index.cluster.tasks import (
     encode_shard,
 )
 from mll_index.errors import InputError, MLLIndexError
-from mll_index.hub import Hub, HubModel
-from mll_index.labels import (
-    LabelReport,
-    SampleTable,
-    append_to_matrix,
-    finish_label,
-    node_prompts,
-    plan_labels,
-    read_sample_table,
-    reusable_embeddings,
-    sample_table,
-    sync_matrix,
-    write_sample_table,
+from mll_index.models.hub import Hub, HubModel
+from mll_index.labels.folders import (
+    LabelReport, SampleTable, append_to_matrix, finish_label, node_prompts, plan_labels, read_sample_table,
+    reusable_embeddings, sample_table, sync_matrix, write_sample_table,
 )
-from mll_index.layout import sample_table_path
-from mll_index.pipeline import MODELS_PER_PASS, model_passes
+from mll_index.core.layout import sample_table_path
+from mll_index.images.loader import MODELS_PER_PASS, model_passes
 
 log = logging.getLogger(__name__)
 

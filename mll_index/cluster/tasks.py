@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mll_index.hub import HubModel, LoadedModel, load_model
+from mll_index.models.hub import HubModel, LoadedModel, load_model
 
 _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
@@ -120,7 +120,7 @@ def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str]
     gives them to a pass's first shard), their node prompts. A model that cannot be loaded here is
     reported in `failed`; the others are encoded.
     """
-    from mll_index.pipeline import ImageSet, encode_image_set
+    from mll_index.images.loader import ImageSet, encode_image_set
 
     started = time.perf_counter()
     device = _device()
@@ -142,8 +142,8 @@ def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str]
 
 def _node_texts(loaded: LoadedModel, prompts: list[str], device: str) -> NodeTexts:
     """A model's unit text embeddings of `prompts`, its temperature and preprocessing key."""
-    from mll_index.pipeline import temperature
-    from mll_index.zeroshot import encode_texts
+    from mll_index.images.loader import temperature
+    from mll_index.models.zeroshot import encode_texts
 
     emb = encode_texts(loaded, prompts, device) if prompts else np.zeros((0, 0), np.float32)
     # The one temperature rule of labeling, reuse and evaluation (as in labels._label_one).

@@ -42,9 +42,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
-from mll_index.match import Match
-from mll_index.predict import Interval
-from mll_index.select import ClassSelection, Selection
+from mll_index.index.match import Match
+from mll_index.selection.accuracy import Interval
+from mll_index.selection.selector import ClassSelection, Selection
 from mll_index.service.state import IndexState, StateHolder
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-untyped-def]
     """A checked Task from request JSON; RequestError (422, or 413 for too many classes) naming the field."""
-    from mll_index.select import task_from_json
+    from mll_index.selection.selector import task_from_json
 
     classes = data if isinstance(data, list) else data.get("classes") if isinstance(data, dict) else None
     if not isinstance(classes, list):
@@ -262,7 +262,7 @@ def _select_chunk(selector: Any, chunk: Sequence[Any], settings: Any) -> tuple[l
     """The chunk's selections (`select.select_batch`, its classes embedded together), and None; when a
     task of it is refused (InputError: its probe images, say), the tasks before that one answered one
     by one, and the error, so that the stream answers every task it can and names the one at fault."""
-    from mll_index.select import select_batch
+    from mll_index.selection.selector import select_batch
 
     try:
         return select_batch(selector, chunk, settings), None
@@ -288,7 +288,7 @@ def _is_one_json(text: str) -> bool:
 def selection_json(selector: Any, task: Any, full: Any, settings: Any, version: str) -> dict[str, Any]:
     """A selection as `mll-index select` prints it (`estimate.complete_selection`: the top k per class and the
     predicted accuracy), plus the index version it came from. `full` was selected with every model ranked."""
-    from mll_index.estimate import complete_selection
+    from mll_index.selection.answer import complete_selection
 
     out = complete_selection(selector, task, full, k=settings.k, ranking_size=settings.ranking_size)
     return {**out, "index_version": version}
@@ -360,8 +360,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     """
     settings = settings or ServiceSettings()
     if holder is None:
-        from mll_index.embed import EmbeddingCache
-        from mll_index.graph import cache_dir
+        from mll_index.index.embed import EmbeddingCache
+        from mll_index.index.graph import cache_dir
 
         holder = StateHolder(Path(index_path), EmbeddingCache(cache_dir() / "embeddings.sqlite"),
                              poll_s=settings.poll_s)
@@ -519,7 +519,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     @app.post("/v1/select", tags=["select"], responses={200: {"model": SelectionAnswer, "description": "The selection."}})
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
-        from mll_index.select import SelectionSettings, select_models
+        from mll_index.selection.selector import SelectionSettings, select_models
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
         chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
@@ -549,7 +549,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         Every task is checked before the first line is sent; a line {"error": ...} ends a stream
         that could not finish (the time limit, the index gone)."""
-        from mll_index.select import SelectionSettings
+        from mll_index.selection.selector import SelectionSettings
 
         chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
                                    ranking_size=ranking or None, probe=probe, labels=labels)
@@ -607,8 +607,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
 def match_records(state: IndexState, names: Sequence[str], k: int, method: str) -> list[dict[str, Any]]:
     """Per name {"query", "matches", "low_confidence"}: the records `mll-index match --format jsonl` prints."""
-    from mll_index.captions import make_expander
-    from mll_index.match import is_weak, match_names
+    from mll_index.index.captions import make_expander
+    from mll_index.index.match import is_weak, match_names
 
     sel = state.selector
     embedder = None if method == "lemma" else sel.embedder

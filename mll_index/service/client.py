@@ -132,7 +132,7 @@ def read_task_json(path: Any) -> Any:
     {"name": the file's stem, "classes": [...]} — what `select --task` reads locally."""
     from pathlib import Path
 
-    from mll_index.userfiles import parse_user_json, read_user_text
+    from mll_index.core.userfiles import parse_user_json, read_user_text
 
     text = read_user_text(Path(path))
     if text.lstrip().startswith(("{", "[")):
@@ -153,7 +153,7 @@ def remote_select(url: str, names: list[str] | None, task_file: Any, batch: Any,
     if batch is not None:
         if names_given or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
-        from mll_index.userfiles import parse_user_json, read_user_text
+        from mll_index.core.userfiles import parse_user_json, read_user_text
 
         tasks = []
         for number, line in enumerate(read_user_text(Path(batch)).splitlines(), 1):

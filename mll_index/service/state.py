@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mll_index import __version__
-from mll_index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder
+from mll_index.index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder
 from mll_index.errors import IndexFormatError, MLLIndexError
-from mll_index.select import Selector, make_task, open_selector, select_models
+from mll_index.selection.selector import Selector, make_task, open_selector, select_models
 from mll_index.service.version import index_version
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class IndexState:
 
     def summary(self) -> dict[str, Any]:
         """What `GET /v1/index` answers: node count, embedder, format versions, label counts, version."""
-        from mll_index.label_matrix import matrix_counts
+        from mll_index.labels.matrix import matrix_counts
 
         manifest = self.selector.index.manifest
         store = self.selector.store
@@ -85,8 +85,8 @@ class IndexState:
 
 
 def _matrix_format(path: Path) -> int | None:
-    from mll_index.artifacts import read_json
-    from mll_index.label_matrix import has_matrix, matrix_dir
+    from mll_index.core.artifacts import read_json
+    from mll_index.labels.matrix import has_matrix, matrix_dir
 
     return int(read_json(matrix_dir(path) / "manifest.json")["format_version"]) if has_matrix(path) else None
 
@@ -106,7 +106,7 @@ def open_state(path: Path, *, cache: EmbeddingCache | None = None, embedder: Laz
         raise IndexFormatError(f"{path}: no index here (no manifest.json); build one with "
                                f"`mll-index build --index {path}`")
     version = version or index_version(path)
-    from mll_index.index import read_index_manifest
+    from mll_index.index.node_index import read_index_manifest
 
     record = EmbedderRecord.from_dict(read_index_manifest(path)["embedder"])
     if embedder is None or embedder.record != record:

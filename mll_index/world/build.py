@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import (atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest,
-                                 write_json)
+from mll_index.core.artifacts import (
+    atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest, write_json,
+)
 from mll_index.errors import InputError, MLLIndexError
-from mll_index.graph import Graph, cache_dir, load_taxonomy
+from mll_index.index.graph import Graph, cache_dir, load_taxonomy
 from mll_index.world.art import VENDORS, fetch_art_packages, read_art
 from mll_index.world.concepts import EmojiConcept, load_concepts, mapping_path
 from mll_index.world.domains import DOMAINS, draw_image, image_rng
@@ -243,7 +244,7 @@ def _cell_names(domain_ids: np.ndarray) -> list[str]:
 
 def _phrasings(concepts: list[EmojiConcept], graph: Graph) -> list[list[str]]:
     """Per concept, the texts the hub is trained with (its names in every template, and its label prompt)."""
-    from mll_index.captions import node_concept, templates
+    from mll_index.index.captions import node_concept, templates
 
     zero_shot = templates()["zero_shot"]
     label_template = templates()["label_prompt"]
@@ -420,8 +421,8 @@ def _evaluate(hub_dir: Path, model_ids: list[str], concepts: list[EmojiConcept],
     """Zero-shot accuracy of every model on the general benchmark (all concepts) and on each task."""
     from tqdm import tqdm
 
-    from mll_index.hub import load_hub, load_model
-    from mll_index.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
+    from mll_index.models.hub import load_hub, load_model
+    from mll_index.models.zeroshot import class_embeddings, class_probabilities, encode_pixels, logit_scale
 
     hub = load_hub(hub_dir / "hub.json")
     names = [c.name for c in concepts]

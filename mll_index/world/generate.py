@@ -147,7 +147,7 @@ def generate_world_tasks(size: str, root: Any, n: int, seed: int) -> dict[str, A
     from mll_index.world.build import load_world
     from mll_index.world.concepts import load_concepts
 
-    from mll_index.graph import load_taxonomy
+    from mll_index.index.graph import load_taxonomy
 
     world = load_world(size, root)
     domains = {c["wnid"]: c["domains"] for c in world.concepts}

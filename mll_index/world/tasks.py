@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from mll_index.userfiles import read_user_json
+from mll_index.core.userfiles import read_user_json
 from mll_index.errors import InputError
 
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

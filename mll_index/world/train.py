@@ -146,7 +146,7 @@ def train_model(spec: ModelSpec, arch_config: dict[str, Any], data: TrainingData
     import torch
     from tqdm import tqdm
 
-    from mll_index.artifacts import atomic_file
+    from mll_index.core.artifacts import atomic_file
 
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.artifacts import atomic_file, read_json, sha256_file, write_json
+from mll_index.core.artifacts import atomic_file, read_json, sha256_file, write_json
 from mll_index.errors import IndexFormatError
 
 log = logging.getLogger(__name__)

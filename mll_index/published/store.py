@@ -1,0 +1,364 @@
+"""Labels from published benchmark results: every model's accuracy on benchmark datasets, per class.
+
+A results table (open_clip's wide `openclip_results.csv` or LOVM's long `eval_table.csv`, see
+`published_table`) and class-name lists for its datasets become coarse labels: every class of a
+benchmark dataset carries each model's accuracy on that dataset. The classes are embedded like a
+task's classes (captions pooled, the index's embedder), and so are the datasets' domains and
+descriptions when given (LOVM's `dataset_domains.json`, `dataset_tasks.json`). A task's classes,
+domain and description are matched to them, and models are ranked by `published_rule`. Nothing is
+downloaded.
+
+    <index>/published/
+        manifest.json       kind "published-labels": sources, embedder, counts, files, the rule's weights
+        models.json         hub entries of the table's models (id = name-pretrained, metadata)
+        datasets.json       per dataset column: its class-name list key, family, class count, domain, description
+        classes.json        per benchmark class: dataset position and class name
+        class_vectors.npy   (n_classes, d) float32 unit rows, the classes' pooled caption embeddings
+        accuracy.npy        (n_models, n_datasets) float32, NaN where the table has no figure
+        domain_vectors.npy, description_vectors.npy
+                            (n_datasets, d) float32 unit rows, zero where a dataset has no such text
+                            (absent when no dataset has one, and in labels imported before)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mll_index.core.artifacts import (
+    atomic_dir, check_then_open, index_lock, new_manifest, read_consistent, read_json, read_manifest, seal_manifest,
+    write_json,
+)
+from mll_index.index.embed import (
+    EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes, record_of,
+)
+from mll_index.errors import IndexFormatError, InputError, MLLIndexError
+from mll_index.index.node_index import load_index, read_index_manifest
+from mll_index.core.layout import MANIFEST, published_dir
+from mll_index.published.rule import (
+    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise,
+    text_similarity,
+)
+from mll_index.published.table import (
+    Scale, clean_benchmark_name, read_classnames,
+    read_dataset_texts, read_results,
+)
+from mll_index.core.userfiles import read_user_json
+
+log = logging.getLogger(__name__)
+
+KIND = "published-labels"
+TEXT_FIELDS = ("domain", "description")
+
+
+def dataset_settings(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Column → {"classnames": key, "family": name}: the shipped data/published_datasets.json or a user's file."""
+    data = read_user_json(path, "dataset mapping") if path else \
+        json.loads(resources.files("mll_index").joinpath("data/published_datasets.json").read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+        raise InputError(f'{path}: a dataset mapping is {{"datasets": {{column: {{"classnames": key}}}}}}')
+    return data["datasets"]
+
+
+def import_published(index_path: Path, results: Path, classnames: Sequence[Path], *, mapping: Path | None = None,
+                     domains: Path | None = None, descriptions: Path | None = None,
+                     embedder: TextEmbedder | None = None, cache: EmbeddingCache | None = None,
+                     scale: Scale = "auto") -> dict[str, Any]:
+    """Import a results table and class-name lists as published labels of the index (written atomically).
+
+    Columns without a class-name list are left out, each named in a warning and in the summary.
+    `domains` and `descriptions` are JSON maps {dataset: text} (LOVM's `dataset_domains.json`,
+    `dataset_tasks.json`); a task's domain and description are matched against them. The rule's
+    weights are chosen on the table itself (`published_rule.calibrate_rule`) and recorded in the
+    manifest. `scale` says whether the table's figures are percentages or fractions (`auto`:
+    decided from them, see `decide_scale`).
+
+    Returns:
+        A summary: models, datasets used, datasets left out, classes, the scale the figures were
+        read in, the datasets with a domain or description, and the rule.
+    Raises:
+        InputError: an unreadable table or list (see `read_results`), or no column with a class-name list.
+    """
+    index = load_index(index_path)
+    embedder = embedder or LazyEmbedder(index.embedder)
+    index.check_embedder(embedder)
+    table = read_results(results, scale)
+    settings = dataset_settings(mapping)
+    # Only the lists a column uses must be sound: a stray file in the folder does not stop the import.
+    names = read_classnames(classnames, used={settings.get(d, {}).get("classnames", d) for d in table.datasets})
+    texts = {f: read_dataset_texts(p, f"dataset {f} file") if p else {}
+             for f, p in zip(TEXT_FIELDS, (domains, descriptions))}
+    used, skipped = [], []
+    for d in table.datasets:
+        key = settings.get(d, {}).get("classnames", d)
+        (used if key in names else skipped).append(d)
+    if not used:
+        raise InputError(f"{results}: no dataset column has a class-name list; columns: {table.datasets[:10]}..., "
+                         f"lists: {sorted(names)[:10]}...")
+    for d in skipped:
+        log.warning("%s: dataset %r has no class-name list (key %r); left out", results, d,
+                    settings.get(d, {}).get("classnames", d))
+    classes: list[tuple[int, str]] = []
+    for j, d in enumerate(used):
+        key = settings.get(d, {}).get("classnames", d)
+        classes.extend((j, clean_benchmark_name(n)) for n in names[key])
+    distinct = sorted({n for _, n in classes})
+    vectors = embed_classes(distinct, embedder, cache=cache)
+    row = {n: i for i, n in enumerate(distinct)}
+    class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
+    class_dataset = np.array([j for j, _ in classes], np.int64)
+    accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
+    text_vectors: dict[str, np.ndarray] = {}
+    for f in TEXT_FIELDS:
+        given = [d for d in used if d in texts[f]]
+        if given:
+            vecs = embed_classes([texts[f][d] for d in given], embedder, cache=cache, bare=True)
+            text_vectors[f] = np.zeros((len(used), vecs.shape[1]), np.float32)
+            text_vectors[f][[used.index(d) for d in given]] = vecs
+    families = [settings.get(d, {}).get("family", d) for d in used]
+    rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
+                          [text_vectors.get(f) for f in TEXT_FIELDS])
+    folder = published_dir(index_path)
+    files = ["models.json", "datasets.json", "classes.json", "class_vectors.npy", "accuracy.npy"]
+    with index_lock(index_path), atomic_dir(folder) as tmp:
+        write_json(tmp / "models.json", table.models)
+        write_json(tmp / "datasets.json", [
+            {"name": d, "classnames": settings.get(d, {}).get("classnames", d), "family": families[k],
+             "classes": int((class_dataset == k).sum()),
+             **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
+            for k, d in enumerate(used)])
+        write_json(tmp / "classes.json", [{"dataset": j, "name": n} for j, n in classes])
+        np.save(tmp / "class_vectors.npy", class_vectors)
+        np.save(tmp / "accuracy.npy", accuracy)
+        for f, vecs in text_vectors.items():
+            np.save(tmp / f"{f}_vectors.npy", vecs)
+            files.append(f"{f}_vectors.npy")
+        manifest = new_manifest(KIND, results=str(results), classnames=[str(c) for c in classnames],
+                                domains=str(domains) if domains else None,
+                                descriptions=str(descriptions) if descriptions else None,
+                                embedder=record_of(embedder).to_dict(),
+                                counts={"models": len(table.models), "datasets": len(used), "classes": len(classes)},
+                                left_out=skipped, scale=table.scale, table_shape=table.shape, rule=rule.to_dict())
+        seal_manifest(tmp, manifest, files)
+    return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
+            "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
+            "rule": rule.to_dict()}
+
+
+@dataclass
+class PublishedLabels:
+    """Published labels of an index, opened: see the module docstring for the arrays."""
+
+    models: list[dict[str, Any]]
+    datasets: list[dict[str, Any]]
+    class_dataset: np.ndarray   # (n_classes,) int, dataset position of each benchmark class
+    class_names: list[str]
+    class_vectors: np.ndarray   # (n_classes, d) float32
+    accuracy: np.ndarray        # (n_models, n_datasets) float32, NaN missing
+    manifest: dict[str, Any]
+    # per text field ("domain", "description"): (n_datasets, d) float32, zero rows where none
+    text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m["id"] for m in self.models]
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [d["name"] for d in self.datasets]
+
+    @property
+    def families(self) -> list[str]:
+        return [d.get("family", d["name"]) for d in self.datasets]
+
+    @property
+    def rule(self) -> PublishedRule:
+        """The rule's weights chosen at import (the defaults for labels imported before there was a choice)."""
+        return PublishedRule.from_dict(self.manifest.get("rule"))
+
+
+def has_published(index_path: Path) -> bool:
+    return (published_dir(index_path) / MANIFEST).is_file()
+
+
+def open_published(index_path: Path) -> PublishedLabels:
+    """Open an index's published labels; errors name the file (or the embedder that differs from the index's).
+    An import replacing them meanwhile makes it read again."""
+    folder = published_dir(index_path)
+    return read_consistent(lambda: _open_published(Path(index_path), folder),
+                           [Path(index_path), folder, folder / MANIFEST])
+
+
+def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
+    manifest = read_manifest(folder, KIND)
+    try:
+        index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
+        own = EmbedderRecord.from_dict(manifest["embedder"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{folder / MANIFEST}: missing or malformed embedder ({exc})") from None
+    try:
+        check_agreement(index_embedder, own, str(folder))
+    except MLLIndexError as exc:
+        raise IndexFormatError(f"{folder}: published labels embedded with {own.describe()}, the index with "
+                               f"{index_embedder.describe()}; import them again") from exc
+    classes = read_json(folder / "classes.json")
+    text_vectors: dict[str, np.ndarray] = {}
+    try:
+        vectors = np.load(folder / "class_vectors.npy", mmap_mode="r")
+        accuracy = np.load(folder / "accuracy.npy")
+        for f in TEXT_FIELDS:
+            if (folder / f"{f}_vectors.npy").is_file():
+                text_vectors[f] = np.asarray(np.load(folder / f"{f}_vectors.npy"), np.float32)
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"{folder}: cannot read the published arrays ({exc})") from None
+    models, datasets = read_json(folder / "models.json"), read_json(folder / "datasets.json")
+    if vectors.shape[0] != len(classes) or accuracy.shape != (len(models), len(datasets)) or any(
+            v.shape != (len(datasets), vectors.shape[1]) for v in text_vectors.values()):
+        raise IndexFormatError(f"{folder}: arrays disagree with models.json, datasets.json or classes.json")
+    return PublishedLabels(models, datasets, np.array([c["dataset"] for c in classes], np.int64),
+                           [c["name"] for c in classes], np.asarray(vectors, np.float32), accuracy, manifest,
+                           text_vectors)
+
+
+def check_published(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's published labels, one line each naming the file; [] when all is sound
+    (or there are none): the manifest, each file's size (with `checksums` its SHA-256), then opening them."""
+    folder = published_dir(index_path)
+    if not folder.is_dir():
+        return []
+    return check_then_open(folder, KIND, lambda: open_published(index_path), checksums=checksums)
+
+
+@dataclass(frozen=True)
+class BenchmarkMatch:
+    """A benchmark class matched to a task's class: its dataset, name and cosine similarity."""
+
+    dataset: str
+    name: str
+    similarity: float
+
+
+def published_scores(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
+                     hidden: Sequence[str] = ()) -> tuple[np.ndarray, list[list[BenchmarkMatch]]]:
+    """Per task class, every model's published score and the benchmark classes it rests on.
+
+    Args:
+        queries: (n_classes, d) unit class embeddings (the index's embedder).
+        hidden: dataset names to ignore (leave-one-out evaluation).
+    Returns:
+        scores (n_models, n_classes) float64: the similarity-weighted mean accuracy over the n most
+        similar benchmark classes (a model without a figure on a dataset is scored on the others);
+        and the matches per class, best first.
+    """
+    names = pub.dataset_names
+    visible = np.array([names[d] not in set(hidden) for d in pub.class_dataset])
+    if not visible.any():
+        raise InputError("every benchmark dataset is hidden")
+    sims = np.asarray(queries, np.float32) @ pub.class_vectors.T
+    sims[:, ~visible] = -np.inf
+    n = min(n, int(visible.sum()))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    scores = np.zeros((len(pub.models), len(queries)))
+    matches = []
+    for c in range(len(queries)):
+        w = np.maximum(sims[c, top[c]], 0.0)
+        acc = pub.accuracy[:, pub.class_dataset[top[c]]]                  # (n_models, n)
+        known = ~np.isnan(acc)
+        weight = np.where(known, w, 0.0)
+        total = weight.sum(axis=1)
+        scores[:, c] = np.where(total > 0, np.nansum(np.where(known, acc, 0.0) * weight, axis=1) / np.maximum(total, 1e-12), 0.0)
+        matches.append([BenchmarkMatch(names[pub.class_dataset[j]], pub.class_names[j], round(float(sims[c, j]), 4))
+                        for j in top[c]])
+    return scores, matches
+
+
+@dataclass(frozen=True)
+class PublishedEvidence:
+    """Per task class, its similarity to every benchmark dataset and the benchmark classes it matched.
+
+    similarity: (n_classes, n_datasets) float64, the cosine similarity of the dataset's most similar class.
+    matches: per class, its `n` most similar benchmark classes of the visible datasets, best first.
+    """
+
+    similarity: np.ndarray
+    matches: list[list[BenchmarkMatch]]
+
+
+def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
+                       hidden: Sequence[str] = ()) -> PublishedEvidence:
+    """Step 1 of `published_rule` for task classes: their similarity to the benchmark datasets.
+
+    Args:
+        queries: (n_classes, d) unit class embeddings (the index's embedder).
+        hidden: dataset names left out of the matches, with their families (leave-one-out evaluation;
+            `rank_published` leaves them out of the ranking).
+    Raises:
+        InputError: every benchmark dataset is hidden.
+    """
+    visible = hidden_mask(pub.dataset_names, pub.families, hidden)
+    if not visible.any():
+        raise InputError("every benchmark dataset is hidden")
+    sims = np.asarray(queries, np.float32) @ pub.class_vectors.T
+    similarity = dataset_similarity(sims, pub.class_dataset, len(pub.datasets))
+    sims[:, ~visible[pub.class_dataset]] = -np.inf
+    n = min(n, int(visible[pub.class_dataset].sum()))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    names = pub.dataset_names
+    matches = [[BenchmarkMatch(names[pub.class_dataset[j]], pub.class_names[j], round(float(sims[c, j]), 4))
+                for j in top[c]] for c in range(len(queries))]
+    return PublishedEvidence(similarity, matches)
+
+
+def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.ndarray | None = None,
+                   description: np.ndarray | None = None, hidden: Sequence[str] = (),
+                   rule: PublishedRule | None = None, unknown: Sequence[bool] | None = None) -> TaskRanking:
+    """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why.
+
+    Args:
+        similarity: (n_classes, n_datasets) the task's rows of `PublishedEvidence.similarity`.
+        domain, description: the task's (d,) unit text vectors, or None.
+        hidden: datasets (and their families) the ranking may not use.
+        rule: the weights; the ones chosen at import by default.
+        unknown: per class, whether its name holds no WordNet lemma (`match.is_weak`'s test): such a
+            class falls back to general strength.
+    """
+    visible = hidden_mask(pub.dataset_names, pub.families, hidden)
+    z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
+    text = text_similarity([domain, description], [pub.text_vectors.get(f) for f in TEXT_FIELDS])
+    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids, unknown)
+
+
+def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: EmbeddingCache | None, *,
+                      domain: str | None, description: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The task's domain and description as (d,) unit vectors, each None where the task or the labels lack it
+    (so a task without them, or labels without dataset texts, loads no text model)."""
+    out: list[np.ndarray | None] = []
+    for f, text in zip(TEXT_FIELDS, (domain, description)):
+        wanted = bool(text and text.strip()) and f in pub.text_vectors
+        out.append(embed_classes([text.strip()], embedder, cache=cache, bare=True)[0] if wanted else None)  # type: ignore[union-attr]
+    return out[0], out[1]
+
+
+def describe_ranking(pub: PublishedLabels, ranking: TaskRanking, class_names: Sequence[str],
+                     top: int = 5) -> dict[str, Any]:
+    """The published part of a selection answer: the rule, `fallback` (every class fell back to general
+    strength), `fallback_classes` (class → why, for each class that did), the strength column and the
+    task's `top` neighbour datasets with their weights (those holding at least 1% of it)."""
+    names = pub.dataset_names
+    # Datasets under 1% of the weight do not move the answer: not listed.
+    order = [int(j) for j in np.argsort(-ranking.weights, kind="stable")[:top] if ranking.weights[j] >= 0.01]
+    rule = pub.rule
+    return {"rule": (f"score = {rule.neighbour_weight} * weighted mean z-score on the neighbour datasets + "
+                     f"{round(1 - rule.neighbour_weight, 4)} * general strength ({ranking.strength}); text weight "
+                     f"{rule.text_weight}; weights chosen by {rule.chosen_by}"),
+            "fallback": ranking.fallback,
+            "fallback_classes": {c: r for c, r in zip(class_names, ranking.reasons) if r is not None},
+            "strength": ranking.strength,
+            "neighbours": {names[j]: round(float(ranking.weights[j]), 4) for j in order}}

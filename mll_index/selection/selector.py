@@ -1,0 +1,567 @@
+"""Model selection (Model Label Learning): from a task's class names to models per class, using labels only.
+
+1. Each class is expanded into captions, embedded, and matched to the `n` labeled nodes most
+   like it (a labeled node has sample images). Every node of the graph is scored by
+   `match.Matcher.node_scores`, the rule `mll-index match` ranks by (cosine, WordNet sense
+   frequencies, lemma hits); a graph node without images that scores better than every
+   labeled node lends its score to the labeled nodes among its hyponyms and hypernyms up to
+   two steps away, times 0.9 per step (the paper pools the images of related synsets for the
+   same reason). A lent score counts as weak evidence unless the class name is a lemma of the
+   lender (`lent_blindly`): an unrelated node may match a name on the embedding alone.
+2. For every model, the confusion on the union S of the task's matched nodes:
+   - `restricted` (default): among the sample images of S's nodes, which node of S does the
+     model predict? Read from each image's stored top-K nodes (the first of them in S;
+     `confusion.restricted_confusion`, all models at once from a top-K table). When the
+     task names a domain ("sketch") and sample images carry that domain tag (file names
+     `<domain>-*`), only those images count; when it gives probe images (a few unlabeled
+     images of the task), each sample image counts by its likeness to them (`probes`);
+   - `counts`: the per-node counts over the whole labeled node set, stored at labeling time.
+     Cheaper (no image is touched) but a node's errors count confusions with nodes that
+     have nothing to do with the task.
+3. Per class, the counts of its nodes, weighted by their similarity, give the model's F1.
+4. score(model, class) = alpha * F1(model, class) + (1 - alpha) * mean F1(model, other classes).
+5. The top-k models per class; the task-level ranking is the mean score over classes.
+
+Label sources (settings `labels`): image-based labels (steps 1-4), published labels
+(`published_rule`), or both. Both are merged by rank (`merge_by_rank`): their scores are on two
+scales (F1 on sample images, published z-scores), so each becomes a rank among its own models per
+class, and each source's best model scores 1.0 whatever its real accuracy. That is only sound when
+the two sources rank largely the same models; `auto` (every source the index holds) warns in the
+answer's `warnings` when they share fewer than half of the smaller source's models
+(`unrelated_sources`) and names `--labels image` / `--labels published`. A tie in the merge goes to
+the model that leads its own source(s) more clearly (its score's z-score among that source's
+models), not to the source listed first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mll_index.index.captions import CaptionExpander
+from mll_index.selection.confusion import (
+    MODES, SelectionMode, class_f1, node_confusion, restricted_cost, restricted_work, smooth_scores,
+)
+from mll_index.index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
+from mll_index.errors import InputError
+from mll_index.index.node_index import NodeIndex, load_index
+from mll_index.labels.matrix import has_matrix
+from mll_index.labels.store import (
+    DOMAIN_TAG_RE, ImageLabels, LabelStore, damaged_message, image_domain, image_domains, open_labels, refuse_damaged,
+)
+from mll_index.labels.folders import scan_labels
+from mll_index.index.match import LOW_CONFIDENCE, Matcher, is_weak, read_class_name
+from mll_index.selection.labeled_nodes import (
+    LabeledNodes, NodeMatch, labeled_nodes, lent_blindly, match_labeled_nodes, top_stable,
+)
+from mll_index.published.store import (
+    BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published, published_evidence,
+    rank_published, task_text_vectors,
+)
+from mll_index.selection.settings import LABEL_SOURCES, RANKING_SIZE, SelectionSettings, settings_from
+from mll_index.selection.task import Task, make_task, read_batch_file, read_task_file, task_from_json
+
+# Names other modules import from here since before the split into task, label_store,
+# node_matching, confusion and selection_settings.
+__all__ = [
+    "DOMAIN_TAG_RE", "MODES", "RANKING_SIZE", "RESTRICTED_BUDGET", "ClassSelection", "ImageLabels", "LabelStore",
+    "LabeledNodes", "ModelScore", "NodeMatch", "PreparedTasks", "Selection", "SelectionMode", "SelectionSettings",
+    "Selector", "Task", "class_f1", "damaged_message", "image_domain", "image_domains", "labeled_nodes",
+    "lent_blindly", "make_task", "match_labeled_nodes", "node_confusion", "open_labels", "open_selector",
+    "prepare_tasks", "read_batch_file", "read_task_file", "restricted_work", "select_batch", "select_models",
+    "select_prepared", "smooth_scores", "task_from_json",
+]
+
+log = logging.getLogger(__name__)
+
+# `auto` takes the restricted mode while it reads at most this many image-model pairs from top-K
+# tables (confusion.restricted_cost; about 2 s on 2 cores, bench/scale.py), the counts mode beyond.
+RESTRICTED_BUDGET = 40_000_000
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    model: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ClassSelection:
+    """One class: its matched labeled nodes, the chosen models (best first) and whether the match is weak."""
+
+    name: str
+    nodes: tuple[NodeMatch, ...]
+    models: tuple[ModelScore, ...]
+    low_confidence: bool
+    explain: dict[str, Any] | None = None
+    benchmark: tuple[BenchmarkMatch, ...] = ()  # benchmark classes the published labels rest on
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The answer for one task: per class its nodes and models, and the task-level ranking of all models."""
+
+    task: str
+    mode: str
+    k: int
+    alpha: float
+    classes: tuple[ClassSelection, ...]
+    ranking: tuple[ModelScore, ...]
+    labels: str = "image"
+    domain: str | None = None
+    description: str | None = None
+    domain_images: bool = False  # whether the confusion used only the domain's sample images
+    warnings: tuple[str, ...] = ()  # chosen models whose tokenizer cuts a class name or merges two classes' prompts
+    # The probe images used (probes.ProbeSet.summary: images, skipped, models, images_encoded, seconds); None without
+    probe: dict[str, Any] | None = None
+    published: dict[str, Any] | None = None  # published labels' rule, fallback and neighbours (published.describe_ranking)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def models_for(self) -> dict[str, list[str]]:
+        """Class name → chosen model ids."""
+        return {c.name: [m.model for m in c.models] for c in self.classes}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["warnings"] = list(self.warnings)
+        if out["probe"] is None:
+            del out["probe"]
+        if out["published"] is None:
+            del out["published"]
+        for c in out["classes"]:
+            if c["explain"] is None:
+                del c["explain"]
+            if not c["benchmark"]:
+                del c["benchmark"]
+        return out
+
+
+@dataclass
+class Selector:
+    """An opened index and its labels, ready to answer many tasks (open once, select often)."""
+
+    index: NodeIndex
+    store: LabelStore | None
+    embedder: TextEmbedder
+    expander: CaptionExpander | None = None
+    cache: EmbeddingCache | None = None
+    published: PublishedLabels | None = None
+    labeled: LabeledNodes | None = None  # the store's node axis mapped onto the index, once
+    matcher: Matcher = field(init=False)  # the class-to-node scoring over `index`, opened once
+    # Probe images encoded per (sources, limit, models): a sweep over settings encodes them once.
+    probes: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.matcher = Matcher(self.index)
+
+    def probe_set(self, task: Task, settings: SelectionSettings) -> Any:
+        """The task's probe images encoded (probes.encode_probes), once per sources and settings.
+
+        Raises:
+            InputError: as encode_probes, led by the task's `where` ("tasks.jsonl:3: probe images: ...")
+                when it was read from a file or a batch, so that the message names the task at fault.
+        """
+        from mll_index.selection.probes import encode_probes
+
+        key = (task.probe_images, settings.probe, settings.probe_models)
+        if key not in self.probes:
+            try:
+                self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
+                                                 n_models=settings.probe_models)
+            except InputError as exc:
+                if task.where in ("", "task"):  # one task given directly: nothing to tell it from
+                    raise
+                raise InputError(f"{task.where}: {exc}") from None
+        return self.probes[key]
+
+    def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:
+        """The n best labeled nodes of each class (node_matching.match_labeled_nodes on this index's labels).
+
+        Raises:
+            InputError: the index holds published labels only.
+        """
+        if self.store is None or self.labeled is None:
+            raise InputError(f"{self.index.path}: no image-based labels to match classes to (the index holds "
+                             "published labels only); run `mll-index label`")
+        return match_labeled_nodes(self.matcher, self.store, self.labeled, names, queries, n)
+
+
+def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, models: Sequence[str] | None = None,
+                  expander: CaptionExpander | None = None, cache: EmbeddingCache | None = None) -> Selector:
+    """Open an index and its labels for selection: image-based labels, published ones, or both.
+
+    `models` restricts the image-based labels to these models (published labels are then not used).
+    The embedder defaults to the index's own.
+    """
+    index = load_index(index_path)
+    published = open_published(index_path) if has_published(index_path) and not models else None
+    # A damaged label folder counts: its model is then named, never left out unsaid.
+    scan = None if has_matrix(index_path) else scan_labels(index_path)
+    image_labels = scan is None or bool(scan.folders or scan.damaged)
+    store = open_labels(index_path, models) if (image_labels or models or published is None) else None
+    # Loaded only if a caption is not in the cache: a warm select imports no text runtime.
+    embedder = embedder or LazyEmbedder(index.embedder)
+    index.check_embedder(embedder)
+    return Selector(index, store, embedder, expander, cache, published,
+                    labeled_nodes(index, store) if store is not None else None)
+
+
+def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
+    """(n_models, n_classes) ranks in [0, 1] per class (1 = best), ties sharing their mean rank."""
+    from scipy.stats import rankdata
+
+    n = scores.shape[0]
+    if n == 1:
+        return np.ones_like(scores, dtype=np.float64)
+    return (rankdata(scores, method="average", axis=0) - 1) / (n - 1)
+
+
+def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
+                settings: SelectionSettings) -> dict[str, Any]:
+    alpha, mode, use_domain = settings.alpha, settings.mode, settings.use_domain
+    store = sel.store
+    if store is None:
+        raise InputError(f"{sel.index.path}: no image-based labels in this index (published labels only)")
+    pos = store.node_position
+    union = sorted({pos[m.wnid] for ms in matches for m in ms})
+    col = {j: i for i, j in enumerate(union)}
+    weights = np.zeros((len(task.classes), len(union)))
+    for c, ms in enumerate(matches):
+        for m in ms:
+            weights[c, col[pos[m.wnid]]] = max(m.score, 0.0)
+    nodes = np.array(union, np.int64)
+    domain = task.domain if use_domain else None
+    used: str = mode
+    probes = sel.probe_set(task, settings) if task.probe_images and settings.probe > 0 and mode != "counts" else None
+    if mode == "auto":
+        refuse_damaged(store, mode)
+        counts = node_confusion(store, nodes, "counts")
+        fits = store.has_image_labels and restricted_cost(store, counts) <= RESTRICTED_BUDGET
+        used = "restricted" if fits else "counts"
+    if used == "restricted":
+        from mll_index.selection.probes import probe_weights
+
+        weights_by_set = probe_weights(store, probes) if probes is not None else None
+        confusion = node_confusion(store, nodes, "restricted", domain, weights_by_set)
+    else:
+        confusion = counts if mode == "auto" else node_confusion(store, nodes, mode)
+    f1 = class_f1(confusion, weights)
+    domain_used = bool(domain) and used == "restricted" and any(
+        domain.lower() in store.sample_group(fp).domain_set for fp in store.groups())
+    probe = None
+    if task.probe_images and settings.probe > 0:
+        probe = probes.summary() if probes is not None and used == "restricted" else {
+            "images": 0, "ignored": f"probe images need the restricted mode; the {used} mode was used"}
+    return {"ids": list(store.model_ids), "scores": smooth_scores(f1, alpha), "f1": f1, "confusion": confusion,
+            "weights": weights, "domain_used": domain_used, "mode": used, "probe": probe}
+
+
+def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
+                published_raw: np.ndarray | None, settings: SelectionSettings) -> Selection:
+    k, alpha, explain, ranking_size = settings.k, settings.alpha, settings.explain, settings.ranking_size
+    use_image, use_published = _sources(sel, settings.labels)
+    image = _image_part(sel, task, matches, settings) if use_image else None
+    unknown = [not sel.matcher.lemma_hits(read_class_name(name)) for name in task.classes]
+    published, pub_ranking = None, None
+    if published_raw is not None and use_published:
+        # published_raw is (n_datasets, n_classes): the classes' similarity to each dataset (see prepare_tasks).
+        domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
+                                                        domain=task.domain if settings.use_domain else None,
+                                                        description=task.description)
+        pub_ranking = rank_published(sel.published, published_raw.T, domain=domain_vec,  # type: ignore[arg-type]
+                                     description=description_vec, unknown=unknown)
+        published = smooth_scores(pub_ranking.scores, alpha)
+    source_note: tuple[str, ...] = ()
+    if image is not None and published is not None:
+        pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
+        ids, scores = merge_by_rank([(image["ids"], image["scores"]), (pub_ids, published)])
+        labels = "both"
+        source_note = unrelated_sources(task.name, image["ids"], pub_ids) if settings.labels == "auto" else ()
+    elif image is not None:
+        ids, scores, labels = image["ids"], image["scores"], "image"
+    else:
+        ids, scores, labels = [m["id"] for m in sel.published.models], published, "published"  # type: ignore[union-attr]
+    k_eff = min(k, len(ids))
+    classes = []
+    for c, name in enumerate(task.classes):
+        order = top_stable(scores[:, c], k_eff)
+        chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
+        weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
+            (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
+        # As the image path (match.is_weak): a name none of whose words is a lemma matches on the embedding alone.
+        weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE or unknown[c]
+        weak = (weak_image or image is None) and (weak_bench or published is None)
+        detail = None
+        if explain:
+            detail = {"labels": labels}
+            if image is not None:
+                f1, confusion, w = image["f1"], image["confusion"], image["weights"]
+                summed = np.einsum("s,msk->mk", w[c], confusion)
+                detail["rule"] = (f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; F1 from "
+                                  f"TP/FP/FN of the matched nodes ({image['mode']} confusion), weighted by node score")
+                detail["models"] = {image["ids"][i]: {
+                    "f1": round(float(f1[i, c]), 4),
+                    "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
+                    "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
+                    "score": round(float(image["scores"][i, c]), 4)}
+                    for i in top_stable(image["scores"][:, c], max(k_eff, 3))}
+            if published is not None:
+                pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
+                detail["published_rule"] = (describe_ranking(sel.published, pub_ranking, task.classes)["rule"] +  # type: ignore[arg-type]
+                                            f", smoothed with alpha {alpha}")
+                detail["published_models"] = {pub_ids[i]: round(float(published[i, c]), 4)
+                                              for i in top_stable(published[:, c], max(k_eff, 3))}
+            if labels == "both":
+                detail["combined_rule"] = "mean of the model's per-class rank among image-labeled and published models"
+        classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
+    task_scores = scores.mean(axis=1)
+    ranked = top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
+    ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
+    # `mode` names the confusion mode that ran; published labels alone run none of them.
+    used = image["mode"] if image is not None else "published"
+    probe = image["probe"] if image is not None else None
+    warnings = source_note + selection_warnings(sel, task, classes, probe)
+    return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
+                     description=task.description, domain_images=bool(image and image["domain_used"]),
+                     warnings=warnings, probe=probe,
+                     published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
+
+
+def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
+    """Whether the image-based and the published labels rank the models, for settings' `labels`.
+
+    Raises:
+        InputError: the source asked for is not in the index.
+    """
+    has_image, has_published = sel.store is not None, sel.published is not None
+    wanted_image = labels in ("image", "both") or (labels == "auto" and has_image)
+    wanted_published = labels in ("published", "both") or (labels == "auto" and has_published)
+    for wanted, has, what, how in ((wanted_image, has_image, "image-based", "run `mll-index label`"),
+                                   (wanted_published, has_published, "published", "run `mll-index published import`")):
+        if wanted and not has:
+            raise InputError(f"{sel.index.path}: labels {labels!r} asked for, but the index has no {what} labels "
+                             f"({how}, or choose labels among {list(LABEL_SOURCES)})")
+    return wanted_image, wanted_published
+
+
+def merge_by_rank(parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """Merge per-source scores (F1 on sample images, published z-scores: two scales) into one.
+
+    Each source's scores become a rank among its own models per class (1 = best, `_percentile_ranks`),
+    and a model's score is the mean of the ranks it has. Ties (each source's best model has 1.0)
+    are broken by how clearly the model leads in its sources: the mean over its sources of its
+    score's z-score among that source's models, added times 1e-6 (below the 4 decimals an answer
+    shows), so neither source wins a tie by its position in the list.
+
+    Args:
+        parts: per source, its model ids and (n_models, n_classes) scores.
+    Returns:
+        The ids (the first source's, then the others' new ones) and (n_ids, n_classes) float64 scores.
+    """
+    ids: list[str] = []
+    for part_ids, _ in parts:
+        ids += [m for m in part_ids if m not in set(ids)]
+    position = {m: i for i, m in enumerate(ids)}
+    n_classes = parts[0][1].shape[1]
+    total, lead = np.zeros((len(ids), n_classes)), np.zeros((len(ids), n_classes))
+    count = np.zeros((len(ids), 1))
+    for part_ids, part in parts:
+        rows = [position[m] for m in part_ids]
+        part = np.asarray(part, np.float64)
+        spread = part.std(axis=0)
+        total[rows] += _percentile_ranks(part)
+        lead[rows] += np.divide(part - part.mean(axis=0), spread, out=np.zeros_like(part), where=spread > 1e-12)
+        count[rows] += 1
+    return ids, (total + 1e-6 * lead) / count
+
+
+# Below this share of the smaller source's models in common, `auto` warns that the merge mixes unrelated hubs.
+SHARED_ENOUGH = 0.5
+
+
+def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> tuple[str, ...]:
+    """One warning when the image-labeled and the published models are (mostly) different models:
+    merged by rank, each source's best model scores 1.0 whatever its accuracy, so the answer may
+    pair models that were never compared."""
+    shared = len(set(image_ids) & set(published_ids))
+    if shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids)):
+        return ()
+    return ((f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
+            f"({len(published_ids)} models) share {shared} model(s); they are merged by rank, so each source's best "
+            "model scores 1.0 though the two were never compared: choose one source with --labels image or "
+            "--labels published (settings \"labels\")"),)
+
+
+# How every prompt_warnings line ends (estimate.complete_selection recomputes those lines only).
+PROMPT_WARNING_TAIL = " (reuse refuses them unless --force; shorten or rename those classes)"
+
+
+def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection],
+                       probe: dict[str, Any] | None) -> tuple[str, ...]:
+    """A selection's warnings: the chosen models' prompt problems (`prompt_warnings`), then the
+    probe images' (`probe`: the selection's probe summary): ignored outside the restricted mode,
+    or some files unreadable. Recomputed wherever the chosen models change (estimate.complete_selection)."""
+    return prompt_warnings(sel, task, classes) + probe_warnings(task, probe)
+
+
+def probe_warnings(task: Task, probe: dict[str, Any] | None) -> tuple[str, ...]:
+    """The probe images' warnings (`probe`: the selection's probe summary): ignored outside the
+    restricted mode, or some files unreadable."""
+    from mll_index.selection.probes import skipped_warning
+
+    warnings: tuple[str, ...] = ()
+    if probe is not None and "ignored" in probe:
+        warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
+    skipped = skipped_warning(probe.get("skipped") or []) if probe is not None else None
+    if skipped:
+        warnings += (f"task {task.name!r}: {skipped}",)
+    return warnings
+
+
+def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
+    """One line per context length among the chosen models whose tokenizer cuts a class name or
+    makes two classes' prompts identical (the prompts `reuse` writes: see zeroshot.prompt_names).
+
+    Read from the models' configs and CLIP's vocabulary, without torch; models with another
+    tokenizer than open_clip's default are not checked here (`reuse` checks every model).
+    """
+    from mll_index.models.zeroshot import (
+        check_prompt_rows, clip_token_rows, lemma_of, prompt_names, zero_shot_templates,
+    )
+
+    entries = dict(sel.store.entries) if sel.store is not None else {}
+    if sel.published is not None:
+        entries = {m["id"]: m for m in sel.published.models} | entries
+    by_length: dict[int, list[str]] = {}
+    for model in dict.fromkeys(m.model for c in classes for m in c.models):
+        length = text_context_of(entries.get(model))
+        if length is not None:
+            by_length.setdefault(length, []).append(model)
+    if not by_length:
+        return ()
+    names = list(task.classes)
+    written = prompt_names(names, {c.name: lemma_of(c.nodes[0].synset) for c in classes if c.nodes})
+    longest = max(len(t.format(name=w).lower().encode("utf-8")) for w in written for t in zero_shot_templates())
+    plain = all(w.isascii() for w in written) and len({" ".join(w.lower().split()) for w in written}) == len(written)
+    out = []
+    for length, models in sorted(by_length.items()):
+        if plain and longest + 2 < length:
+            continue    # a CLIP token covers at least one byte: nothing can be cut, and no two names read alike
+        if clip_token_rows([], length) is None:
+            return ()   # open_clip is not installed: reuse cannot run either
+        check = check_prompt_rows(lambda texts: clip_token_rows(texts, length), names, written)  # noqa: B023
+        if check.ok:
+            continue
+        parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
+        if check.cut:
+            parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
+        shown = f"{models[:5]}{' and others' if len(models) > 5 else ''}"
+        out.append(f"task {task.name!r}: model(s) {shown} read at most {length} tokens: " + "; ".join(parts) +
+                   PROMPT_WARNING_TAIL)
+    return tuple(out)
+
+
+def text_context_of(entry: dict[str, Any] | None) -> int | None:
+    """The context length of a labeled model's default CLIP tokenizer (None: unknown or another tokenizer)."""
+    from mll_index.models.zeroshot import text_context
+
+    return text_context(entry) if entry else None
+
+
+def _class_key(task: Task, name: str) -> str:
+    """The key a class is embedded under: its name as `match` reads it ('golden_retriever' →
+    'golden retriever'), plus its captions when the task gives some (given captions make a class
+    distinct from the same name without them)."""
+    text = read_class_name(name).text
+    return text + "\0" + "\0".join(task.captions[name]) if name in task.captions else text
+
+
+@dataclass
+class PreparedTasks:
+    """Tasks with every distinct class embedded and matched once, ready to select under any settings.
+
+    rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`
+    ((n_datasets, n_distinct_classes): each class's similarity to every dataset, `published.published_evidence`).
+    """
+
+    tasks: list[Task]
+    n_nodes: int
+    rows: list[list[int]]
+    matched: list[list[NodeMatch]]
+    bench: list[list[BenchmarkMatch]]
+    published_raw: np.ndarray | None
+
+
+def prepare_tasks(sel: Selector, tasks: Sequence[Task],
+                  settings: SelectionSettings | int | None = None) -> PreparedTasks:
+    """Expand, embed and match every distinct class of the tasks once (step 1 of selection).
+
+    Only `settings.n_nodes` matters here (an int is taken as n_nodes, as before settings were a record).
+    """
+    n_nodes = (settings or SelectionSettings()).n_nodes if not isinstance(settings, int) else \
+        SelectionSettings(n_nodes=settings).n_nodes
+    distinct: dict[str, int] = {}
+    captions: dict[str, tuple[str, ...]] = {}
+    for task in tasks:
+        for name in task.classes:
+            key = _class_key(task, name)
+            if name in task.captions:
+                captions[key] = task.captions[name]
+            distinct.setdefault(key, len(distinct))
+    keys = list(distinct)
+    names = [key.split("\0", 1)[0] for key in keys]
+    queries = embed_classes(keys, sel.embedder, expander=sel.expander, captions=captions, cache=sel.cache) if keys else None
+    if sel.store is not None and keys:
+        matched = sel.match(names, queries, n_nodes)
+    else:
+        matched = [[] for _ in keys]
+    if sel.published is not None and keys:
+        evidence = published_evidence(sel.published, queries, n_nodes)
+        published_raw, bench = evidence.similarity.T, evidence.matches
+    else:
+        published_raw, bench = None, [[] for _ in keys]
+    rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]
+    return PreparedTasks(list(tasks), n_nodes, rows, matched, bench, published_raw)
+
+
+def select_prepared(sel: Selector, prepared: PreparedTasks, settings: SelectionSettings | None = None,
+                    **changes: Any) -> list[Selection]:
+    """Steps 2-5 for prepared tasks; a sweep over settings embeds nothing again.
+
+    Args:
+        settings: how to select (default SelectionSettings()); its n_nodes is the prepared tasks'.
+        changes: SelectionSettings fields to change (`k=3`), checked with the record.
+    Raises:
+        InputError: a bad setting (one line), or what steps 2-5 refuse (damaged labels, ...).
+    """
+    settings = settings_from(settings, changes)
+    out = []
+    for task, rows in zip(prepared.tasks, prepared.rows):
+        raw = prepared.published_raw[:, rows] if prepared.published_raw is not None else None
+        out.append(_select_one(sel, task, [prepared.matched[r] for r in rows], [prepared.bench[r] for r in rows], raw,
+                               settings))
+    return out
+
+
+def select_batch(sel: Selector, tasks: Sequence[Task], settings: SelectionSettings | None = None,
+                 **changes: Any) -> list[Selection]:
+    """Select for many tasks; every distinct class name is expanded, embedded and matched once.
+
+    `settings` (with keyword `changes` applied, e.g. `use_domain=False` to ignore the tasks'
+    domain words) as in select_prepared."""
+    settings = settings_from(settings, changes)
+    return select_prepared(sel, prepare_tasks(sel, tasks, settings), settings)
+
+
+def select_models(sel: Selector, task: Task, settings: SelectionSettings | None = None,
+                  **changes: Any) -> Selection:
+    """Choose the top-k models per class for one task (see the module docstring and select_batch)."""
+    return select_batch(sel, [task], settings, **changes)[0]
