@@ -48,12 +48,12 @@ def embed_pool(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int,
     embed the tasks' class names (a few seconds per model)."""
     import json
 
-    from mll_index.graph import cache_dir
-    from mll_index.hub import load_model
+    from mll_index.index.graph import cache_dir
+    from mll_index.models.hub import load_model
     from mll_index.world import DOMAINS, load_concepts
     from mll_index.world.generate import draw_task_images
     from mll_index.world.train import normalise
-    from mll_index.zeroshot import class_embeddings, encode_pixels, logit_scale
+    from mll_index.models.zeroshot import class_embeddings, encode_pixels, logit_scale
 
     path = cache_dir() / "bench" / f"generated_images-{_images_key(world, hub, per_cell)}.npz"
     if path.is_file():
@@ -106,7 +106,7 @@ def task_rows(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[np.ndarray, n
 
 def task_probabilities(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every model's (n, C) probabilities over the task's classes on its images, and the (n,) labels."""
-    from mll_index.zeroshot import class_probabilities
+    from mll_index.models.zeroshot import class_probabilities
 
     rows_all, labels_all = task_rows(pool, task)
     names = [c["name"] for c in task["classes"]]
@@ -118,7 +118,7 @@ def task_probabilities(pool: PoolEmbeddings, task: dict[str, Any]) -> tuple[dict
 def ensemble_accuracy(probs: dict[str, np.ndarray], labels: np.ndarray, chosen: dict[str, list[str]],
                       names: list[str]) -> tuple[float, np.ndarray]:
     """Task accuracy and (C,) per-class recall of the entropy-weighted ensemble `reuse` runs."""
-    from mll_index.reuse import combine
+    from mll_index.reuse.ensemble import combine
 
     pred = combine(probs, chosen, names).argmax(axis=1)
     hit = pred == labels
@@ -144,10 +144,10 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
     the predicted-accuracy features against the truth, and MLL / oracle single under budgets.
 
     Returns the outcomes and timings (seconds per task for selection)."""
-    from mll_index.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
-    from mll_index.budget import Budget, choose_within_budget
-    from mll_index.predict import class_features, f1_matrix, selection_matrix
-    from mll_index.select import make_task, prepare_tasks, select_prepared
+    from mll_index.evaluation.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
+    from mll_index.selection.budget import Budget, choose_within_budget
+    from mll_index.selection.accuracy import class_features, f1_matrix, selection_matrix
+    from mll_index.selection.selector import make_task, prepare_tasks, select_prepared
 
     ids = list(selector.store.model_ids)
     made = [make_task([c["name"] for c in t["classes"]], t["name"],
@@ -206,11 +206,11 @@ def score_probes(selector: Any, pool: PoolEmbeddings, tasks: list[dict[str, Any]
     the outcomes (accuracy keys mll_k1, mll_k3, mll_k{1,3}_no_domain, mll_k{1,3}_domain_word,
     oracle_single) and the cost: probe images encoded per task and selection seconds per task.
     """
-    from mll_index.baselines import oracle_single
-    from mll_index.probes import PROBE_LIMIT, ProbeSet
-    from mll_index.probes import probe_models as choose_probe_models
-    from mll_index.select import make_task, prepare_tasks, select_prepared
-    from mll_index.selection_settings import SelectionSettings
+    from mll_index.evaluation.baselines import oracle_single
+    from mll_index.selection.probes import PROBE_LIMIT, ProbeSet
+    from mll_index.selection.probes import probe_models as choose_probe_models
+    from mll_index.selection.selector import make_task, prepare_tasks, select_prepared
+    from mll_index.selection.settings import SelectionSettings
 
     ids = list(selector.store.model_ids)
     encoders = sorted({m for ms in choose_probe_models(selector.store, probe_models).values() for m in ms})
