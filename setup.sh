@@ -59,6 +59,6 @@ mll-index demo
 mark demo
 
 TOTAL=$(awk -v a="$(date +%s.%N)" -v b="$STARTED" 'BEGIN { printf "%.1f", a - b }')
-CACHE=$("$PYTHON" -c 'from mll_index.index.graph import cache_dir; print(cache_dir())')
+CACHE=$("$PYTHON" -c 'from mll_index.core.paths import cache_dir; print(cache_dir())')
 printf '{%s"total_s": %.1f}\n' "$TIMES" "$TOTAL" > "$CACHE/setup_times.json"
 say "Set-up done in $(printf '%.0f' "$TOTAL") s (by step: $CACHE/setup_times.json)"

@@ -32,7 +32,7 @@ def outcomes_for(index: Path, n: int, per_cell: int) -> dict[str, list[dict]]:
     """Per seed, every task's predicted-accuracy features and truth (cached in <cache>/bench/)."""
     from dataclasses import asdict
 
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
     from mll_index.models.hub import load_hub
     from mll_index.selection.accuracy import FEATURES
     from mll_index.selection.selector import open_selector

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import write_results  # noqa: E402
 
-from mll_index.index.graph import cache_dir  # noqa: E402
+from mll_index.core.paths import cache_dir  # noqa: E402
 
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray", "stingray",
            "cock", "hen", "ostrich"]

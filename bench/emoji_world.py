@@ -33,7 +33,8 @@ def main() -> None:
     fetch_world_art()  # the registry download is set-up's, not the build's
     seconds = {}
     if not args.reuse:
-        from mll_index.index.graph import cache_dir, load_taxonomy
+        from mll_index.core.paths import cache_dir
+        from mll_index.index.graph import load_taxonomy
 
         load_taxonomy()  # WordNet is set-up's, not the world's
         for folder in (default_world_dir("full"), cache_dir() / "world" / "models"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,7 @@ def embed_pool(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int,
     embed the tasks' class names (a few seconds per model)."""
     import json
 
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
     from mll_index.models.hub import load_model
     from mll_index.world import DOMAINS, load_concepts
     from mll_index.world.generate import draw_task_images

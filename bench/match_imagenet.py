@@ -26,7 +26,8 @@ from common import write_results  # noqa: E402
 from matching import median, run_methods, score_results  # noqa: E402
 
 from mll_index.index.embed import embedder_for  # noqa: E402
-from mll_index.index.node_index import default_index_path, load_index  # noqa: E402
+from mll_index.core.paths import default_index_path  # noqa: E402
+from mll_index.index.node_index import load_index
 from mll_index.index.match import METHODS  # noqa: E402
 
 DEFAULT_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet1k_classes.tsv"

@@ -85,7 +85,7 @@ def embedder_figures(texts: dict[str, list[str]]) -> tuple[dict[str, Any], dict[
 
 def _bench_cache() -> Path:
     """A cache folder sharing the real one's prepared data (WordNet, the ONNX export) but not its embeddings."""
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
 
     real = cache_dir()
     folder = Path(tempfile.mkdtemp(prefix="mll-portable-"))
@@ -147,7 +147,7 @@ def cli_figures(index: Path, runs: int) -> dict[str, Any]:
 
 def setup_figures(path: Path | None = None) -> dict[str, Any] | None:
     """The step times `setup.sh` logged (<cache>/setup_times.json, or the log of another cache's run)."""
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
 
     path = path or cache_dir() / "setup_times.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -151,7 +151,7 @@ def main() -> None:
     descriptions = None if str(args.descriptions) == "none" else args.descriptions
 
     from mll_index.index.embed import EmbeddingCache, embedder_for
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
     from mll_index.index.node_index import load_index
     from mll_index.published.store import import_published, open_published, published_evidence, rank_published
     from mll_index.published.rule import calibrate_rule

@@ -292,7 +292,7 @@ def main() -> None:
         args.reload_seconds, args.reload_nodes, args.no_reload_label, args.fuzz_cases = 20, 20, True, 100
 
     from mll_index.index.embed import EmbeddingCache
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
     from mll_index.selection.selector import make_task, open_selector, select_models
 
     tasks = draw_tasks(args.tasks, args.classes, args.seed)

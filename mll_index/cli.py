@@ -57,13 +57,14 @@ def _index_option(f):  # type: ignore[no-untyped-def]
 def _embedding_cache() -> EmbeddingCache:
     """The user's caption-vector cache (<cache>/embeddings.sqlite), shared by every command."""
     from mll_index.index.embed import EmbeddingCache
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
 
     return EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
 
 def _open_index(path: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.index.node_index import default_index_path, load_index
+    from mll_index.core.paths import default_index_path
+    from mll_index.index.node_index import load_index
 
     path = path or default_index_path()
     if not path.exists():
@@ -181,7 +182,8 @@ def graph_build(node_set: str, wnids: str | None, folder: Path | None, output: P
 @_index_option
 def graph_show(wnids: tuple[str, ...], index_path: Path | None) -> None:
     """Print nodes (lemmas, gloss, hypernym path, children) as JSON lines."""
-    from mll_index.index.node_index import default_index_path, load_index_graph
+    from mll_index.core.paths import default_index_path
+    from mll_index.index.node_index import load_index_graph
 
     g = load_index_graph(index_path or default_index_path())
     for wnid in wnids:
@@ -237,7 +239,8 @@ def build(index_path: Path | None, recipe: Path | None, **options: object) -> No
     """Build a node index: graph, node captions, embeddings and FAISS index (written atomically)."""
     from mll_index.index.embed import load_embedder
     from mll_index.index.graph import build_graph
-    from mll_index.index.node_index import build_index, default_index_path
+    from mll_index.index.node_index import build_index
+    from mll_index.core.paths import default_index_path
 
     o = _apply_recipe(recipe, options)
     path = index_path or (recipe.with_suffix("") if recipe else default_index_path())
@@ -382,7 +385,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
           ray_cpus: float, shard_images: int | None) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.models.hub import load_hub
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.labels.folders import label_models
 
     path = index_path or default_index_path()
@@ -452,7 +455,8 @@ def _label_on_ray(path: Path, hub_source: str, samples: Path, models: list[str] 
               "published labels).")
 def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
-    from mll_index.index.node_index import default_index_path, index_leftovers, load_index
+    from mll_index.core.paths import default_index_path
+    from mll_index.index.node_index import index_leftovers, load_index
     from mll_index.labels.matrix import matrix_counts
     from mll_index.verify import check_index
 
@@ -481,7 +485,8 @@ def info(index_path: Path | None, verify: bool) -> None:
 @_index_option
 def add_nodes_command(wnids: tuple[str, ...], file: str | None, index_path: Path | None) -> None:
     """Add WordNet synsets (wnids) to an index's node set; only the new nodes are embedded."""
-    from mll_index.index.node_index import add_nodes, default_index_path
+    from mll_index.index.node_index import add_nodes
+    from mll_index.core.paths import default_index_path
 
     report = add_nodes(index_path or default_index_path(), _read_names(wnids, file, "wnids"))
     click.echo(json.dumps({"added": len(report.added), "skipped_already_there": report.skipped,
@@ -499,7 +504,7 @@ def labels() -> None:
 def labels_compact(index_path: Path | None) -> None:
     """Store label folders the matrix lacks, merge its shards into one, and stack every model's top nodes
     per sample set (the restricted mode reads them together)."""
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.labels.matrix import compact_matrix, has_matrix
     from mll_index.labels.folders import sync_matrix
     from mll_index.labels.topk_table import write_topk_tables
@@ -611,7 +616,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
             click.echo(text, nl=False)
         return
     from mll_index.core.artifacts import atomic_file
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.selection.selector import SelectionSettings, open_selector, read_batch_file, select_batch
 
     path = index_path or default_index_path()
@@ -671,7 +676,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
               help="Require the bearer token held by environment variable NAME on every route but /healthz.")
 def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_env: str | None) -> None:
     """Serve selection over HTTP (OpenAPI at /docs); new index versions are picked up without a restart."""
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.service.server import serve as run_service
 
     run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env)
@@ -701,7 +706,7 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     IMAGES is a flat folder of images, or one subfolder per class name (then accuracy is reported).
     """
     from mll_index.models.hub import load_hub
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.reuse.ensemble import lemma_of, reuse_models, write_predictions
     from mll_index.selection.selector import SelectionSettings, make_task, open_selector, select_models
 
@@ -761,7 +766,7 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
     from mll_index.evaluation.run import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
     from mll_index.models.hub import load_hub
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.selection.selector import open_selector
     from mll_index.world import load_world
 
@@ -805,7 +810,7 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
 def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path, device: str | None) -> None:
     """The whole paradigm on the emoji world: build, label, select, reuse, compare with the baselines."""
     from mll_index.world.demo import run_demo
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
 
     result = run_demo(index_path or default_index_path(), out, size=size, world_root=world_root, device=device,
                       progress=True)
@@ -837,7 +842,7 @@ def published() -> None:
 def published_import(index_path: Path | None, results: Path, classnames: tuple[Path, ...], mapping: Path | None,
                      domains: Path | None, descriptions: Path | None, scale: str) -> None:
     """Import published results as coarse labels of the index (replaces earlier published labels)."""
-    from mll_index.index.node_index import default_index_path
+    from mll_index.core.paths import default_index_path
     from mll_index.published.store import import_published
 
     summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mll_index.index import graph as G
+from mll_index.core import paths
 from mll_index.errors import IndexFormatError, InputError
 
 try:
@@ -48,7 +49,7 @@ def test_wnids_are_n_plus_8_digits(taxonomy: G.Graph) -> None:
 
 def test_taxonomy_is_cached_in_the_hermetic_cache(taxonomy: G.Graph, hermetic_cache: Path) -> None:
     cached = hermetic_cache / "wordnet_taxonomy.json"
-    assert G.cache_dir() == hermetic_cache
+    assert paths.cache_dir() == hermetic_cache
     assert cached.is_file()
     again = G.load_taxonomy()  # from the JSON file, not nltk
     assert again.wnids == taxonomy.wnids

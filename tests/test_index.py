@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mll_index.core import artifacts as A
+from mll_index.core.paths import default_index_path
 from mll_index.index import node_index as I
 from mll_index.index.captions import Concept, WordNetExpander, node_concept
 from mll_index.index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
@@ -125,7 +126,7 @@ def test_build_index_refuses_an_empty_node_set(tmp_path: Path, taxonomy: Graph, 
 
 def test_default_index_path_follows_mll_index_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLL_INDEX_HOME", str(tmp_path))
-    assert I.default_index_path() == tmp_path / "default"
+    assert default_index_path() == tmp_path / "default"
 
 
 # --- search ---------------------------------------------------------------------------------

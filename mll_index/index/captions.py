@@ -201,7 +201,7 @@ class LLMExpander:
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", n: int = 5,
                  cache_path: Path | None = None, requests_per_minute: float | None = None,
                  max_retries: int = 5, backoff_s: float = 1.0) -> None:
-        from mll_index.index.graph import cache_dir
+        from mll_index.core.paths import cache_dir
         from mll_index.core.openai_client import OpenAIClient
 
         self._client = OpenAIClient(base_url, os.environ.get(api_key_env), max_retries=max_retries,

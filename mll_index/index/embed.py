@@ -308,7 +308,7 @@ def load_embedder(spec: str = DEFAULT_EMBEDDER, device: str | None = None) -> Te
             from mll_index.index.onnx_runtime import OnnxEmbedder, onnx_runtime_available
 
             if onnx_runtime_available() or runtime:
-                from mll_index.index.graph import cache_dir
+                from mll_index.core.paths import cache_dir
 
                 return OnnxEmbedder(model_dir, MINILM_ID, cache_dir())
             log.warning("onnxruntime is not installed: the text model runs through torch (slower to start)")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mll_index.core.artifacts import atomic_file, read_json
+from mll_index.core.paths import cache_dir
 from mll_index.errors import IndexFormatError, InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -98,14 +99,6 @@ class JoinedLemmas(Sequence[list[str]]):
         return isinstance(other, Sequence) and len(self) == len(other) and all(a == list(b) for a, b in zip(self, other))
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def cache_dir() -> Path:
-    """Where mll-index keeps data it prepares once (WordNet for nltk, caches): $MLL_INDEX_CACHE or ~/.cache/mll-index."""
-    root = os.environ.get("MLL_INDEX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mll-index"
-    )
-    return Path(root)
 
 
 def wnid_of(offset: int) -> str:

@@ -54,7 +54,8 @@ from mll_index.index.embed import (
     EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_concept_captions, record_of,
 )
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
-from mll_index.index.graph import Graph, cache_dir, load_graph, save_graph
+from mll_index.index.graph import Graph, load_graph, save_graph
+from mll_index.core.paths import cache_dir
 from mll_index.core.layout import (
     FAISS_FILE, GRAPH, LABELS, MANIFEST, NODE_TABLE, NODE_VECTORS, PUBLISHED, SEGMENT_PATTERNS, segment_files,
 )
@@ -66,18 +67,6 @@ FORMAT_VERSION = 2             # 2: node segments; 1: one set of files, all rewr
 READ_VERSIONS = (1, 2)
 SearchKind = Literal["flat", "ivf"]
 FILES = [GRAPH, NODE_TABLE, NODE_VECTORS]   # and FAISS_FILE with IVF search
-
-
-def default_index_path() -> Path:
-    """$MLL_INDEX_HOME/default; else ./indexes/default if it exists; else indexes/default of the source checkout."""
-    import os
-
-    home = os.environ.get("MLL_INDEX_HOME")
-    if home:
-        return Path(home) / "default"
-    local = Path("indexes") / "default"
-    checkout = Path(__file__).resolve().parents[2] / "indexes" / "default"
-    return local if local.exists() or not checkout.parent.is_dir() else checkout
 
 
 def make_faiss(vectors: np.ndarray, search: SearchKind = "flat") -> Any:

@@ -41,7 +41,7 @@ class ModelCost:
 
 
 def _cache_path() -> Path:
-    from mll_index.index.graph import cache_dir
+    from mll_index.core.paths import cache_dir
 
     return cache_dir() / "flops.json"
 

@@ -38,7 +38,8 @@ from mll_index.core.artifacts import (
     atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest, write_json,
 )
 from mll_index.errors import InputError, MLLIndexError
-from mll_index.index.graph import Graph, cache_dir, load_taxonomy
+from mll_index.index.graph import Graph, load_taxonomy
+from mll_index.core.paths import cache_dir
 from mll_index.world.art import VENDORS, fetch_art_packages, read_art
 from mll_index.world.concepts import EmojiConcept, load_concepts, mapping_path
 from mll_index.world.domains import DOMAINS, draw_image, image_rng
