@@ -30,7 +30,9 @@ from mll_index.index.embed import load_embedder  # noqa: E402
 from mll_index.index.graph import build_graph, wnid_node_set  # noqa: E402
 from mll_index.models.hub import LoadedModel, load_hub  # noqa: E402
 from mll_index.index.node_index import build_index  # noqa: E402
-from mll_index.labels.folders import LABEL_FILES, label_models, labels_dir, load_label  # noqa: E402
+from mll_index.labels.folders import LABEL_FILES, load_label  # noqa: E402
+from mll_index.labeling.run import label_models
+from mll_index.core.layout import labels_dir
 from mll_index.images.loader import encode_image_set, image_set_from_samples  # noqa: E402
 from mll_index.labeling.samples import scan_samples  # noqa: E402
 

@@ -158,7 +158,7 @@ def main() -> None:
     from mll_index.cluster import label_on_ray
     from mll_index.cluster.connect import connect, disconnect
     from mll_index.models.hub import load_hub
-    from mll_index.labels.folders import label_models
+    from mll_index.labeling.run import label_models
     from mll_index.labeling.samples import scan_samples
     from mll_index.world.build import default_world_dir
 

@@ -138,7 +138,8 @@ def image_labels(index_path: Path, n_models: int, dim: int = 64) -> dict[str, An
     """
     from mll_index.index.node_index import load_index
     from mll_index.labels.matrix import compact_matrix
-    from mll_index.labels.folders import SampleTable, sync_matrix, write_label, write_sample_table
+    from mll_index.labels.folders import SampleTable, write_label, write_sample_table
+    from mll_index.labels.sync import sync_matrix
 
     index = load_index(index_path)
     wnids = sorted(index.graph.node_wnids)

@@ -386,7 +386,7 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.models.hub import load_hub
     from mll_index.core.paths import default_index_path
-    from mll_index.labels.folders import label_models
+    from mll_index.labeling.run import label_models
 
     path = index_path or default_index_path()
     if not path.exists():
@@ -506,7 +506,7 @@ def labels_compact(index_path: Path | None) -> None:
     per sample set (the restricted mode reads them together)."""
     from mll_index.core.paths import default_index_path
     from mll_index.labels.matrix import compact_matrix, has_matrix
-    from mll_index.labels.folders import sync_matrix
+    from mll_index.labels.sync import sync_matrix
     from mll_index.labels.topk_table import write_topk_tables
 
     path = index_path or default_index_path()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mll_index.labels.folders import SampleTable, sync_matrix, write_label, write_sample_table
+from mll_index.labels.folders import SampleTable, write_label, write_sample_table
+from mll_index.labels.sync import sync_matrix
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -143,7 +143,7 @@ def test_unloadable_model_fails_alone(cluster: str, fresh_index: Path, small_wor
 def test_sample_folder_a_node_cannot_see_is_named_before_labeling(cluster: str, small_world) -> None:  # type: ignore[no-untyped-def]
     from mll_index.cluster.connect import connect
     from mll_index.cluster.labeling import check_nodes
-    from mll_index.labels.folders import sample_table
+    from mll_index.labeling.run import sample_table
 
     connect(cluster)
     full = sample_table(scan_samples(small_world.samples_dir))

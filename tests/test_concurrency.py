@@ -23,7 +23,8 @@ from mll_index.index.embed import TextEmbedder
 from mll_index.models.hub import load_hub
 from mll_index.index.node_index import add_nodes, compact_index, load_index
 from mll_index.labels.matrix import open_matrix
-from mll_index.labels.folders import label_models, labeled_models
+from mll_index.labeling.run import label_models
+from mll_index.labels.folders import labeled_models
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults

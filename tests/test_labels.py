@@ -20,10 +20,9 @@ from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.models.hub import load_hub, load_model
 from mll_index.index.node_index import load_index
-from mll_index.labels.folders import (
-    confusion_counts, label_models, labeled_models, labels_dir, load_label, node_prompts, read_sample_table,
-    score_images,
-)
+from mll_index.labels.folders import confusion_counts, labeled_models, load_label, read_sample_table, score_images
+from mll_index.labeling.run import label_models, node_prompts
+from mll_index.core.layout import labels_dir
 from mll_index.core.layout import PIXEL_CACHE
 from mll_index.labeling.samples import scan_samples
 
@@ -193,7 +192,7 @@ def _label_subprocess(index: Path, samples: Path, hub_file: Path, fsize: int | N
         "import sys, resource, signal\n"
         "from pathlib import Path\n"
         "from mll_index.models.hub import load_hub\n"
-        "from mll_index.labels.folders import label_models\n"
+        "from mll_index.labeling.run import label_models\n"
         f"limit = {fsize!r}\n"
         "if limit:\n"
         "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"

@@ -282,7 +282,7 @@ def test_labels_compacted_under_a_served_state_still_answer(world_index: Path, t
     """`labels compact` deletes the shards an opened state read: its answers stay whole (memory maps, or
     a retry on the new version), and equal to a fresh local selection."""
     from mll_index.labels.matrix import compact_matrix
-    from mll_index.labels.folders import sync_matrix
+    from mll_index.labels.sync import sync_matrix
 
     path = tmp_path / "index"
     shutil.copytree(world_index, path)

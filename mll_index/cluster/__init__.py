@@ -5,7 +5,7 @@
     tasks.py     what runs on the cluster's workers: one model on one shard of the sample images,
                  one model's node prompts, and the check that a node sees the sample folder
     labeling.py  the driver: plans the work (models x shards), submits it, gathers the shards and
-                 writes each model's label through `mll_index.labels.folders.finish_label`, the one writer
+                 writes each model's label through `mll_index.labeling.run.finish_label`, the one writer
 
 Ray is an optional dependency (`pip install 'mll-index[cluster]'`); nothing outside this package
 imports it, so the single-machine path never needs it.

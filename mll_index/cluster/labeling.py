@@ -9,7 +9,7 @@ asks Ray for `gpus_per_task` GPUs (default: one when the cluster has GPUs) and `
 CPUs; Ray places the tasks, retries those whose worker dies (`max_retries`), and carries the
 shards' embeddings back through its object store.
 
-Only the driver writes to the index, through `mll_index.labels.folders.finish_label` (the same writer
+Only the driver writes to the index, through `mll_index.labeling.run.finish_label` (the same writer
 as the single-machine labeler), one model at a time as soon as all of its shards are back: a
 folder per model written atomically, then its counts appended to the label matrix, each under
 the index's writer lock. So the index keeps its single-writer rule, a driver killed at any
@@ -45,10 +45,11 @@ from mll_index.cluster.tasks import (
 )
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.models.hub import Hub, HubModel
-from mll_index.labels.folders import (
-    LabelReport, SampleTable, append_to_matrix, finish_label, node_prompts, plan_labels, read_sample_table,
-    reusable_embeddings, sample_table, sync_matrix, write_sample_table,
+from mll_index.labeling.run import (
+    LabelReport, finish_label, node_prompts, plan_labels, reusable_embeddings, sample_table,
 )
+from mll_index.labels.folders import SampleTable, read_sample_table, write_sample_table
+from mll_index.labels.sync import append_to_matrix, sync_matrix
 from mll_index.core.layout import sample_table_path
 from mll_index.images.loader import MODELS_PER_PASS, model_passes
 
