@@ -137,7 +137,7 @@ def _written_bytes() -> int:
 def child(kind: str, folder: Path, hub_file: Path, n: int, workers: int, batch_size: int) -> dict[str, Any]:
     """Run one reuse- or labeling-style pass and report its peak memory, bytes written and timing."""
     from mll_index.models.hub import load_hub, load_model
-    from mll_index.images.loader import encode_image_set, zero_shot_probabilities
+    from mll_index.images.encoding import encode_image_set, zero_shot_probabilities
 
     written = _written_bytes()
     hub = load_hub(hub_file)

@@ -70,7 +70,7 @@ def measure(loaded: Any, images: Any, kind: str, *, batch_size: int, workers: in
     """One labeling- or reuse-style pass: images/s, the timing split, peak GPU memory."""
     import torch
 
-    from mll_index.images.loader import encode_image_set, zero_shot_probabilities
+    from mll_index.images.encoding import encode_image_set, zero_shot_probabilities
 
     cuda = device.startswith("cuda")
     if cuda:

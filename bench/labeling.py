@@ -33,7 +33,8 @@ from mll_index.index.node_index import build_index  # noqa: E402
 from mll_index.labels.folders import LABEL_FILES, load_label  # noqa: E402
 from mll_index.labeling.run import label_models
 from mll_index.core.layout import labels_dir
-from mll_index.images.loader import encode_image_set, image_set_from_samples  # noqa: E402
+from mll_index.images.encoding import encode_image_set  # noqa: E402
+from mll_index.images.loader import image_set_from_samples
 from mll_index.labeling.samples import scan_samples  # noqa: E402
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668",

@@ -106,7 +106,7 @@ def extrapolate(overhead: float, gpus: list[int]) -> dict[str, Any]:
     pass takes the longer of its models' compute and its decoding.
     """
     from mll_index.models.hub import load_hub
-    from mll_index.images.loader import model_passes
+    from mll_index.images.encoding import model_passes
 
     a = ASSUMPTIONS
     effective = 312e12 * a["gpu_utilisation"]

@@ -344,7 +344,7 @@ def _workers_option(f: Any) -> Any:
 def _echo_rates(stats: list[Any]) -> None:
     """The decode and encode rates on stderr, so a user sees which one bounds the run."""
     if stats:
-        from mll_index.images.loader import rates_line
+        from mll_index.images.encoding import rates_line
 
         click.echo(f"mll-index: {rates_line(stats)}", err=True)
 

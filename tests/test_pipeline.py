@@ -16,10 +16,8 @@ from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import InputError
 from mll_index.models.hub import load_hub, load_model
-from mll_index.images.loader import (
-    ImageSet, default_decode, encode_image_set, hub_probabilities, image_loader, image_set_from_samples,
-    image_set_from_task, model_passes, zero_shot_probabilities,
-)
+from mll_index.images.loader import ImageSet, default_decode, image_loader, image_set_from_samples, image_set_from_task
+from mll_index.images.encoding import encode_image_set, hub_probabilities, model_passes, zero_shot_probabilities
 
 WNIDS = ["n01440764", "n01443537", "n03642806", "n02129604"]
 CLASSES = ["tench", "goldfish", "laptop", "tiger"]

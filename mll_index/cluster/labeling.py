@@ -51,7 +51,7 @@ from mll_index.labeling.run import (
 from mll_index.labels.folders import SampleTable, read_sample_table, write_sample_table
 from mll_index.labels.sync import append_to_matrix, sync_matrix
 from mll_index.core.layout import sample_table_path
-from mll_index.images.loader import MODELS_PER_PASS, model_passes
+from mll_index.images.encoding import MODELS_PER_PASS, model_passes
 
 log = logging.getLogger(__name__)
 

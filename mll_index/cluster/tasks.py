@@ -120,7 +120,8 @@ def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str]
     gives them to a pass's first shard), their node prompts. A model that cannot be loaded here is
     reported in `failed`; the others are encoded.
     """
-    from mll_index.images.loader import ImageSet, encode_image_set
+    from mll_index.images.loader import ImageSet
+    from mll_index.images.encoding import encode_image_set
 
     started = time.perf_counter()
     device = _device()
@@ -142,7 +143,7 @@ def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str]
 
 def _node_texts(loaded: LoadedModel, prompts: list[str], device: str) -> NodeTexts:
     """A model's unit text embeddings of `prompts`, its temperature and preprocessing key."""
-    from mll_index.images.loader import temperature
+    from mll_index.images.encoding import temperature
     from mll_index.models.zeroshot import encode_texts
 
     emb = encode_texts(loaded, prompts, device) if prompts else np.zeros((0, 0), np.float32)

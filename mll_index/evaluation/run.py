@@ -26,9 +26,10 @@ from mll_index.evaluation.baselines import (
 from mll_index.index.captions import Concept, WordNetExpander
 from mll_index.errors import InputError
 from mll_index.models.hub import Hub, load_model
-from mll_index.images.loader import (
-    EncodeStats, Probabilities, image_set_from_task, merge_probabilities, model_passes, rates, zero_shot_probabilities,
+from mll_index.images.encoding import (
+    EncodeStats, Probabilities, merge_probabilities, model_passes, rates, zero_shot_probabilities,
 )
+from mll_index.images.loader import image_set_from_task
 from mll_index.reuse.ensemble import TaskImages, combine, readable_images, scan_task_images
 from mll_index.selection.selector import SelectionSettings, Selector, make_task, prepare_tasks, select_prepared
 
@@ -86,7 +87,7 @@ def _all_probabilities(hub: Hub, tasks: Sequence[EvalTask], images: dict[str, Ta
     readable images (new records) and the timing of every pass.
 
     Per pass of models (`model_passes`: one preprocessing configuration), each task's images stream once through
-    `mll_index.images.loader.zero_shot_probabilities`, every model of the pass run on each batch.
+    `mll_index.images.encoding.zero_shot_probabilities`, every model of the pass run on each batch.
     """
     expander = WordNetExpander()
     captions = {t.name: expander.expand([Concept(name=n) for n in t.class_names]) for t in tasks}

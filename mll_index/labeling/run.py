@@ -19,7 +19,8 @@ import numpy as np
 from mll_index.core.artifacts import MANIFEST
 from mll_index.core.layout import PIXEL_CACHE, labels_dir
 from mll_index.errors import MLLIndexError, ModelLoadError
-from mll_index.images.loader import MODELS_PER_PASS, EncodeStats, ImageSet, encode_image_set, model_passes, temperature
+from mll_index.images.encoding import MODELS_PER_PASS, EncodeStats, encode_image_set, model_passes, temperature
+from mll_index.images.loader import ImageSet
 from mll_index.index.captions import node_concept, templates
 from mll_index.index.node_index import NodeIndex, load_index
 from mll_index.labeling.samples import SampleSet, scan_samples, write_pixel_cache
@@ -145,7 +146,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
                  models_per_pass: int = MODELS_PER_PASS, notify: Callable[[str], None] | None = None) -> LabelReport:
     """Label every model of `hub` (or the `models` named) that the index does not hold for these samples.
 
-    The sample images stream through `mll_index.images.loader.encode_image_set`: per preprocessing
+    The sample images stream through `mll_index.images.encoding.encode_image_set`: per preprocessing
     configuration (per `models_per_pass` of its models) one pass over the images that some model of
     the pass has not encoded yet, decoded by `workers` processes, every model of the pass run on each
     batch. A model whose label is current (same sample images) is skipped; one labeled on fewer images

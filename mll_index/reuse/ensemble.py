@@ -34,7 +34,8 @@ from mll_index.core.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
 from mll_index.models.hub import Hub, LoadedModel
 from mll_index.images.decoding import IMAGE_SUFFIXES, image_files
-from mll_index.images.loader import MODELS_PER_PASS, EncodeStats, hub_probabilities, image_set_from_task, rates
+from mll_index.images.encoding import MODELS_PER_PASS, EncodeStats, hub_probabilities, rates
+from mll_index.images.loader import image_set_from_task
 from mll_index.models.zeroshot import all_finite, check_prompts, lemma_of, prompt_names  # noqa: F401 - lemma_of: reuse's API
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def predict(hub: Hub, model_ids: Sequence[str], images: TaskImages, class_names:
             force: bool = False, *, workers: int = 0, batch_size: int = 256, models_per_pass: int = MODELS_PER_PASS) -> Predictions:
     """Zero-shot probabilities of each model on the images, with the models that cannot vote set aside.
 
-    The images stream through `mll_index.images.loader.zero_shot_probabilities`: one pass per preprocessing
+    The images stream through `mll_index.images.encoding.zero_shot_probabilities`: one pass per preprocessing
     configuration (per `models_per_pass` of its models), decoded by `workers` processes, every model of
     the pass run on each batch. Unreadable images are dropped and listed in `Predictions.images` (a new
     record; `images` is not modified), so n counts the readable images. A model whose image or text

@@ -172,7 +172,8 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
         ModelLoadError: a probe model cannot be loaded.
     """
     from mll_index.models.hub import load_model
-    from mll_index.images.loader import ImageSet, encode_image_set
+    from mll_index.images.loader import ImageSet
+    from mll_index.images.encoding import encode_image_set
 
     files = probe_files(sources, limit)
     started = time.perf_counter()
