@@ -542,10 +542,10 @@ def _selection_options(f):  # type: ignore[no-untyped-def]
 
 
 def _warn_weak(selection, prompts: bool = True) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.service.client import selection_warnings
+    from mll_index.selection.answer import answer_warning_lines
 
     # (reuse checks the prompts itself, with each model's own tokenizer: prompts=False there)
-    for line in selection_warnings(selection.to_dict(), prompts):
+    for line in answer_warning_lines(selection.to_dict(), prompts):
         click.echo(line, err=True)
 
 
@@ -617,7 +617,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         return
     from mll_index.core.artifacts import atomic_file
     from mll_index.core.paths import default_index_path
-    from mll_index.selection.selector import SelectionSettings, open_selector, read_batch_file, select_batch
+    from mll_index.selection.answer import answer_tasks, answer_warning_lines
+    from mll_index.selection.selector import SelectionSettings, open_selector, read_batch_file
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -631,30 +632,12 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
 
         tasks = [replace(t, domain=domain or t.domain,
                          probe_images=(str(probe_images),) if probe_images else t.probe_images) for t in tasks]
-    from mll_index.selection.answer import complete_selection, internal_k
-
-    selector = open_selector(path, cache=_embedding_cache())
-    # Every model ranked, then cut to k (within the budget) with its predicted accuracy.
-    settings = SelectionSettings(k=internal_k(selector, k, budget, pareto), alpha=alpha, n_nodes=n_nodes,
-                                 mode=mode, explain=explain, ranking_size=None, probe=probe,  # type: ignore[arg-type]
-                                 labels=label_source)  # type: ignore[arg-type]
-    full = select_batch(selector, tasks, settings)
-    costs = None
-    if budget.active or pareto:
-        from mll_index.selection.answer import selection_costs
-
-        costs = selection_costs(selector)
-    answers = [complete_selection(selector, t, f, k=k, ranking_size=ranking_size or None, budget=budget, costs=costs,
-                                  pareto=pareto) for t, f in zip(tasks, full)]
-    from mll_index.service.client import selection_warnings
-
-    for answer in answers:
-        for line in selection_warnings(answer):
-            click.echo(line, err=True)
-    for model_id, why in (selector.store.damaged.items() if selector.store is not None else ()):
-        # Only the counts mode gets here with a damaged label (the others refuse): say what it did.
-        used = "its counts come from the label matrix" if model_id in selector.store.model_ids else "left out"
-        click.echo(f"mll-index: warning: the label folder of {model_id!r} cannot be used ({why}); {used}", err=True)
+    settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,  # type: ignore[arg-type]
+                                 ranking_size=ranking_size or None, probe=probe, labels=label_source)  # type: ignore[arg-type]
+    answers = answer_tasks(open_selector(path, cache=_embedding_cache()), tasks, settings, budget=budget, pareto=pareto)
+    # An index-wide line stands in every answer of a batch: printed once.
+    for line in dict.fromkeys(line for answer in answers for line in answer_warning_lines(answer)):
+        click.echo(line, err=True)
     if batch is not None:
         text = "".join(json.dumps(a) + "\n" for a in answers)
     else:

@@ -333,12 +333,12 @@ def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_cl
 
 def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
                                                                    embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.answer import select_answer
+    from mll_index.selection.answer import answer_task
     from mll_index.selection.selector import make_task, open_selector
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
-    answer = select_answer(open_selector(index_copy, embedder), make_task(["golden retriever", "pizza"]))
+    answer = answer_task(open_selector(index_copy, embedder), make_task(["golden retriever", "pizza"]))
     assert answer["mode"] == "published" and answer["labels"] == "published"
     assert answer["predicted_accuracy"] is None and all(c["predicted_accuracy"] is None for c in answer["classes"])
     assert "image-based labels" in answer["predicted_accuracy_about"]

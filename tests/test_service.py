@@ -24,10 +24,10 @@ TOKEN = "s3cret-token"
 
 
 def _json(selector, task, **settings) -> dict:  # type: ignore[no-untyped-def]
-    """The selection as the CLI prints it (`estimate.select_answer`), read back (tuples become lists)."""
-    from mll_index.selection.answer import select_answer
+    """The selection as the CLI prints it (`answer.answer_task`), read back (tuples become lists)."""
+    from mll_index.selection.answer import answer_task
 
-    return json.loads(json.dumps(select_answer(selector, task, **settings)))
+    return json.loads(json.dumps(answer_task(selector, task, **settings)))
 
 
 @pytest.fixture(scope="module")
@@ -371,12 +371,61 @@ def test_a_real_server_answers_select_server_like_local_select(world_index: Path
         local_batch = run_cli("select", "--index", str(world_index), "--batch", str(batch))
         remote_batch = run_cli("select", "--server", url, "--batch", str(batch))
         assert remote_batch.returncode == 0 and remote_batch.stdout == local_batch.stdout
+        _five_front_ends_answer_alike(world_index, url, tmp_path)
 
         in_use = run_cli("serve", "--index", str(world_index), "--port", str(port))
         assert_one_line_error(in_use, f"127.0.0.1:{port}", "already in use")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _post(url: str, body: bytes, content_type: str) -> bytes:
+    request = urllib.request.Request(url, data=body, headers={"Authorization": f"Bearer {TOKEN}",
+                                                               "Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.read()
+
+
+def _five_front_ends_answer_alike(world_index: Path, url: str, tmp_path: Path) -> None:
+    """`select`, `select --batch`, `/v1/select`, `/v1/select/batch` and `select --server` print one
+    answer per task (the one builder, `answer.answer_tasks`), warnings included; the service adds
+    only "index_version"."""
+    from mll_index.selection.answer import answer_warning_lines
+
+    tasks = [{"name": "zoo", "classes": ["tiger", "lion", "qwzx blorf"]},
+             {"name": "farm", "classes": ["cow", {"name": "pig", "captions": ["a pink farm animal"]}],
+              "domain": "noto"},
+             {"name": "food", "classes": ["banana", "pizza"]}]
+    batch = tmp_path / "five.jsonl"
+    batch.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    options = ["-k", "2", "--explain", "--ranking", "5"]
+    local_batch = run_cli("select", "--index", str(world_index), "--batch", str(batch), *options)
+    remote_batch = run_cli("select", "--server", url, "--batch", str(batch), *options)
+    assert local_batch.returncode == 0 and remote_batch.returncode == 0, local_batch.stderr + remote_batch.stderr
+    from_batch = [json.loads(line) for line in local_batch.stdout.splitlines()]
+    assert [json.loads(line) for line in remote_batch.stdout.splitlines()] == from_batch
+    streamed = _post(f"{url}/v1/select/batch?k=2&explain=true&ranking=5", batch.read_bytes(), "application/x-ndjson")
+    lines = [json.loads(line) for line in streamed.decode().splitlines()]
+    assert all(line.pop("index_version") for line in lines) and lines == from_batch
+    warned = []
+    for number, task in enumerate(tasks):
+        one = tmp_path / f"task{number}.json"
+        one.write_text(json.dumps(task))
+        local = run_cli("select", "--index", str(world_index), "--task", str(one), *options)
+        remote = run_cli("select", "--server", url, "--task", str(one), *options)
+        answer = json.loads(local.stdout)
+        assert answer == from_batch[number] and remote.stdout == local.stdout
+        served = json.loads(_post(f"{url}/v1/select", json.dumps({"task": task, "k": 2, "explain": True,
+                                                                    "ranking": 5}).encode(), "application/json"))
+        assert served.pop("index_version") and served == answer
+        stderr = [line for line in local.stderr.splitlines() if line.startswith("mll-index: warning")]
+        assert stderr == answer_warning_lines(answer) == [
+            line for line in remote.stderr.splitlines() if line.startswith("mll-index: warning")]
+        warned += stderr
+    assert any("qwzx blorf" in line for line in warned)   # the warnings compared are not all empty
+    batch_stderr = [line for line in local_batch.stderr.splitlines() if line.startswith("mll-index: warning")]
+    assert batch_stderr == list(dict.fromkeys(warned))
 
 
 def test_a_missing_index_or_key_stops_serve_before_the_port_opens(tmp_path: Path) -> None:

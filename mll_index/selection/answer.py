@@ -1,4 +1,7 @@
-"""What a selection will cost and score: a compute budget applied to it, and its predicted accuracy.
+"""The answer to a task: the one builder every front end prints, with its budget and predicted accuracy.
+
+`answer_tasks` is the one function that turns (selector, tasks, settings, budget) into the answer JSON
+that `select`, `select --batch`, the service and `select --server` print.
 
 `select` ranks every model for every class; this step, after the ranking, keeps each class's top k
 (within a budget when one is given: `mll_index.selection.budget`), and adds the predicted accuracy of the
@@ -10,8 +13,9 @@ they lack a figure (`mll_index.models.flops`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +25,12 @@ from mll_index.models.flops import ModelCost, entry_model, model_costs
 from mll_index.selection.accuracy import (
     Calibration, class_features, extrapolation, f1_matrix, load_calibration, predict_features, selection_matrix,
 )
+
+from mll_index.selection.settings import SelectionSettings
+
+if TYPE_CHECKING:
+    from mll_index.selection.selector import Selector
+    from mll_index.selection.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +56,86 @@ def internal_k(selector: Any, k: int, budget: Budget, pareto: bool) -> int:
     return k
 
 
-def select_answer(selector: Any, task: Any, settings: Any = None, **changes: Any) -> dict[str, Any]:
-    """The JSON `mll-index select` prints for one task without a budget: every model ranked
-    (`select.select_models` with `ranking_size=None`), then cut to k with the predicted accuracy
-    (`complete_selection`). `settings` / `changes` as for `select_models`."""
-    from mll_index.selection.selector import select_models
+def answer_tasks(selector: Selector, tasks: Sequence[Task], settings: SelectionSettings | None = None, *,
+                 budget: Budget | None = None, pareto: bool = False,
+                 calibration: Calibration | None = None) -> list[dict[str, Any]]:
+    """The answer to each task: the one JSON object that `mll-index select` prints, one line of
+    `select --batch`, `/v1/select` and `/v1/select/batch` return (plus "index_version") and
+    `select --server` prints. Every front end calls this; none assembles an answer of its own.
+
+    Every model is ranked (`selector.select_batch` with `ranking_size=None`, every distinct class
+    name embedded once for all tasks), then each task's answer is cut to `settings.k` per class
+    within the budget (`complete_selection`), with its predicted accuracy. An index-wide problem
+    (a label folder that cannot be used) is one line in every answer's "warnings".
+
+    Args:
+        settings: what the user asked for (default SelectionSettings()); `ranking_size` None lists every model.
+        budget: limits on the chosen models' cost (default: none); pareto: also list the Pareto choices.
+    Returns:
+        One dict per task, in order: `Selection.to_dict()`'s fields plus "predicted_accuracy",
+        "predicted_accuracy_about" and, when asked, "budget" / "pareto".
+    Raises:
+        InputError: a task or setting selection refuses, or a budget no model meets.
+    """
+    from mll_index.selection.selector import select_batch
+
+    chosen = settings or SelectionSettings()
+    budget = budget or Budget()
+    ranked = chosen.with_(k=internal_k(selector, chosen.k, budget, pareto), ranking_size=None)
+    full = select_batch(selector, list(tasks), ranked)
+    costs = selection_costs(selector) if budget.active or pareto else None
+    index_lines = damaged_label_warnings(selector)
+    answers = []
+    for task, selection in zip(tasks, full):
+        out = complete_selection(selector, task, selection, k=chosen.k, ranking_size=chosen.ranking_size,
+                                 budget=budget, costs=costs, pareto=pareto, calibration=calibration)
+        if index_lines:
+            out["warnings"] = [*out.get("warnings", []), *index_lines]
+        answers.append(out)
+    return answers
+
+
+def answer_task(selector: Selector, task: Task, settings: SelectionSettings | None = None,
+                **changes: Any) -> dict[str, Any]:
+    """`answer_tasks` for one task, with `settings` / keyword `changes` as for `select_models`
+    (e.g. `answer_task(sel, task, k=3)`); a budget or Pareto list goes through `answer_tasks`."""
     from mll_index.selection.settings import settings_from
 
-    chosen = settings_from(settings, changes)
-    full = select_models(selector, task, chosen.with_(ranking_size=None))
-    return complete_selection(selector, task, full, k=chosen.k, ranking_size=chosen.ranking_size)
+    return answer_tasks(selector, [task], settings_from(settings, changes))[0]
+
+
+def damaged_label_warnings(selector: Selector) -> list[str]:
+    """One line per label folder the selector could not use. Only the counts mode answers with a damaged
+    label (the others refuse), so the line says what it did: counts from the label matrix, or left out."""
+    store = selector.store
+    if store is None:
+        return []
+    return [f"the label folder of {model_id!r} cannot be used ({why}); "
+            + ("its counts come from the label matrix" if model_id in store.model_ids else "left out")
+            for model_id, why in store.damaged.items()]
+
+
+def answer_warning_lines(answer: dict[str, Any], prompts: bool = True) -> list[str]:
+    """The lines `mll-index select` prints on stderr for an answer, read from its JSON alone (so the
+    local command and `select --server` print the same): its "warnings" (with `prompts`; `reuse`
+    checks the prompts itself, with each model's own tokenizer) and each class with a weak match."""
+    lines = [f"mll-index: warning: {line}" for line in answer.get("warnings", [])] if prompts else []
+    for c in answer.get("classes", []):
+        if c.get("low_confidence"):
+            best = c["nodes"][0] if c.get("nodes") else None
+            via = best.get("via", "direct") if best else "direct"
+            lent = f", lent by {via.split(':', 1)[1]}" if via != "direct" and ":" in via else ""
+            if not best and c.get("benchmark"):
+                near = c["benchmark"][0]
+                why = (answer.get("published") or {}).get("fallback_classes", {}).get(c["name"], "a weak match")
+                lines.append(f"mll-index: warning: task {answer.get('task')!r}: class {c['name']!r} matches no "
+                             f"benchmark class well (nearest {near['name']!r} of {near['dataset']}, {near['similarity']}): "
+                             f"{why}; its models rest on general strength or a weak match")
+                continue
+            lines.append(f"mll-index: warning: task {answer.get('task')!r}: class {c['name']!r} matches no labeled "
+                         f"node well (best {best['synset'] if best else 'none'}, score {best['score'] if best else 'n/a'}"
+                         f"{lent}); its models rest on a weak match")
+    return lines
 
 
 def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_size: int | None,
@@ -111,6 +191,27 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
                       ranking=tuple(ModelScore(m.model, m.score) for m in ranking), warnings=warnings)
     out = trimmed.to_dict()
+    _add_predicted_accuracy(out, selector, full, classes, got, f1, calibration)
+    if choice is not None and costs is not None:
+        out["budget"] = {"limits": {"max_gflops": budget.max_gflops, "max_params": budget.max_params,
+                                    "budget_gflops": budget.budget_gflops},
+                         "models": list(choice.models), "gflops": choice.gflops,
+                         "params_m": round(sum(costs[m].params_m or 0.0 for m in choice.models), 3)}
+    if pareto:
+        out["pareto"] = []
+        for p in front:
+            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
+                                      selector.index.graph.ancestors)
+            out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
+                                  "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
+    return out
+
+
+def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, classes: Sequence[Any], got: Any,
+                            f1: np.ndarray | None, calibration: Calibration) -> None:
+    """Set `out`'s "predicted_accuracy" (task and per class) and "predicted_accuracy_about": the
+    calibration's estimate for the models kept, or None with the reason where the ranking is not
+    image-based F1 (`got`, `f1`: `selection_matrix(full)` and its F1; None then)."""
     if f1 is not None:
         features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
                                   selector.index.graph.ancestors)
@@ -135,19 +236,6 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
         out["predicted_accuracy_about"] = (f"not predicted: the calibration (v{calibration.version}) maps image-based "
                                            f"labels' F1 to accuracy, and these models were ranked by {full.labels} "
                                            f"labels{hint}")
-    if choice is not None and costs is not None:
-        out["budget"] = {"limits": {"max_gflops": budget.max_gflops, "max_params": budget.max_params,
-                                    "budget_gflops": budget.budget_gflops},
-                         "models": list(choice.models), "gflops": choice.gflops,
-                         "params_m": round(sum(costs[m].params_m or 0.0 for m in choice.models), 3)}
-    if pareto:
-        out["pareto"] = []
-        for p in front:
-            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
-                                      selector.index.graph.ancestors)
-            out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
-                                  "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
-    return out
 
 
 def _class_order(full: Any, ids: list[str]) -> np.ndarray:

@@ -147,7 +147,7 @@ class ClassAnswer(ClassSelection):
 
 @dataclass(frozen=True)
 class SelectionAnswer(Selection):
-    """A selection as `mll-index select` prints it (`estimate.complete_selection`), and the index version it
+    """A selection as `mll-index select` prints it (`answer.answer_tasks`), and the index version it
     came from. predicted_accuracy: the task's (absent without image-based labels), with
     predicted_accuracy_about naming the calibration it comes from."""
 
@@ -258,20 +258,21 @@ def parse_batch_body(body: bytes, max_batch: int, max_classes: int, jsonl: bool 
     return [parse_task(task, where, max_classes) for where, task in items]
 
 
-def _select_chunk(selector: Any, chunk: Sequence[Any], settings: Any) -> tuple[list[Any], InputError | None]:
-    """The chunk's selections (`select.select_batch`, its classes embedded together), and None; when a
-    task of it is refused (InputError: its probe images, say), the tasks before that one answered one
-    by one, and the error, so that the stream answers every task it can and names the one at fault."""
-    from mll_index.selection.selector import select_batch
+def _answer_chunk(selector: Any, chunk: Sequence[Any], settings: Any,
+                  version: str) -> tuple[list[dict[str, Any]], InputError | None]:
+    """The chunk's answers (`answer.answer_tasks`, its classes embedded together, each with "index_version"),
+    and None; when a task of it is refused (InputError: its probe images, say), the tasks before that one
+    answered one by one, and the error, so that the stream answers every task it can and names the one at fault."""
+    from mll_index.selection.answer import answer_tasks
 
     try:
-        return select_batch(selector, chunk, settings), None
+        return [{**a, "index_version": version} for a in answer_tasks(selector, chunk, settings)], None
     except InputError:
         pass
-    done: list[Any] = []
+    done: list[dict[str, Any]] = []
     for task in chunk:
         try:
-            done.append(select_batch(selector, [task], settings)[0])
+            done.append({**answer_tasks(selector, [task], settings)[0], "index_version": version})
         except InputError as exc:
             return done, exc
     return done, None
@@ -283,15 +284,6 @@ def _is_one_json(text: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
-
-
-def selection_json(selector: Any, task: Any, full: Any, settings: Any, version: str) -> dict[str, Any]:
-    """A selection as `mll-index select` prints it (`estimate.complete_selection`: the top k per class and the
-    predicted accuracy), plus the index version it came from. `full` was selected with every model ranked."""
-    from mll_index.selection.answer import complete_selection
-
-    out = complete_selection(selector, task, full, k=settings.k, ranking_size=settings.ranking_size)
-    return {**out, "index_version": version}
 
 
 # ---------------------------------------------------------------------------------------
@@ -519,7 +511,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     @app.post("/v1/select", tags=["select"], responses={200: {"model": SelectionAnswer, "description": "The selection."}})
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
-        from mll_index.selection.selector import SelectionSettings, select_models
+        from mll_index.selection.answer import answer_tasks
+        from mll_index.selection.selector import SelectionSettings
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
         chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
@@ -527,9 +520,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                                    labels=body.labels)
 
         def answer(state: IndexState) -> dict[str, Any]:
-            # Every model ranked, then cut to k with the predicted accuracy, as `select` does.
-            full = select_models(state.selector, task, chosen.with_(ranking_size=None))
-            return selection_json(state.selector, task, full, chosen, state.version)
+            return {**answer_tasks(state.selector, [task], chosen)[0], "index_version": state.version}
 
         state, out = await run(answer, "task")
         return versioned(out, state)
@@ -569,8 +560,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                         raise RequestError(503, None, f"the batch took over {settings.request_timeout_s:g} s; "
                                            f"{at} of {len(tasks)} tasks answered")
                     loop = asyncio.get_running_loop()
-                    work = partial(_select_chunk, state.selector, chunk, chosen.with_(ranking_size=None))
-                    selections, failed = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
+                    work = partial(_answer_chunk, state.selector, chunk, chosen, state.version)
+                    answers, failed = await asyncio.wait_for(loop.run_in_executor(executor, work), remaining)
                 except asyncio.TimeoutError:
                     yield _error_line(f"the batch took over {settings.request_timeout_s:g} s; "
                                       f"{at} of {len(tasks)} tasks answered")
@@ -578,10 +569,10 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
                 except (RequestError, MLLIndexError, OSError) as exc:
                     yield _error_line(f"stopped after {at} of {len(tasks)} tasks: {exc}")
                     return
-                for task, full in zip(chunk, selections):
-                    yield (json.dumps(selection_json(state.selector, task, full, chosen, state.version)) + "\n").encode()
+                for answer in answers:
+                    yield (json.dumps(answer) + "\n").encode()
                 if failed is not None:
-                    done = at + len(selections)
+                    done = at + len(answers)
                     yield _error_line(f"stopped at task {done + 1} of {len(tasks)} ({done} answered): {failed}")
                     return
 

@@ -104,29 +104,6 @@ def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: fl
                 yield record
 
 
-def selection_warnings(selection: dict[str, Any], prompts: bool = True) -> list[str]:
-    """The warnings `mll-index select` prints on stderr for a selection, from its JSON: the chosen
-    models' prompt problems (with `prompts`) and each class with a weak match. The one source of
-    these lines, for the local command and for `select --server` alike."""
-    lines = [f"mll-index: warning: {line}" for line in selection.get("warnings", [])] if prompts else []
-    for c in selection.get("classes", []):
-        if c.get("low_confidence"):
-            best = c["nodes"][0] if c.get("nodes") else None
-            via = best.get("via", "direct") if best else "direct"
-            lent = f", lent by {via.split(':', 1)[1]}" if via != "direct" and ":" in via else ""
-            if not best and c.get("benchmark"):
-                near = c["benchmark"][0]
-                why = (selection.get("published") or {}).get("fallback_classes", {}).get(c["name"], "a weak match")
-                lines.append(f"mll-index: warning: task {selection.get('task')!r}: class {c['name']!r} matches no "
-                             f"benchmark class well (nearest {near['name']!r} of {near['dataset']}, {near['similarity']}): "
-                             f"{why}; its models rest on general strength or a weak match")
-                continue
-            lines.append(f"mll-index: warning: task {selection.get('task')!r}: class {c['name']!r} matches no labeled "
-                         f"node well (best {best['synset'] if best else 'none'}, score {best['score'] if best else 'n/a'}"
-                         f"{lent}); its models rest on a weak match")
-    return lines
-
-
 def read_task_json(path: Any) -> Any:
     """A task file as JSON to send: JSON as written, or plain text (one class name per line) as
     {"name": the file's stem, "classes": [...]} — what `select --task` reads locally."""
@@ -170,7 +147,9 @@ def remote_select(url: str, names: list[str] | None, task_file: Any, batch: Any,
         selections = [select_remote(url, names, **options)]
     for s in selections:
         s.pop("index_version", None)
-    warnings = [line for s in selections for line in selection_warnings(s)]
+    from mll_index.selection.answer import answer_warning_lines
+
+    warnings = [line for s in selections for line in answer_warning_lines(s)]
     if batch is not None:
         return "".join(json.dumps(s) + "\n" for s in selections), warnings
     return json.dumps(selections[0], indent=1) + "\n", warnings
