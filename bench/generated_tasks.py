@@ -146,7 +146,8 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
     from mll_index.evaluation.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
     from mll_index.selection.budget import Budget, choose_within_budget
     from mll_index.selection.accuracy import class_features, f1_matrix, selection_matrix
-    from mll_index.selection.selector import make_task, prepare_tasks, select_prepared
+    from mll_index.selection.task import make_task
+    from mll_index.selection.selector import prepare_tasks, select_prepared
 
     ids = list(selector.store.model_ids)
     made = [make_task([c["name"] for c in t["classes"]], t["name"],
@@ -208,7 +209,8 @@ def score_probes(selector: Any, pool: PoolEmbeddings, tasks: list[dict[str, Any]
     from mll_index.evaluation.baselines import oracle_single
     from mll_index.selection.probes import PROBE_LIMIT, ProbeSet
     from mll_index.selection.probes import probe_models as choose_probe_models
-    from mll_index.selection.selector import make_task, prepare_tasks, select_prepared
+    from mll_index.selection.task import make_task
+    from mll_index.selection.selector import prepare_tasks, select_prepared
     from mll_index.selection.settings import SelectionSettings
 
     ids = list(selector.store.model_ids)

@@ -80,7 +80,7 @@ def name_pool(graph: Any) -> tuple[list[str], str]:
 
 def draw_tasks(pool: list[str], n_tasks: int, n_classes: int, seed: int) -> list[Any]:
     """Tasks whose class names repeat as in real sweeps: names drawn by a Zipf law over the pool."""
-    from mll_index.selection.selector import make_task
+    from mll_index.selection.task import make_task
 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.8
@@ -144,7 +144,9 @@ def probe_open(index: Path, classes: int) -> dict[str, Any]:
     import faiss  # noqa: F401  (imported before the baseline, as by any caller)
 
     from mll_index.index.node_index import load_index
-    from mll_index.selection.selector import labeled_nodes, node_confusion, open_labels
+    from mll_index.selection.labeled_nodes import labeled_nodes
+    from mll_index.selection.confusion import node_confusion
+    from mll_index.labels.store import open_labels
 
     before = rss_bytes()
     t = time.perf_counter()

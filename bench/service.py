@@ -56,7 +56,7 @@ RELOAD_MODEL = "vit-s-general-2"
 def draw_tasks(n_tasks: int, n_classes: int, seed: int) -> list[list[str]]:
     """n_tasks tasks of n_classes benchmark class names each (no name twice in a task), each a valid task."""
     from mll_index.errors import InputError
-    from mll_index.selection.selector import make_task
+    from mll_index.selection.task import make_task
 
     data = json.loads(CLASSNAMES.read_text())
     names = sorted({" ".join(str(n).split()) for values in data.values() for n in values if str(n).strip()})
@@ -293,7 +293,8 @@ def main() -> None:
 
     from mll_index.index.embed import EmbeddingCache
     from mll_index.core.paths import cache_dir
-    from mll_index.selection.selector import make_task, open_selector, select_models
+    from mll_index.selection.task import make_task
+    from mll_index.selection.selector import open_selector, select_models
 
     tasks = draw_tasks(args.tasks, args.classes, args.seed)
     load_before = os.getloadavg()[0]  # the figures mean little on a machine busy with other work

@@ -516,7 +516,7 @@ def labels_compact(index_path: Path | None) -> None:
 
 
 def _read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):  # type: ignore[no-untyped-def]
-    from mll_index.selection.selector import make_task, read_task_file
+    from mll_index.selection.task import make_task, read_task_file
 
     if task_file is not None:
         if names or file:
@@ -618,7 +618,9 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     from mll_index.core.artifacts import atomic_file
     from mll_index.core.paths import default_index_path
     from mll_index.selection.answer import answer_tasks, answer_warning_lines
-    from mll_index.selection.selector import SelectionSettings, open_selector, read_batch_file
+    from mll_index.selection.settings import SelectionSettings
+    from mll_index.selection.selector import open_selector
+    from mll_index.selection.task import read_batch_file
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -690,8 +692,11 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
     """
     from mll_index.models.hub import load_hub
     from mll_index.core.paths import default_index_path
-    from mll_index.reuse.ensemble import lemma_of, reuse_models, write_predictions
-    from mll_index.selection.selector import SelectionSettings, make_task, open_selector, select_models
+    from mll_index.models.zeroshot import lemma_of
+    from mll_index.reuse.ensemble import reuse_models, write_predictions
+    from mll_index.selection.settings import SelectionSettings
+    from mll_index.selection.task import make_task
+    from mll_index.selection.selector import open_selector, select_models
 
     hub = load_hub(hub_source, validate=False)
     if selection_file is not None:

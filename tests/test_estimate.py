@@ -10,7 +10,8 @@ import pytest
 from mll_index.selection.budget import Budget
 from mll_index.errors import InputError
 from mll_index.selection.answer import complete_selection, internal_k, selection_costs
-from mll_index.selection.selector import make_task, open_selector, select_models
+from mll_index.selection.task import make_task
+from mll_index.selection.selector import open_selector, select_models
 from tests.conftest import run_cli
 
 

@@ -197,7 +197,7 @@ def test_a_cut_name_is_named(tiny_reuse_hub: Path) -> None:
 
 
 def test_prompts_use_the_lemma_of_a_plural_name() -> None:
-    from mll_index.reuse.ensemble import lemma_of, prompt_names
+    from mll_index.models.zeroshot import lemma_of, prompt_names
 
     lemmas = {"apples": lemma_of("apple.n.01"), "Red bananas": "banana", "tench": "tench", "geese": "goose",
               "glass": "glass", "boxes": "box"}

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.selection.selector import (
-    class_f1, make_task, node_confusion, open_labels, open_selector, read_batch_file, read_task_file, select_batch,
-    select_models, smooth_scores, task_from_json,
-)
+from mll_index.selection.confusion import class_f1, node_confusion, smooth_scores
+from mll_index.selection.task import make_task, read_batch_file, read_task_file, task_from_json
+from mll_index.labels.store import open_labels
+from mll_index.selection.selector import open_selector, select_batch, select_models
 from mll_index.labels.folders import load_label, read_sample_table
 from tests.conftest import run_cli
 
@@ -158,7 +158,7 @@ def test_weak_matches_are_reported(selector) -> None:  # type: ignore[no-untyped
 
 def test_a_match_lent_by_a_node_the_name_does_not_name_is_weak(selector) -> None:  # type: ignore[no-untyped-def]
     from mll_index.index.match import is_weak
-    from mll_index.selection.selector import NodeMatch, lent_blindly
+    from mll_index.selection.labeled_nodes import NodeMatch, lent_blindly
 
     # "ungulate" is a lemma of ungulate.n.01, but its best labeled node (horse) got its score from
     # odd-toed_ungulate.n.01, which matched on the embedding alone: the score is high, the evidence weak.

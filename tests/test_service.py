@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mll_index.selection.selector import open_selector, task_from_json
+from mll_index.selection.selector import open_selector
+from mll_index.selection.task import task_from_json
 from mll_index.service.app import ServiceSettings, create_app
 from mll_index.service.version import index_version
 from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli

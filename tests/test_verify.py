@@ -15,7 +15,8 @@ from fakelabels import fake_label
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index.node_index import add_nodes
 from mll_index.published.store import import_published
-from mll_index.selection.selector import make_task, open_selector, select_models
+from mll_index.selection.task import make_task
+from mll_index.selection.selector import open_selector, select_models
 from mll_index.verify import check_index
 
 FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]

@@ -31,7 +31,9 @@ from mll_index.images.encoding import (
 )
 from mll_index.images.loader import image_set_from_task
 from mll_index.reuse.ensemble import TaskImages, combine, readable_images, scan_task_images
-from mll_index.selection.selector import SelectionSettings, Selector, make_task, prepare_tasks, select_prepared
+from mll_index.selection.settings import SelectionSettings
+from mll_index.selection.selector import Selector, prepare_tasks, select_prepared
+from mll_index.selection.task import make_task
 
 log = logging.getLogger(__name__)
 

@@ -45,14 +45,14 @@ import numpy as np
 
 from mll_index.index.captions import CaptionExpander
 from mll_index.selection.confusion import (
-    MODES, SelectionMode, class_f1, node_confusion, restricted_cost, restricted_work, smooth_scores,
+    class_f1, node_confusion, restricted_cost, smooth_scores,
 )
 from mll_index.index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
 from mll_index.errors import InputError
 from mll_index.index.node_index import NodeIndex, load_index
 from mll_index.labels.matrix import has_matrix
 from mll_index.labels.store import (
-    DOMAIN_TAG_RE, ImageLabels, LabelStore, damaged_message, image_domain, image_domains, open_labels, refuse_damaged,
+    LabelStore, open_labels, refuse_damaged,
 )
 from mll_index.labels.folders import scan_labels
 from mll_index.index.match import LOW_CONFIDENCE, Matcher, is_weak, read_class_name
@@ -63,19 +63,9 @@ from mll_index.published.store import (
     BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published, published_evidence,
     rank_published, task_text_vectors,
 )
-from mll_index.selection.settings import LABEL_SOURCES, RANKING_SIZE, SelectionSettings, settings_from
-from mll_index.selection.task import Task, make_task, read_batch_file, read_task_file, task_from_json
+from mll_index.selection.settings import LABEL_SOURCES, SelectionSettings, settings_from
+from mll_index.selection.task import Task
 
-# Names other modules import from here since before the split into task, label_store,
-# node_matching, confusion and selection_settings.
-__all__ = [
-    "DOMAIN_TAG_RE", "MODES", "RANKING_SIZE", "RESTRICTED_BUDGET", "ClassSelection", "ImageLabels", "LabelStore",
-    "LabeledNodes", "ModelScore", "NodeMatch", "PreparedTasks", "Selection", "SelectionMode", "SelectionSettings",
-    "Selector", "Task", "class_f1", "damaged_message", "image_domain", "image_domains", "labeled_nodes",
-    "lent_blindly", "make_task", "match_labeled_nodes", "node_confusion", "open_labels", "open_selector",
-    "prepare_tasks", "read_batch_file", "read_task_file", "restricted_work", "select_batch", "select_models",
-    "select_prepared", "smooth_scores", "task_from_json",
-]
 
 log = logging.getLogger(__name__)
 

@@ -194,7 +194,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def parse_task(data: Any, where: str, max_classes: int):  # type: ignore[no-untyped-def]
     """A checked Task from request JSON; RequestError (422, or 413 for too many classes) naming the field."""
-    from mll_index.selection.selector import task_from_json
+    from mll_index.selection.task import task_from_json
 
     classes = data if isinstance(data, list) else data.get("classes") if isinstance(data, dict) else None
     if not isinstance(classes, list):
@@ -512,7 +512,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     async def select(body: SelectRequest) -> JSONResponse:
         """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
         from mll_index.selection.answer import answer_tasks
-        from mll_index.selection.selector import SelectionSettings
+        from mll_index.selection.settings import SelectionSettings
 
         task = _with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
         chosen = SelectionSettings(k=body.k, alpha=body.alpha, n_nodes=body.nodes, mode=body.mode,
@@ -540,7 +540,7 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
 
         Every task is checked before the first line is sent; a line {"error": ...} ends a stream
         that could not finish (the time limit, the index gone)."""
-        from mll_index.selection.selector import SelectionSettings
+        from mll_index.selection.settings import SelectionSettings
 
         chosen = SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,
                                    ranking_size=ranking or None, probe=probe, labels=labels)
