@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER
-from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.core.artifacts import index_lock
 from mll_index.index.embed import TextEmbedder

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 from mll_index.core.artifacts import find_leftovers, writing
 from mll_index.errors import IndexWriteError

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER, run_cli
-from fakelabels import fake_label
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER, run_cli
+from tests.fakelabels import fake_label
 
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index.node_index import add_nodes

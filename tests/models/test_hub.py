@@ -21,9 +21,9 @@ from mll_index.models.hub import Hub, HubModel, builtin_hubs, group_by_preproces
 try:
     from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
 except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tinyclip import make_tiny_checkpoint, write_tiny_arch
+    from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
 
-MLL49_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hubs" / "mll49.csv"
+MLL49_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "hubs" / "mll49.csv"
 
 
 @pytest.fixture(scope="module")

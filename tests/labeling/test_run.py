@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER
-from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+from tests.conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.models.hub import load_hub, load_model
@@ -251,7 +251,7 @@ def test_damaged_label_names_the_file(setup: tuple[Path, Path, Path]) -> None:
 
 
 def test_cli_label_and_bad_hub(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     index, samples, hub_file = setup
     done = run_cli("label", "--index", str(index), "--hub", str(hub_file), "--samples", str(samples),

@@ -115,7 +115,7 @@ def nan_checkpoint(good: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_reuse_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub of a tiny ViT (77 tokens), the same with NaN weights, and one that reads 8 tokens."""
-    from tinyclip import make_tiny_checkpoint, write_tiny_arch
+    from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
 
     root = tmp_path_factory.mktemp("reuse-hub")
     arch = write_tiny_arch(root / "arch", "tinyreusevit")
@@ -138,7 +138,7 @@ CLASSES = ["tench", "goldfish", "laptop"]
 
 @pytest.fixture(scope="module")
 def class_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tinyclip import make_sample_images
+    from tests.tinyclip import make_sample_images
 
     root = tmp_path_factory.mktemp("reuse-images")
     make_sample_images(root, CLASSES, per_node=3)
@@ -170,7 +170,7 @@ def test_combine_refuses_probabilities_that_are_not_finite() -> None:
 
 
 def test_prompts_a_tokenizer_makes_identical_are_refused(tiny_reuse_hub: Path, tmp_path: Path) -> None:
-    from tinyclip import make_sample_images
+    from tests.tinyclip import make_sample_images
 
     hub = load_hub(tiny_reuse_hub)
     names = ["striped sea creature seen near the reef at dawn", "striped sea creature seen near the reef at dusk"]
@@ -221,7 +221,7 @@ def test_clip_tokens_without_torch_equal_open_clip_s() -> None:
 
 
 def test_reuse_cli_refuses_identical_prompts_unless_forced(tiny_reuse_hub: Path, tmp_path: Path) -> None:
-    from tinyclip import make_sample_images
+    from tests.tinyclip import make_sample_images
 
     names = ["striped sea creature seen near the reef at dawn", "striped sea creature seen near the reef at dusk"]
     images = tmp_path / "images"

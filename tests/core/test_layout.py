@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import GOLDFISH, LAPTOP, TENCH
-from fakelabels import fake_label
+from tests.conftest import GOLDFISH, LAPTOP, TENCH
+from tests.fakelabels import fake_label
 
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.models.hub import load_hub

@@ -21,7 +21,7 @@ from mll_index.labeling.samples import SampleSet, open_pixel_cache, pixel_cache_
 try:
     from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 WNIDS = ["n01440764", "n02099601", "n03642806"]
 

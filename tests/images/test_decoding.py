@@ -24,8 +24,8 @@ try:
     from tests.conftest import TENCH, run_cli
     from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from conftest import TENCH, run_cli
-    from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+    from tests.conftest import TENCH, run_cli
+    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 WHITE = (255, 255, 255)
 

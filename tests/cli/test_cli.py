@@ -18,14 +18,14 @@ from mll_index.cli import cli
 from mll_index.errors import InputError, MLLIndexError
 
 try:
-    from conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
+    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
 except ImportError:  # pragma: no cover
     from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
 
 try:
     from tests.openai_server import OpenAITestServer
 except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from openai_server import OpenAITestServer
+    from tests.openai_server import OpenAITestServer
 
 
 def invoke(*args: str, input: str | None = None) -> Result:

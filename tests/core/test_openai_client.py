@@ -15,7 +15,7 @@ from mll_index.core.openai_client import OpenAIClient
 try:
     from tests.openai_server import OpenAITestServer, fake_embedding
 except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from openai_server import OpenAITestServer, fake_embedding
+    from tests.openai_server import OpenAITestServer, fake_embedding
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0}
 

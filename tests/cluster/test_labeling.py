@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 from mll_index.errors import InputError
 from mll_index.models.hub import load_hub

@@ -22,7 +22,7 @@ from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.index.graph import Graph, resolve_node_set, wnid_node_set
 
 try:
-    from conftest import GOLDFISH, LAPTOP, TENCH
+    from tests.conftest import GOLDFISH, LAPTOP, TENCH
 except ImportError:  # pragma: no cover
     from tests.conftest import GOLDFISH, LAPTOP, TENCH
 

@@ -14,7 +14,7 @@ from mll_index.errors import EmbedderMismatchError, InputError
 from mll_index.index.node_index import NodeIndex
 
 try:
-    from conftest import CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN, TENCH, TIGER
+    from tests.conftest import CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN, TENCH, TIGER
 except ImportError:  # pragma: no cover
     from tests.conftest import (CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN,
                                 TENCH, TIGER)
@@ -132,7 +132,7 @@ def test_openai_embedder_of_another_dimension_is_refused(node_index: NodeIndex) 
     try:
         from tests.openai_server import OpenAITestServer
     except ImportError:
-        from openai_server import OpenAITestServer
+        from tests.openai_server import OpenAITestServer
     from mll_index.index.embed import load_embedder
 
     with OpenAITestServer(embed_dim=16) as server:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import InputError
 from mll_index.models.hub import load_hub, load_model
@@ -196,7 +196,7 @@ def test_errors_name_what_is_wrong(tiny_hub: Path, loaded, samples_root: Path) -
 def test_gpu_check_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "bench" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py")
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
