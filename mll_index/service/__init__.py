@@ -6,6 +6,15 @@
     server.py    `serve(...)`: checks, then runs uvicorn (what `mll-index serve` calls)
     client.py    `select_remote(url, task, ...)`: a client on the standard library alone
 
-Nothing here is imported by the package's other modules; importing this package imports
-nothing heavy (the client path must start fast from a cold process).
+Nothing below the CLI imports this package; importing it imports nothing heavy, since the names
+below load their module on first use (the client path must start fast from a cold process).
 """
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "app": ["ServiceSettings", "create_app"],
+    "client": ["select_remote"],
+    "server": ["serve"],
+    "version": ["index_version"],
+})

@@ -2,13 +2,16 @@
 
 Emoji art from three vendors (and styles derived from it) gives images of several hundred
 WordNet concepts in eight visual domains; a hub of small open_clip models is trained on it
-with different strengths; target tasks with ground truth test selection. See `build_world`.
+with different strengths; target tasks with ground truth test selection. See `build_world`; `run_demo` is
+the main job (`mll-index demo`). The names below load their module on first use (PEP 562).
 """
 
-from mll_index.world.build import SIZES, World, build_world, default_world_dir, fetch_world_art, load_world, npm_dir
-from mll_index.world.concepts import EmojiConcept, load_concepts
-from mll_index.world.domains import DOMAINS
-from mll_index.world.tasks import TaskSpec, load_task_specs
+import lazy_loader
 
-__all__ = ["DOMAINS", "SIZES", "EmojiConcept", "TaskSpec", "World", "build_world", "default_world_dir", "fetch_world_art", "npm_dir",
-           "load_concepts", "load_task_specs", "load_world"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "build": ["SIZES", "World", "build_world", "default_world_dir", "fetch_world_art", "load_world", "npm_dir", "ship_world_weights"],
+    "concepts": ["EmojiConcept", "load_concepts"],
+    "demo": ["run_demo"],
+    "domains": ["DOMAINS"],
+    "tasks": ["TaskSpec", "load_task_specs"],
+})
