@@ -39,6 +39,13 @@ def test_the_top_level_holds_only_the_entry_points_and_the_subpackages() -> None
     assert all((PACKAGE / name / "__init__.py").is_file() for name in SUBPACKAGES)
 
 
+def test_no_module_shadows_the_standard_library() -> None:
+    """A file of the package run by path puts its folder first on sys.path: a module named like a
+    standard one (`select.py` once did) would then replace it for every import."""
+    clashes = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py") if p.stem in sys.stdlib_module_names]
+    assert not clashes
+
+
 def _sources() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
