@@ -25,7 +25,7 @@ from mll_index.core.userfiles import (
     decode_user_bytes, normalize_class_name, read_names_file, read_user_csv, read_user_json, read_user_text,
 )
 from tests.conftest import run_cli
-from tests.cli.test_cli import assert_one_line_error
+from tests.cli.runner import assert_one_line_error
 
 NAMES = "tiger\ngolden retriever\npizza\n"
 TASK_JSON = json.dumps({"name": "cats", "domain": "sketch",

@@ -11,40 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from mll_index import __version__
-from mll_index.cli import cli
 from mll_index.errors import InputError, MLLIndexError
+from tests.cli.runner import HEAVY, assert_one_line_error, invoke, jsonl, modules_of
 
 try:
-    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
+    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
 except ImportError:  # pragma: no cover
-    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, REPO, TENCH, free_port, run_cli
+    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
 
 try:
     from tests.openai_server import OpenAITestServer
 except ImportError:  # tests/ is on sys.path itself when it is not a package
     from tests.openai_server import OpenAITestServer
-
-
-def invoke(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), input=input)
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit status 1, no traceback, and exactly one line on stderr that holds every fragment."""
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("mll-index: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 # --- match (in process) ---------------------------------------------------------------------
@@ -352,25 +332,6 @@ def test_an_embedder_that_cannot_be_recreated_is_one_line(index_copy: Path, reco
     manifest["embedder"] = record
     (index_copy / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(run_cli("match", "--index", str(index_copy), "a never cached name 7f3a"), says)
-
-
-HEAVY = ("torch", "open_clip", "sentence_transformers", "transformers")
-_LIST_MODULES = ("import atexit, sys\n"
-                 "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
-                 "from mll_index.cli import main\n"
-                 "sys.argv = ['mll-index', *sys.argv[1:]]\n"
-                 "main()\n")
-
-
-def modules_of(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """Run a CLI command in a fresh process; its result and the modules it had imported at exit."""
-    env = dict(os.environ)
-    env.pop("MLL_INDEX_HOME", None)
-    proc = subprocess.run([sys.executable, "-c", _LIST_MODULES, *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=REPO)
-    listed = [line for line in proc.stderr.splitlines() if line.startswith("MODULES ")]
-    assert listed, proc.stderr
-    return proc, {name.split(".")[0] for name in listed[-1].split()[1:]}
 
 
 def test_commands_without_a_vision_model_never_import_torch(index_dir: Path, world_index: Path) -> None:
