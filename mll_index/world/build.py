@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,10 @@ from mll_index.core.artifacts import (
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.index.graph import Graph, load_taxonomy
 from mll_index.core.paths import cache_dir
-from mll_index.world.art import VENDORS, fetch_art_packages, read_art
+from mll_index.world.art import fetch_art_packages
 from mll_index.world.concepts import EmojiConcept, load_concepts, mapping_path
-from mll_index.world.domains import DOMAINS, draw_image, image_rng
+from mll_index.world.corpus import WORLD_SEED, concept_domains, draw_corpus, read_all_art
+from mll_index.world.domains import DOMAINS
 from mll_index.world.tasks import TaskSpec, load_task_specs, tasks_path
 from mll_index.world.train import (HubSpec, ModelSpec, TrainingData, load_hub_spec, normalise, phrasings_of, spec_hash,
                                    train_model)
@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 WORLD_KIND = "emoji-world"
 # Bump when the drawing of images or the training loop changes: it invalidates cached worlds and weights.
 WORLD_VERSION = 1
-WORLD_SEED = 20250130
-POOLS = ("train", "samples", "general", "task")
 
 
 @dataclass(frozen=True)
@@ -170,59 +168,6 @@ def _select(size: WorldSize, concepts: list[EmojiConcept], tasks: list[TaskSpec]
                   for t in tasks[:size.tasks]]
     wnids = {c.wnid for t in kept_tasks for c in t.classes}
     return [c for c in concepts if c.wnid in wnids], kept_tasks
-
-
-def _read_all_art(concepts: list[EmojiConcept], npm_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    codes = [c.unified for c in concepts]
-    tarballs = fetch_art_packages(npm_dir)
-    return {name: read_art(v, tarballs[v.package], codes) for name, v in VENDORS.items()}
-
-
-def _concept_domains(concept: EmojiConcept, art: dict[str, dict[str, np.ndarray]]) -> list[str]:
-    return [d.name for d in DOMAINS.values() if any(concept.unified in art[s] for s in d.sources)]
-
-
-def _draw_cells(job: tuple[list[tuple[int, str, dict[str, np.ndarray], list[str]]], dict[str, int]]) -> dict[str, Any]:
-    """Draw every image of some concepts: {pool: (images, concept indices, domain indices)}."""
-    cells, per_cell = job
-    domain_index = {name: i for i, name in enumerate(DOMAINS)}
-    out: dict[str, Any] = {}
-    for pool, count in per_cell.items():
-        images, concept_ids, domain_ids = [], [], []
-        for ci, unified, arts, domains in cells:
-            for dname in domains:
-                domain = DOMAINS[dname]
-                sources = [s for s in domain.sources if s in arts]
-                for i in range(count):
-                    rng = image_rng(WORLD_SEED, unified, dname, pool, i)
-                    images.append(draw_image(arts[sources[i % len(sources)]], domain, rng))
-                    concept_ids.append(ci)
-                    domain_ids.append(domain_index[dname])
-        out[pool] = (np.stack(images) if images else np.zeros((0, 32, 32, 3), np.uint8),
-                     np.array(concept_ids, np.int32), np.array(domain_ids, np.int32))
-    return out
-
-
-def _draw_corpus(concepts: list[EmojiConcept], art: dict[str, dict[str, np.ndarray]], domains: list[list[str]],
-                 per_cell: dict[str, int], workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    cells = [(i, c.unified, {s: art[s][c.unified] for s in art if c.unified in art[s]}, domains[i])
-             for i, c in enumerate(concepts)]
-    chunks = [cells[i::max(1, workers * 4)] for i in range(max(1, workers * 4))]
-    jobs = [(chunk, per_cell) for chunk in chunks if chunk]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(_draw_cells, jobs))
-    else:
-        parts = [_draw_cells(job) for job in jobs]
-    corpus = {}
-    for pool_name in per_cell:
-        images = np.concatenate([p[pool_name][0] for p in parts])
-        cids = np.concatenate([p[pool_name][1] for p in parts])
-        dids = np.concatenate([p[pool_name][2] for p in parts])
-        # A stable order (concept, domain, index) whatever the chunking.
-        order = np.lexsort((np.arange(len(cids)), dids, cids))
-        corpus[pool_name] = (images[order], cids[order], dids[order])
-    return corpus
 
 
 def _write_pngs(folder: Path, images: np.ndarray, names: list[str]) -> None:
@@ -444,6 +389,22 @@ def _evaluate(hub_dir: Path, model_ids: list[str], concepts: list[EmojiConcept],
     return accuracy
 
 
+@dataclass(frozen=True)
+class _Drawn:
+    """What the build's writing steps share: the kept concepts and tasks, and the image pools drawn for them.
+
+    `corpus[pool]` is (images (n, 32, 32, 3) uint8, concept positions (n,) int32, domain positions (n,) int32);
+    it lacks the `train` pool when no model is trained (`must_train` False).
+    """
+
+    concepts: list[EmojiConcept]
+    tasks: list[TaskSpec]
+    domains: list[list[str]]    # per concept, the domains some vendor draws it in
+    corpus: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    data_key: str               # `training_key`: the training data's part of every model's cache key
+    must_train: bool
+
+
 def build_world(size: str = "full", root: Path | None = None, *, task_file: Path | None = None,
                 hub_file: Path | None = None, mapping_file: Path | None = None, workers: int | None = None, progress: bool = False,
                 rebuild: bool = False, retrain: bool = False) -> World:
@@ -469,8 +430,27 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
     hub_spec = load_hub_spec(hub_file)
     mapping_file = Path(mapping_file) if mapping_file else mapping_path()
     inputs = _inputs_hash(spec, hub_spec, task_file, mapping_file)
+    built = _built_world(size, root, inputs, rebuild or retrain)
+    if built is not None:
+        return built
+    started = time.perf_counter()
+    drawn = _draw_world(size, spec, hub_spec, task_file, mapping_file, workers or min(4, os.cpu_count() or 1), retrain)
+    seconds = {"corpus": time.perf_counter() - started}
+    with atomic_dir(root) as tmp:
+        _write_samples(tmp, drawn)
+        task_sets = _write_tasks(tmp, drawn)
+        _write_general(tmp, drawn)
+        facts, seconds["train"] = _write_hub(tmp, hub_spec, spec, drawn, progress, retrain)
+        _write_accuracy(tmp, facts, drawn, task_sets, progress)
+        seconds["total"] = time.perf_counter() - started
+        _seal_world(tmp, size, spec, inputs, drawn, task_sets, facts, seconds)
+    return load_world(size, root)
+
+
+def _built_world(size: str, root: Path, inputs: str, rebuild: bool) -> World | None:
+    """The world at `root` when it was built from the same inputs (None: build it), so a build runs once."""
     recover_dir(root)
-    if not (rebuild or retrain) and (root / "manifest.json").is_file():
+    if not rebuild and (root / "manifest.json").is_file():
         try:
             world = load_world(size, root)
             if world.manifest.get("inputs") == inputs:
@@ -478,7 +458,16 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
             log.info("the world at %s was built from other inputs; rebuilding", root)
         except MLLIndexError as exc:
             log.warning("rebuilding the world at %s: %s", root, exc)
-    started = time.perf_counter()
+    return None
+
+
+def _draw_world(size: str, spec: WorldSize, hub_spec: HubSpec, task_file: Path, mapping_file: Path, workers: int,
+                retrain: bool) -> _Drawn:
+    """The size's concepts and tasks, checked against the mapping and the hub spec, and their image pools.
+
+    Raises:
+        InputError: a task file or size that does not fit the mapping or hub spec, an emoji no vendor draws.
+    """
     all_concepts = load_concepts(mapping_file)
     tasks = load_task_specs(task_file, known_domains=set(DOMAINS), known_wnids={c.wnid for c in all_concepts})
     concepts, tasks = _select(spec, all_concepts, tasks)
@@ -487,68 +476,102 @@ def build_world(size: str = "full", root: Path | None = None, *, task_file: Path
         if unknown:
             raise InputError(f"world size {size!r} names model(s) {unknown} that the hub spec lacks")
     log.info("reading emoji art for %d concepts", len(concepts))
-    art = _read_all_art(concepts, npm_dir())
-    domains = [_concept_domains(c, art) for c in concepts]
+    art = read_all_art(concepts, npm_dir())
+    domains = [concept_domains(c, art) for c in concepts]
     missing = [c.name for c, d in zip(concepts, domains) if not d]
     if missing:
         raise InputError(f"no vendor draws these mapped emoji: {missing[:10]}")
-    workers = workers or min(4, os.cpu_count() or 1)
     data_key = training_key(spec, mapping_file, concepts)
     must_train = retrain or _must_train(hub_spec, spec, data_key)
     # The training pool (over half the images) is drawn only if a model is to be trained.
     per_cell = spec.per_cell if must_train else {k: v for k, v in spec.per_cell.items() if k != "train"}
     log.info("drawing the corpus (%s per concept and domain)", per_cell)
-    corpus = _draw_corpus(concepts, art, domains, per_cell, workers)
-    t_corpus = time.perf_counter() - started
-    wnid_index = {c.wnid: i for i, c in enumerate(concepts)}
+    corpus = draw_corpus(concepts, art, domains, per_cell, workers)
+    return _Drawn(concepts, tasks, domains, corpus, data_key, must_train)
+
+
+def _write_samples(tmp: Path, drawn: _Drawn) -> None:
+    """samples/<wnid>/<domain>-<i>.png: the sample set labeling reads (an ImageFolder by wnid)."""
+    images, cids, dids = drawn.corpus["samples"]
+    for ci, concept in enumerate(drawn.concepts):
+        rows = np.flatnonzero(cids == ci)
+        _write_pngs(tmp / "samples" / concept.wnid, images[rows], _cell_names(dids[rows]))
+
+
+def _write_tasks(tmp: Path, drawn: _Drawn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tasks/<task>/<class>/*.png (each task's classes in its domains) and tasks.json.
+
+    Returns:
+        Per task, its images (n, 32, 32, 3) uint8 and their class positions (n,) int, for evaluating the hub.
+    """
+    wnid_index = {c.wnid: i for i, c in enumerate(drawn.concepts)}
     domain_names = list(DOMAINS)
-    with atomic_dir(root) as tmp:
-        images, cids, dids = corpus["samples"]
-        for ci, concept in enumerate(concepts):
-            rows = np.flatnonzero(cids == ci)
-            _write_pngs(tmp / "samples" / concept.wnid, images[rows], _cell_names(dids[rows]))
-        task_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        images, cids, dids = corpus["task"]
-        task_counts = {}
-        for task in tasks:
-            wanted = [domain_names.index(d) for d in task.domains]
-            parts, labels = [], []
-            for label, cls in enumerate(task.classes):
-                rows = np.flatnonzero((cids == wnid_index[cls.wnid]) & np.isin(dids, wanted))
-                _write_pngs(tmp / "tasks" / task.name / cls.name, images[rows], _cell_names(dids[rows]))
-                parts.append(images[rows])
-                labels.extend([label] * len(rows))
-            task_sets[task.name] = (np.concatenate(parts), np.array(labels))
-            task_counts[task.name] = len(labels)
-        write_json(tmp / "tasks.json", {"tasks": [
-            {"name": t.name, "description": t.description, "domains": list(t.domains),
-             "classes": [{"name": c.name, "wnid": c.wnid} for c in t.classes]} for t in tasks]})
-        gi, gc, gd = corpus["general"]
-        np.savez(tmp / "general.npz", images=gi, concepts=gc, domains=gd)
-        write_json(tmp / "concepts.json", [
-            {"wnid": c.wnid, "name": c.name, "emoji": c.emoji, "unified": c.unified, "category": c.category,
-             "synset": c.synset, "domains": d} for c, d in zip(concepts, domains)])
-        hub_dir = tmp / "hub"
-        hub_dir.mkdir()
-        t_train = time.perf_counter()
-        facts = _train_hub(hub_spec, spec, concepts, corpus if must_train else None, hub_dir, data_key, progress,
-                           retrain)
-        t_train = time.perf_counter() - t_train
-        # The hub file needs a general accuracy, which needs the models loadable from a hub file:
-        # write it once without, evaluate through it, then write it again.
-        _write_hub_file(hub_dir, facts, {m: 0.0 for m in facts})
-        labels_general = gc
-        accuracy = _evaluate(hub_dir, list(facts), concepts, (gi, labels_general), tasks, task_sets, progress)
-        _write_hub_file(hub_dir, facts, {m: accuracy[m]["general"] for m in facts})
-        write_json(tmp / "accuracy.json", accuracy)
-        counts = {pool: int(len(corpus[pool][0])) for pool in corpus}
-        if not must_train:
-            counts["train"] = _train_pool_size(concepts, domains, spec)
-        manifest = new_manifest(WORLD_KIND, size=size, inputs=inputs, concepts=len(concepts),
-                                domains=domain_names, images=counts, task_images=task_counts, models=facts,
-                                seconds={"corpus": round(t_corpus, 1), "train": round(t_train, 1),
-                                         "total": round(time.perf_counter() - started, 1)})
-        files = ["concepts.json", "tasks.json", "general.npz", "accuracy.json", "hub/hub.json"]
-        files += sorted(f"hub/{p.name}" for p in hub_dir.iterdir() if p.name != "hub.json")
-        seal_manifest(tmp, manifest, files)
-    return load_world(size, root)
+    task_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    images, cids, dids = drawn.corpus["task"]
+    for task in drawn.tasks:
+        wanted = [domain_names.index(d) for d in task.domains]
+        parts, labels = [], []
+        for label, cls in enumerate(task.classes):
+            rows = np.flatnonzero((cids == wnid_index[cls.wnid]) & np.isin(dids, wanted))
+            _write_pngs(tmp / "tasks" / task.name / cls.name, images[rows], _cell_names(dids[rows]))
+            parts.append(images[rows])
+            labels.extend([label] * len(rows))
+        task_sets[task.name] = (np.concatenate(parts), np.array(labels))
+    write_json(tmp / "tasks.json", {"tasks": [
+        {"name": t.name, "description": t.description, "domains": list(t.domains),
+         "classes": [{"name": c.name, "wnid": c.wnid} for c in t.classes]} for t in drawn.tasks]})
+    return task_sets
+
+
+def _write_general(tmp: Path, drawn: _Drawn) -> None:
+    """general.npz, the general benchmark's pool as arrays, and concepts.json, the concepts it spans."""
+    gi, gc, gd = drawn.corpus["general"]
+    np.savez(tmp / "general.npz", images=gi, concepts=gc, domains=gd)
+    write_json(tmp / "concepts.json", [
+        {"wnid": c.wnid, "name": c.name, "emoji": c.emoji, "unified": c.unified, "category": c.category,
+         "synset": c.synset, "domains": d} for c, d in zip(drawn.concepts, drawn.domains)])
+
+
+def _write_hub(tmp: Path, hub_spec: HubSpec, spec: WorldSize, drawn: _Drawn, progress: bool,
+               retrain: bool) -> tuple[dict[str, dict[str, Any]], float]:
+    """hub/: every model's config and checkpoint, and a first hub.json (general accuracy 0 until evaluated).
+
+    Returns:
+        Per model, what the manifest says of it (see `_train_hub`), and the seconds training took.
+    """
+    hub_dir = tmp / "hub"
+    hub_dir.mkdir()
+    started = time.perf_counter()
+    facts = _train_hub(hub_spec, spec, drawn.concepts, drawn.corpus if drawn.must_train else None, hub_dir,
+                       drawn.data_key, progress, retrain)
+    seconds = time.perf_counter() - started
+    # The hub file needs a general accuracy, which needs the models loadable from a hub file:
+    # write it once without, evaluate through it (`_write_accuracy`), then write it again.
+    _write_hub_file(hub_dir, facts, {m: 0.0 for m in facts})
+    return facts, seconds
+
+
+def _write_accuracy(tmp: Path, facts: dict[str, dict[str, Any]], drawn: _Drawn,
+                    task_sets: dict[str, tuple[np.ndarray, np.ndarray]], progress: bool) -> None:
+    """accuracy.json, every model on the general benchmark and each task, and hub.json with the general one."""
+    hub_dir = tmp / "hub"
+    gi, gc, _ = drawn.corpus["general"]
+    accuracy = _evaluate(hub_dir, list(facts), drawn.concepts, (gi, gc), drawn.tasks, task_sets, progress)
+    _write_hub_file(hub_dir, facts, {m: accuracy[m]["general"] for m in facts})
+    write_json(tmp / "accuracy.json", accuracy)
+
+
+def _seal_world(tmp: Path, size: str, spec: WorldSize, inputs: str, drawn: _Drawn,
+                task_sets: dict[str, tuple[np.ndarray, np.ndarray]], facts: dict[str, dict[str, Any]],
+                seconds: dict[str, float]) -> None:
+    """manifest.json, listing every file but the images with its checksum; `inputs` is what a rebuild compares."""
+    counts = {pool: int(len(drawn.corpus[pool][0])) for pool in drawn.corpus}
+    if not drawn.must_train:
+        counts["train"] = _train_pool_size(drawn.concepts, drawn.domains, spec)
+    manifest = new_manifest(WORLD_KIND, size=size, inputs=inputs, concepts=len(drawn.concepts),
+                            domains=list(DOMAINS), images=counts,
+                            task_images={name: len(labels) for name, (_, labels) in task_sets.items()}, models=facts,
+                            seconds={k: round(v, 1) for k, v in seconds.items()})
+    files = ["concepts.json", "tasks.json", "general.npz", "accuracy.json", "hub/hub.json"]
+    files += sorted(f"hub/{p.name}" for p in (tmp / "hub").iterdir() if p.name != "hub.json")
+    seal_manifest(tmp, manifest, files)

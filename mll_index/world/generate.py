@@ -132,14 +132,15 @@ def draw_task_images(concepts: Sequence[EmojiConcept], domains: Sequence[str], p
     Raises:
         InputError: an unknown domain; npm art missing (as `world build`).
     """
-    from mll_index.world.build import _concept_domains, _draw_corpus, _read_all_art, npm_dir
+    from mll_index.world.build import npm_dir
+    from mll_index.world.corpus import concept_domains, draw_corpus, read_all_art
 
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
         raise InputError(f"unknown domain(s) {unknown}; domains: {list(DOMAINS)}")
-    art = _read_all_art(list(concepts), npm_dir())
-    cells = [[d for d in _concept_domains(c, art) if d in domains] for c in concepts]
-    return _draw_corpus(list(concepts), art, cells, {"task": per_cell}, workers)["task"]
+    art = read_all_art(list(concepts), npm_dir())
+    cells = [[d for d in concept_domains(c, art) if d in domains] for c in concepts]
+    return draw_corpus(list(concepts), art, cells, {"task": per_cell}, workers)["task"]
 
 
 def generate_world_tasks(size: str, root: Any, n: int, seed: int) -> dict[str, Any]:
