@@ -22,12 +22,15 @@ POOLS = ("train", "samples", "general", "task")
 
 
 def read_all_art(concepts: list[EmojiConcept], npm_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every vendor's art of the concepts: vendor → unified code → (64, 64, 4) uint8 RGBA; a code is absent
+    where the vendor does not draw it. The tarballs are fetched with npm the first time."""
     codes = [c.unified for c in concepts]
     tarballs = fetch_art_packages(npm_dir)
     return {name: read_art(v, tarballs[v.package], codes) for name, v in VENDORS.items()}
 
 
 def concept_domains(concept: EmojiConcept, art: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    """The domains a concept can be drawn in: those with a source vendor that draws it, in `DOMAINS` order."""
     return [d.name for d in DOMAINS.values() if any(concept.unified in art[s] for s in d.sources)]
 
 
@@ -53,7 +56,13 @@ def _draw_cells(job: tuple[list[tuple[int, str, dict[str, np.ndarray], list[str]
 
 
 def draw_corpus(concepts: list[EmojiConcept], art: dict[str, dict[str, np.ndarray]], domains: list[list[str]],
-                 per_cell: dict[str, int], workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                per_cell: dict[str, int], workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Draw every pool of `per_cell`, each concept in its `domains`, over `workers` processes.
+
+    Returns:
+        Per pool: images (n, 32, 32, 3) uint8, concept positions (n,) int32 into `concepts` and domain
+        positions (n,) int32 into `DOMAINS`, sorted by (concept, domain, image index).
+    """
     cells = [(i, c.unified, {s: art[s][c.unified] for s in art if c.unified in art[s]}, domains[i])
              for i, c in enumerate(concepts)]
     chunks = [cells[i::max(1, workers * 4)] for i in range(max(1, workers * 4))]
