@@ -32,7 +32,7 @@ from mll_index.images.encoding import (
 from mll_index.images.loader import image_set_from_task
 from mll_index.reuse.ensemble import TaskImages, combine, readable_images, scan_task_images
 from mll_index.selection.settings import SelectionSettings
-from mll_index.selection.selector import Selector, prepare_tasks, select_prepared
+from mll_index.selection.selector import PreparedTasks, Selection, Selector, prepare_tasks, select_prepared
 from mll_index.selection.task import make_task
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ EXTRA = ("mll_k1_no_domain", "mll_k3_no_domain")
 COLUMNS = METHODS + EXTRA
 KS = (1, 2, 3, 5)
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
+_Key = tuple[str, float, int]   # (mode, alpha, k): one point of the sweep
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,36 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     """
     if not tasks:
         raise InputError("no tasks to evaluate")
+    labeled, modes = _labeled_models(selector, hub, mode)
+    images = _labeled_images(tasks)
+    started = time.perf_counter()
+    probs, proxy, images, stats = _all_probabilities(hub, tasks, images, device, progress, workers, batch_size)
+    t_predict = time.perf_counter() - started
+    base = SelectionSettings(alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
+    prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], base)
+    started = time.perf_counter()
+    grid = [base.with_(mode=m, alpha=a, k=k) for m in modes for a in alphas for k in ks]
+    grid += [base.with_(k=k) for k in set((1, 3)) - set(ks)]
+    sweep, results, selections = _sweep(selector, prepared, grid, tasks, probs, images, labeled)
+    no_domain = {k: select_prepared(selector, prepared, base.with_(k=k, use_domain=False)) for k in (1, 3)}
+    t_select = time.perf_counter() - started
+    table, chosen = _methods_table(hub, tasks, probs, proxy, images, labeled, results, selections, (mode, alpha),
+                                   no_domain)
+    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in COLUMNS}
+    return Evaluation(table, mean, sweep, chosen,
+                      {"predict_all_models": round(t_predict, 2), "selection_sweep": round(t_select, 2)},
+                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)},
+                      rates(stats), stats)
+
+
+def _labeled_models(selector: Selector, hub: Hub, mode: str) -> tuple[list[str], tuple[str, ...]]:
+    """The models to evaluate (every labeled one) and the selection modes to sweep.
+
+    The oracles need every labeled model's predictions, so each must be in the hub.
+
+    Raises:
+        InputError: an index without labels, or a labeled model missing from the hub.
+    """
     if selector.store is not None:
         labeled, modes = list(selector.store.model_ids), ("restricted", "counts")
     elif selector.published is not None:
@@ -144,21 +175,35 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     if missing:
         raise InputError(f"labeled model(s) {missing[:10]} are not in hub {hub.name!r} (its models: "
                          f"{list(hub.ids)[:10]}); evaluate predicts with every labeled model")
+    return labeled, modes
+
+
+def _labeled_images(tasks: Sequence[EvalTask]) -> dict[str, TaskImages]:
+    """Each task's images with their ground truth, checked before any model is loaded.
+
+    Raises:
+        InputError: a task folder that is not an ImageFolder by class name.
+    """
     images = {t.name: scan_task_images(t.folder, t.class_names) for t in tasks}
     for t in tasks:
         if not images[t.name].labeled:
             raise InputError(f"task {t.name!r}: {t.folder} is not an ImageFolder by class name (no ground truth)")
-    started = time.perf_counter()
-    probs, proxy, images, stats = _all_probabilities(hub, tasks, images, device, progress, workers, batch_size)
-    t_predict = time.perf_counter() - started
-    base = SelectionSettings(alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
-    prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], base)
+    return images
+
+
+
+def _sweep(selector: Selector, prepared: PreparedTasks, grid: Sequence[SelectionSettings], tasks: Sequence[EvalTask],
+           probs: dict[str, dict[str, np.ndarray]], images: dict[str, TaskImages], labeled: Sequence[str]
+           ) -> tuple[list[dict[str, Any]], dict[_Key, list[float]], dict[_Key, list[Selection]]]:
+    """MLL at every point of `grid`, combined from the predictions made once (selection time only).
+
+    Returns:
+        The sweep's rows (mode, alpha, k, mean and per-task accuracy, rounded), and per (mode, alpha, k)
+        the accuracy on each task and the selection for each task, in `tasks` order.
+    """
     sweep: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    grid = [base.with_(mode=m, alpha=a, k=k) for m in modes for a in alphas for k in ks]
-    grid += [base.with_(k=k) for k in set((1, 3)) - set(ks)]
-    results: dict[tuple[str, float, int], list[float]] = {}
-    selections = {}
+    results: dict[_Key, list[float]] = {}
+    selections: dict[_Key, list[Selection]] = {}
     for settings in grid:
         m, a, k = settings.mode, settings.alpha, settings.k
         if (m, a, k) in results:
@@ -173,10 +218,22 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
         selections[(m, a, k)] = chosen
         sweep.append({"mode": m, "alpha": a, "k": k, "mean": round(float(np.mean(accs)), 4),
                       "tasks": {t.name: round(v, 4) for t, v in zip(tasks, accs)}})
-    no_domain = {k: select_prepared(selector, prepared, base.with_(k=k, use_domain=False)) for k in (1, 3)}
-    t_select = time.perf_counter() - started
+    return sweep, results, selections
+
+
+def _methods_table(hub: Hub, tasks: Sequence[EvalTask], probs: dict[str, dict[str, np.ndarray]],
+                   proxy: dict[str, dict[str, float]], images: dict[str, TaskImages], labeled: Sequence[str],
+                   results: dict[_Key, list[float]], selections: dict[_Key, list[Selection]],
+                   evaluated: tuple[str, float], no_domain: dict[int, list[Selection]]
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Every task's accuracy per method of `COLUMNS` (rounded), and what MLL and the baselines chose.
+
+    MLL's figures are the sweep's at `evaluated` (mode, alpha); `no_domain[k]` holds MLL's selections
+    without the tasks' domain words.
+    """
+    mode, alpha = evaluated
     table: dict[str, dict[str, float]] = {}
-    chosen_out: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, dict[str, Any]] = {}
     inb = inb_model(hub, labeled)
     for i, t in enumerate(tasks):
         labels = images[t.name].labels
@@ -192,14 +249,10 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
             scores = combine(p, no_domain[k][i].models_for(), t.class_names)
             table[t.name][f"mll_k{k}_no_domain"] = float((scores.argmax(axis=1) == labels).mean())
         table[t.name] = {k: round(v, 4) for k, v in table[t.name].items()}
-        chosen_out[t.name] = {"domain": t.domain, "mll_k1": selections[(mode, alpha, 1)][i].models_for(), "inb": inb,
-                              "text_proxy": proxy_best, "oracle_single": best_single,
-                              "images": int(len(labels))}
-    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in COLUMNS}
-    return Evaluation(table, mean, sweep, chosen_out,
-                      {"predict_all_models": round(t_predict, 2), "selection_sweep": round(t_select, 2)},
-                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)},
-                      rates(stats), stats)
+        chosen[t.name] = {"domain": t.domain, "mll_k1": selections[(mode, alpha, 1)][i].models_for(), "inb": inb,
+                          "text_proxy": proxy_best, "oracle_single": best_single,
+                          "images": int(len(labels))}
+    return table, chosen
 
 
 def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
