@@ -92,29 +92,72 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     table = read_results(results, scale)
     settings = dataset_settings(mapping)
     # Only the lists a column uses must be sound: a stray file in the folder does not stop the import.
-    names = read_classnames(classnames, used={settings.get(d, {}).get("classnames", d) for d in table.datasets})
+    names = read_classnames(classnames, used={_list_key(settings, d) for d in table.datasets})
     texts = {f: read_dataset_texts(p, f"dataset {f} file") if p else {}
              for f, p in zip(TEXT_FIELDS, (domains, descriptions))}
-    used, skipped = [], []
-    for d in table.datasets:
-        key = settings.get(d, {}).get("classnames", d)
-        (used if key in names else skipped).append(d)
-    if not used:
-        raise InputError(f"{results}: no dataset column has a class-name list; columns: {table.datasets[:10]}..., "
-                         f"lists: {sorted(names)[:10]}...")
-    for d in skipped:
-        log.warning("%s: dataset %r has no class-name list (key %r); left out", results, d,
-                    settings.get(d, {}).get("classnames", d))
-    classes: list[tuple[int, str]] = []
-    for j, d in enumerate(used):
-        key = settings.get(d, {}).get("classnames", d)
-        classes.extend((j, clean_benchmark_name(n)) for n in names[key])
-    distinct = sorted({n for _, n in classes})
-    vectors = embed_classes(distinct, embedder, cache=cache)
-    row = {n: i for i, n in enumerate(distinct)}
-    class_vectors = vectors[[row[n] for _, n in classes]].astype(np.float32)
+    used, skipped = _usable_columns(results, table.datasets, settings, names)
+    classes = [(j, clean_benchmark_name(n)) for j, d in enumerate(used) for n in names[_list_key(settings, d)]]
+    class_vectors = _class_vectors([n for _, n in classes], embedder, cache)
     class_dataset = np.array([j for j, _ in classes], np.int64)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
+    text_vectors = _text_vectors(used, texts, embedder, cache)
+    families = [settings.get(d, {}).get("family", d) for d in used]
+    rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
+                          [text_vectors.get(f) for f in TEXT_FIELDS])
+    datasets = [{"name": d, "classnames": _list_key(settings, d), "family": families[k],
+                 "classes": int((class_dataset == k).sum()), **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
+                for k, d in enumerate(used)]
+    arrays = {"class_vectors": class_vectors, "accuracy": accuracy,
+              **{f"{f}_vectors": vecs for f, vecs in text_vectors.items()}}
+    manifest = {"results": str(results), "classnames": [str(c) for c in classnames],
+                "domains": str(domains) if domains else None,
+                "descriptions": str(descriptions) if descriptions else None,
+                "embedder": record_of(embedder).to_dict(),
+                "counts": {"models": len(table.models), "datasets": len(used), "classes": len(classes)},
+                "left_out": skipped, "scale": table.scale, "table_shape": table.shape, "rule": rule.to_dict()}
+    _write_published(index_path, table.models, datasets, classes, arrays, manifest)
+    return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
+            "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
+            "rule": rule.to_dict()}
+
+
+def _list_key(settings: dict[str, dict[str, Any]], dataset: str) -> str:
+    """The class-name list a dataset column reads: the mapping's `classnames`, else the column's own name."""
+    return settings.get(dataset, {}).get("classnames", dataset)
+
+
+def _usable_columns(results: Path, datasets: Sequence[str], settings: dict[str, dict[str, Any]],
+                    names: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The table's dataset columns with a class-name list (used) and without (left out, each warned of).
+
+    Raises:
+        InputError: no column has a class-name list.
+    """
+    used, skipped = [], []
+    for d in datasets:
+        (used if _list_key(settings, d) in names else skipped).append(d)
+    if not used:
+        raise InputError(f"{results}: no dataset column has a class-name list; columns: {datasets[:10]}..., "
+                         f"lists: {sorted(names)[:10]}...")
+    for d in skipped:
+        log.warning("%s: dataset %r has no class-name list (key %r); left out", results, d, _list_key(settings, d))
+    return used, skipped
+
+
+def _class_vectors(class_names: Sequence[str], embedder: TextEmbedder, cache: EmbeddingCache | None) -> np.ndarray:
+    """(len(class_names), d) float32 unit rows; a name that several datasets share is embedded once."""
+    distinct = sorted(set(class_names))
+    vectors = embed_classes(distinct, embedder, cache=cache)
+    row = {n: i for i, n in enumerate(distinct)}
+    return vectors[[row[n] for n in class_names]].astype(np.float32)
+
+
+def _text_vectors(used: Sequence[str], texts: dict[str, dict[str, str]], embedder: TextEmbedder,
+                  cache: EmbeddingCache | None) -> dict[str, np.ndarray]:
+    """Per text field some used dataset has: (len(used), d) float32, the text's embedding, zero rows where none.
+
+    The texts are embedded bare (no caption templates): they describe a dataset, not name a class.
+    """
     text_vectors: dict[str, np.ndarray] = {}
     for f in TEXT_FIELDS:
         given = [d for d in used if d in texts[f]]
@@ -122,34 +165,25 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
             vecs = embed_classes([texts[f][d] for d in given], embedder, cache=cache, bare=True)
             text_vectors[f] = np.zeros((len(used), vecs.shape[1]), np.float32)
             text_vectors[f][[used.index(d) for d in given]] = vecs
-    families = [settings.get(d, {}).get("family", d) for d in used]
-    rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
-                          [text_vectors.get(f) for f in TEXT_FIELDS])
-    folder = published_dir(index_path)
-    files = ["models.json", "datasets.json", "classes.json", "class_vectors.npy", "accuracy.npy"]
-    with index_lock(index_path), atomic_dir(folder) as tmp:
-        write_json(tmp / "models.json", table.models)
-        write_json(tmp / "datasets.json", [
-            {"name": d, "classnames": settings.get(d, {}).get("classnames", d), "family": families[k],
-             "classes": int((class_dataset == k).sum()),
-             **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
-            for k, d in enumerate(used)])
+    return text_vectors
+
+
+def _write_published(index_path: Path, models: list[dict[str, Any]], datasets: list[dict[str, Any]],
+                     classes: list[tuple[int, str]], arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Write <index>/published/ under the index's writer lock, through a temporary folder renamed in.
+
+    `arrays` maps a file stem to its array (class_vectors, accuracy, then <field>_vectors), and
+    `manifest` holds the manifest's fields beyond its kind and version.
+    """
+    files = ["models.json", "datasets.json", "classes.json"]
+    with index_lock(index_path), atomic_dir(published_dir(index_path)) as tmp:
+        write_json(tmp / "models.json", models)
+        write_json(tmp / "datasets.json", datasets)
         write_json(tmp / "classes.json", [{"dataset": j, "name": n} for j, n in classes])
-        np.save(tmp / "class_vectors.npy", class_vectors)
-        np.save(tmp / "accuracy.npy", accuracy)
-        for f, vecs in text_vectors.items():
-            np.save(tmp / f"{f}_vectors.npy", vecs)
-            files.append(f"{f}_vectors.npy")
-        manifest = new_manifest(KIND, results=str(results), classnames=[str(c) for c in classnames],
-                                domains=str(domains) if domains else None,
-                                descriptions=str(descriptions) if descriptions else None,
-                                embedder=record_of(embedder).to_dict(),
-                                counts={"models": len(table.models), "datasets": len(used), "classes": len(classes)},
-                                left_out=skipped, scale=table.scale, table_shape=table.shape, rule=rule.to_dict())
-        seal_manifest(tmp, manifest, files)
-    return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
-            "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
-            "rule": rule.to_dict()}
+        for stem, array in arrays.items():
+            np.save(tmp / f"{stem}.npy", array)
+            files.append(f"{stem}.npy")
+        seal_manifest(tmp, new_manifest(KIND, **manifest), files)
 
 
 @dataclass
