@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 
@@ -55,6 +55,7 @@ from mll_index.index.embed import (
 )
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.index.graph import Graph, load_graph, save_graph
+from mll_index.index.search import SearchKind, flat_search, make_faiss
 from mll_index.core.paths import cache_dir
 from mll_index.core.layout import (
     FAISS_FILE, GRAPH, LABELS, MANIFEST, NODE_TABLE, NODE_VECTORS, PUBLISHED, SEGMENT_PATTERNS, segment_files,
@@ -65,33 +66,7 @@ log = logging.getLogger(__name__)
 KIND = "node-index"
 FORMAT_VERSION = 2             # 2: node segments; 1: one set of files, all rewritten by growth
 READ_VERSIONS = (1, 2)
-SearchKind = Literal["flat", "ivf"]
 FILES = [GRAPH, NODE_TABLE, NODE_VECTORS]   # and FAISS_FILE with IVF search
-
-
-def make_faiss(vectors: np.ndarray, search: SearchKind = "flat") -> Any:
-    """A FAISS inner-product index over normalised vectors: exact (flat) or approximate (ivf).
-
-    The approximate kind is IVF-Flat: every node sits in exactly one list, so none can become
-    unreachable (HNSW was seen to lose outlying nodes), and probing a quarter of the lists
-    (at least 8) keeps recall near 1 while scanning far fewer vectors on graphs of millions of nodes.
-    """
-    import faiss
-
-    n, d = vectors.shape
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if search == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif search == "ivf":
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))  # >= 39 training points per centroid
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234
-        index.train(vectors)
-        index.nprobe = min(nlist, max(8, nlist // 4))
-    else:
-        raise InputError(f"unknown search kind {search!r}; choose flat or ivf")
-    index.add(vectors)
-    return index
 
 
 @dataclass
@@ -161,31 +136,6 @@ class NodeIndex:
         if self._faiss is None and self.manifest.get("search", "flat") == "flat":
             return flat_search(self.vectors, queries, k)
         return self.faiss_index.search(queries, k)
-
-
-def flat_search(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k, as FAISS's IndexFlatIP answers it, by one matrix product per block of queries.
-
-    Why not FAISS: for an exact search it computes the same product, but importing it and copying
-    the vectors into it costs a command-line call more than the search does (0.1 to 0.4 s).
-    Returns scores (n, k) float32 and positions (n, k) int64, best first (ties by position);
-    -1 and -FLT_MAX where there are fewer than k vectors.
-    """
-    n_q, size = len(queries), len(vectors)
-    kk = min(k, size)
-    scores = np.full((n_q, k), -np.finfo(np.float32).max, np.float32)
-    ids = np.full((n_q, k), -1, np.int64)
-    for start in range(0, n_q, block):
-        sim = queries[start:start + block] @ np.asarray(vectors).T          # (b, size) float32
-        if kk < size:
-            part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.broadcast_to(np.arange(size), sim.shape).copy()
-        top = np.take_along_axis(sim, part, axis=1)
-        order = np.lexsort((part, -top), axis=1)                           # by score, then position
-        ids[start:start + block, :kk] = np.take_along_axis(part, order, axis=1)
-        scores[start:start + block, :kk] = np.take_along_axis(top, order, axis=1)
-    return scores, ids
 
 
 def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: CaptionExpander | None = None,
