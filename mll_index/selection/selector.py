@@ -35,7 +35,6 @@ models), not to the source listed first.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,8 +66,6 @@ from mll_index.selection.settings import LABEL_SOURCES, SelectionSettings, setti
 from mll_index.selection.task import Task
 
 
-log = logging.getLogger(__name__)
-
 # `auto` takes the restricted mode while it reads at most this many image-model pairs from top-K
 # tables (confusion.restricted_cost; about 2 s on 2 cores, bench/scale.py), the counts mode beyond.
 RESTRICTED_BUDGET = 40_000_000
@@ -76,8 +73,15 @@ RESTRICTED_BUDGET = 40_000_000
 
 @dataclass(frozen=True)
 class ModelScore:
+    """A model and its score for a class or a task, higher is better."""
+
     model: str
     score: float
+
+    @classmethod
+    def rounded(cls, model: str, score: float) -> ModelScore:
+        """The score as answers carry it: a Python float (not a numpy scalar) to 4 places."""
+        return cls(model, round(float(score), 4))
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     classes = []
     for c, name in enumerate(task.classes):
         order = top_stable(scores[:, c], k_eff)
-        chosen = tuple(ModelScore(ids[i], round(float(scores[i, c]), 4)) for i in order)
+        chosen = tuple(ModelScore.rounded(ids[i], scores[i, c]) for i in order)
         weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
             (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
         # As the image path (match.is_weak): a name none of whose words is a lemma matches on the embedding alone.
@@ -314,7 +318,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
     task_scores = scores.mean(axis=1)
     ranked = top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
-    ranking = tuple(ModelScore(ids[i], round(float(task_scores[i]), 4)) for i in ranked)
+    ranking = tuple(ModelScore.rounded(ids[i], task_scores[i]) for i in ranked)
     # `mode` names the confusion mode that ran; published labels alone run none of them.
     used = image["mode"] if image is not None else "published"
     probe = image["probe"] if image is not None else None
