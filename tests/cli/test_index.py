@@ -1,20 +1,17 @@
-"""Tests of the `mll-index` command line: output through click's CliRunner (in process), exit
-codes and one-line errors through real subprocesses (kept few, and none that loads the model)."""
+"""Tests of the node index's commands (mll_index/cli/index.py: match, graph, expand, build, info,
+add-nodes, labels compact): output through click's CliRunner (in process), exit codes and one-line
+errors through real subprocesses (kept few, and none that loads the model)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from mll_index import __version__
 from mll_index.errors import InputError, MLLIndexError
-from tests.cli.runner import HEAVY, assert_one_line_error, invoke, jsonl, modules_of
+from tests.cli.runner import assert_one_line_error, invoke, jsonl
 
 try:
     from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
@@ -104,12 +101,6 @@ def test_match_bad_k_is_a_usage_error(index_dir: Path) -> None:
 
 
 # --- other commands (in process) ------------------------------------------------------------
-
-def test_version() -> None:
-    result = invoke("--version")
-    assert result.exit_code == 0
-    assert __version__ in result.stdout
-
 
 def test_graph_show_prints_tench(index_dir: Path) -> None:
     result = invoke("graph", "show", "--index", str(index_dir), TENCH, GOLDFISH)
@@ -203,21 +194,6 @@ def test_build_recipe_that_is_not_an_object(tmp_path: Path) -> None:
 
 # --- exit codes and one-line errors (subprocesses) ------------------------------------------
 
-@pytest.mark.parametrize("args, fragment", [
-    (("select", "-k", "abc", "tench"), "'-k'"),
-    (("selectt",), "No such command"),
-    (("match", "--method", "nope", "tench"), "'--method'"),
-])
-def test_malformed_command_line_is_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
-    """A malformed command line is a user's mistake too: one line naming the option, and the usage
-    convention's exit status 2 (README), not click's four-line usage block."""
-    proc = run_cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mll-index: error: ") and fragment in lines[0], proc.stderr
-    assert "--help" in lines[0]
-
-
 def test_blank_line_in_the_middle_is_one_line_error(index_dir: Path) -> None:
     proc = run_cli("match", "--index", str(index_dir), "--method", "lemma", stdin="tench\n\ngoldfish\n")
     assert_one_line_error(proc, "stdin: line 2 is blank")
@@ -293,20 +269,6 @@ def test_unreachable_llm_is_exactly_one_line(unreachable_llm: tuple[str, subproc
     assert_one_line_error(proc, f"{url}/chat/completions")
 
 
-def test_console_script_exit_codes(index_dir: Path) -> None:
-    script = Path(sys.executable).with_name("mll-index")
-    exe = str(script) if script.exists() else shutil.which("mll-index")
-    assert exe, "the mll-index console script is installed with the package"
-    env = dict(os.environ)
-    ok = subprocess.run([exe, "match", "--index", str(index_dir), "--method", "lemma", "--format", "jsonl", "crane"],
-                        capture_output=True, text=True, env=env, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert [m["synset"] for m in json.loads(ok.stdout)["matches"]] == ["crane.n.04", "crane.n.05"]
-    bad = subprocess.run([exe, "match", "--index", str(index_dir), "--method", "lemma", ""],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert_one_line_error(bad, "class name 1 is empty")
-
-
 def test_add_nodes_and_labels_compact(index_copy: Path) -> None:
     result = run_cli("add-nodes", "--index", str(index_copy), "n02129165", "n02129165")
     assert result.returncode == 0, result.stderr
@@ -334,26 +296,3 @@ def test_an_embedder_that_cannot_be_recreated_is_one_line(index_copy: Path, reco
     assert_one_line_error(run_cli("match", "--index", str(index_copy), "a never cached name 7f3a"), says)
 
 
-def test_commands_without_a_vision_model_never_import_torch(index_dir: Path, world_index: Path) -> None:
-    """match, select, info, expand, graph show and hub list answer without torch, open_clip or
-    sentence-transformers, with a cold caption cache too (the text model runs on ONNX Runtime)."""
-    fresh = f"a never seen class {os.getpid()}"
-    commands = [("info", "--index", str(index_dir)), ("match", "--index", str(index_dir), "tench", fresh),
-                ("select", "--index", str(world_index), "goldfish", fresh), ("expand", "tiger"),
-                ("graph", "show", "--index", str(index_dir), TENCH), ("hub", "list")]
-    for command in commands:
-        proc, modules = modules_of(*command)
-        assert proc.returncode == 0, (command, proc.stderr)
-        assert not modules & set(HEAVY), (command, modules & set(HEAVY))
-
-
-def test_our_warnings_reach_stderr_as_one_line_each(tmp_path: Path, taxonomy) -> None:  # type: ignore[no-untyped-def]
-    samples = tmp_path / "samples"
-    (samples / TENCH).mkdir(parents=True)
-    (samples / "holiday photos").mkdir()
-    proc = run_cli("build", "--index", str(tmp_path / "index"), "--folder", str(samples))
-    assert proc.returncode == 0, proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("mll-index: warning: ")]
-    assert len(warnings) == 1 and "skipped 1 folders not named by a wnid" in warnings[0], proc.stderr
-    # Third-party logging stays quiet (open_clip, transformers and the like log through the root logger).
-    assert "INFO" not in proc.stderr and "WARNING" not in proc.stderr
