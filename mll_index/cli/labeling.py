@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from mll_index.cli.options import echo_rates, echo_unreadable, index_option, workers_option
-from mll_index.errors import InputError
+from mll_index.cli.options import echo_rates, echo_unreadable, existing_index_path, index_option, workers_option
 
 
 @click.command()
@@ -39,12 +38,9 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
           ray_cpus: float, shard_images: int | None) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
     from mll_index.models.hub import load_hub
-    from mll_index.core.paths import default_index_path
     from mll_index.labeling.run import label_models
 
-    path = index_path or default_index_path()
-    if not path.exists():
-        raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
+    path = existing_index_path(index_path)
     if ray_address is None and (ray_gpus is not None or shard_images is not None):
         raise click.UsageError("--ray-gpus and --shard-images go with --ray ADDRESS")
     if ray_address is not None:

@@ -100,15 +100,21 @@ def embedding_cache() -> EmbeddingCache:
     return EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
 
-def open_index(path: Path | None):  # type: ignore[no-untyped-def]
-    """The node index at `path` (or the default one); a missing one says how to build it."""
+def existing_index_path(path: Path | None) -> Path:
+    """`path` (or the default index's), refused when nothing is there with how to build an index."""
     from mll_index.core.paths import default_index_path
-    from mll_index.index.node_index import load_index
 
     path = path or default_index_path()
     if not path.exists():
         raise InputError(f"{path}: no index here; build one with `mll-index build --index {path}`")
-    return load_index(path)
+    return path
+
+
+def open_index(path: Path | None):  # type: ignore[no-untyped-def]
+    """The node index at `path` (or the default one); a missing one says how to build it."""
+    from mll_index.index.node_index import load_index
+
+    return load_index(existing_index_path(path))
 
 
 def echo_or_write(text: str, out: Path | None) -> None:
