@@ -14,7 +14,8 @@ import socket
 from pathlib import Path
 
 from mll_index.errors import InputError
-from mll_index.service.app import CONFIG_ENV, ServiceSettings, create_app, settings_to_env
+from mll_index.service.app import create_app
+from mll_index.service.settings import CONFIG_ENV, ServiceSettings, settings_to_env
 
 log = logging.getLogger(__name__)
 
