@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from mll_index.selection.selector import open_selector
 from mll_index.selection.task import task_from_json
-from mll_index.service.app import ServiceSettings, create_app
+from mll_index.service.app import create_app
+from mll_index.service.settings import ServiceSettings
 from mll_index.service.version import index_version
 from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
 from tests.cli.runner import HEAVY, assert_one_line_error, modules_of
@@ -160,6 +161,18 @@ def test_models_index_health_and_metrics(client: TestClient, selector, world_ind
     assert 'mll_index_requests_total{method="POST",route="/v1/select",status="422"}' in metrics
     assert 'mll_index_request_seconds_bucket{le="0.5",route="/v1/select"}' in metrics
     assert f'version="{version}"' in metrics
+
+
+def test_metrics_name_every_route_of_the_app_and_no_stray_path(client: TestClient) -> None:
+    """The routers' paths and FastAPI's own (/openapi.json) are route labels; any other path is "unmatched"."""
+    client.get("/openapi.json")
+    client.post("/v1/match", json={"names": ["tench"], "k": 1})
+    client.get("/no/such/path")
+    metrics = client.get("/metrics").text
+    assert 'mll_index_requests_total{method="GET",route="/openapi.json",status="200"}' in metrics
+    assert 'mll_index_requests_total{method="POST",route="/v1/match",status="200"}' in metrics
+    assert 'mll_index_requests_total{method="GET",route="unmatched",status="404"}' in metrics
+    assert "/no/such/path" not in metrics
 
 
 BAD = [  # (route, body, status, field, words in the message)
