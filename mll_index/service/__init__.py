@@ -2,7 +2,8 @@
 
     version.py   `index_version(path)`: a cheap fingerprint of what selection reads (stdlib only)
     state.py     the opened, warmed index (`IndexState`) and its holder, which swaps in new versions
-    app.py       `create_app(index_path, ...)`: the ASGI app, its routes, limits, auth and metrics
+    app.py       `create_app(index_path, ...)`: the ASGI app factory; its pieces (settings, schemas,
+                 errors, middleware, metrics, pool, dependencies, tasks, routes/) are its neighbours
     server.py    `serve(...)`: checks, then runs uvicorn (what `mll-index serve` calls)
     client.py    `select_remote(url, task, ...)`: a client on the standard library alone
 
@@ -13,8 +14,9 @@ below load their module on first use (the client path must start fast from a col
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
-    "app": ["ServiceSettings", "create_app"],
+    "app": ["create_app"],
     "client": ["select_remote"],
     "server": ["serve"],
+    "settings": ["ServiceSettings"],
     "version": ["index_version"],
 })

@@ -27,7 +27,7 @@ bigger applications:
     pool.py          the thread pool selection runs in, under the time limit
     dependencies.py  what routes get from app.state: holder, settings, pool, metrics
     tasks.py         tasks checked from request JSON; a batch's answers, chunk by chunk
-    routes/          one APIRouter per resource: health, index, select, match
+    routes/          one APIRouter per resource: health, index, selection, match
 """
 
 from __future__ import annotations
@@ -43,17 +43,15 @@ from fastapi import FastAPI
 
 from mll_index import __version__
 from mll_index.service.errors import HANDLERS
-from mll_index.service.errors import RequestError  # noqa: F401 - until tests/selection/test_probes.py imports
-from mll_index.service.tasks import parse_task  # noqa: F401 - RequestError and parse_task from their modules
 from mll_index.service.metrics import ServiceMetrics
 from mll_index.service.middleware import BodyLimit, guard_and_count
 from mll_index.service.pool import SelectionPool
-from mll_index.service.routes import health, index, match, select
+from mll_index.service.routes import health, index, match, selection
 from mll_index.service.schemas import ERRORS
 from mll_index.service.settings import CONFIG_ENV, ServiceSettings
 from mll_index.service.state import StateHolder
 
-ROUTERS = (health.router, index.router, select.router, match.router)  # in the OpenAPI document's order
+ROUTERS = (health.router, index.router, selection.router, match.router)  # in the OpenAPI document's order
 
 
 def create_app(index_path: Path, settings: ServiceSettings | None = None, *, holder: StateHolder | None = None,

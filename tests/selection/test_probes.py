@@ -231,7 +231,8 @@ def test_task_files_read_relative_probe_images_from_their_folder(tmp_path: Path,
 
 
 def test_service_task_json_takes_probe_images() -> None:
-    from mll_index.service.app import RequestError, parse_task
+    from mll_index.service.errors import RequestError
+    from mll_index.service.tasks import parse_task
 
     assert parse_task({"classes": ["cow", "pig"], "probe_images": "/data/probes"}, "task", 100).probe_images == (
         "/data/probes",)
