@@ -71,7 +71,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     from mll_index.selection.answer import answer_tasks, answer_warning_lines
     from mll_index.selection.settings import SelectionSettings
     from mll_index.selection.selector import open_selector
-    from mll_index.selection.task import read_batch_file
+    from mll_index.selection.task import read_batch_file, with_overrides
 
     path = index_path or default_index_path()
     if batch is not None:
@@ -80,11 +80,7 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         tasks = read_batch_file(batch)
     else:
         tasks = [read_task(names, file, task_file)]
-    if domain or probe_images:
-        from dataclasses import replace
-
-        tasks = [replace(t, domain=domain or t.domain,
-                         probe_images=(str(probe_images),) if probe_images else t.probe_images) for t in tasks]
+    tasks = with_overrides(tasks, domain=domain, probe_images=probe_images)
     settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,  # type: ignore[arg-type]
                                  ranking_size=ranking_size or None, probe=probe, labels=label_source)  # type: ignore[arg-type]
     answers = answer_tasks(open_selector(path, cache=embedding_cache()), tasks, settings, budget=budget, pareto=pareto)

@@ -137,3 +137,20 @@ def read_batch_file(path: Path) -> list[Task]:
     if not tasks:
         raise InputError(f"{path}: no tasks")
     return tasks
+
+
+def with_overrides(tasks: Sequence[Task], domain: str | None = None,
+                   probe_images: str | Path | None = None) -> list[Task]:
+    """The tasks with a domain word and a probe-image folder given for all of them (`select --domain`,
+    `--images`), which win over each task's own; an empty or None value changes nothing.
+
+    Args:
+        domain: replaces every task's domain; probe_images: a folder or image file that replaces
+            every task's probe images (kept as given, not made relative to a task file).
+    Returns:
+        The tasks in order (their `where` kept), changed where an override is given.
+    """
+    if not (domain or probe_images):
+        return list(tasks)
+    return [replace(t, domain=domain or t.domain, probe_images=(str(probe_images),) if probe_images else t.probe_images)
+            for t in tasks]
