@@ -100,19 +100,12 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
     """Options from a recipe file (indexes/<name>.json); options given on the command line win."""
     if recipe is None:
         return options
-    from mll_index.core.userfiles import read_user_json
+    from mll_index.index.recipe import read_recipe
 
-    data = read_user_json(Path(recipe), "recipe file")
-    if not isinstance(data, dict):
-        raise InputError(f"{recipe}: a recipe is a JSON object of build options, got {type(data).__name__}")
-    known = {"node_set", "wnids", "folder", "embedder", "search", "expander", "llm_url", "llm_model", "caption_file"}
-    unknown = sorted(set(data) - known - {"description"})
-    if unknown:
-        raise InputError(f"{recipe}: unknown keys {unknown}; valid: {sorted(known)}")
     ctx = click.get_current_context()
-    for key, value in data.items():
+    for key, value in read_recipe(recipe).items():
         if key in options and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
-            options[key] = Path(value) if key in ("folder", "caption_file") else value
+            options[key] = value
     return options
 
 
