@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from mll_index.cli.options import echo_rates, embedding_cache, index_option, workers_option
-from mll_index.errors import InputError
 
 
 @click.command()
@@ -26,7 +25,7 @@ from mll_index.errors import InputError
 def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,
              world_root: Path | None, alpha: float, mode: str, out: Path, workers: int) -> None:
     """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
-    from mll_index.evaluation.run import EvalTask, evaluate_tasks, world_eval_tasks, write_evaluation
+    from mll_index.evaluation.run import evaluate_tasks, folder_eval_tasks, world_eval_tasks, write_evaluation
     from mll_index.models.hub import load_hub
     from mll_index.core.paths import default_index_path
     from mll_index.selection.selector import open_selector
@@ -36,13 +35,7 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
     if tasks_dir is None or hub_source is None:
         world_obj = load_world(world_size, world_root)
     hub = load_hub(hub_source, validate=False) if hub_source else load_hub(world_obj.hub_path)
-    if tasks_dir is not None:
-        if not tasks_dir.is_dir():
-            raise InputError(f"{tasks_dir}: no such folder")
-        tasks = [EvalTask(d.name, tuple(sorted(p.name for p in d.iterdir() if p.is_dir())), d)
-                 for d in sorted(tasks_dir.iterdir()) if d.is_dir()]
-    else:
-        tasks = world_eval_tasks(world_obj)
+    tasks = folder_eval_tasks(tasks_dir) if tasks_dir is not None else world_eval_tasks(world_obj)
     from mll_index.labels.matrix import has_matrix
     from mll_index.labels.folders import labeled_models
 

@@ -320,3 +320,16 @@ def world_eval_tasks(world: Any) -> list[EvalTask]:
     return [EvalTask(t.name, tuple(t.class_names), world.task_dir(t.name), t.domains[0] if len(t.domains) == 1 else None)
             for t in world.tasks]
 
+
+
+def folder_eval_tasks(root: Path) -> list[EvalTask]:
+    """The tasks of a folder: each subfolder is a task named by it, an ImageFolder by class name
+    (`<root>/<task>/<class name>/*.png`), its classes the sorted names of its subfolders.
+
+    Raises:
+        InputError: `root` is not a folder.
+    """
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    return [EvalTask(d.name, tuple(sorted(p.name for p in d.iterdir() if p.is_dir())), d)
+            for d in sorted(root.iterdir()) if d.is_dir()]

@@ -85,3 +85,19 @@ def test_evaluation_with_published_labels_only(small_world, world_index: Path, e
     assert set(result.tasks) == {task.name} and all(0 <= v <= 1 for v in result.tasks[task.name].values())
     assert {s["mode"] for s in result.sweep} == {"restricted"} and len(result.sweep) == 2   # k = 1 and 3
     assert set(result.chosen[task.name]["mll_k1"]) == set(task.class_names)
+
+
+def test_folder_eval_tasks_reads_one_task_per_subfolder(tmp_path: Path) -> None:
+    from mll_index.errors import InputError
+    from mll_index.evaluation.run import folder_eval_tasks
+
+    for task, classes in {"zoo": ["tiger", "lion"], "fruit": ["pear", "apple", "fig"]}.items():
+        for name in classes:
+            (tmp_path / "tasks" / task / name).mkdir(parents=True)
+    (tmp_path / "tasks" / "notes.txt").write_text("not a task")
+    tasks = folder_eval_tasks(tmp_path / "tasks")
+    assert [(t.name, t.class_names, t.folder, t.domain) for t in tasks] == [
+        ("fruit", ("apple", "fig", "pear"), tmp_path / "tasks" / "fruit", None),
+        ("zoo", ("lion", "tiger"), tmp_path / "tasks" / "zoo", None)]
+    with pytest.raises(InputError, match=r"^\S*nowhere: no such folder$"):
+        folder_eval_tasks(tmp_path / "nowhere")
