@@ -1,4 +1,4 @@
-"""The streamed image data path (mll_index/pipeline.py): memory, bytes written, decode and encode rates.
+"""The streamed image data path (mll_index/images/loader.py and encoding.py): memory, bytes written, decode and encode rates.
 
     python bench/data_path.py [--images 20000] [--workers 2] [--smoke]
 

@@ -6,7 +6,7 @@ extrapolation to the paper's hub (49 models x 500,000 sample images) on 8 and 64
 Defaults: the full emoji world that set-up builds (its 13 models and 27,552 sample images, under
 the mll-index cache) and the node set of indexes/default. Three runs, each into a fresh copy of the
 index without labels, one after another on this machine's 2 cores:
-    single  labels.label_models (torch's default threads)
+    single  labeling.run.label_models (torch's default threads)
     ray_1   a local Ray cluster of 2 CPUs, tasks of 2 CPUs: one worker at a time, 2 threads
     ray_2   the same cluster, tasks of 1 CPU: two workers side by side, 1 thread each
 `ray_overhead_fraction` = (ray_1 seconds - single seconds) / single seconds: what Ray costs over the
@@ -101,7 +101,7 @@ def _labels_equal(a: Path, b: Path, ids: list[str]) -> tuple[bool, float]:
 def extrapolate(overhead: float, gpus: list[int]) -> dict[str, Any]:
     """Hours to label mll49 on `images` sample images with `gpus` GPUs, under ASSUMPTIONS.
 
-    The models run in the passes the labeler makes (`pipeline.model_passes`): per pass, every shard is
+    The models run in the passes the labeler makes (`images.encoding.model_passes`): per pass, every shard is
     decoded once (by the GPU's CPU cores, beside the GPU) and encoded by each model of the pass, so a
     pass takes the longer of its models' compute and its decoding.
     """

@@ -2,7 +2,7 @@
 
 The work is split into (pass x shard of the sample images) tasks, so that every worker stays
 busy whatever the ratio of models to images: 3 big models on 8 GPUs keep all 8 busy. A pass is
-what the single-machine labeler runs together (`pipeline.model_passes`: models of one
+what the single-machine labeler runs together (`images.encoding.model_passes`: models of one
 preprocessing configuration, within a parameter budget), so each image is decoded once per
 pass, not once per model; a pass's first shard also encodes its models' node prompts. Each task
 asks Ray for `gpus_per_task` GPUs (default: one when the cluster has GPUs) and `cpus_per_task`
@@ -14,7 +14,7 @@ as the single-machine labeler), one model at a time as soon as all of its shards
 folder per model written atomically, then its counts appended to the label matrix, each under
 the index's writer lock. So the index keeps its single-writer rule, a driver killed at any
 moment loses only the models still in flight, and a rerun labels only the models that are not
-done (`labels.plan_labels`, the one rule of resuming).
+done (`labeling.run.plan_labels`, the one rule of resuming).
 
 Workers read the sample images from the same path as the driver: the sample folder must be on
 storage that every node mounts at that path (NFS, a cluster filesystem, or the one disk of a
@@ -177,7 +177,7 @@ def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str
                  notify: Callable[[str], None] | None = None) -> RayLabelReport:
     """Label every model of `hub` (or the `models` named) that the index lacks, on a Ray cluster.
 
-    The same labels come out as from `labels.label_models` (counts equal, embeddings to float rounding),
+    The same labels come out as from `labeling.run.label_models` (counts equal, embeddings to float rounding),
     and the same models are skipped: those whose label is current.
 
     Args:
@@ -189,7 +189,7 @@ def label_on_ray(index_path: Path, hub: Hub, samples_root: Path, *, address: str
             GPUs, else 0. cpus_per_task: CPUs each task asks for (and the torch threads it runs).
         decode_workers: DataLoader worker processes per task (0: decoded in the task's own process).
         models_per_pass: models encoded together on each shard (one preprocessing configuration, within
-            `pipeline.model_passes`' parameter budget): an image is decoded once per pass, not per model.
+            `images.encoding.model_passes`' parameter budget): an image is decoded once per pass, not per model.
         max_retries: how often Ray runs again a task whose worker died.
         notify: receives lines for people (warnings); default: the log.
     Returns:

@@ -115,7 +115,7 @@ def _loaded(models: list[HubModel], device: str) -> tuple[list[LoadedModel], dic
 def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str], batch_size: int = 64,
                  decode_workers: int = 0, prompts: dict[str, list[str]] | None = None) -> ShardResult:
     """Encode the images `root/paths[i]` with every model of a pass (one preprocessing configuration),
-    decoding each image once, through the single-machine data path (`pipeline.encode_image_set`:
+    decoding each image once, through the single-machine data path (`images.encoding.encode_image_set`:
     `open_image`, unreadable images skipped and listed); and, for the models in `prompts` (the driver
     gives them to a pass's first shard), their node prompts. A model that cannot be loaded here is
     reported in `failed`; the others are encoded.

@@ -1,7 +1,7 @@
 """The layout of an index folder: every file and folder name it holds, and how a model id names its folder.
 
     <index>/
-        manifest.json               the node index's manifest (index.py)
+        manifest.json               the node index's manifest (index/node_index.py)
         graph.json                  the taxonomy and segment 0's node set
         nodes.jsonl                 segment 0's node table
         node_vectors.npy            segment 0's node vectors
@@ -9,16 +9,16 @@
         nodes-<k>.jsonl             segment k's node table (k: six digits)
         node_vectors-<k>.npy        segment k's node vectors
         .lock                       the writers' lock file
-        labels/                     model labels (labels.py)
+        labels/                     model labels (labels/folders.py)
             samples-<fp>.json       a sample image table, named by the sample set's fingerprint
             <model folder>/         one model's label (see `model_folder_name`)
-            matrix/                 the label matrix (label_matrix.py)
+            matrix/                 the label matrix (labels/matrix.py)
                 manifest.json, log-<n>.jsonl, shard-<n>/
             .pixels/                decoded sample images, a cache
-        published/                  published labels (published.py)
+        published/                  published labels (published/store.py)
 
 Writes go through temporary siblings named `.<name>.<random>.tmp`; a folder swap keeps the old
-folder as `.<name>.old` between its two renames (artifacts.py). Names starting with "." are
+folder as `.<name>.old` between its two renames (core/artifacts.py). Names starting with "." are
 therefore never data.
 
 A model's folder is its id percent-encoded: every byte outside [A-Za-z0-9._-] becomes %XX (UTF-8),

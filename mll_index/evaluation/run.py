@@ -67,7 +67,7 @@ class Evaluation:
     chosen: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    rates: dict[str, Any] = field(default_factory=dict)       # `pipeline.rates` of predicting every model
+    rates: dict[str, Any] = field(default_factory=dict)       # `images.encoding.rates` of predicting every model
     stats: list[EncodeStats] = field(default_factory=list)    # per pass over a task's images
 
     def to_dict(self) -> dict[str, Any]:

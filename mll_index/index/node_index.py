@@ -9,7 +9,7 @@
         nodes.faiss        IVF search only: the trained IVF index over segment 0's vectors
         nodes-<k>.jsonl    segment k's node table (rows continue where segment k-1's stop)
         node_vectors-<k>.npy  segment k's (n_k, d) float32 node embeddings
-        labels/            model labels (see labels.py), kept when the node index is rebuilt
+        labels/            model labels (see labels/folders.py), kept when the node index is rebuilt
 
 A full build writes segment 0; `add_nodes` writes one more segment (its two files) and then the
 manifest, replaced last: the taxonomy, the nodes and the vectors there are never rewritten, and a

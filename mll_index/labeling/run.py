@@ -152,7 +152,7 @@ def label_models(index_path: Path, hub: Hub, samples_root: Path, *, models: Sequ
     batch. A model whose label is current (same sample images) is skipped; one labeled on fewer images
     or nodes encodes only what is new (its stored embeddings are kept). Models that cannot be loaded,
     or whose outputs are not finite, are reported in `failed`; the others go on. Logits are scaled by
-    `pipeline.temperature` (the learned logit scale, capped at 100).
+    `images.encoding.temperature` (the learned logit scale, capped at 100).
 
     Args:
         pixel_cache: also keep the decoded images at the model's input resolution, uint8, in `cache_dir`
@@ -254,7 +254,7 @@ def finish_label(index_path: Path, model: HubModel, table: SampleTable, fingerpr
         held: (image key → embedding, wnid → node embedding) the model's stored label already holds
             (`reusable_embeddings`).
         fresh_nodes: wnid → (d,) unit text embedding of every labeled node `held` lacks.
-        logit_scale: the model's temperature (`pipeline.temperature`).
+        logit_scale: the model's temperature (`images.encoding.temperature`).
     Raises:
         ModelLoadError: an image or node without an embedding, or embeddings or a scale that are not finite.
     """

@@ -168,7 +168,7 @@ class PixelCache:
     reasons: dict[str, str]
 
     def decoder(self) -> CachedDecoder:
-        """A `pipeline.Decoder` that reads images from the cache instead of their files."""
+        """A `images.loader.Decoder` that reads images from the cache instead of their files."""
         return CachedDecoder(self.path, self.root, {p: i for i, p in enumerate(self.paths)}, self.reasons)
 
 
@@ -228,7 +228,7 @@ def _existing_parent(path: Path) -> Path:
 def write_pixel_cache(samples: SampleSet, preprocess: Callable[[Any], Any], key: str, cache_dir: Path, *,
                       batch_size: int = 64, workers: int = 0, progress: bool = False,
                       notify: Callable[[str], None] | None = None) -> PixelCache:
-    """Decode every sample image (`mll_index.images.decoding.open_image`, through `pipeline.image_loader`) and keep it
+    """Decode every sample image (`mll_index.images.decoding.open_image`, through `images.loader.image_loader`) and keep it
     at the model's input resolution as uint8 in `cache_dir/<key>-<fingerprint>.npy` (+ `.json`: key,
     fingerprint, unreadable images with their reasons), or reuse that file when it is current.
 

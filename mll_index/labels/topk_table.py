@@ -1,6 +1,6 @@
 """Every model's stored top nodes on one sample set, stacked: the restricted confusion read, not recomputed.
 
-A label folder holds, per sample image, the model's top-K nodes (best first; labels.py). Among a
+A label folder holds, per sample image, the model's top-K nodes (best first; labels/folders.py). Among a
 task's nodes S, the node of S a model scores highest on an image is the first of its top-K
 nodes that is in S, whenever one is: no embedding product is needed. Read model by model, that
 is one gather of (images, K) per model; at thousands of models the gathers themselves cost

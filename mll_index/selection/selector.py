@@ -394,7 +394,7 @@ def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: S
             "--labels published (settings \"labels\")"),)
 
 
-# How every prompt_warnings line ends (estimate.complete_selection recomputes those lines only).
+# How every prompt_warnings line ends (answer.complete_selection recomputes those lines only).
 PROMPT_WARNING_TAIL = " (reuse refuses them unless --force; shorten or rename those classes)"
 
 
@@ -402,7 +402,7 @@ def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelecti
                        probe: dict[str, Any] | None) -> tuple[str, ...]:
     """A selection's warnings: the chosen models' prompt problems (`prompt_warnings`), then the
     probe images' (`probe`: the selection's probe summary): ignored outside the restricted mode,
-    or some files unreadable. Recomputed wherever the chosen models change (estimate.complete_selection)."""
+    or some files unreadable. Recomputed wherever the chosen models change (answer.complete_selection)."""
     return prompt_warnings(sel, task, classes) + probe_warnings(task, probe)
 
 
