@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from mll_index.selection.accuracy import (
 from mll_index.selection.settings import SelectionSettings
 
 if TYPE_CHECKING:
+    from mll_index.index.embed import EmbeddingCache
     from mll_index.selection.selector import Selector
     from mll_index.selection.task import Task
 
@@ -102,6 +104,70 @@ def answer_task(selector: Selector, task: Task, settings: SelectionSettings | No
     from mll_index.selection.settings import settings_from
 
     return answer_tasks(selector, [task], settings_from(settings, changes))[0]
+
+
+@dataclass(frozen=True)
+class ChosenModels:
+    """What `mll-index reuse` predicts with: the models per class of a selection, each class's lemma
+    (the name of its best node's synset, where it has a node) and the task's name.
+
+    `warnings` are the stderr lines of a selection made for the purpose (`select_for_reuse`), in the
+    form `answer_warning_lines` gives; none for a selection read from its file.
+    """
+
+    models: dict[str, list[str]]
+    lemmas: dict[str, str]
+    task: str
+    warnings: tuple[str, ...] = field(default=())
+
+
+def read_selection_file(path: Path) -> ChosenModels:
+    """The models, lemmas and task name of a selection JSON that `mll-index select` wrote (`answer_tasks`).
+
+    Args:
+        path: the selection file (read as `userfiles.read_user_json` reads).
+    Returns:
+        A ChosenModels with no warnings; the task name is "task" where the file has none.
+    Raises:
+        InputError: naming the file: unreadable or not JSON, or not a selection (no "classes", a class
+            without "name" or "models", ...).
+    """
+    from mll_index.core.userfiles import read_user_json
+    from mll_index.models.zeroshot import lemma_of
+
+    data = read_user_json(path, "selection file")
+    try:
+        models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
+        lemmas = {c["name"]: lemma_of(c["nodes"][0]["synset"]) for c in data["classes"] if c.get("nodes")}
+        name = data.get("task", "task")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a selection written by `mll-index select` ({exc})") from None
+    return ChosenModels(models, lemmas, name)
+
+
+def select_for_reuse(index_path: Path, task: Task, settings: SelectionSettings | None = None, *,
+                     cache: EmbeddingCache | None = None) -> ChosenModels:
+    """Select for `task` on the index at `index_path` and keep what `mll-index reuse` predicts with.
+
+    The warnings are those of each class with a weak match (`answer_warning_lines` with
+    `prompts=False`: reuse checks the prompts itself, with each model's own tokenizer).
+
+    Args:
+        index_path: the node index to select on; task: a checked task (`make_task`, `read_task_file`).
+        settings: k, alpha, nodes and mode (default SelectionSettings()).
+        cache: the caption-vector cache the selector embeds through (None: none).
+    Returns:
+        A ChosenModels: models per class, each matched class's lemma, the task's name, the warning lines.
+    Raises:
+        InputError: an index that cannot be opened, or a task or setting the selection refuses.
+    """
+    from mll_index.models.zeroshot import lemma_of
+    from mll_index.selection.selector import open_selector, select_models
+
+    selection = select_models(open_selector(index_path, cache=cache), task, settings or SelectionSettings())
+    lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
+    return ChosenModels(selection.models_for(), lemmas, task.name,
+                        tuple(answer_warning_lines(selection.to_dict(), prompts=False)))
 
 
 def damaged_label_warnings(selector: Selector) -> list[str]:

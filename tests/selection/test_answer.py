@@ -9,7 +9,10 @@ import pytest
 
 from mll_index.selection.budget import Budget
 from mll_index.errors import InputError
-from mll_index.selection.answer import complete_selection, internal_k, selection_costs
+from mll_index.selection.answer import (
+    ChosenModels, answer_tasks, complete_selection, internal_k, read_selection_file, select_for_reuse, selection_costs,
+)
+from mll_index.selection.settings import SelectionSettings
 from mll_index.selection.task import make_task
 from mll_index.selection.selector import open_selector, select_models
 from tests.conftest import run_cli
@@ -88,3 +91,47 @@ def test_select_cli_refuses_budgets_that_are_not_finite(world_index: Path, flag:
     done = run_cli("select", "tiger", "--index", str(world_index), flag, value)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and f"'{flag}'" in done.stderr and "not a finite number" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# What reuse predicts with: a selection file read back, or a selection made for it
+
+
+def test_a_selection_file_reads_back_as_reuse_chose_it_here(selector, world_index: Path,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    task = make_task(["tiger", "lion", "banana"], "cats")
+    settings = SelectionSettings(k=2)
+    answer = answer_tasks(selector, [task], settings)[0]
+    path = tmp_path / "sel.json"
+    path.write_text(json.dumps(answer, indent=1))
+    read = read_selection_file(path)
+    assert read.task == "cats" and read.warnings == ()
+    assert read.models == {c["name"]: [m["model"] for m in c["models"]] for c in answer["classes"]}
+    assert read.lemmas and all("_" not in lemma and "." not in lemma for lemma in read.lemmas.values())
+    here = select_for_reuse(world_index, task, settings)
+    assert isinstance(here, ChosenModels)
+    assert (here.models, here.lemmas, here.task) == (read.models, read.lemmas, read.task)
+    assert all(line.startswith("mll-index: warning: ") for line in here.warnings)
+
+
+def test_a_selection_file_without_task_or_nodes(tmp_path: Path) -> None:
+    path = tmp_path / "sel.json"
+    path.write_text(json.dumps({"classes": [{"name": "cat", "models": [{"model": "m1"}, {"model": "m2"}]},
+                                            {"name": "ice cream", "models": [{"model": "m2"}],
+                                             "nodes": [{"synset": "ice_cream.n.01"}]}]}))
+    assert read_selection_file(path) == ChosenModels({"cat": ["m1", "m2"], "ice cream": ["m2"]},
+                                                     {"ice cream": "ice cream"}, "task")
+
+
+@pytest.mark.parametrize("data", [{"task": "t"}, {"classes": [{"models": []}]}, {"classes": [{"name": "a"}]},
+                                  [1, 2], {"classes": [{"name": "a", "models": ["m1"]}]}])
+def test_a_file_that_is_not_a_selection_is_refused_naming_it(tmp_path: Path, data: object) -> None:
+    path = tmp_path / "not-a-selection.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"not-a-selection\.json: not a selection written by `mll-index select` \("):
+        read_selection_file(path)
+
+
+def test_a_missing_selection_file_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="missing.json"):
+        read_selection_file(tmp_path / "missing.json")
