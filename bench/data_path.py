@@ -136,8 +136,8 @@ def _written_bytes() -> int:
 
 def child(kind: str, folder: Path, hub_file: Path, n: int, workers: int, batch_size: int) -> dict[str, Any]:
     """Run one reuse- or labeling-style pass and report its peak memory, bytes written and timing."""
-    from mll_index.models.hub import load_hub, load_model
     from mll_index.images.encoding import encode_image_set, zero_shot_probabilities
+    from mll_index.models.hub import load_hub, load_model
 
     written = _written_bytes()
     hub = load_hub(hub_file)
@@ -172,8 +172,8 @@ def run_child(kind: str, folder: Path, hub_file: Path, n: int, workers: int, bat
 
 def decode_rate(folder: Path, hub_file: Path, n: int, workers: int, batch_size: int) -> float:
     """Images/s of the loader alone (decode + the 224-px transform), no model."""
-    from mll_index.models.hub import load_hub, load_model
     from mll_index.images.loader import image_loader
+    from mll_index.models.hub import load_hub, load_model
 
     preprocess = load_model(load_hub(hub_file).models[0]).preprocess
     started = time.perf_counter()

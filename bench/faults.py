@@ -33,8 +33,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mll_index.index.node_index import add_nodes, index_leftovers, load_index, load_index_graph
-from mll_index.labels.matrix import has_matrix, open_matrix
 from mll_index.labels.folders import labeled_models
+from mll_index.labels.matrix import has_matrix, open_matrix
 from mll_index.verify import check_index
 
 

@@ -49,10 +49,10 @@ def embed_pool(world: Any, hub: Any, tasks: list[dict[str, Any]], per_cell: int,
 
     from mll_index.core.paths import cache_dir
     from mll_index.models.hub import load_model
+    from mll_index.models.zeroshot import class_embeddings, encode_pixels, logit_scale
     from mll_index.world import DOMAINS, load_concepts
     from mll_index.world.generate import draw_task_images
     from mll_index.world.train import normalise
-    from mll_index.models.zeroshot import class_embeddings, encode_pixels, logit_scale
 
     path = cache_dir() / "bench" / f"generated_images-{_images_key(world, hub, per_cell)}.npz"
     if path.is_file():
@@ -144,10 +144,10 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
 
     Returns the outcomes and timings (seconds per task for selection)."""
     from mll_index.evaluation.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
-    from mll_index.selection.budget import Budget, choose_within_budget
     from mll_index.selection.accuracy import class_features, f1_matrix, selection_matrix
-    from mll_index.selection.task import make_task
+    from mll_index.selection.budget import Budget, choose_within_budget
     from mll_index.selection.selector import prepare_tasks, select_prepared
+    from mll_index.selection.task import make_task
 
     ids = list(selector.store.model_ids)
     made = [make_task([c["name"] for c in t["classes"]], t["name"],
@@ -209,9 +209,9 @@ def score_probes(selector: Any, pool: PoolEmbeddings, tasks: list[dict[str, Any]
     from mll_index.evaluation.baselines import oracle_single
     from mll_index.selection.probes import PROBE_LIMIT, ProbeSet
     from mll_index.selection.probes import probe_models as choose_probe_models
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import prepare_tasks, select_prepared
     from mll_index.selection.settings import SelectionSettings
+    from mll_index.selection.task import make_task
 
     ids = list(selector.store.model_ids)
     encoders = sorted({m for ms in choose_probe_models(selector.store, probe_models).values() for m in ms})

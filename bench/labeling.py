@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -26,16 +25,16 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from common import write_results  # noqa: E402
 from tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch  # noqa: E402
 
-from mll_index.index.embed import load_embedder  # noqa: E402
-from mll_index.index.graph import build_graph, wnid_node_set  # noqa: E402
-from mll_index.models.hub import LoadedModel, load_hub  # noqa: E402
-from mll_index.index.node_index import build_index  # noqa: E402
-from mll_index.labels.folders import LABEL_FILES, load_label  # noqa: E402
-from mll_index.labeling.run import label_models
 from mll_index.core.layout import labels_dir
 from mll_index.images.encoding import encode_image_set  # noqa: E402
 from mll_index.images.loader import image_set_from_samples
+from mll_index.index.embed import load_embedder  # noqa: E402
+from mll_index.index.graph import build_graph, wnid_node_set  # noqa: E402
+from mll_index.index.node_index import build_index  # noqa: E402
+from mll_index.labeling.run import label_models
 from mll_index.labeling.samples import scan_samples  # noqa: E402
+from mll_index.labels.folders import LABEL_FILES, load_label  # noqa: E402
+from mll_index.models.hub import LoadedModel, load_hub  # noqa: E402
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668",
          "n01514859", "n01518878", "n01530575", "n01531178", "n01532829", "n01534433", "n01537544", "n01558993",

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from common import write_results  # noqa: E402
 from matching import median, run_methods, score_results  # noqa: E402
 
-from mll_index.index.embed import embedder_for  # noqa: E402
 from mll_index.core.paths import default_index_path  # noqa: E402
-from mll_index.index.node_index import load_index
+from mll_index.index.embed import embedder_for  # noqa: E402
 from mll_index.index.match import METHODS  # noqa: E402
+from mll_index.index.node_index import load_index
 
 DEFAULT_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet1k_classes.tsv"
 

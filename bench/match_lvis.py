@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from common import write_results  # noqa: E402
 from matching import median, run_methods, score_results  # noqa: E402
 
-from mll_index.index.embed import embedder_for  # noqa: E402
 from mll_index.core.paths import default_index_path  # noqa: E402
-from mll_index.index.node_index import load_index
+from mll_index.index.embed import embedder_for  # noqa: E402
 from mll_index.index.match import METHODS, match_names  # noqa: E402
+from mll_index.index.node_index import load_index
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_LVIS = HERE.parents[1] / "shared" / "data" / "lvis_v1_synsets.tsv"

@@ -37,11 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     from scipy.stats import kendalltau
 
-    from mll_index.index.embed import EmbeddingCache, embedder_for
     from mll_index.core.paths import cache_dir
+    from mll_index.index.embed import EmbeddingCache, embed_classes, embedder_for
     from mll_index.index.node_index import load_index
     from mll_index.published.store import has_published, import_published, open_published, published_scores
-    from mll_index.index.embed import embed_classes
 
     embedder = embedder_for(load_index(args.index).embedder)
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")

@@ -83,10 +83,15 @@ def lovm_scores(predicted: np.ndarray, truth: np.ndarray, k: int = 5) -> dict[st
 def ceilings(pub: Any, j: int, similarity: np.ndarray, texts: list[np.ndarray | None], hidden: str,
              known: np.ndarray) -> dict[str, dict[str, float]]:
     """LOVM's scores of rankings that read the hidden column j (see the module docstring): upper bounds."""
-    from mll_index.published.store import rank_published
     from mll_index.published.rule import (
-        NEIGHBOUR_WEIGHTS, TEXT_WEIGHTS, PublishedRule, hidden_mask, standardise, strength_of,
+        NEIGHBOUR_WEIGHTS,
+        TEXT_WEIGHTS,
+        PublishedRule,
+        hidden_mask,
+        standardise,
+        strength_of,
     )
+    from mll_index.published.store import rank_published
 
     truth = pub.accuracy[known, j].astype(np.float64)
     out: dict[str, dict[str, float]] = {}
@@ -150,11 +155,11 @@ def main() -> None:
     domains = None if str(args.domains) == "none" else args.domains
     descriptions = None if str(args.descriptions) == "none" else args.descriptions
 
-    from mll_index.index.embed import EmbeddingCache, embedder_for
     from mll_index.core.paths import cache_dir
+    from mll_index.index.embed import EmbeddingCache, embedder_for
     from mll_index.index.node_index import load_index
-    from mll_index.published.store import import_published, open_published, published_evidence, rank_published
     from mll_index.published.rule import calibrate_rule
+    from mll_index.published.store import import_published, open_published, published_evidence, rank_published
 
     embedder = embedder_for(load_index(args.index).embedder)
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")

@@ -105,8 +105,8 @@ def extrapolate(overhead: float, gpus: list[int]) -> dict[str, Any]:
     decoded once (by the GPU's CPU cores, beside the GPU) and encoded by each model of the pass, so a
     pass takes the longer of its models' compute and its decoding.
     """
-    from mll_index.models.hub import load_hub
     from mll_index.images.encoding import model_passes
+    from mll_index.models.hub import load_hub
 
     a = ASSUMPTIONS
     effective = 312e12 * a["gpu_utilisation"]
@@ -157,9 +157,9 @@ def main() -> None:
 
     from mll_index.cluster import label_on_ray
     from mll_index.cluster.connect import connect, disconnect
-    from mll_index.models.hub import load_hub
     from mll_index.labeling.run import label_models
     from mll_index.labeling.samples import scan_samples
+    from mll_index.models.hub import load_hub
     from mll_index.world.build import default_world_dir
 
     world = default_world_dir("full")

@@ -144,9 +144,9 @@ def probe_open(index: Path, classes: int) -> dict[str, Any]:
     import faiss  # noqa: F401  (imported before the baseline, as by any caller)
 
     from mll_index.index.node_index import load_index
-    from mll_index.selection.labeled_nodes import labeled_nodes
-    from mll_index.selection.confusion import node_confusion
     from mll_index.labels.store import open_labels
+    from mll_index.selection.confusion import node_confusion
+    from mll_index.selection.labeled_nodes import labeled_nodes
 
     before = rss_bytes()
     t = time.perf_counter()
@@ -267,8 +267,8 @@ def restricted_at_scale(hubs: dict[int, Path], task: Any, embedder: Any, reps: i
                         compare_up_to: int = 1000) -> dict[str, Any]:
     """Per hub size (models over 1,000 nodes, image-level labels, top-K table written): the warm p50 of a
     restricted selection of `task`, the mode `auto` takes, and the difference from the exact mode."""
-    from mll_index.selection.selector import open_selector, select_models
     from mll_index.labels.topk_table import write_topk_tables
+    from mll_index.selection.selector import open_selector, select_models
 
     out: dict[str, Any] = {}
     for m, hub in sorted(hubs.items()):

@@ -139,8 +139,8 @@ def probe_quality(index: Path, probes_per_task: int = PROBES_PER_TASK, seed: int
     from mll_index.evaluation.run import _all_probabilities, world_eval_tasks
     from mll_index.models.hub import load_hub
     from mll_index.reuse.ensemble import combine, scan_task_images
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_batch
+    from mll_index.selection.task import make_task
     from mll_index.world import load_world
 
     world = load_world("full")
@@ -278,11 +278,11 @@ def main() -> None:
         probe_only(args)
         return
 
-    from mll_index.world.demo import run_demo
     from mll_index.models.hub import load_hub
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_batch, select_models
+    from mll_index.selection.task import make_task
     from mll_index.world import load_world
+    from mll_index.world.demo import run_demo
 
     demo = run_demo(args.index, RESULTS / "selection_quality_eval", progress=True)
     result, files = demo.evaluation, demo.files

@@ -291,10 +291,10 @@ def main() -> None:
         args.tasks, args.requests, args.seconds = 8, 16, 30
         args.reload_seconds, args.reload_nodes, args.no_reload_label, args.fuzz_cases = 20, 20, True, 100
 
-    from mll_index.index.embed import EmbeddingCache
     from mll_index.core.paths import cache_dir
-    from mll_index.selection.task import make_task
+    from mll_index.index.embed import EmbeddingCache
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     tasks = draw_tasks(args.tasks, args.classes, args.seed)
     load_before = os.getloadavg()[0]  # the figures mean little on a machine busy with other work

@@ -137,8 +137,8 @@ def image_labels(index_path: Path, n_models: int, dim: int = 64) -> dict[str, An
     around their node's embedding with a noise set by the same skill structure as the counts.
     """
     from mll_index.index.node_index import load_index
-    from mll_index.labels.matrix import compact_matrix
     from mll_index.labels.folders import SampleTable, write_label, write_sample_table
+    from mll_index.labels.matrix import compact_matrix
     from mll_index.labels.sync import sync_matrix
 
     index = load_index(index_path)
@@ -181,9 +181,9 @@ def linked_image_labels(source: Path, index_path: Path, n_models: int) -> dict[s
     import json
 
     from mll_index.core.artifacts import MANIFEST, SELF_DIGEST, manifest_digest
-    from mll_index.labels.matrix import append_labels, compact_matrix
-    from mll_index.labels.folders import LABEL_FILES, label_folder, load_label, read_sample_table, scan_labels
     from mll_index.core.layout import labels_dir, model_folder_name, sample_table_path
+    from mll_index.labels.folders import LABEL_FILES, label_folder, load_label, read_sample_table, scan_labels
+    from mll_index.labels.matrix import append_labels, compact_matrix
     from mll_index.labels.topk_table import write_topk_tables
 
     started = time.perf_counter()

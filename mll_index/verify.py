@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mll_index.core.layout import matrix_dir
 from mll_index.errors import MLLIndexError
 from mll_index.index.node_index import check_index_files, load_index_graph
-from mll_index.labels.matrix import check_matrix, has_matrix, open_matrix
 from mll_index.labels.folders import check_labels, load_label, scan_labels
+from mll_index.labels.matrix import check_matrix, has_matrix, open_matrix
 from mll_index.labels.sync import matrix_entry
-from mll_index.core.layout import matrix_dir
 from mll_index.published.store import check_published
 
 

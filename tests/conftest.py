@@ -160,8 +160,8 @@ def world_index(tmp_path_factory: pytest.TempPathFactory, small_world, taxonomy:
                 embedder: embed_mod.TextEmbedder) -> Path:
     """A node index around the small world's concepts (them, their hypernyms and hyponyms), its
     hub labeled into it. Tests must not modify it (copy it first)."""
-    from mll_index.models.hub import load_hub
     from mll_index.labeling.run import label_models
+    from mll_index.models.hub import load_hub
 
     concepts = {c["wnid"] for c in small_world.concepts}
     nodes = set(concepts)

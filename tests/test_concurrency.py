@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER
-from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
-
 from mll_index.core.artifacts import index_lock
 from mll_index.index.embed import TextEmbedder
-from mll_index.models.hub import load_hub
 from mll_index.index.node_index import add_nodes, compact_index, load_index
-from mll_index.labels.matrix import open_matrix
 from mll_index.labeling.run import label_models
 from mll_index.labels.folders import labeled_models
+from mll_index.labels.matrix import open_matrix
+from mll_index.models.hub import load_hub
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli
-
 from mll_index.core.artifacts import find_leftovers, writing
 from mll_index.errors import IndexWriteError
 from mll_index.index.node_index import load_index, load_index_graph
 from mll_index.labels.matrix import append_labels, open_matrix
+from tests.conftest import REPO, run_cli
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults

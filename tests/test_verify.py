@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER, run_cli
-from tests.fakelabels import fake_label
-
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index.node_index import add_nodes
 from mll_index.published.store import import_published
-from mll_index.selection.task import make_task
 from mll_index.selection.selector import open_selector, select_models
+from mll_index.selection.task import make_task
 from mll_index.verify import check_index
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, TIGER, run_cli
+from tests.fakelabels import fake_label
 
 FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
 TABBY = "n02123045"

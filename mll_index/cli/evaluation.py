@@ -25,9 +25,9 @@ from mll_index.cli.options import echo_rates, embedding_cache, index_option, wor
 def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | None, world_size: str,
              world_root: Path | None, alpha: float, mode: str, out: Path, workers: int) -> None:
     """MLL against INB, random, text-proxy and oracle baselines on tasks with ground truth."""
+    from mll_index.core.paths import default_index_path
     from mll_index.evaluation.run import evaluate_tasks, folder_eval_tasks, world_eval_tasks, write_evaluation
     from mll_index.models.hub import load_hub
-    from mll_index.core.paths import default_index_path
     from mll_index.selection.selector import open_selector
     from mll_index.world import load_world
 
@@ -36,8 +36,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
         world_obj = load_world(world_size, world_root)
     hub = load_hub(hub_source, validate=False) if hub_source else load_hub(world_obj.hub_path)
     tasks = folder_eval_tasks(tasks_dir) if tasks_dir is not None else world_eval_tasks(world_obj)
-    from mll_index.labels.matrix import has_matrix
     from mll_index.labels.folders import labeled_models
+    from mll_index.labels.matrix import has_matrix
 
     path = index_path or default_index_path()
     # An index with published labels only is evaluated on those (naming models would ask for image labels).
@@ -64,8 +64,8 @@ def evaluate(index_path: Path | None, hub_source: str | None, tasks_dir: Path | 
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda if available].")
 def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path, device: str | None) -> None:
     """The whole paradigm on the emoji world: build, label, select, reuse, compare with the baselines."""
-    from mll_index.world.demo import run_demo
     from mll_index.core.paths import default_index_path
+    from mll_index.world.demo import run_demo
 
     result = run_demo(index_path or default_index_path(), out, size=size, world_root=world_root, device=device,
                       progress=True)

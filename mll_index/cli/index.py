@@ -122,10 +122,10 @@ def _apply_recipe(recipe: Path | None, options: dict[str, object]) -> dict[str, 
 @with_options(_expander_options)
 def build(index_path: Path | None, recipe: Path | None, **options: object) -> None:
     """Build a node index: graph, node captions, embeddings and FAISS index (written atomically)."""
+    from mll_index.core.paths import default_index_path
     from mll_index.index.embed import load_embedder
     from mll_index.index.graph import build_graph
     from mll_index.index.node_index import build_index
-    from mll_index.core.paths import default_index_path
 
     o = _apply_recipe(recipe, options)
     path = index_path or (recipe.with_suffix("") if recipe else default_index_path())
@@ -215,8 +215,8 @@ def info(index_path: Path | None, verify: bool) -> None:
 @index_option
 def add_nodes_command(wnids: tuple[str, ...], file: str | None, index_path: Path | None) -> None:
     """Add WordNet synsets (wnids) to an index's node set; only the new nodes are embedded."""
-    from mll_index.index.node_index import add_nodes
     from mll_index.core.paths import default_index_path
+    from mll_index.index.node_index import add_nodes
 
     report = add_nodes(index_path or default_index_path(), read_names(wnids, file, "wnids"))
     click.echo(json.dumps({"added": len(report.added), "skipped_already_there": report.skipped,

@@ -37,8 +37,8 @@ def label(index_path: Path | None, hub_source: str, samples: Path, models: tuple
           batch_size: int, workers: int, pixel_cache: bool, ray_address: str | None, ray_gpus: float | None,
           ray_cpus: float, shard_images: int | None) -> None:
     """Label every hub model not yet labeled on these samples (resumable; only what is new is encoded)."""
-    from mll_index.models.hub import load_hub
     from mll_index.labeling.run import label_models
+    from mll_index.models.hub import load_hub
 
     path = existing_index_path(index_path)
     if ray_address is None and (ray_gpus is not None or shard_images is not None):

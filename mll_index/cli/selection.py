@@ -69,8 +69,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         return
     from mll_index.core.paths import default_index_path
     from mll_index.selection.answer import answer_tasks, answer_warning_lines
-    from mll_index.selection.settings import SelectionSettings
     from mll_index.selection.selector import open_selector
+    from mll_index.selection.settings import SelectionSettings
     from mll_index.selection.task import read_batch_file, with_overrides
 
     path = index_path or default_index_path()

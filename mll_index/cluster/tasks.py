@@ -120,8 +120,8 @@ def encode_shard(models: list[HubModel], shard: int, root: str, paths: list[str]
     gives them to a pass's first shard), their node prompts. A model that cannot be loaded here is
     reported in `failed`; the others are encoded.
     """
-    from mll_index.images.loader import ImageSet
     from mll_index.images.encoding import encode_image_set
+    from mll_index.images.loader import ImageSet
 
     started = time.perf_counter()
     device = _device()

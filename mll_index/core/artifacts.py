@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mll_index import __version__
-from mll_index.errors import IndexFormatError, IndexWriteError, MLLIndexError
 from mll_index.core.layout import LOCK, MANIFEST, labels_dir, matrix_dir
+from mll_index.errors import IndexFormatError, IndexWriteError, MLLIndexError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import socket
 import threading
-import math
 import time
 import urllib.error
 import urllib.parse

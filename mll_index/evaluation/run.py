@@ -20,19 +20,29 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import atomic_file, write_json
-from mll_index.evaluation.baselines import (
-    accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy, text_proxy_score,
-)
-from mll_index.index.captions import Concept, WordNetExpander
 from mll_index.errors import InputError
-from mll_index.models.hub import Hub, load_model
+from mll_index.evaluation.baselines import (
+    accuracy_of,
+    inb_model,
+    oracle_per_class,
+    oracle_single,
+    random_accuracy,
+    text_proxy_score,
+)
 from mll_index.images.encoding import (
-    EncodeStats, Probabilities, merge_probabilities, model_passes, rates, zero_shot_probabilities,
+    EncodeStats,
+    Probabilities,
+    merge_probabilities,
+    model_passes,
+    rates,
+    zero_shot_probabilities,
 )
 from mll_index.images.loader import image_set_from_task
+from mll_index.index.captions import Concept, WordNetExpander
+from mll_index.models.hub import Hub, load_model
 from mll_index.reuse.ensemble import TaskImages, combine, readable_images, scan_task_images
-from mll_index.selection.settings import SelectionSettings
 from mll_index.selection.selector import PreparedTasks, Selection, Selector, prepare_tasks, select_prepared
+from mll_index.selection.settings import SelectionSettings
 from mll_index.selection.task import make_task
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from mll_index.core.userfiles import check_name_count, normalize_class_name, read_user_json
 from mll_index.errors import EndpointError, InputError
 from mll_index.index.graph import Graph, normalize_name
-from mll_index.core.userfiles import check_name_count, normalize_class_name, read_user_json
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ class LLMExpander:
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", n: int = 5,
                  cache_path: Path | None = None, requests_per_minute: float | None = None,
                  max_retries: int = 5, backoff_s: float = 1.0) -> None:
-        from mll_index.core.paths import cache_dir
         from mll_index.core.openai_client import OpenAIClient
+        from mll_index.core.paths import cache_dir
 
         self._client = OpenAIClient(base_url, os.environ.get(api_key_env), max_retries=max_retries,
                                     backoff_s=backoff_s, requests_per_minute=requests_per_minute)

@@ -22,8 +22,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from mll_index.index.captions import CaptionExpander, Concept, WordNetExpander
 from mll_index.errors import EmbedderMismatchError, InputError, ModelLoadError
+from mll_index.index.captions import CaptionExpander, Concept, WordNetExpander
 
 log = logging.getLogger(__name__)
 

@@ -45,13 +45,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mll_index.core.userfiles import normalize_class_name
+from mll_index.errors import InputError
 from mll_index.index.captions import CaptionExpander, clean_class_names
 from mll_index.index.embed import EmbeddingCache, TextEmbedder, embed_classes
-from mll_index.errors import InputError
 from mll_index.index.graph import normalize_name
 from mll_index.index.node_index import NodeIndex
 from mll_index.index.senses import SenseIndex, sense_index, sense_key_lemma
-from mll_index.core.userfiles import normalize_class_name
 
 MatchMethod = Literal["lemma", "name", "captions", "combined"]
 METHODS: tuple[str, ...] = ("lemma", "name", "captions", "combined")

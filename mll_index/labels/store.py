@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from mll_index.errors import IndexFormatError, InputError
-from mll_index.labels.matrix import LabelMatrix, Shard, has_matrix, open_matrix
 from mll_index.labels.folders import SampleTable, load_label, read_sample_table, relabel_hint, scan_labels
+from mll_index.labels.matrix import LabelMatrix, Shard, has_matrix, open_matrix
 from mll_index.labels.sync import folder_counts, stale_in_matrix
 from mll_index.labels.topk_table import TopkTable, open_topk_table
 

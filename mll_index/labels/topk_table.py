@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import atomic_dir, index_lock, load_arrays, new_manifest, read_manifest, seal_manifest
+from mll_index.core.layout import topk_table_path
 from mll_index.errors import IndexFormatError
 from mll_index.labels.folders import load_label, read_sample_table, scan_labels
-from mll_index.core.layout import topk_table_path
 
 log = logging.getLogger(__name__)
 

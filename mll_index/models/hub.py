@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mll_index.errors import InputError, ModelLoadError
 from mll_index.core.layout import model_folder_name
 from mll_index.core.userfiles import read_user_csv, read_user_json
+from mll_index.errors import InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import numpy as np
 
 from mll_index.core.artifacts import atomic_file
 from mll_index.errors import InputError, ModelLoadError
-from mll_index.models.hub import Hub, LoadedModel
 from mll_index.images.decoding import IMAGE_SUFFIXES, image_files
 from mll_index.images.encoding import MODELS_PER_PASS, EncodeStats, hub_probabilities, rates
 from mll_index.images.loader import image_set_from_task
+from mll_index.models.hub import Hub, LoadedModel
 from mll_index.models.zeroshot import all_finite, check_prompts, prompt_names
 
 log = logging.getLogger(__name__)

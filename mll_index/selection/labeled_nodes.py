@@ -13,9 +13,9 @@ from functools import cached_property
 
 import numpy as np
 
+from mll_index.index.match import ClassName, Matcher, read_class_name
 from mll_index.index.node_index import NodeIndex
 from mll_index.labels.store import LabelStore
-from mll_index.index.match import ClassName, Matcher, read_class_name
 
 MATCH_BLOCK = 256     # classes matched at once
 GRAPH_STEP = 0.9      # score kept per hypernym/hyponym step when a match has no images

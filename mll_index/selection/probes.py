@@ -171,9 +171,9 @@ def encode_probes(store: LabelStore, sources: Sequence[str | Path], *, limit: in
         InputError: no probe image file, or none readable (one line, with the first file's reason).
         ModelLoadError: a probe model cannot be loaded.
     """
-    from mll_index.models.hub import load_model
-    from mll_index.images.loader import ImageSet
     from mll_index.images.encoding import encode_image_set
+    from mll_index.images.loader import ImageSet
+    from mll_index.models.hub import load_model
 
     files = probe_files(sources, limit)
     started = time.perf_counter()

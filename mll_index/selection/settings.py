@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from mll_index.selection.confusion import MODES, SelectionMode
 from mll_index.errors import InputError
+from mll_index.selection.confusion import MODES, SelectionMode
 
 RANKING_SIZE = 100
 PROBE_LIMIT = 16    # as probes.PROBE_LIMIT (not imported: settings load nothing heavy)

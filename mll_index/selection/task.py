@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mll_index.index.captions import clean_class_names
-from mll_index.errors import InputError
-from mll_index.index.match import read_class_names
 from mll_index.core.userfiles import names_from_text, normalize_class_name, parse_user_json, read_user_text
+from mll_index.errors import InputError
+from mll_index.index.captions import clean_class_names
+from mll_index.index.match import read_class_names
 
 
 @dataclass(frozen=True)

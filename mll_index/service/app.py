@@ -67,8 +67,8 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     """
     settings = settings or ServiceSettings()
     if holder is None:
-        from mll_index.index.embed import EmbeddingCache
         from mll_index.core.paths import cache_dir
+        from mll_index.index.embed import EmbeddingCache
 
         holder = StateHolder(Path(index_path), EmbeddingCache(cache_dir() / "embeddings.sqlite"),
                              poll_s=settings.poll_s)

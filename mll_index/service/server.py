@@ -56,9 +56,9 @@ def serve(index_path: Path, *, host: str = "127.0.0.1", port: int = 8000, worker
         InputError: the port is in use, or the API key's variable is empty.
         MLLIndexError: the index is missing, unlabeled or damaged.
     """
-    import uvicorn
-
     from dataclasses import replace
+
+    import uvicorn
 
     settings = replace(settings or ServiceSettings(), api_key=api_key_from_env(api_key_env))
     _log_service_events()

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mll_index import __version__
-from mll_index.index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder
 from mll_index.errors import IndexFormatError, MLLIndexError
+from mll_index.index.embed import EmbedderRecord, EmbeddingCache, LazyEmbedder
 from mll_index.selection.selector import Selector, open_selector, select_models
 from mll_index.selection.task import make_task
 from mll_index.service.version import index_version

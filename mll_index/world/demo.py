@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mll_index.errors import InputError
 from mll_index.evaluation.run import Evaluation, evaluate_tasks, world_eval_tasks, write_evaluation
-from mll_index.models.hub import load_hub
 from mll_index.labeling.run import label_models
+from mll_index.models.hub import load_hub
 from mll_index.selection.selector import open_selector
 from mll_index.world import build_world
 

@@ -145,10 +145,9 @@ def draw_task_images(concepts: Sequence[EmojiConcept], domains: Sequence[str], p
 
 def generate_world_tasks(size: str, root: Any, n: int, seed: int) -> dict[str, Any]:
     """`generate_tasks` over a built world's concepts (see `load_world` for size and root)."""
+    from mll_index.index.graph import load_taxonomy
     from mll_index.world.build import load_world
     from mll_index.world.concepts import load_concepts
-
-    from mll_index.index.graph import load_taxonomy
 
     world = load_world(size, root)
     domains = {c["wnid"]: c["domains"] for c in world.concepts}

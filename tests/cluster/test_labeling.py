@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import REPO, free_port, run_cli
 
 from mll_index.errors import InputError
-from mll_index.models.hub import load_hub
 from mll_index.index.node_index import load_index
-from mll_index.labels.folders import labeled_models, load_label, read_sample_table
 from mll_index.labeling.samples import scan_samples
+from mll_index.labels.folders import labeled_models, load_label, read_sample_table
+from mll_index.models.hub import load_hub
 from mll_index.verify import check_index
+from tests.conftest import REPO, free_port, run_cli
 
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install 'mll-index[cluster]')")
 

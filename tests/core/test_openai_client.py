@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mll_index.errors import EndpointError
 from mll_index.core.openai_client import OpenAIClient
+from mll_index.errors import EndpointError
 
 try:
     from tests.openai_server import OpenAITestServer, fake_embedding

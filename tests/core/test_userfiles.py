@@ -15,17 +15,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mll_index.index.captions import Concept, FileExpander, clean_class_names
+from mll_index.core.userfiles import (
+    decode_user_bytes,
+    normalize_class_name,
+    read_names_file,
+    read_user_csv,
+    read_user_json,
+    read_user_text,
+)
 from mll_index.errors import InputError
-from mll_index.models.hub import load_hub
+from mll_index.index.captions import Concept, FileExpander, clean_class_names
 from mll_index.index.match import match_names, read_class_name
+from mll_index.models.hub import load_hub
 from mll_index.published.store import dataset_settings, read_classnames, read_results
 from mll_index.selection.task import make_task, read_batch_file, read_task_file
-from mll_index.core.userfiles import (
-    decode_user_bytes, normalize_class_name, read_names_file, read_user_csv, read_user_json, read_user_text,
-)
-from tests.conftest import run_cli
 from tests.cli.runner import assert_one_line_error
+from tests.conftest import run_cli
 
 NAMES = "tiger\ngolden retriever\npizza\n"
 TASK_JSON = json.dumps({"name": "cats", "domain": "sketch",

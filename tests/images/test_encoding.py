@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 from mll_index.errors import InputError
-from mll_index.models.hub import load_hub, load_model
-from mll_index.images.loader import ImageSet, default_decode, image_loader, image_set_from_samples, image_set_from_task
 from mll_index.images.encoding import encode_image_set, hub_probabilities, model_passes, zero_shot_probabilities
+from mll_index.images.loader import ImageSet, default_decode, image_loader, image_set_from_samples, image_set_from_task
+from mll_index.models.hub import load_hub, load_model
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 WNIDS = ["n01440764", "n01443537", "n03642806", "n02129604"]
 CLASSES = ["tench", "goldfish", "laptop", "tiger"]
@@ -62,9 +62,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_streamed_embeddings_equal_decoding_one_file_at_a_time(loaded, samples_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mll_index.images.decoding import open_image
-    from mll_index.reuse.ensemble import scan_task_images
     from mll_index.labeling.samples import scan_samples
     from mll_index.models.zeroshot import encode_pixels
+    from mll_index.reuse.ensemble import scan_task_images
 
     samples = scan_samples(samples_root)
     images = image_set_from_samples(samples)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mll_index.index import captions as C
 from mll_index.errors import EndpointError, InputError
+from mll_index.index import captions as C
 from mll_index.index.graph import Graph
 
 try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index.index import embed as E
 from mll_index.errors import EmbedderMismatchError, EndpointError, InputError, ModelLoadError
+from mll_index.index import embed as E
 
 try:
     from tests.conftest import free_port

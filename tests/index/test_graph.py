@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mll_index.index import graph as G
 from mll_index.core import paths
 from mll_index.errors import IndexFormatError, InputError
+from mll_index.index import graph as G
 
 try:
     from tests.conftest import CRANE_BIRD, CRANE_MACHINE, DOG, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, TENCH

@@ -15,10 +15,10 @@ import pytest
 
 from mll_index.core import artifacts as A
 from mll_index.core.paths import default_index_path
+from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.index import node_index as I
 from mll_index.index.captions import Concept, WordNetExpander, node_concept
 from mll_index.index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
-from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError
 from mll_index.index.graph import Graph, resolve_node_set, wnid_node_set
 
 try:

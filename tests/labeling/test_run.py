@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mll_index.core.layout import PIXEL_CACHE, labels_dir
+from mll_index.errors import IndexFormatError, InputError
+from mll_index.index.node_index import load_index
+from mll_index.labeling.run import label_models, node_prompts
+from mll_index.labeling.samples import scan_samples
+from mll_index.labels.folders import confusion_counts, labeled_models, load_label, read_sample_table, score_images
+from mll_index.models.hub import load_hub, load_model
 from tests.conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER
 from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
-
-from mll_index.errors import IndexFormatError, InputError
-from mll_index.models.hub import load_hub, load_model
-from mll_index.index.node_index import load_index
-from mll_index.labels.folders import confusion_counts, labeled_models, load_label, read_sample_table, score_images
-from mll_index.labeling.run import label_models, node_prompts
-from mll_index.core.layout import labels_dir
-from mll_index.core.layout import PIXEL_CACHE
-from mll_index.labeling.samples import scan_samples
 
 FIRST = [TENCH, GOLDFISH, LAPTOP, TIGER, PIZZA]
 LATER = [CRANE_BIRD, CRANE_MACHINE]

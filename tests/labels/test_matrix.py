@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index.labels import matrix as LM
 from mll_index.errors import IndexFormatError, InputError
+from mll_index.labels import matrix as LM
 
 WNIDS = [f"n{10000000 + i:08d}" for i in range(40)]
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mll_index.selection.confusion import exact_restricted_confusion, restricted_confusion
 from mll_index.errors import IndexFormatError
 from mll_index.labels.folders import load_label, read_sample_table, write_label
-from mll_index.selection.task import make_task
 from mll_index.labels.store import open_labels
-from mll_index.selection.selector import open_selector, select_models
 from mll_index.labels.topk_table import confusion_from_predictions, first_in_set, write_topk_tables
+from mll_index.selection.confusion import exact_restricted_confusion, restricted_confusion
+from mll_index.selection.selector import open_selector, select_models
+from mll_index.selection.task import make_task
 
 
 @pytest.fixture()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
+from mll_index.index.embed import embed_classes
 from mll_index.published.store import has_published, import_published, open_published, published_scores
 from mll_index.published.table import read_classnames, read_results
-from mll_index.index.embed import embed_classes
 
 HEADER = "name,pretrained,params (M),FLOPs (B),Average perf. on 38 datasets,ImageNet 1k,Dogs,Food,Extra\n"
 
@@ -119,8 +119,8 @@ def test_select_with_published_labels_only_and_mixed(tmp_path: Path, index_copy:
                                                     embedder) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -209,8 +209,8 @@ def test_import_a_lovm_table_with_domains_and_descriptions(tmp_path: Path, index
 
 
 def test_select_says_when_published_labels_fall_back(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     results, names, domains, tasks = _lovm_files(tmp_path)
     import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
@@ -228,8 +228,8 @@ def test_select_says_when_published_labels_fall_back(tmp_path: Path, index_copy:
 
 
 def test_a_tasks_domain_and_description_count(tmp_path: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     results, names, domains, tasks = _lovm_files(tmp_path)
     import_published(index_copy, results, [names], domains=domains, descriptions=tasks, embedder=embedder)
@@ -300,8 +300,8 @@ def _mixed_index(tmp_path: Path, world_index: Path, embedder) -> Path:  # type: 
 
 def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model(
         tmp_path: Path, world_index: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     sel = open_selector(_mixed_index(tmp_path / "m", world_index, embedder), embedder)
     task = make_task(["tiger", "pizza"])
@@ -338,8 +338,8 @@ def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_cl
 def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
                                                                    embedder) -> None:  # type: ignore[no-untyped-def]
     from mll_index.selection.answer import answer_task
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector
+    from mll_index.selection.task import make_task
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
@@ -351,8 +351,8 @@ def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path
 
 def test_a_published_class_whose_name_is_no_word_is_low_confidence_and_falls_back(
         tmp_path: Path, index_copy: Path, world_index: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.task import make_task
     from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
 
     results, names, mapping = _files(tmp_path)
     import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)

@@ -11,12 +11,20 @@ import pytest
 
 from mll_index.errors import IndexFormatError
 from mll_index.selection.accuracy import (
-    FEATURES, Rule, chosen_f1, class_features, extrapolation, f1_matrix, load_calibration, predict_features,
-    predict_selection, selection_matrix,
+    FEATURES,
+    Rule,
+    chosen_f1,
+    class_features,
+    extrapolation,
+    f1_matrix,
+    load_calibration,
+    predict_features,
+    predict_selection,
+    selection_matrix,
 )
-from mll_index.selection.task import make_task
-from mll_index.selection.selector import open_selector, select_models
 from mll_index.selection.confusion import smooth_scores
+from mll_index.selection.selector import open_selector, select_models
+from mll_index.selection.task import make_task
 
 
 @pytest.mark.parametrize("alpha, classes", [(0.7, 2), (0.7, 30), (1.0, 5), (0.0, 5), (0.3, 4)])

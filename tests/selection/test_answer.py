@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from mll_index.selection.budget import Budget
 from mll_index.errors import InputError
 from mll_index.selection.answer import (
-    ChosenModels, answer_tasks, complete_selection, internal_k, read_selection_file, select_for_reuse, selection_costs,
+    ChosenModels,
+    answer_tasks,
+    complete_selection,
+    internal_k,
+    read_selection_file,
+    select_for_reuse,
+    selection_costs,
 )
+from mll_index.selection.budget import Budget
+from mll_index.selection.selector import open_selector, select_models
 from mll_index.selection.settings import SelectionSettings
 from mll_index.selection.task import make_task
-from mll_index.selection.selector import open_selector, select_models
 from tests.conftest import run_cli
 
 

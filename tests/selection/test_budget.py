@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from mll_index.selection.budget import EXACT_MODELS, Budget, choose_within_budget, pareto_front
 from mll_index.errors import InputError
 from mll_index.models.flops import ModelCost
+from mll_index.selection.budget import EXACT_MODELS, Budget, choose_within_budget, pareto_front
 
 
 def _case(n: int, c: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, ModelCost]]:

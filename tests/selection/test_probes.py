@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from mll_index.errors import InputError
-from mll_index.selection.probes import encode_probes, node_softmax, probe_files, probe_weights
-from mll_index.selection.task import make_task, task_from_json
 from mll_index.labels.store import open_labels
+from mll_index.selection.probes import encode_probes, node_softmax, probe_files, probe_weights
 from mll_index.selection.selector import open_selector, select_models
+from mll_index.selection.task import make_task, task_from_json
 from tests.conftest import run_cli
 
 
@@ -202,8 +202,8 @@ def test_select_cli_warns_once_for_skipped_and_ignored_probes(world_index: Path,
 def test_task_files_read_relative_probe_images_from_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  world_index: Path, probe_dir: Path,
                                                                  embedder) -> None:  # type: ignore[no-untyped-def]
-    from mll_index.selection.task import read_batch_file, read_task_file
     from mll_index.selection.selector import select_batch
+    from mll_index.selection.task import read_batch_file, read_task_file
 
     folder = tmp_path / "tasks"
     (folder / "probes").mkdir(parents=True)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.selection.confusion import class_f1, node_confusion, smooth_scores
-from mll_index.selection.task import make_task, read_batch_file, read_task_file, task_from_json
-from mll_index.labels.store import open_labels
-from mll_index.selection.selector import open_selector, select_batch, select_models
 from mll_index.labels.folders import load_label, read_sample_table
+from mll_index.labels.store import open_labels
+from mll_index.selection.confusion import class_f1, node_confusion, smooth_scores
+from mll_index.selection.selector import open_selector, select_batch, select_models
+from mll_index.selection.task import make_task, read_batch_file, read_task_file, task_from_json
 from tests.conftest import run_cli
 
 TIGER, LION = "n02129604", "n02129165"

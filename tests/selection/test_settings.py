@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mll_index.errors import InputError
-from mll_index.selection.task import make_task
 from mll_index.selection.selector import open_selector, prepare_tasks, select_batch, select_models, select_prepared
 from mll_index.selection.settings import SelectionSettings
+from mll_index.selection.task import make_task
 
 
 @pytest.mark.parametrize("changes, message", [

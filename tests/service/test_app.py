@@ -19,8 +19,8 @@ from mll_index.selection.task import task_from_json
 from mll_index.service.app import create_app
 from mll_index.service.settings import ServiceSettings
 from mll_index.service.version import index_version
-from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
 from tests.cli.runner import HEAVY, assert_one_line_error, modules_of
+from tests.conftest import GOLDFISH, LAPTOP, PIZZA, REPO, TENCH, free_port, run_cli
 
 TOKEN = "s3cret-token"
 

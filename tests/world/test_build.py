@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index.index import graph as graph_mod
 from mll_index.errors import InputError
+from mll_index.index import graph as graph_mod
 from mll_index.models.hub import load_hub, load_model
 from mll_index.world import DOMAINS, build_world, load_concepts, load_task_specs, load_world
 from mll_index.world.build import SIZES
@@ -18,7 +18,6 @@ from mll_index.world.corpus import draw_corpus as _draw_corpus
 from mll_index.world.domains import draw_image, image_rng
 from mll_index.world.train import load_hub_spec
 from tests.conftest import run_cli
-
 
 # --------------------------------------------------------------------------------------
 # Shipped data
