@@ -84,12 +84,7 @@ def ceilings(pub: Any, j: int, similarity: np.ndarray, texts: list[np.ndarray | 
              known: np.ndarray) -> dict[str, dict[str, float]]:
     """LOVM's scores of rankings that read the hidden column j (see the module docstring): upper bounds."""
     from mll_index.published.rule import (
-        NEIGHBOUR_WEIGHTS,
-        TEXT_WEIGHTS,
-        PublishedRule,
-        hidden_mask,
-        standardise,
-        strength_of,
+        NEIGHBOUR_WEIGHTS, TEXT_WEIGHTS, PublishedRule, hidden_mask, standardise, strength_of,
     )
     from mll_index.published.store import rank_published
 

@@ -8,12 +8,7 @@ from pathlib import Path
 import click
 
 from mll_index.cli.options import (
-    echo_rates,
-    echo_unreadable,
-    embedding_cache,
-    index_option,
-    selection_options,
-    workers_option,
+    echo_rates, echo_unreadable, embedding_cache, index_option, selection_options, workers_option,
 )
 from mll_index.errors import InputError
 

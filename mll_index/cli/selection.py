@@ -8,13 +8,7 @@ from pathlib import Path
 import click
 
 from mll_index.cli.options import (
-    PositiveFinite,
-    echo_or_write,
-    embedding_cache,
-    index_option,
-    read_names,
-    read_task,
-    selection_options,
+    PositiveFinite, echo_or_write, embedding_cache, index_option, read_names, read_task, selection_options,
 )
 from mll_index.errors import InputError
 

@@ -36,23 +36,12 @@ from typing import Any
 import numpy as np
 
 from mll_index.cluster.connect import connect, import_ray
-from mll_index.cluster.tasks import (
-    NodeCheck,
-    NodeTexts,
-    ShardResult,
-    check_samples,
-    encode_shard,
-)
+from mll_index.cluster.tasks import NodeCheck, NodeTexts, ShardResult, check_samples, encode_shard
 from mll_index.core.layout import sample_table_path
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.images.encoding import MODELS_PER_PASS, model_passes
 from mll_index.labeling.run import (
-    LabelReport,
-    finish_label,
-    node_prompts,
-    plan_labels,
-    reusable_embeddings,
-    sample_table,
+    LabelReport, finish_label, node_prompts, plan_labels, reusable_embeddings, sample_table,
 )
 from mll_index.labels.folders import SampleTable, read_sample_table, write_sample_table
 from mll_index.labels.sync import append_to_matrix, sync_matrix

@@ -22,20 +22,10 @@ import numpy as np
 from mll_index.core.artifacts import atomic_file, write_json
 from mll_index.errors import InputError
 from mll_index.evaluation.baselines import (
-    accuracy_of,
-    inb_model,
-    oracle_per_class,
-    oracle_single,
-    random_accuracy,
-    text_proxy_score,
+    accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy, text_proxy_score,
 )
 from mll_index.images.encoding import (
-    EncodeStats,
-    Probabilities,
-    merge_probabilities,
-    model_passes,
-    rates,
-    zero_shot_probabilities,
+    EncodeStats, Probabilities, merge_probabilities, model_passes, rates, zero_shot_probabilities,
 )
 from mll_index.images.loader import image_set_from_task
 from mll_index.index.captions import Concept, WordNetExpander

@@ -46,45 +46,17 @@ import numpy as np
 
 from mll_index import __version__
 from mll_index.core.artifacts import (
-    atomic_dir,
-    atomic_file,
-    check_then_open,
-    clear_leftovers,
-    file_record,
-    find_leftovers,
-    index_lock,
-    new_manifest,
-    read_consistent,
-    read_json,
-    read_manifest,
-    seal_manifest,
-    size_of,
-    write_json,
-    writer_lock,
-    writing,
+    atomic_dir, atomic_file, check_then_open, clear_leftovers, file_record, find_leftovers, index_lock, new_manifest,
+    read_consistent, read_json, read_manifest, seal_manifest, size_of, write_json, writer_lock, writing,
 )
 from mll_index.core.layout import (
-    FAISS_FILE,
-    GRAPH,
-    LABELS,
-    MANIFEST,
-    NODE_TABLE,
-    NODE_VECTORS,
-    PUBLISHED,
-    SEGMENT_PATTERNS,
-    segment_files,
+    FAISS_FILE, GRAPH, LABELS, MANIFEST, NODE_TABLE, NODE_VECTORS, PUBLISHED, SEGMENT_PATTERNS, segment_files,
 )
 from mll_index.core.paths import cache_dir
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.index.embed import (
-    EmbedderRecord,
-    EmbeddingCache,
-    LazyEmbedder,
-    TextEmbedder,
-    check_agreement,
-    embed_concept_captions,
-    record_of,
+    EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_concept_captions, record_of,
 )
 from mll_index.index.graph import Graph, load_graph, save_graph
 from mll_index.index.search import SearchKind, flat_search, make_faiss

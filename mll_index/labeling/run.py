@@ -25,13 +25,7 @@ from mll_index.index.captions import node_concept, templates
 from mll_index.index.node_index import NodeIndex, load_index
 from mll_index.labeling.samples import SampleSet, scan_samples, write_pixel_cache
 from mll_index.labels.folders import (
-    SampleTable,
-    label_folder,
-    labeled_models,
-    load_label,
-    read_sample_table,
-    write_label,
-    write_sample_table,
+    SampleTable, label_folder, labeled_models, load_label, read_sample_table, write_label, write_sample_table,
 )
 from mll_index.labels.sync import append_to_matrix, sync_matrix
 from mll_index.models.hub import Hub, HubModel, LoadedModel, load_model

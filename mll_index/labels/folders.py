@@ -39,28 +39,11 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import (
-    MANIFEST,
-    SELF_DIGEST,
-    atomic_dir,
-    check_manifest,
-    check_self_digest,
-    index_lock,
-    load_arrays,
-    manifest_digest,
-    new_manifest,
-    read_json,
-    read_manifest,
-    seal_manifest,
-    write_json,
-    writing,
+    MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, check_self_digest, index_lock, load_arrays, manifest_digest,
+    new_manifest, read_json, read_manifest, seal_manifest, write_json, writing,
 )
 from mll_index.core.layout import (
-    SAMPLE_TABLE_PREFIX,
-    is_reserved,
-    labels_dir,
-    legacy_folder_name,
-    model_folder_name,
-    model_id_of_folder,
+    SAMPLE_TABLE_PREFIX, is_reserved, labels_dir, legacy_folder_name, model_folder_name, model_id_of_folder,
     sample_table_path,
 )
 from mll_index.errors import IndexFormatError, ModelLoadError

@@ -50,16 +50,8 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import (
-    atomic_dir,
-    atomic_file,
-    check_manifest,
-    index_lock,
-    load_arrays,
-    new_manifest,
-    read_consistent,
-    read_manifest,
-    seal_manifest,
-    writing,
+    atomic_dir, atomic_file, check_manifest, index_lock, load_arrays, new_manifest, read_consistent, read_manifest,
+    seal_manifest, writing,
 )
 from mll_index.core.layout import MANIFEST, matrix_dir, shard_name
 from mll_index.core.layout import log_name as log_file_name

@@ -33,46 +33,21 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import (
-    atomic_dir,
-    check_then_open,
-    index_lock,
-    new_manifest,
-    read_consistent,
-    read_json,
-    read_manifest,
-    seal_manifest,
+    atomic_dir, check_then_open, index_lock, new_manifest, read_consistent, read_json, read_manifest, seal_manifest,
     write_json,
 )
 from mll_index.core.layout import MANIFEST, published_dir
 from mll_index.core.userfiles import read_user_json
 from mll_index.errors import IndexFormatError, InputError, MLLIndexError
 from mll_index.index.embed import (
-    EmbedderRecord,
-    EmbeddingCache,
-    LazyEmbedder,
-    TextEmbedder,
-    check_agreement,
-    embed_classes,
-    record_of,
+    EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes, record_of,
 )
 from mll_index.index.node_index import load_index, read_index_manifest
 from mll_index.published.rule import (
-    PublishedRule,
-    TaskRanking,
-    calibrate_rule,
-    dataset_similarity,
-    hidden_mask,
-    rank_task,
-    standardise,
+    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise,
     text_similarity,
 )
-from mll_index.published.table import (
-    Scale,
-    clean_benchmark_name,
-    read_classnames,
-    read_dataset_texts,
-    read_results,
-)
+from mll_index.published.table import Scale, clean_benchmark_name, read_classnames, read_dataset_texts, read_results
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mll_index.core.userfiles import (
-    UserTable,
-    names_from_text,
-    normalize_class_name,
-    parse_user_json,
-    read_user_csv,
-    read_user_json,
-    read_user_text,
+    UserTable, names_from_text, normalize_class_name, parse_user_json, read_user_csv, read_user_json, read_user_text,
 )
 from mll_index.errors import InputError
 

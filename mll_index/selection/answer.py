@@ -23,13 +23,7 @@ import numpy as np
 from mll_index.errors import InputError
 from mll_index.models.flops import ModelCost, entry_model, model_costs
 from mll_index.selection.accuracy import (
-    Calibration,
-    class_features,
-    extrapolation,
-    f1_matrix,
-    load_calibration,
-    predict_features,
-    selection_matrix,
+    Calibration, class_features, extrapolation, f1_matrix, load_calibration, predict_features, selection_matrix,
 )
 from mll_index.selection.budget import Budget, Choice, choose_within_budget, pareto_front
 from mll_index.selection.settings import SelectionSettings

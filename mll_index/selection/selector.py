@@ -49,34 +49,14 @@ from mll_index.index.match import LOW_CONFIDENCE, Matcher, is_weak, read_class_n
 from mll_index.index.node_index import NodeIndex, load_index
 from mll_index.labels.folders import scan_labels
 from mll_index.labels.matrix import has_matrix
-from mll_index.labels.store import (
-    LabelStore,
-    open_labels,
-    refuse_damaged,
-)
+from mll_index.labels.store import LabelStore, open_labels, refuse_damaged
 from mll_index.published.store import (
-    BenchmarkMatch,
-    PublishedLabels,
-    describe_ranking,
-    has_published,
-    open_published,
-    published_evidence,
-    rank_published,
-    task_text_vectors,
+    BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published, published_evidence,
+    rank_published, task_text_vectors,
 )
-from mll_index.selection.confusion import (
-    class_f1,
-    node_confusion,
-    restricted_cost,
-    smooth_scores,
-)
+from mll_index.selection.confusion import class_f1, node_confusion, restricted_cost, smooth_scores
 from mll_index.selection.labeled_nodes import (
-    LabeledNodes,
-    NodeMatch,
-    labeled_nodes,
-    lent_blindly,
-    match_labeled_nodes,
-    top_stable,
+    LabeledNodes, NodeMatch, labeled_nodes, lent_blindly, match_labeled_nodes, top_stable,
 )
 from mll_index.selection.settings import LABEL_SOURCES, SelectionSettings, settings_from
 from mll_index.selection.task import Task
@@ -443,11 +423,7 @@ def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]
     tokenizer than open_clip's default are not checked here (`reuse` checks every model).
     """
     from mll_index.models.zeroshot import (
-        check_prompt_rows,
-        clip_token_rows,
-        lemma_of,
-        prompt_names,
-        zero_shot_templates,
+        check_prompt_rows, clip_token_rows, lemma_of, prompt_names, zero_shot_templates,
     )
 
     entries = dict(sel.store.entries) if sel.store is not None else {}

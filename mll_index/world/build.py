@@ -34,13 +34,7 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import (
-    atomic_dir,
-    new_manifest,
-    read_json,
-    read_manifest,
-    recover_dir,
-    seal_manifest,
-    write_json,
+    atomic_dir, new_manifest, read_json, read_manifest, recover_dir, seal_manifest, write_json,
 )
 from mll_index.core.paths import cache_dir
 from mll_index.errors import InputError, MLLIndexError
@@ -51,14 +45,7 @@ from mll_index.world.corpus import WORLD_SEED, concept_domains, draw_corpus, rea
 from mll_index.world.domains import DOMAINS
 from mll_index.world.tasks import TaskSpec, load_task_specs, tasks_path
 from mll_index.world.train import (
-    HubSpec,
-    ModelSpec,
-    TrainingData,
-    load_hub_spec,
-    normalise,
-    phrasings_of,
-    spec_hash,
-    train_model,
+    HubSpec, ModelSpec, TrainingData, load_hub_spec, normalise, phrasings_of, spec_hash, train_model,
 )
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,9 @@ import pytest
 from mll_index.errors import InputError, MLLIndexError
 from tests.cli.runner import assert_one_line_error, invoke, jsonl
 
-try:
-    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
-except ImportError:  # pragma: no cover
-    from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
+from tests.conftest import GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, TENCH, free_port, run_cli
 
-try:
-    from tests.openai_server import OpenAITestServer
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.openai_server import OpenAITestServer
+from tests.openai_server import OpenAITestServer
 
 
 # --- match (in process) ---------------------------------------------------------------------

@@ -12,13 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mll_index.core.layout import (
-    MATRIX,
-    MAX_NAME_BYTES,
-    is_reserved,
-    labels_dir,
-    legacy_folder_name,
-    model_folder_name,
-    model_id_of_folder,
+    MATRIX, MAX_NAME_BYTES, is_reserved, labels_dir, legacy_folder_name, model_folder_name, model_id_of_folder,
 )
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.labels.folders import label_folder, labeled_models, load_label, scan_labels

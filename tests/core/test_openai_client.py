@@ -12,10 +12,7 @@ import pytest
 from mll_index.core.openai_client import OpenAIClient
 from mll_index.errors import EndpointError
 
-try:
-    from tests.openai_server import OpenAITestServer, fake_embedding
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.openai_server import OpenAITestServer, fake_embedding
+from tests.openai_server import OpenAITestServer, fake_embedding
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0}
 

@@ -16,12 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mll_index.core.userfiles import (
-    decode_user_bytes,
-    normalize_class_name,
-    read_names_file,
-    read_user_csv,
-    read_user_json,
-    read_user_text,
+    decode_user_bytes, normalize_class_name, read_names_file, read_user_csv, read_user_json, read_user_text,
 )
 from mll_index.errors import InputError
 from mll_index.index.captions import Concept, FileExpander, clean_class_names

@@ -20,12 +20,8 @@ from PIL import Image
 from mll_index.errors import InputError
 from mll_index.images.decoding import IMAGE_SUFFIXES, UnreadableImageError, image_files, max_pixels, open_image
 
-try:
-    from tests.conftest import TENCH, run_cli
-    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.conftest import TENCH, run_cli
-    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+from tests.conftest import TENCH, run_cli
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 WHITE = (255, 255, 255)
 

@@ -13,15 +13,9 @@ from mll_index.errors import EndpointError, InputError
 from mll_index.index import captions as C
 from mll_index.index.graph import Graph
 
-try:
-    from tests.conftest import GOLDFISH, TENCH, free_port
-except ImportError:  # pragma: no cover
-    from tests.conftest import GOLDFISH, TENCH, free_port
+from tests.conftest import GOLDFISH, TENCH, free_port
 
-try:
-    from tests.openai_server import OpenAITestServer
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.openai_server import OpenAITestServer
+from tests.openai_server import OpenAITestServer
 
 
 def concept_of(graph: Graph, wnid: str) -> C.Concept:

@@ -11,15 +11,9 @@ import pytest
 from mll_index.errors import EmbedderMismatchError, EndpointError, InputError, ModelLoadError
 from mll_index.index import embed as E
 
-try:
-    from tests.conftest import free_port
-except ImportError:  # pragma: no cover
-    from tests.conftest import free_port
+from tests.conftest import free_port
 
-try:
-    from tests.openai_server import OpenAITestServer, fake_embedding
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.openai_server import OpenAITestServer, fake_embedding
+from tests.openai_server import OpenAITestServer, fake_embedding
 
 TEXTS = ["a photo of a tench.", "golden retriever", "a laptop on a desk", "crème brûlée"]
 

@@ -12,10 +12,7 @@ from mll_index.core import paths
 from mll_index.errors import IndexFormatError, InputError
 from mll_index.index import graph as G
 
-try:
-    from tests.conftest import CRANE_BIRD, CRANE_MACHINE, DOG, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, TENCH
-except ImportError:  # pragma: no cover - when tests/ is imported as a package
-    from tests.conftest import CRANE_BIRD, CRANE_MACHINE, DOG, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, TENCH
+from tests.conftest import CRANE_BIRD, CRANE_MACHINE, DOG, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, TENCH
 
 
 def tiny_graph() -> G.Graph:

@@ -13,30 +13,7 @@ from mll_index.index import match as M
 from mll_index.index.embed import EmbeddingCache, TextEmbedder, vector_space
 from mll_index.index.node_index import NodeIndex
 
-try:
-    from tests.conftest import (
-        CRANE_BIRD,
-        CRANE_MACHINE,
-        GOLDEN_RETRIEVER,
-        GOLDFISH,
-        LAPTOP,
-        PIZZA,
-        POMERANIAN,
-        TENCH,
-        TIGER,
-    )
-except ImportError:  # pragma: no cover
-    from tests.conftest import (
-        CRANE_BIRD,
-        CRANE_MACHINE,
-        GOLDEN_RETRIEVER,
-        GOLDFISH,
-        LAPTOP,
-        PIZZA,
-        POMERANIAN,
-        TENCH,
-        TIGER,
-    )
+from tests.conftest import CRANE_BIRD, CRANE_MACHINE, GOLDEN_RETRIEVER, GOLDFISH, LAPTOP, PIZZA, POMERANIAN, TENCH, TIGER
 
 EXPECTED = {"golden retriever": GOLDEN_RETRIEVER, "tench": TENCH, "laptop": LAPTOP, "Pomeranian": POMERANIAN,
             "goldfish": GOLDFISH}

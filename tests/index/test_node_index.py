@@ -21,10 +21,7 @@ from mll_index.index.captions import Concept, WordNetExpander, node_concept
 from mll_index.index.embed import EmbedderRecord, TextEmbedder, embed_concept_captions, pool_caption_vectors
 from mll_index.index.graph import Graph, resolve_node_set, wnid_node_set
 
-try:
-    from tests.conftest import GOLDFISH, LAPTOP, TENCH
-except ImportError:  # pragma: no cover
-    from tests.conftest import GOLDFISH, LAPTOP, TENCH
+from tests.conftest import GOLDFISH, LAPTOP, TENCH
 
 QUERIES = ["golden retriever", "a photo of a tench.", "a laptop computer", "pizza", "a crane lifting steel"]
 

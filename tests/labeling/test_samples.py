@@ -18,10 +18,7 @@ from mll_index.errors import InputError
 from mll_index.images.decoding import UnreadableImageError
 from mll_index.labeling.samples import SampleSet, open_pixel_cache, pixel_cache_shape, scan_samples, write_pixel_cache
 
-try:
-    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
+from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
 
 WNIDS = ["n01440764", "n02099601", "n03642806"]
 

@@ -18,10 +18,7 @@ import pytest
 from mll_index.errors import InputError, ModelLoadError
 from mll_index.models.hub import Hub, HubModel, builtin_hubs, group_by_preprocess, load_hub, load_model, preprocess_key
 
-try:
-    from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
-except ImportError:  # tests/ is on sys.path itself when it is not a package
-    from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
+from tests.tinyclip import make_tiny_checkpoint, write_tiny_arch
 
 MLL49_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "hubs" / "mll49.csv"
 

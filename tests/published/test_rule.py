@@ -6,18 +6,8 @@ import numpy as np
 import pytest
 
 from mll_index.published.rule import (
-    NEIGHBOUR_WEIGHTS,
-    QUALIFY_LEVEL,
-    PublishedRule,
-    calibrate_rule,
-    dataset_similarity,
-    hidden_mask,
-    neighbour_weights,
-    rank_task,
-    sign_test_p,
-    standardise,
-    strength_of,
-    text_similarity,
+    NEIGHBOUR_WEIGHTS, QUALIFY_LEVEL, PublishedRule, calibrate_rule, dataset_similarity, hidden_mask, neighbour_weights,
+    rank_task, sign_test_p, standardise, strength_of, text_similarity,
 )
 
 

@@ -13,12 +13,7 @@ import pytest
 from mll_index.errors import InputError, ModelLoadError
 from mll_index.models.hub import load_hub
 from mll_index.reuse.ensemble import (
-    combine,
-    entropy_weights,
-    predict_probabilities,
-    reuse_models,
-    scan_task_images,
-    write_predictions,
+    combine, entropy_weights, predict_probabilities, reuse_models, scan_task_images, write_predictions,
 )
 from tests.conftest import run_cli
 

@@ -11,16 +11,8 @@ import pytest
 
 from mll_index.errors import IndexFormatError
 from mll_index.selection.accuracy import (
-    FEATURES,
-    Rule,
-    chosen_f1,
-    class_features,
-    extrapolation,
-    f1_matrix,
-    load_calibration,
-    predict_features,
-    predict_selection,
-    selection_matrix,
+    FEATURES, Rule, chosen_f1, class_features, extrapolation, f1_matrix, load_calibration, predict_features,
+    predict_selection, selection_matrix,
 )
 from mll_index.selection.confusion import smooth_scores
 from mll_index.selection.selector import open_selector, select_models

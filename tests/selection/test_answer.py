@@ -9,13 +9,7 @@ import pytest
 
 from mll_index.errors import InputError
 from mll_index.selection.answer import (
-    ChosenModels,
-    answer_tasks,
-    complete_selection,
-    internal_k,
-    read_selection_file,
-    select_for_reuse,
-    selection_costs,
+    ChosenModels, answer_tasks, complete_selection, internal_k, read_selection_file, select_for_reuse, selection_costs,
 )
 from mll_index.selection.budget import Budget
 from mll_index.selection.selector import open_selector, select_models
