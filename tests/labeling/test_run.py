@@ -19,7 +19,7 @@ from mll_index.errors import IndexFormatError, InputError
 from mll_index.index.node_index import load_index
 from mll_index.labeling.run import label_models, node_prompts
 from mll_index.labeling.samples import scan_samples
-from mll_index.labels.folders import confusion_counts, labeled_models, load_label, read_sample_table, score_images
+from mll_index.labels.folders import labeled_models, load_label, read_sample_table
 from mll_index.models.hub import load_hub, load_model
 from tests.conftest import CRANE_BIRD, CRANE_MACHINE, GOLDFISH, LAPTOP, PIZZA, TENCH, TIGER
 from tests.tinyclip import make_sample_images, make_tiny_checkpoint, write_tiny_arch
@@ -98,22 +98,6 @@ def test_label_counts_match_direct_computation(setup: tuple[Path, Path, Path]) -
         assert label.topk_nodes.shape == (20, 5)
         assert np.all(np.diff(np.asarray(label.topk_logits, np.float32), axis=1) <= 1e-3)
         assert label.manifest["counts"]["images"] == 20 and label.manifest["counts"]["nodes"] == 5
-
-
-def test_score_images_against_brute_force() -> None:
-    rng = np.random.default_rng(0)
-    img = rng.normal(size=(50, 8)).astype(np.float32)
-    img /= np.linalg.norm(img, axis=1, keepdims=True)
-    nodes = rng.normal(size=(40, 8)).astype(np.float32)
-    nodes /= np.linalg.norm(nodes, axis=1, keepdims=True)
-    truth = rng.integers(0, 40, 50)
-    top, logits, true = score_images(img, nodes, truth, 10.0, k=5, chunk=7)
-    full = 10.0 * img @ nodes.T
-    np.testing.assert_array_equal(top, np.argsort(-full, axis=1)[:, :5])
-    np.testing.assert_allclose(true, full[np.arange(50), truth], atol=1e-2)
-    counts = confusion_counts(top, truth, 40)
-    assert counts[:, 0].sum() == 50 and counts[:, 1].sum() + counts[:, 2].sum() == 50
-    np.testing.assert_array_equal(counts[:, 3], counts[:, 0] - counts[:, 1])
 
 
 def test_rerun_skips_and_growth_by_model(setup: tuple[Path, Path, Path]) -> None:
@@ -283,18 +267,6 @@ def test_a_model_with_nan_outputs_gets_no_label(setup: tuple[Path, Path, Path], 
     assert "\n" not in report.failed["tiny-nan"]
     assert set(labeled_models(index)) == {"tiny-vit-a"}
     assert np.isfinite(np.asarray(load_label(index, "tiny-vit-a").image_embeddings, np.float32)).all()
-
-
-def test_score_images_refuses_values_that_are_not_finite() -> None:
-    from mll_index.errors import ModelLoadError
-
-    image, node = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)
-    bad = image.copy()
-    bad[1, 0] = np.nan
-    with pytest.raises(ModelLoadError, match="not finite"):
-        score_images(bad, node, np.arange(3), 100.0)
-    with pytest.raises(ModelLoadError, match="not finite"):
-        score_images(image, node, np.arange(3), float("nan"))
 
 
 # ---------------------------------------------------------------------------------------
