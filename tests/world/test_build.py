@@ -14,7 +14,7 @@ from mll_index.index import graph as graph_mod
 from mll_index.models.hub import load_hub, load_model
 from mll_index.world import DOMAINS, build_world, load_concepts, load_task_specs, load_world
 from mll_index.world.build import SIZES
-from mll_index.world.corpus import draw_corpus as _draw_corpus
+from mll_index.world.corpus import draw_corpus
 from mll_index.world.domains import draw_image, image_rng
 from mll_index.world.train import load_hub_spec
 from tests.conftest import run_cli
@@ -144,11 +144,11 @@ def test_small_world_pools_share_no_image(small_world) -> None:  # type: ignore[
     # The training pool is never written; draw it again as the build did and compare.
     concepts = [c for c in load_concepts() if c.wnid in {x["wnid"] for x in small_world.concepts}]
     from mll_index.world.build import npm_dir
-    from mll_index.world.corpus import read_all_art as _read_all_art
+    from mll_index.world.corpus import read_all_art
 
-    art = _read_all_art(concepts, npm_dir())
+    art = read_all_art(concepts, npm_dir())
     domains = [next(x["domains"] for x in small_world.concepts if x["wnid"] == c.wnid) for c in concepts]
-    train = _draw_corpus(concepts, art, domains, {"train": SIZES["small"].per_cell["train"]}, workers=1)["train"][0]
+    train = draw_corpus(concepts, art, domains, {"train": SIZES["small"].per_cell["train"]}, workers=1)["train"][0]
     assert not _digests(train) & (samples | tasks | general)
 
 
