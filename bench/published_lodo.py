@@ -37,13 +37,12 @@ def main() -> None:
     args = parser.parse_args()
     from scipy.stats import kendalltau
 
-    from mll_index.core.paths import cache_dir
     from mll_index.index.embed import EmbeddingCache, embed_classes, embedder_for
     from mll_index.index.node_index import load_index
     from mll_index.published.store import has_published, import_published, open_published, published_scores
 
     embedder = embedder_for(load_index(args.index).embedder)
-    cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    cache = EmbeddingCache.default()
     if not has_published(args.index):
         import_published(args.index, args.data / "openclip_results.csv",
                          [args.data / "clip_benchmark_classnames.json", args.data / "target_tasks"],

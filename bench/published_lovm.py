@@ -150,14 +150,13 @@ def main() -> None:
     domains = None if str(args.domains) == "none" else args.domains
     descriptions = None if str(args.descriptions) == "none" else args.descriptions
 
-    from mll_index.core.paths import cache_dir
     from mll_index.index.embed import EmbeddingCache, embedder_for
     from mll_index.index.node_index import load_index
     from mll_index.published.rule import calibrate_rule
     from mll_index.published.store import import_published, open_published, published_evidence, rank_published
 
     embedder = embedder_for(load_index(args.index).embedder)
-    cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    cache = EmbeddingCache.default()
     repair_log = RepairLog()
     logging.getLogger("mll_index.published.table").addHandler(repair_log)
     repairs = repair_log.repairs

@@ -291,7 +291,6 @@ def main() -> None:
         args.tasks, args.requests, args.seconds = 8, 16, 30
         args.reload_seconds, args.reload_nodes, args.no_reload_label, args.fuzz_cases = 20, 20, True, 100
 
-    from mll_index.core.paths import cache_dir
     from mll_index.index.embed import EmbeddingCache
     from mll_index.selection.selector import open_selector, select_models
     from mll_index.selection.task import make_task
@@ -312,7 +311,7 @@ def main() -> None:
         warm_s = time.perf_counter() - t0
         levels = {c: load_level(url, tasks, c, args.requests, args.seconds) for c in LEVELS}
 
-        selector = open_selector(args.index, cache=EmbeddingCache(cache_dir() / "embeddings.sqlite"))
+        selector = open_selector(args.index, cache=EmbeddingCache.default())
         made = [make_task(t) for t in tasks]
         select_models(selector, made[0])
         # The same answer as in process: the service's JSON less index_version, against to_dict read back.

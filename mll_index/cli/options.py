@@ -94,10 +94,9 @@ def read_task(names: tuple[str, ...], file: str | None, task_file: Path | None):
 
 def embedding_cache() -> EmbeddingCache:
     """The user's caption-vector cache (<cache>/embeddings.sqlite), shared by every command."""
-    from mll_index.core.paths import cache_dir
     from mll_index.index.embed import EmbeddingCache
 
-    return EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    return EmbeddingCache.default()
 
 
 def existing_index_path(path: Path | None) -> Path:

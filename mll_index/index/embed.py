@@ -356,6 +356,14 @@ class EmbeddingCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
 
+    @classmethod
+    def default(cls) -> EmbeddingCache:
+        """The user's cache, <cache>/embeddings.sqlite (`core.paths.cache_dir`), which every command,
+        the service and the index writers share."""
+        from mll_index.core.paths import cache_dir
+
+        return cls(cache_dir() / "embeddings.sqlite")
+
     @staticmethod
     def _key(space: str, text: str) -> bytes:
         # surrogatepass: a name read from undecodable bytes still gets a key instead of an error.

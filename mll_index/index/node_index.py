@@ -52,7 +52,6 @@ from mll_index.core.artifacts import (
 from mll_index.core.layout import (
     FAISS_FILE, GRAPH, LABELS, MANIFEST, NODE_TABLE, NODE_VECTORS, PUBLISHED, SEGMENT_PATTERNS, segment_files,
 )
-from mll_index.core.paths import cache_dir
 from mll_index.errors import EmbedderMismatchError, IndexFormatError, InputError, MLLIndexError
 from mll_index.index.captions import CaptionExpander, WordNetExpander, node_concept
 from mll_index.index.embed import (
@@ -150,7 +149,7 @@ def build_index(path: Path, graph: Graph, embedder: TextEmbedder, *, expander: C
     if search not in ("flat", "ivf"):
         raise InputError(f"unknown search kind {search!r}; choose flat or ivf")
     expander = expander or WordNetExpander()
-    cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    cache = cache if cache is not None else EmbeddingCache.default()
     started = time.time()
     concepts = [node_concept(graph, row) for row in graph.nodes]
     captions = expander.expand(concepts)
@@ -328,7 +327,7 @@ def add_nodes(path: Path, wnids: Sequence[str], embedder: TextEmbedder | None = 
         if manifest.get("expander") not in (None, expander.expander_id):
             log.warning("%s: built with expander %s, adding nodes with %s", path, manifest.get("expander"),
                         expander.expander_id)
-        cache = cache if cache is not None else EmbeddingCache(cache_dir() / "embeddings.sqlite")
+        cache = cache if cache is not None else EmbeddingCache.default()
         started = time.perf_counter()
         captions = expander.expand([node_concept(graph, r) for r in new_rows])
         fresh = embed_concept_captions(captions, embedder, cache)

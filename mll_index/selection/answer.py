@@ -26,7 +26,7 @@ from mll_index.selection.accuracy import (
     Calibration, class_features, extrapolation, f1_matrix, load_calibration, predict_features, selection_matrix,
 )
 from mll_index.selection.budget import Budget, Choice, choose_within_budget, pareto_front
-from mll_index.selection.settings import SelectionSettings
+from mll_index.selection.settings import SelectionSettings, settings_from
 
 if TYPE_CHECKING:
     from mll_index.index.embed import EmbeddingCache
@@ -82,6 +82,7 @@ def answer_tasks(selector: Selector, tasks: Sequence[Task], settings: SelectionS
 
     chosen = settings or SelectionSettings()
     budget = budget or Budget()
+    calibration = calibration or load_calibration()   # read once for the whole batch, not per task
     ranked = chosen.with_(k=internal_k(selector, chosen.k, budget, pareto), ranking_size=None)
     full = select_batch(selector, list(tasks), ranked)
     costs = selection_costs(selector) if budget.active or pareto else None
@@ -100,8 +101,6 @@ def answer_task(selector: Selector, task: Task, settings: SelectionSettings | No
                 **changes: Any) -> dict[str, Any]:
     """`answer_tasks` for one task, with `settings` / keyword `changes` as for `select_models`
     (e.g. `answer_task(sel, task, k=3)`); a budget or Pareto list goes through `answer_tasks`."""
-    from mll_index.selection.settings import settings_from
-
     return answer_tasks(selector, [task], settings_from(settings, changes))[0]
 
 
@@ -132,15 +131,24 @@ def read_selection_file(path: Path) -> ChosenModels:
             without "name" or "models", ...).
     """
     from mll_index.core.userfiles import read_user_json
+
+    return _chosen_models(read_user_json(path, "selection file"), path)
+
+
+def _chosen_models(data: Any, where: Any) -> ChosenModels:
+    """The models per class, lemmas and task name of an answer's JSON (`Selection.to_dict()`'s shape).
+
+    Raises:
+        InputError: naming `where`: not a selection (no "classes", a class without "name" or "models", ...).
+    """
     from mll_index.models.zeroshot import lemma_of
 
-    data = read_user_json(path, "selection file")
     try:
         models = {c["name"]: [m["model"] for m in c["models"]] for c in data["classes"]}
         lemmas = {c["name"]: lemma_of(c["nodes"][0]["synset"]) for c in data["classes"] if c.get("nodes")}
         name = data.get("task", "task")
     except (KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: not a selection written by `mll-index select` ({exc})") from None
+        raise InputError(f"{where}: not a selection written by `mll-index select` ({exc})") from None
     return ChosenModels(models, lemmas, name)
 
 
@@ -160,13 +168,12 @@ def select_for_reuse(index_path: Path, task: Task, settings: SelectionSettings |
     Raises:
         InputError: an index that cannot be opened, or a task or setting the selection refuses.
     """
-    from mll_index.models.zeroshot import lemma_of
     from mll_index.selection.selector import open_selector, select_models
 
     selection = select_models(open_selector(index_path, cache=cache), task, settings or SelectionSettings())
-    lemmas = {c.name: lemma_of(c.nodes[0].synset) for c in selection.classes if c.nodes}
-    return ChosenModels(selection.models_for(), lemmas, task.name,
-                        tuple(answer_warning_lines(selection.to_dict(), prompts=False)))
+    data = selection.to_dict()
+    return replace(_chosen_models(data, task.name), task=task.name,
+                   warnings=tuple(answer_warning_lines(data, prompts=False)))
 
 
 def damaged_label_warnings(selector: Selector) -> list[str]:

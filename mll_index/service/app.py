@@ -67,10 +67,9 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     """
     settings = settings or ServiceSettings()
     if holder is None:
-        from mll_index.core.paths import cache_dir
         from mll_index.index.embed import EmbeddingCache
 
-        holder = StateHolder(Path(index_path), EmbeddingCache(cache_dir() / "embeddings.sqlite"),
+        holder = StateHolder(Path(index_path), EmbeddingCache.default(),
                              poll_s=settings.poll_s)
     if not holder.ready:
         holder.open()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from mll_index.errors import InputError
@@ -104,11 +103,6 @@ def _is_one_json(text: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
-
-
-def with_domain(task: Any, domain: str | None) -> Any:
-    """The task with the request's `domain` option in place of its own (unchanged when none is given)."""
-    return replace(task, domain=domain) if domain else task
 
 
 def selection_settings(*, k: int, alpha: float, nodes: int, mode: str, explain: bool, ranking: int, probe: int,

@@ -22,7 +22,7 @@ from mll_index.service.pool import SelectionPool
 from mll_index.service.schemas import TASK_SCHEMA, SelectionAnswer, SelectRequest
 from mll_index.service.settings import ServiceSettings
 from mll_index.service.state import IndexState
-from mll_index.service.tasks import answer_chunk, parse_batch_body, parse_task, selection_settings, with_domain
+from mll_index.service.tasks import answer_chunk, parse_batch_body, parse_task, selection_settings
 
 router = APIRouter(tags=["select"])
 
@@ -35,8 +35,9 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {
 async def select(body: SelectRequest, settings: Settings, pool: Pool) -> JSONResponse:
     """Select the top-k models per class for one task: the JSON `mll-index select` prints, plus index_version."""
     from mll_index.selection.answer import answer_tasks
+    from mll_index.selection.task import with_overrides
 
-    task = with_domain(parse_task(body.task, "task", settings.max_classes), body.domain)
+    task = with_overrides([parse_task(body.task, "task", settings.max_classes)], domain=body.domain)[0]
     chosen = selection_settings(**body.model_dump(exclude={"task", "domain"}))
 
     def answer(state: IndexState) -> dict[str, Any]:
@@ -59,12 +60,13 @@ async def select_batch_route(
 
     Every task is checked before the first line is sent; a line {"error": ...} ends a stream
     that could not finish (the time limit, the index gone)."""
+    from mll_index.selection.task import with_overrides
+
     chosen = selection_settings(k=k, alpha=alpha, nodes=nodes, mode=mode, explain=explain, ranking=ranking,
                                 probe=probe, labels=labels)
     content_type = request.headers.get("content-type", "")
-    tasks = [with_domain(t, domain) for t in
-             parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
-                              jsonl="ndjson" in content_type or "jsonl" in content_type)]
+    tasks = with_overrides(parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
+                                            jsonl="ndjson" in content_type or "jsonl" in content_type), domain=domain)
     state = holder.current  # one version for the whole batch
     deadline = time.monotonic() + settings.request_timeout_s
     lines = _answer_lines(tasks, chosen, state, pool, settings, deadline)
