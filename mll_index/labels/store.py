@@ -34,7 +34,8 @@ class ImageLabels:
     image_nodes: (n_images,) int64 node-axis positions; image_embeddings: (n_images, d) float16
     memory-mapped; node_axis: (m_model,) node-axis positions of the rows of node_embeddings
     (m_model, d); domains: (n_images,) str, "" where untagged; topk_nodes: (n_images, K) int32
-    memory-mapped, the model's top nodes per image as rows of node_embeddings, best first.
+    memory-mapped, the model's top nodes per image as rows of node_embeddings, best first;
+    topk_logits: (n_images, K) float16 memory-mapped, their logits (logit scale applied).
     """
 
     image_nodes: np.ndarray
@@ -43,6 +44,7 @@ class ImageLabels:
     node_embeddings: np.ndarray
     domains: np.ndarray
     topk_nodes: np.ndarray
+    topk_logits: np.ndarray | None = None
 
     def images_of(self, in_set: np.ndarray) -> np.ndarray:
         """Rows of the images whose node is in the set (in_set: (n_axis,) bool)."""
@@ -177,7 +179,7 @@ class LabelStore:
             raise IndexFormatError(f"label of {model_id!r}: counts for {label.counts.shape[0]} nodes, "
                                    f"its sample table has {len(group.axis)}")
         return ImageLabels(group.image_nodes, label.image_embeddings, group.axis, label.node_embeddings,
-                           group.domains, label.topk_nodes)
+                           group.domains, label.topk_nodes, label.topk_logits)
 
 
 def open_labels(index_path: Path, models: Sequence[str] | None = None) -> LabelStore:

@@ -270,3 +270,14 @@ def class_probabilities(image_emb: np.ndarray, class_emb: np.ndarray, scale: flo
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# The vote's weight floor (reuse.ensemble.combine); selection's pseudo-tasks simulate the same vote.
+MIN_ENTROPY_BITS = 1e-3
+
+
+def entropy_weights(probs: np.ndarray) -> np.ndarray:
+    """(n,) 1 / entropy in bits of each row of (n, C) probabilities (entropy floored at 1e-3 bits)."""
+    p = np.clip(probs, 1e-12, 1.0)
+    h = -(p * np.log2(p)).sum(axis=1)
+    return 1.0 / np.maximum(h, MIN_ENTROPY_BITS)

@@ -36,12 +36,9 @@ from mll_index.images.decoding import IMAGE_SUFFIXES, image_files
 from mll_index.images.encoding import MODELS_PER_PASS, EncodeStats, hub_probabilities, rates
 from mll_index.images.loader import image_set_from_task
 from mll_index.models.hub import Hub, LoadedModel
-from mll_index.models.zeroshot import all_finite, check_prompts, prompt_names
+from mll_index.models.zeroshot import all_finite, check_prompts, entropy_weights, prompt_names
 
 log = logging.getLogger(__name__)
-
-MIN_ENTROPY_BITS = 1e-3
-
 
 @dataclass
 class TaskImages:
@@ -93,13 +90,6 @@ def scan_task_images(folder: Path, class_names: Sequence[str]) -> TaskImages:
     if not paths:
         raise InputError(f"{folder}: no images (looked for {sorted(IMAGE_SUFFIXES)})")
     return TaskImages(folder, paths, np.array(labels, np.int64))
-
-
-def entropy_weights(probs: np.ndarray) -> np.ndarray:
-    """(n,) 1 / entropy in bits of each row of (n, C) probabilities (entropy floored at 1e-3 bits)."""
-    p = np.clip(probs, 1e-12, 1.0)
-    h = -(p * np.log2(p)).sum(axis=1)
-    return 1.0 / np.maximum(h, MIN_ENTROPY_BITS)
 
 
 def combine(probs: Mapping[str, np.ndarray], chosen: Mapping[str, Sequence[str]],

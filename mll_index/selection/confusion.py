@@ -231,8 +231,12 @@ def restricted_cost(store: LabelStore, counts: np.ndarray) -> int:
     return int(pairs[held].sum() + FOLDER_PAIR_COST * pairs[~held].sum())
 
 
-def class_f1(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(n_models, n_classes) F1 from node confusion (n_models, |S|, 3) and class-node weights (n_classes, |S|).
+def class_counts(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_models, n_classes, 3) float64 TP, FP, FN per class: its nodes' counts weighted by their score.
+
+    Args:
+        confusion: (n_models, |S|, 3) TP, FP, FN on the task's nodes S.
+        weights: (n_classes, |S|) class-node weights (0 for a node not matched to the class).
 
     Each class has a handful of nodes, so each class sums only its own nodes' rows: the cost grows
     with n_classes x nodes per class x n_models, not n_classes x |S| x n_models. (A scipy sparse
@@ -246,8 +250,14 @@ def class_f1(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
         nodes = np.flatnonzero(row)
         if len(nodes):
             summed[c] = row[nodes] @ node_major[nodes]
-    summed = summed.reshape(len(weights), n_models, 3)
-    tp, fp, fn = (summed[..., j].T.astype(np.float64) for j in range(3))   # (n_models, n_classes)
+    return summed.reshape(len(weights), n_models, 3).transpose(1, 0, 2).astype(np.float64)
+
+
+def class_f1(confusion: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_models, n_classes) F1 from node confusion (n_models, |S|, 3) and class-node weights (n_classes, |S|)
+    (`class_counts`)."""
+    summed = class_counts(confusion, weights)
+    tp, fp, fn = summed[..., 0], summed[..., 1], summed[..., 2]
     denom = 2 * tp + fp + fn
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 

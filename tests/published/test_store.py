@@ -324,7 +324,7 @@ def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model
 
 
 def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_clearly() -> None:
-    from mll_index.selection.selector import merge_by_rank
+    from mll_index.selection.merge import merge_by_rank
 
     # Each source's best model ranks 1.0; "clear" stands far above its source's others, "close" barely.
     close = (["close", "b", "c"], np.array([[0.51], [0.50], [0.49]]))
