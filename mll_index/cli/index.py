@@ -182,22 +182,26 @@ def match(names: tuple[str, ...], file: str | None, index_path: Path | None, k: 
 @click.command()
 @index_option
 @click.option("--verify", is_flag=True, help="Also check every file's SHA-256 (node index, labels, label matrix, "
-              "published labels).")
+              "published labels, selection rule).")
 def info(index_path: Path | None, verify: bool) -> None:
     """Print an index's manifest after checking it; each damaged file is named on stderr (exit status 1)."""
     from mll_index.core.paths import default_index_path
     from mll_index.index.node_index import index_leftovers, load_index
     from mll_index.labels.matrix import matrix_counts
+    from mll_index.selection.calibrated_rule import check_rule, rule_summary
     from mll_index.verify import check_index
 
     path = index_path or default_index_path()
-    problems = check_index(path, checksums=verify)
+    problems = check_index(path, checksums=verify) + check_rule(path, checksums=verify)
     out = None
     with contextlib.suppress(MLLIndexError):     # a damaged part is named among the problems
         out = dict(load_index(path).manifest)
         counts = matrix_counts(path)
         if counts:
             out["label_matrix"] = counts
+        rule = rule_summary(path)
+        if rule is not None:            # what `mll-index calibrate` fitted, and how it did on held-out pseudo-tasks
+            out["selection_rule"] = rule
         leftovers = index_leftovers(path)
         if leftovers["paths"]:      # what interrupted writes left; the next writer removes it
             out["leftovers"] = leftovers

@@ -45,17 +45,23 @@ from mll_index.errors import InputError
 @click.option("--labels", "label_source", type=click.Choice(["auto", "image", "published", "both"]), default="auto",
               show_default=True, help="Labels that rank the models: image-based, published, both merged by rank, or "
               "auto (every source the index holds; warns when the two share few models).")
+@click.option("--rule", type=click.Choice(["auto", "calibrated", "mll"]), default="auto", show_default=True,
+              help="How image-based labels rank a class's models: the rule `mll-index calibrate` fitted to the index "
+              "(calibrated), the paper's alpha / F1 rule (mll), or auto (calibrated where the index has one).")
 def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
            explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None,
            max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool,
-           label_source: str) -> None:
+           label_source: str, rule: str) -> None:
     """Choose the top-k models per class for a task, from the index's labels."""
     from mll_index.selection.budget import Budget
 
     budget = Budget(max_gflops, max_params, budget_gflops)
     if server is not None and (budget.active or pareto):
         raise InputError("budgets and --pareto are answered by a local index; drop --server or the budget")
+    if server is not None and rule != "auto":
+        raise InputError("--rule is answered by a local index (the service applies the index's own); drop --server "
+                         "or --rule")
     if server is not None:
         _select_on_server(server, names, file, task_file, batch, out, index_path, probe_images, k=k, alpha=alpha,
                           nodes=n_nodes, mode=mode, domain=domain, explain=explain, ranking=ranking_size,
@@ -76,7 +82,8 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
         tasks = [read_task(names, file, task_file)]
     tasks = with_overrides(tasks, domain=domain, probe_images=probe_images)
     settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode, explain=explain,  # type: ignore[arg-type]
-                                 ranking_size=ranking_size or None, probe=probe, labels=label_source)  # type: ignore[arg-type]
+                                 ranking_size=ranking_size or None, probe=probe, labels=label_source,  # type: ignore[arg-type]
+                                 rule=rule)  # type: ignore[arg-type]
     answers = answer_tasks(open_selector(path, cache=embedding_cache()), tasks, settings, budget=budget, pareto=pareto)
     # An index-wide line stands in every answer of a batch: printed once.
     for line in dict.fromkeys(line for answer in answers for line in answer_warning_lines(answer)):
@@ -126,4 +133,23 @@ def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_e
     run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env)
 
 
-COMMANDS = [select, serve]
+@click.command()
+@index_option
+@click.option("--tasks", "n_tasks", default=600, show_default=True, type=click.IntRange(10),
+              help="Pseudo-tasks drawn from the index's sample set.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image split and the draws.")
+def calibrate(index_path: Path | None, n_tasks: int, seed: int) -> None:
+    """Fit the selection rule to the index's labels on pseudo-tasks (no user data; no model runs)."""
+    from mll_index.core.paths import default_index_path
+    from mll_index.selection.calibrate import calibrate_rule
+
+    path = index_path or default_index_path()
+    report = calibrate_rule(path, tasks=n_tasks, seed=seed, progress=True)
+    held = report["held_out"]
+    click.echo(f"calibrated the selection rule of {path} on {report['pseudo_tasks']} pseudo-tasks "
+               f"({report['models']} models, {report['seconds']} s); on {report['held_out_tasks']} held-out ones: "
+               f"F1 error {held['mae']}, vote accuracy k=1 {held['calibrated_k1']} (paper's rule {held['mll_k1']}), "
+               f"k=3 {held['calibrated_k3']} (paper's rule {held['mll_k3']})")
+
+
+COMMANDS = [select, serve, calibrate]

@@ -16,6 +16,7 @@
                 manifest.json, log-<n>.jsonl, shard-<n>/
             .pixels/                decoded sample images, a cache
         published/                  published labels (published/store.py)
+        selection_rule/             the calibrated selection rule (selection/calibrated_rule.py)
 
 Writes go through temporary siblings named `.<name>.<random>.tmp`; a folder swap keeps the old
 folder as `.<name>.old` between its two renames (core/artifacts.py). Names starting with "." are
@@ -57,6 +58,7 @@ MATRIX = "matrix"
 PIXEL_CACHE = ".pixels"
 SAMPLE_TABLE_PREFIX = "samples-"
 PUBLISHED = "published"
+SELECTION_RULE = "selection_rule"     # the calibrated selection rule (selection/calibrated_rule.py)
 
 # Temporary names (artifacts.atomic_file / atomic_dir): `.<name>.<writer pid>-<random>.tmp`, and `.<name>.old`.
 TEMP_SUFFIX = ".tmp"
@@ -103,6 +105,11 @@ def matrix_dir(index_path: Path) -> Path:
 def published_dir(index_path: Path) -> Path:
     """<index>/published."""
     return Path(index_path) / PUBLISHED
+
+
+def selection_rule_dir(index_path: Path) -> Path:
+    """<index>/selection_rule: the selection rule `mll-index calibrate` fitted to the index's labels."""
+    return Path(index_path) / SELECTION_RULE
 
 
 def sample_table_path(index_path: Path, fingerprint: str) -> Path:

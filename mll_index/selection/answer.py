@@ -228,7 +228,12 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     budget = budget or Budget()
     calibration = calibration or load_calibration()
     got = selection_matrix(full)
-    f1 = f1_matrix(*got[:2], got[2], full.alpha) if got is not None else None
+    if got is None:
+        f1 = None
+    elif full.rule == "calibrated":     # the calibrated rule's scores are predicted F1 themselves
+        f1 = np.clip(np.nan_to_num(got[1], nan=0.0), 0.0, 1.0)
+    else:
+        f1 = f1_matrix(*got[:2], got[2], full.alpha)
     choice: Choice | None = None
     front: list[Choice] = []
     if budget.active or pareto:
@@ -284,7 +289,18 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
     """Set `out`'s "predicted_accuracy" (task and per class) and "predicted_accuracy_about": the
     calibration's estimate for the models kept, or None with the reason where the ranking is not
     image-based F1 (`got`, `f1`: `selection_matrix(full)` and its F1; None then)."""
-    if f1 is not None:
+    if f1 is not None and full.rule == "calibrated":
+        rule = selector.calibrated_rule("calibrated")
+        pos = {m: i for i, m in enumerate(got[0])}
+        best = np.array([max((f1[pos[m.model], c] for m in cls.models), default=0.0) for c, cls in enumerate(classes)])
+        task_pred, class_pred = rule.predict_accuracy(best)
+        out["predicted_accuracy"] = task_pred.to_dict()
+        for entry, pred in zip(out["classes"], class_pred):
+            entry["predicted_accuracy"] = pred.to_dict()
+        out["predicted_accuracy_about"] = (f"the calibrated rule's accuracy model: the vote's accuracy on the evaluation "
+                                           f"half of {rule.report.get('held_out_tasks', '?')} held-out pseudo-tasks "
+                                           "against the chosen models' predicted F1 (`mll-index calibrate`)")
+    elif f1 is not None:
         features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
                                   selector.index.graph.ancestors)
         task_pred, class_pred = predict_features(features, calibration)

@@ -58,6 +58,7 @@ from mll_index.selection.confusion import class_f1, node_confusion, restricted_c
 from mll_index.selection.labeled_nodes import (
     LabeledNodes, NodeMatch, labeled_nodes, lent_blindly, match_labeled_nodes, top_stable,
 )
+from mll_index.selection.merge import merge_by_rank, unrelated_sources
 from mll_index.selection.settings import LABEL_SOURCES, SelectionSettings, settings_from
 from mll_index.selection.task import Task
 
@@ -109,6 +110,7 @@ class Selection:
     # The probe images used (probes.ProbeSet.summary: images, skipped, models, images_encoded, seconds); None without
     probe: dict[str, Any] | None = None
     published: dict[str, Any] | None = None  # published labels' rule, fallback and neighbours (published.describe_ranking)
+    rule: str = "mll"   # how image-based labels ranked the models: "calibrated" (the index's fitted rule) or "mll"
 
     @property
     def class_names(self) -> list[str]:
@@ -147,6 +149,7 @@ class Selector:
     matcher: Matcher = field(init=False)  # the class-to-node scoring over `index`, opened once
     # Probe images encoded per (sources, limit, models): a sweep over settings encodes them once.
     probes: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+    _rule: Any = field(default=None, repr=False)    # the calibrated rule, read on first use (False: none)
 
     def __post_init__(self) -> None:
         self.matcher = Matcher(self.index)
@@ -170,6 +173,31 @@ class Selector:
                     raise
                 raise InputError(f"{task.where}: {exc}") from None
         return self.probes[key]
+
+    def calibrated_rule(self, wanted: str) -> Any:
+        """The index's calibrated rule (calibrated_rule.CalibratedRule) for settings' `rule`; None for
+        "mll", or for "auto" where the index has none.
+
+        Raises:
+            InputError: "calibrated" asked for and the index has none, or the labels changed since it was
+                fitted (a model added or labeled again).
+            IndexFormatError: a damaged rule (either way: never applied, never skipped unsaid).
+        """
+        from mll_index.selection.calibrated_rule import REBUILD, has_rule, read_rule, refuse_stale
+
+        if wanted == "mll" or self.store is None:
+            return None
+        if self._rule is None:
+            self._rule = read_rule(self.index.path) if has_rule(self.index.path) else False
+        if self._rule is False:
+            if wanted == "calibrated":
+                raise InputError(f"{self.index.path}: --rule calibrated, but the index has no calibrated rule; "
+                                 f"{REBUILD}")
+            return None
+        from mll_index.core.layout import selection_rule_dir
+
+        refuse_stale(self._rule, self.store, selection_rule_dir(self.index.path))
+        return self._rule
 
     def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:
         """The n best labeled nodes of each class (node_matching.match_labeled_nodes on this index's labels).
@@ -201,16 +229,6 @@ def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, mod
     index.check_embedder(embedder)
     return Selector(index, store, embedder, expander, cache, published,
                     labeled_nodes(index, store) if store is not None else None)
-
-
-def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
-    """(n_models, n_classes) ranks in [0, 1] per class (1 = best), ties sharing their mean rank."""
-    from scipy.stats import rankdata
-
-    n = scores.shape[0]
-    if n == 1:
-        return np.ones_like(scores, dtype=np.float64)
-    return (rankdata(scores, method="average", axis=0) - 1) / (n - 1)
 
 
 def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
@@ -245,12 +263,63 @@ def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
     f1 = class_f1(confusion, weights)
     domain_used = bool(domain) and used == "restricted" and any(
         domain.lower() in store.sample_group(fp).domain_set for fp in store.groups())
+    rule = _rule_for(sel, settings, used)
+    features = None
+    if rule is not None:
+        from mll_index.selection.rule_features import rule_features
+
+        strength, in_domain = rule.strengths(store.model_ids, domain if domain_used else None)
+        every = node_confusion(store, nodes, "restricted", None, weights_by_set) if domain_used else None
+        features = rule_features(confusion, weights, strength, domain_images=domain_used, all_domains=every,
+                                 strength_domain=in_domain)
+        scores = rule.predict(features)
+    else:
+        scores = smooth_scores(f1, alpha)
     probe = None
     if task.probe_images and settings.probe > 0:
         probe = probes.summary() if probes is not None and used == "restricted" else {
             "images": 0, "ignored": f"probe images need the restricted mode; the {used} mode was used"}
-    return {"ids": list(store.model_ids), "scores": smooth_scores(f1, alpha), "f1": f1, "confusion": confusion,
-            "weights": weights, "domain_used": domain_used, "mode": used, "probe": probe}
+    return {"ids": list(store.model_ids), "scores": scores, "f1": f1, "confusion": confusion,
+            "weights": weights, "domain_used": domain_used, "mode": used, "probe": probe, "rule": rule,
+            "features": features}
+
+
+# Beyond this many models per class (a budget's internal ranking of every model) the vote is not
+# searched: the calibrated rule's predicted F1 orders the class's models.
+MAX_SEARCHED_K = 5
+
+
+def _calibrated_votes(sel: Selector, task: Task, matches: list[list[NodeMatch]], image: dict[str, Any],
+                      k: int) -> list[list[int]]:
+    """Per class, its models under the calibrated rule: searched jointly on the sample images
+    (vote_search.sample_votes), else ranked by predicted F1 within the rule's margin."""
+    from mll_index.selection.vote_search import sample_votes
+
+    rule, scores = image["rule"], image["scores"]
+    if k <= MAX_SEARCHED_K and all(matches):
+        pos = sel.store.node_position  # type: ignore[union-attr]
+        nodes = np.array([pos[ms[0].wnid] for ms in matches], np.int64)
+        found = sample_votes(sel.store, nodes, task.domain if image["domain_used"] else None,  # type: ignore[arg-type]
+                             scores, k)
+        if found is not None:
+            return found
+    return rule.vote(scores, k)
+
+
+def _rule_for(sel: Selector, settings: SelectionSettings, mode: str) -> Any:
+    """The calibrated rule this selection applies (None: the paper's rule).
+
+    Raises:
+        InputError: --rule calibrated where it cannot run (no rule, stale, or a counts-mode confusion:
+            the rule was fitted on the restricted one).
+    """
+    rule = sel.calibrated_rule(settings.rule)
+    if rule is not None and mode != "restricted":
+        if settings.rule == "calibrated":
+            raise InputError(f"the calibrated rule reads the restricted confusion, and this selection ran in {mode} "
+                             "mode; use --mode restricted or --rule mll")
+        return None
+    return rule
 
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
@@ -279,9 +348,11 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     else:
         ids, scores, labels = [m["id"] for m in sel.published.models], published, "published"  # type: ignore[union-attr]
     k_eff = min(k, len(ids))
+    rule = image["rule"] if image is not None and labels == "image" else None
+    votes = _calibrated_votes(sel, task, matches, image, k_eff) if rule is not None else None
     classes = []
     for c, name in enumerate(task.classes):
-        order = top_stable(scores[:, c], k_eff)
+        order = votes[c] if votes is not None else top_stable(scores[:, c], k_eff)
         chosen = tuple(ModelScore.rounded(ids[i], scores[i, c]) for i in order)
         weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
             (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
@@ -292,16 +363,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         if explain:
             detail = {"labels": labels}
             if image is not None:
-                f1, confusion, w = image["f1"], image["confusion"], image["weights"]
-                summed = np.einsum("s,msk->mk", w[c], confusion)
-                detail["rule"] = (f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; F1 from "
-                                  f"TP/FP/FN of the matched nodes ({image['mode']} confusion), weighted by node score")
-                detail["models"] = {image["ids"][i]: {
-                    "f1": round(float(f1[i, c]), 4),
-                    "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, len(task.classes) - 1)), 4),
-                    "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
-                    "score": round(float(image["scores"][i, c]), 4)}
-                    for i in top_stable(image["scores"][:, c], max(k_eff, 3))}
+                detail.update(_image_explain(image, c, alpha, k_eff, len(task.classes)))
             if published is not None:
                 pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
                 detail["published_rule"] = (describe_ranking(sel.published, pub_ranking, task.classes)["rule"] +  # type: ignore[arg-type]
@@ -318,10 +380,44 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     used = image["mode"] if image is not None else "published"
     probe = image["probe"] if image is not None else None
     warnings = source_note + selection_warnings(sel, task, classes, probe)
+    rule_ran = "calibrated" if image is not None and image["rule"] is not None else "mll"
     return Selection(task.name, used, k_eff, alpha, tuple(classes), ranking, labels=labels, domain=task.domain,
                      description=task.description, domain_images=bool(image and image["domain_used"]),
                      warnings=warnings, probe=probe,
-                     published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None)  # type: ignore[arg-type]
+                     published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None,  # type: ignore[arg-type]
+                     rule=rule_ran)
+
+
+def _image_explain(image: dict[str, Any], c: int, alpha: float, k: int, n_classes: int) -> dict[str, Any]:
+    """`--explain`'s image-based part for class c: the rule and, per top model, its F1, counts, score
+    (and, under the calibrated rule, the features the score was predicted from)."""
+    out: dict[str, Any] = {}
+    f1, confusion, w = image["f1"], image["confusion"], image["weights"]
+    summed = np.einsum("s,msk->mk", w[c], confusion)
+    if image["rule"] is not None:
+        out["rule"] = (f"score = the F1 the calibrated rule predicts from the features below (fitted on "
+                       f"{image['rule'].report.get('pseudo_tasks', '?')} pseudo-tasks of this index's labels); the "
+                       "class's models are then chosen jointly with the other classes' for the vote, on the task's "
+                       "sample images (selection/vote_search.py)")
+    else:
+        out["rule"] = (f"score = {alpha} * F1 + {round(1 - alpha, 4)} * mean F1 on the other classes; F1 "
+                          f"from TP/FP/FN of the matched nodes ({image['mode']} confusion), weighted by "
+                          "node score")
+    out["models"] = {image["ids"][i]: {
+        "f1": round(float(f1[i, c]), 4),
+        "mean_f1_other_classes": round(float((f1[i].sum() - f1[i, c]) / max(1, n_classes - 1)), 4),
+        "weighted_tp_fp_fn": [round(float(v), 2) for v in summed[i]],
+        "score": round(float(image["scores"][i, c]), 4),
+        **({"features": _named_features(image["features"][i, c])} if image["features"] is not None else {})}
+        for i in top_stable(image["scores"][:, c], max(k, 3))}
+    return out
+
+
+def _named_features(values: np.ndarray) -> dict[str, float]:
+    """One (model, class)'s calibrated-rule features by name (rule_features.RULE_FEATURES), to 4 places."""
+    from mll_index.selection.rule_features import RULE_FEATURES
+
+    return {name: round(float(v), 4) for name, v in zip(RULE_FEATURES, values)}
 
 
 def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
@@ -339,54 +435,6 @@ def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
             raise InputError(f"{sel.index.path}: labels {labels!r} asked for, but the index has no {what} labels "
                              f"({how}, or choose labels among {list(LABEL_SOURCES)})")
     return wanted_image, wanted_published
-
-
-def merge_by_rank(parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
-    """Merge per-source scores (F1 on sample images, published z-scores: two scales) into one.
-
-    Each source's scores become a rank among its own models per class (1 = best, `_percentile_ranks`),
-    and a model's score is the mean of the ranks it has. Ties (each source's best model has 1.0)
-    are broken by how clearly the model leads in its sources: the mean over its sources of its
-    score's z-score among that source's models, added times 1e-6 (below the 4 decimals an answer
-    shows), so neither source wins a tie by its position in the list.
-
-    Args:
-        parts: per source, its model ids and (n_models, n_classes) scores.
-    Returns:
-        The ids (the first source's, then the others' new ones) and (n_ids, n_classes) float64 scores.
-    """
-    ids: list[str] = []
-    for part_ids, _ in parts:
-        ids += [m for m in part_ids if m not in set(ids)]
-    position = {m: i for i, m in enumerate(ids)}
-    n_classes = parts[0][1].shape[1]
-    total, lead = np.zeros((len(ids), n_classes)), np.zeros((len(ids), n_classes))
-    count = np.zeros((len(ids), 1))
-    for part_ids, part in parts:
-        rows = [position[m] for m in part_ids]
-        part = np.asarray(part, np.float64)
-        spread = part.std(axis=0)
-        total[rows] += _percentile_ranks(part)
-        lead[rows] += np.divide(part - part.mean(axis=0), spread, out=np.zeros_like(part), where=spread > 1e-12)
-        count[rows] += 1
-    return ids, (total + 1e-6 * lead) / count
-
-
-# Below this share of the smaller source's models in common, `auto` warns that the merge mixes unrelated hubs.
-SHARED_ENOUGH = 0.5
-
-
-def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> tuple[str, ...]:
-    """One warning when the image-labeled and the published models are (mostly) different models:
-    merged by rank, each source's best model scores 1.0 whatever its accuracy, so the answer may
-    pair models that were never compared."""
-    shared = len(set(image_ids) & set(published_ids))
-    if shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids)):
-        return ()
-    return ((f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
-            f"({len(published_ids)} models) share {shared} model(s); they are merged by rank, so each source's best "
-            "model scores 1.0 though the two were never compared: choose one source with --labels image or "
-            "--labels published (settings \"labels\")"),)
 
 
 # How every prompt_warnings line ends (answer.complete_selection recomputes those lines only).

@@ -16,6 +16,8 @@ RANKING_SIZE = 100
 PROBE_LIMIT = 16    # as probes.PROBE_LIMIT (not imported: settings load nothing heavy)
 LabelSource = Literal["auto", "image", "published", "both"]
 LABEL_SOURCES: tuple[str, ...] = ("auto", "image", "published", "both")
+RuleName = Literal["auto", "calibrated", "mll"]
+RULES: tuple[str, ...] = ("auto", "calibrated", "mll")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class SelectionSettings:
         labels: which labels rank the models: "image" (image-based), "published", "both" (merged by
             rank, see `select`), or "auto" (every source the index holds, with a warning when the
             two share few models).
+        rule: how image-based labels rank a class's models: "mll" (the paper's alpha / F1 rule),
+            "calibrated" (the rule `mll-index calibrate` fitted to the index's labels; refused where
+            there is none), or "auto" (the calibrated rule where the index has one and the confusion
+            is restricted, else the paper's; the answer's `rule` says which ran).
 
     Raises:
         InputError: on construction (and on `replace`), one line naming the bad value.
@@ -50,6 +56,7 @@ class SelectionSettings:
     probe: int = PROBE_LIMIT
     probe_models: int = 1
     labels: LabelSource = "auto"
+    rule: RuleName = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -60,6 +67,8 @@ class SelectionSettings:
             raise InputError(f"the number of nodes per class must be at least 1, got {self.n_nodes!r}")
         if self.mode not in MODES:
             raise InputError(f"unknown selection mode {self.mode!r}; modes: {list(MODES)}")
+        if self.rule not in RULES:
+            raise InputError(f"unknown selection rule {self.rule!r}; rules: {list(RULES)}")
         if self.labels not in LABEL_SOURCES:
             raise InputError(f"unknown label source {self.labels!r}; sources: {list(LABEL_SOURCES)}")
         if self.ranking_size is not None and (isinstance(self.ranking_size, bool) or
