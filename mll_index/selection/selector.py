@@ -151,6 +151,7 @@ class Selector:
     # Probe images encoded per (sources, limit, models): a sweep over settings encodes them once.
     probes: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     _rule: Any = field(default=None, repr=False)    # the calibrated rule, read on first use (False: none)
+    _stale: InputError | None = field(default=None, repr=False)   # why it does not fit the labels, checked once
 
     def __post_init__(self) -> None:
         self.matcher = Matcher(self.index)
@@ -190,14 +191,21 @@ class Selector:
             return None
         if self._rule is None:
             self._rule = read_rule(self.index.path) if has_rule(self.index.path) else False
+            if self._rule is not False:
+                # The store does not change under an open selector: compare every model's label once.
+                from mll_index.core.layout import selection_rule_dir
+
+                try:
+                    refuse_stale(self._rule, self.store, selection_rule_dir(self.index.path))
+                except InputError as exc:
+                    self._stale = exc
         if self._rule is False:
             if wanted == "calibrated":
                 raise InputError(f"{self.index.path}: --rule calibrated, but the index has no calibrated rule; "
                                  f"{REBUILD}")
             return None
-        from mll_index.core.layout import selection_rule_dir
-
-        refuse_stale(self._rule, self.store, selection_rule_dir(self.index.path))
+        if self._stale is not None:
+            raise InputError(str(self._stale))
         return self._rule
 
     def match(self, names: Sequence[str], queries: np.ndarray, n: int = 5) -> list[list[NodeMatch]]:
