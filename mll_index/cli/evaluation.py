@@ -70,6 +70,7 @@ def demo(index_path: Path | None, size: str, world_root: Path | None, out: Path,
     result = run_demo(index_path or default_index_path(), out, size=size, world_root=world_root, device=device,
                       progress=True)
     click.echo(result.evaluation.table())
+    click.echo(f"calibrated rule: {result.calibration}")
     click.echo(f"seconds: {result.seconds}")
     click.echo(f"written: {', '.join(str(p) for p in result.files.values())}")
 

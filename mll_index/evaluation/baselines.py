@@ -9,7 +9,11 @@
 - `oracle_single`: the best single model on the task's labeled images, found by evaluating
   every model (the cost that selection avoids);
 - `oracle_per_class`: for each image, the accuracy of the model best on its true class (its
-  per-class recall): an upper bound that knows the labels.
+  per-class recall): a bound that knows the labels and that no vote reaches (a model's recall on
+  its class ignores the images of other classes it takes);
+- `split_half_ceiling`: the honest ceiling of per-class choice under `reuse`'s vote: per class the
+  models chosen with ground truth on half of the task's images, scored on the other half (and
+  the halves swapped).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mll_index.models.hub import Hub, LoadedModel
-from mll_index.models.zeroshot import encode_texts
+from mll_index.models.zeroshot import encode_texts, entropy_weights
+from mll_index.selection.vote_search import search_votes
 
 RANDOM_SEEDS = (0, 1, 2, 3, 4)
 
@@ -66,3 +71,60 @@ def text_proxy_score(loaded: LoadedModel, captions: Sequence[Sequence[str]], cla
     owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     text = encode_texts(loaded, flat, device)
     return float(((text @ class_emb.T).argmax(axis=1) == owner).mean())
+
+
+def split_halves(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n,) bool: the first half of each class's images (a seeded shuffle within each class, so both
+    halves hold every class with at least 2 images)."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        first[rows[: (len(rows) + 1) // 2]] = True
+    return first
+
+
+def split_half_ceiling(probs: Mapping[str, np.ndarray], labels: np.ndarray, k: int = 1, seed: int = 0) -> float:
+    """Accuracy of per-class model choice for the entropy-weighted vote when the choice may use ground
+    truth, but is scored on images it did not see.
+
+    Each class's k models are searched jointly (`selection.vote_search.search_votes`: the same
+    search the calibrated rule runs on sample images, here on the task's labeled images) on one half
+    of each class's images (`split_halves`), the vote is scored on the other half, then the halves
+    swap; the figure is the mean over all images. A greedy joint search, so a ceiling for this kind
+    of choice, not a proof that no assignment does better.
+
+    Args:
+        probs: model id → (n, C) probabilities over the task's classes.
+        labels: (n,) true class of each image.
+        k: models per class.
+    """
+    ids = sorted(probs)
+    stacked = np.stack([np.asarray(probs[m], np.float64) for m in ids])              # (M, n, C)
+    weighted = np.stack([entropy_weights(p)[:, None] * p for p in stacked])
+    first = split_halves(labels, seed)
+    hits = 0
+    for fit in (first, ~first):
+        score = ~fit
+        if not fit.any() or not score.any():
+            continue
+        members = search_votes(stacked[:, fit], labels[fit], k)
+        votes = np.stack([weighted[ms][:, score, c].sum(axis=0) for c, ms in enumerate(members)], axis=1)
+        hits += int((votes.argmax(axis=1) == labels[score]).sum())
+    return hits / len(labels)
+
+
+def split_half_single(probs: Mapping[str, np.ndarray], labels: np.ndarray, seed: int = 0) -> float:
+    """The best single model chosen with ground truth on one half of each class's images and scored
+    on the other, halves swapped (`split_halves`): `oracle_single` under `split_half_ceiling`'s
+    protocol, so that the two compare like with like."""
+    ids = sorted(probs)
+    first = split_halves(labels, seed)
+    hits = 0
+    for fit in (first, ~first):
+        score = ~fit
+        if not fit.any() or not score.any():
+            continue
+        best = max(ids, key=lambda m: (accuracy_of(probs[m][fit], labels[fit]), -ids.index(m)))
+        hits += int((probs[best][score].argmax(axis=1) == labels[score]).sum())
+    return hits / len(labels)

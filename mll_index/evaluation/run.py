@@ -22,7 +22,7 @@ import numpy as np
 from mll_index.core.artifacts import atomic_file, write_json
 from mll_index.errors import InputError
 from mll_index.evaluation.baselines import (
-    accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy, text_proxy_score,
+    accuracy_of, inb_model, oracle_per_class, oracle_single, random_accuracy, split_half_ceiling, text_proxy_score,
 )
 from mll_index.images.encoding import (
     EncodeStats, Probabilities, merge_probabilities, model_passes, rates, zero_shot_probabilities,
@@ -37,10 +37,13 @@ from mll_index.selection.task import make_task
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mll_k1", "mll_k3", "inb", "random", "text_proxy", "oracle_single", "oracle_per_class")
+METHODS = ("mll_k1", "mll_k3", "inb", "random", "text_proxy", "oracle_single", "split_half_ceiling",
+           "oracle_per_class")
 # MLL without the tasks' domain words, to show what the domain word adds.
 EXTRA = ("mll_k1_no_domain", "mll_k3_no_domain")
 COLUMNS = METHODS + EXTRA
+# The calibrated rule (`mll-index calibrate`) beside the paper's, where the index has one.
+CALIBRATED = ("calibrated_k1", "calibrated_k3", "calibrated_k1_no_domain", "calibrated_k3_no_domain")
 KS = (1, 2, 3, 5)
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
 _Key = tuple[str, float, int]   # (mode, alpha, k): one point of the sweep
@@ -69,16 +72,19 @@ class Evaluation:
     settings: dict[str, Any] = field(default_factory=dict)
     rates: dict[str, Any] = field(default_factory=dict)       # `images.encoding.rates` of predicting every model
     stats: list[EncodeStats] = field(default_factory=list)    # per pass over a task's images
+    columns: tuple[str, ...] = COLUMNS                         # the methods in `tasks` and `mean`, in table order
 
     def to_dict(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "mean": self.mean, "sweep": self.sweep, "chosen": self.chosen,
-                "seconds": self.seconds, "settings": self.settings, "rates": self.rates}
+                "seconds": self.seconds, "settings": self.settings, "rates": self.rates,
+                "columns": list(self.columns)}
 
     def table(self) -> str:
         """A Markdown table: one row per task, one column per method, and the mean."""
-        head = "| task | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
-        rows = [f"| {t} | " + " | ".join(f"{r[m]:.3f}" for m in COLUMNS) + " |" for t, r in self.tasks.items()]
-        rows.append("| **mean** | " + " | ".join(f"**{self.mean[m]:.3f}**" for m in COLUMNS) + " |")
+        cols = self.columns
+        head = "| task | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+        rows = [f"| {t} | " + " | ".join(f"{r[m]:.3f}" for m in cols) + " |" for t, r in self.tasks.items()]
+        rows.append("| **mean** | " + " | ".join(f"**{self.mean[m]:.3f}**" for m in cols) + " |")
         return head + "\n".join(rows) + "\n"
 
 
@@ -140,21 +146,30 @@ def evaluate_tasks(selector: Selector, hub: Hub, tasks: Sequence[EvalTask], *, a
     started = time.perf_counter()
     probs, proxy, images, stats = _all_probabilities(hub, tasks, images, device, progress, workers, batch_size)
     t_predict = time.perf_counter() - started
-    base = SelectionSettings(alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
+    # The paper's rule for MLL and its sweep (paper fidelity); the calibrated rule beside it where the index has one.
+    base = SelectionSettings(alpha=alpha, n_nodes=n_nodes, mode=mode, rule="mll")  # type: ignore[arg-type]
     prepared = prepare_tasks(selector, [make_task(t.class_names, t.name, domain=t.domain) for t in tasks], base)
     started = time.perf_counter()
     grid = [base.with_(mode=m, alpha=a, k=k) for m in modes for a in alphas for k in ks]
     grid += [base.with_(k=k) for k in set((1, 3)) - set(ks)]
     sweep, results, selections = _sweep(selector, prepared, grid, tasks, probs, images, labeled)
-    no_domain = {k: select_prepared(selector, prepared, base.with_(k=k, use_domain=False)) for k in (1, 3)}
+    extra = {f"mll_k{k}_no_domain": select_prepared(selector, prepared, base.with_(k=k, use_domain=False))
+             for k in (1, 3)}
+    columns = COLUMNS
+    if mode == "restricted" and selector.calibrated_rule("auto") is not None:
+        columns += CALIBRATED
+        for name in CALIBRATED:
+            k, use_domain = int(name[len("calibrated_k")]), not name.endswith("_no_domain")
+            extra[name] = select_prepared(selector, prepared, base.with_(k=k, use_domain=use_domain, rule="calibrated"))
     t_select = time.perf_counter() - started
     table, chosen = _methods_table(hub, tasks, probs, proxy, images, labeled, results, selections, (mode, alpha),
-                                   no_domain)
-    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in COLUMNS}
+                                   extra)
+    mean = {m: round(float(np.mean([r[m] for r in table.values()])), 4) for m in columns}
     return Evaluation(table, mean, sweep, chosen,
                       {"predict_all_models": round(t_predict, 2), "selection_sweep": round(t_select, 2)},
-                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas)},
-                      rates(stats), stats)
+                      {"alpha": alpha, "mode": mode, "n_nodes": n_nodes, "ks": list(ks), "alphas": list(alphas),
+                       "rule": "mll (the paper's; calibrated_* columns: the index's calibrated rule)"},
+                      rates(stats), stats, columns)
 
 
 def _labeled_models(selector: Selector, hub: Hub, mode: str) -> tuple[list[str], tuple[str, ...]]:
@@ -224,12 +239,12 @@ def _sweep(selector: Selector, prepared: PreparedTasks, grid: Sequence[Selection
 def _methods_table(hub: Hub, tasks: Sequence[EvalTask], probs: dict[str, dict[str, np.ndarray]],
                    proxy: dict[str, dict[str, float]], images: dict[str, TaskImages], labeled: Sequence[str],
                    results: dict[_Key, list[float]], selections: dict[_Key, list[Selection]],
-                   evaluated: tuple[str, float], no_domain: dict[int, list[Selection]]
+                   evaluated: tuple[str, float], extra: dict[str, list[Selection]]
                    ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
-    """Every task's accuracy per method of `COLUMNS` (rounded), and what MLL and the baselines chose.
+    """Every task's accuracy per method (rounded), and what MLL and the baselines chose.
 
-    MLL's figures are the sweep's at `evaluated` (mode, alpha); `no_domain[k]` holds MLL's selections
-    without the tasks' domain words.
+    MLL's figures are the sweep's at `evaluated` (mode, alpha); `extra[column]` holds the selections of
+    the other MLL columns (without the domain word; the calibrated rule's).
     """
     mode, alpha = evaluated
     table: dict[str, dict[str, float]] = {}
@@ -244,10 +259,11 @@ def _methods_table(hub: Hub, tasks: Sequence[EvalTask], probs: dict[str, dict[st
             "mll_k1": results[(mode, alpha, 1)][i], "mll_k3": results[(mode, alpha, 3)][i],
             "inb": accuracy_of(p[inb], labels), "random": random_accuracy(p, labels),
             "text_proxy": accuracy_of(p[proxy_best], labels), "oracle_single": best_acc,
+            "split_half_ceiling": split_half_ceiling(p, labels),
             "oracle_per_class": oracle_per_class(p, labels, len(t.class_names))}
-        for k in (1, 3):
-            scores = combine(p, no_domain[k][i].models_for(), t.class_names)
-            table[t.name][f"mll_k{k}_no_domain"] = float((scores.argmax(axis=1) == labels).mean())
+        for column, chosen_sel in extra.items():
+            scores = combine(p, chosen_sel[i].models_for(), t.class_names)
+            table[t.name][column] = float((scores.argmax(axis=1) == labels).mean())
         table[t.name] = {k: round(v, 4) for k, v in table[t.name].items()}
         chosen[t.name] = {"domain": t.domain, "mll_k1": selections[(mode, alpha, 1)][i].models_for(), "inb": inb,
                           "text_proxy": proxy_best, "oracle_single": best_single,
@@ -273,10 +289,10 @@ def write_evaluation(result: Evaluation, folder: Path) -> dict[str, Path]:
         handle.write("\n".join(md) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["task", *COLUMNS])
+    writer.writerow(["task", *result.columns])
     for t, row in result.tasks.items():
-        writer.writerow([t, *[row[m] for m in COLUMNS]])
-    writer.writerow(["mean", *[result.mean[m] for m in COLUMNS]])
+        writer.writerow([t, *[row[m] for m in result.columns]])
+    writer.writerow(["mean", *[result.mean[m] for m in result.columns]])
     with atomic_file(paths["csv"]) as handle:
         handle.write(buf.getvalue())
     _plot(result, paths["png"])

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_index.evaluation.baselines import inb_model, oracle_per_class, oracle_single, random_accuracy
+from mll_index.evaluation.baselines import (
+    inb_model, oracle_per_class, oracle_single, random_accuracy, split_half_ceiling, split_halves,
+)
 from mll_index.evaluation.run import COLUMNS, evaluate_tasks, world_eval_tasks, write_evaluation
 from mll_index.models.hub import load_hub
 from mll_index.selection.selector import open_selector
@@ -26,6 +28,21 @@ def test_oracles_by_hand() -> None:
     assert random_accuracy(probs, labels) == pytest.approx(0.5)
 
 
+def test_split_half_ceiling_gives_each_class_its_own_model() -> None:
+    labels = np.repeat([0, 1], 4)
+    # a is sure and right on class 0's images, unsure and wrong on class 1's; b the other way round.
+    a = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 4)
+    b = np.array([[0.4, 0.6]] * 4 + [[0.1, 0.9]] * 4)
+    assert oracle_single({"a": a, "b": b}, labels)[1] == pytest.approx(0.5)
+    assert split_half_ceiling({"a": a, "b": b}, labels) == pytest.approx(1.0)
+    # With one model there is nothing to choose: the ceiling is that model's accuracy.
+    assert split_half_ceiling({"a": a}, labels) == pytest.approx(0.5)
+    # Scored on the half it did not see: a model right on only one image of each class gets no credit
+    # for the images it was chosen on.
+    first = split_halves(labels)
+    assert first.sum() == 4 and all(first[labels == c].sum() == 2 for c in (0, 1))
+
+
 def test_evaluation_on_the_small_world(small_world, world_index: Path, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hub = load_hub(small_world.hub_path)
     result = evaluate_tasks(open_selector(world_index, embedder), hub, world_eval_tasks(small_world),
@@ -35,6 +52,7 @@ def test_evaluation_on_the_small_world(small_world, world_index: Path, embedder,
         assert set(row) == set(COLUMNS) and all(0 <= v <= 1 for v in row.values())
         assert row["oracle_single"] >= max(row["inb"], row["random"], row["text_proxy"]) - 1e-9
         assert row["oracle_per_class"] >= row["oracle_single"] - 1e-9
+        assert 0 <= row["split_half_ceiling"] <= 1
         # The world's own accuracy table agrees with what evaluation measured.
         assert row["inb"] == pytest.approx(small_world.accuracy[inb_model(hub)][name], abs=1e-3)
     assert len(result.sweep) == 2 * 2 * 3
@@ -57,6 +75,12 @@ def test_demo_cli(small_world, world_index: Path, tmp_path: Path) -> None:  # ty
                    "-o", str(tmp_path / "demo"), timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| **mean** |" in done.stdout and (tmp_path / "demo" / "evaluation.png").is_file()
+    # The demo calibrated the index's rule after labeling and shows it beside the paper's rule; run again
+    # on the same labels it keeps the rule it has.
+    assert "calibrated rule: fitted on" in done.stdout and "| calibrated_k1 |" in done.stdout
+    again = run_cli("demo", "--size", "small", "--world-root", str(small_world.root), "--index", str(index),
+                    "-o", str(tmp_path / "demo"), timeout=600)
+    assert again.returncode == 0 and "calibrated rule: already current" in again.stdout, again.stderr
     missing = run_cli("demo", "--size", "small", "--index", str(tmp_path / "no-index"))
     assert missing.returncode == 1 and "no node index" in missing.stderr
 
