@@ -223,7 +223,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.selection.budget`).
     """
-    from mll_index.selection.selector import PROMPT_WARNING_TAIL, ModelScore, probe_warnings, selection_warnings
+    from mll_index.selection.selector import PROMPT_WARNING_TAIL, probe_warnings, selection_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -266,7 +266,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
         warnings += budget_warnings(task.name, [cls.name for cls in full.classes], choice, k,
                                     [len(cls.models) for cls in full.classes], budget)
     trimmed = replace(full, k=min(k, len(full.ranking)) if full.ranking else full.k, classes=tuple(classes),
-                      ranking=tuple(ModelScore(m.model, m.score) for m in ranking), warnings=warnings)
+                      ranking=tuple(ranking), warnings=warnings)
     out = trimmed.to_dict()
     _add_predicted_accuracy(out, selector, full, classes, got, f1, calibration)
     if choice is not None and costs is not None:
@@ -288,20 +288,19 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
                             f1: np.ndarray | None, calibration: Calibration) -> None:
     """Set `out`'s "predicted_accuracy" (task and per class) and "predicted_accuracy_about": the
     calibration's estimate for the models kept, or None with the reason where the ranking is not
-    image-based F1 (`got`, `f1`: `selection_matrix(full)` and its F1; None then)."""
+    image-based F1 (`got`, `f1`: `selection_matrix(full)` and its F1; None then).
+
+    Under the calibrated rule the same calibration is applied to the chosen models' F1 on the sample
+    images (ModelScore.f1), not to the rule's predicted F1: the rule's own accuracy model, fitted on
+    pseudo-tasks' sample images, missed real tasks' accuracy by 0.31 (bench/calibrated_rule.py,
+    `pseudo_task_accuracy_model`), since its shrunken predictions and the sample images both differ
+    from what a task's own images give."""
     if f1 is not None and full.rule == "calibrated":
-        rule = selector.calibrated_rule("calibrated")
-        pos = {m: i for i, m in enumerate(got[0])}
-        best = np.array([max((f1[pos[m.model], c] for m in cls.models), default=0.0) for c, cls in enumerate(classes)])
-        task_pred, class_pred = rule.predict_accuracy(best)
-        out["predicted_accuracy"] = task_pred.to_dict()
-        for entry, pred in zip(out["classes"], class_pred):
-            entry["predicted_accuracy"] = pred.to_dict()
-        out["predicted_accuracy_about"] = (f"the calibrated rule's accuracy model: the vote's accuracy on the evaluation "
-                                           f"half of {rule.report.get('held_out_tasks', '?')} held-out pseudo-tasks "
-                                           "against the chosen models' predicted F1 (`mll-index calibrate`)")
-    elif f1 is not None:
-        features = class_features(full, f1, got[0], got[2], [[m.model for m in cls.models] for cls in classes],
+        f1, task_scores = sample_f1(full, got[0])
+    else:
+        task_scores = got[2] if got is not None else None
+    if f1 is not None:
+        features = class_features(full, f1, got[0], task_scores, [[m.model for m in cls.models] for cls in classes],
                                   selector.index.graph.ancestors)
         task_pred, class_pred = predict_features(features, calibration)
         out["predicted_accuracy"] = task_pred.to_dict()
@@ -309,6 +308,9 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
             entry["predicted_accuracy"] = pred.to_dict()
         out["predicted_accuracy_about"] = (f"calibration v{calibration.version}: "
                                            f"{calibration.about.get('summary', 'see data/accuracy_calibration.json')}")
+        if full.rule == "calibrated":
+            out["predicted_accuracy_about"] += ("; applied to the sample-image F1 of the models the calibrated rule "
+                                                "chose")
         outside = extrapolation(features, calibration)
         if outside:
             out["predicted_accuracy_about"] += ("; this task lies outside the calibration's range, so the estimate "
@@ -324,6 +326,18 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
         out["predicted_accuracy_about"] = (f"not predicted: the calibration (v{calibration.version}) maps image-based "
                                            f"labels' F1 to accuracy, and these models were ranked by {full.labels} "
                                            f"labels{hint}")
+
+
+def sample_f1(full: Any, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Under the calibrated rule: the (n, C) sample-image F1 of each class's listed models (NaN for the
+    others) and the (n,) models' mean F1 over the classes, read from the selection's ModelScore.f1."""
+    pos = {m: i for i, m in enumerate(ids)}
+    f1 = np.full((len(ids), len(full.classes)), np.nan)
+    for c, cls in enumerate(full.classes):
+        for m in cls.models:
+            f1[pos[m.model], c] = m.f1 if m.f1 is not None else np.nan
+    task = np.array([m.f1 if m.f1 is not None else np.nan for m in full.ranking])
+    return f1, task
 
 
 def _class_order(full: Any, ids: list[str]) -> np.ndarray:

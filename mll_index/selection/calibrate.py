@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import index_lock
-from mll_index.errors import InputError
+from mll_index.errors import IndexFormatError, InputError
 from mll_index.index.node_index import load_index
 from mll_index.labels.store import LabelStore, open_labels, refuse_damaged
 from mll_index.selection.accuracy import Rule
@@ -48,6 +48,10 @@ MARGINS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
 HELD_OUT = 5            # every 5th pseudo-task is held out of the first fit
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 11))
 MLL_ALPHA = 0.7         # the paper's rule, reported beside the calibrated one
+# The ridge is fitted on at most this many (model, class) examples, drawn seeded from all of them: the
+# quadratic basis is 104 float64 columns a row, so a 1,000-model hub's 18 million examples would need
+# 15 GB; 400,000 pin 13 coefficients' worth of curvature many times over (the emoji hub has 202,000).
+MAX_FIT_ROWS = 400_000
 
 
 @dataclass
@@ -90,7 +94,9 @@ def examples(store: LabelStore, tasks: Sequence[PseudoTask], halves: Halves, str
             features = rule_features(confusion, eye, strength, domain_images=task.domain is not None,
                                      all_domains=every, strength_domain=by_domain.get(task.domain or "", strength))
             f1 = features[..., RULE_FEATURES.index("f1")]
-            out.append(Example(task, features, eval_f1(store, task, halves), smooth_scores(f1, MLL_ALPHA)))
+            # float32: at 1,000 models the examples of 600 pseudo-tasks are ~1 GB even so.
+            out.append(Example(task, features.astype(np.float32), eval_f1(store, task, halves).astype(np.float32),
+                               smooth_scores(f1, MLL_ALPHA).astype(np.float32)))
             bar.update()
     return out
 
@@ -127,9 +133,20 @@ def fit_quadratic(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             "quadratic": quadratic, "ridge_alpha": float(ridge.alpha_)}
 
 
-def _stack(chosen: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
-    return (np.concatenate([e.features.reshape(-1, len(RULE_FEATURES)) for e in chosen]),
-            np.concatenate([e.truth.reshape(-1) for e in chosen]))
+def _stack(chosen: Sequence[Example], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The examples' (n, F) features and (n,) targets as float64, at most MAX_FIT_ROWS of them (seeded)."""
+    sizes = [e.truth.size for e in chosen]
+    total = sum(sizes)
+    keep = None
+    if total > MAX_FIT_ROWS:
+        keep = np.sort(np.random.default_rng(seed).choice(total, MAX_FIT_ROWS, replace=False))
+    x, y, start = [], [], 0
+    for e, n in zip(chosen, sizes):
+        rows = slice(None) if keep is None else keep[(keep >= start) & (keep < start + n)] - start
+        x.append(e.features.reshape(-1, len(RULE_FEATURES))[rows])
+        y.append(e.truth.reshape(-1)[rows])
+        start += n
+    return np.concatenate(x).astype(np.float64), np.concatenate(y).astype(np.float64)
 
 
 def _rule(fit: dict[str, Any], margin: float, store: LabelStore, strength: np.ndarray,
@@ -231,11 +248,11 @@ def calibrate_rule(index_path: Path, *, tasks: int = DEFAULT_TASKS, seed: int = 
     made = examples(store, drawn, halves, strength, by_domain, progress)
     train = [e for i, e in enumerate(made) if i % HELD_OUT]
     held = [e for i, e in enumerate(made) if i % HELD_OUT == 0]
-    first = fit_quadratic(*_stack(train))
+    first = fit_quadratic(*_stack(train, seed))
     placeholder = Rule(0.0, {"f1_best": 0.0, "log_classes": 0.0}, 0.0, 0.0, "logit")
     report, margin, accuracy = held_out_report(store, held, _rule(first, 1.0, store, strength, by_domain,
                                                                   placeholder, {}), halves, progress)
-    final = fit_quadratic(*_stack(made))
+    final = fit_quadratic(*_stack(made, seed))
     sizes = [len(e.task.nodes) for e in made]
     report = {"pseudo_tasks": len(made), "held_out_tasks": len(held), "seed": seed,
               "classes": {"min": int(min(sizes)), "median": int(np.median(sizes)), "max": int(max(sizes))},
@@ -251,3 +268,23 @@ def calibrate_rule(index_path: Path, *, tasks: int = DEFAULT_TASKS, seed: int = 
         write_rule(index_path, rule)
     return report
 
+
+
+def calibrate_if_needed(index_path: Path, *, progress: bool = False) -> dict[str, Any] | None:
+    """Calibrate the index's rule (`calibrate_rule`, default settings) unless it holds one fitted to its
+    current labels; the demo runs this after labeling so that its table shows both rules.
+
+    Returns:
+        The new rule's report, or None where the stored rule is current.
+    Raises:
+        InputError: as `calibrate_rule` (labels that cannot give pseudo-tasks among them).
+    """
+    from mll_index.selection.calibrated_rule import has_rule, read_rule
+
+    if has_rule(index_path):
+        try:
+            read_rule(index_path, open_labels(index_path))
+            return None
+        except (InputError, IndexFormatError):    # stale or damaged: fit it again, in place
+            pass
+    return calibrate_rule(index_path, progress=progress)

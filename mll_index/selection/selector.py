@@ -70,15 +70,18 @@ RESTRICTED_BUDGET = 40_000_000
 
 @dataclass(frozen=True)
 class ModelScore:
-    """A model and its score for a class or a task, higher is better."""
+    """A model and its score for a class or a task, higher is better; under the calibrated rule (whose
+    score is a predicted F1) also the F1 on the sample images that the paper's rule reads (for a task:
+    its mean over the classes), which predicted accuracy is calibrated on."""
 
     model: str
     score: float
+    f1: float | None = None
 
     @classmethod
-    def rounded(cls, model: str, score: float) -> ModelScore:
+    def rounded(cls, model: str, score: float, f1: float | None = None) -> ModelScore:
         """The score as answers carry it: a Python float (not a numpy scalar) to 4 places."""
-        return cls(model, round(float(score), 4))
+        return cls(model, round(float(score), 4), None if f1 is None else round(float(f1), 4))
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class Selection:
             del out["probe"]
         if out["published"] is None:
             del out["published"]
+        for entry in [*out["ranking"], *(m for c in out["classes"] for m in c["models"])]:
+            if entry["f1"] is None:
+                del entry["f1"]
         for c in out["classes"]:
             if c["explain"] is None:
                 del c["explain"]
@@ -359,10 +365,12 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     k_eff = min(k, len(ids))
     rule = image["rule"] if image is not None and labels == "image" else None
     votes = _calibrated_votes(sel, task, matches, image, k_eff) if rule is not None else None
+    raw_f1 = image["f1"] if rule is not None else None
     classes = []
     for c, name in enumerate(task.classes):
         order = votes[c] if votes is not None else top_stable(scores[:, c], k_eff)
-        chosen = tuple(ModelScore.rounded(ids[i], scores[i, c]) for i in order)
+        chosen = tuple(ModelScore.rounded(ids[i], scores[i, c], None if raw_f1 is None else raw_f1[i, c])
+                       for i in order)
         weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
             (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
         # As the image path (match.is_weak): a name none of whose words is a lemma matches on the embedding alone.
@@ -384,7 +392,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         classes.append(ClassSelection(name, tuple(matches[c]), chosen, weak, detail, tuple(bench[c])))
     task_scores = scores.mean(axis=1)
     ranked = top_stable(task_scores, len(ids) if ranking_size is None else ranking_size)
-    ranking = tuple(ModelScore.rounded(ids[i], task_scores[i]) for i in ranked)
+    ranking = tuple(ModelScore.rounded(ids[i], task_scores[i], None if raw_f1 is None else raw_f1[i].mean())
+                    for i in ranked)
     # `mode` names the confusion mode that ran; published labels alone run none of them.
     used = image["mode"] if image is not None else "published"
     probe = image["probe"] if image is not None else None
