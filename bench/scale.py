@@ -2,6 +2,7 @@
 
     python bench/scale.py              # the full run (about 30 minutes on 2 cores; hubs cached in ~/.cache)
     python bench/scale.py --smoke      # smallest sizes, under a minute (CI runs it)
+    python bench/scale.py --calibrated-only   # calibrate at 100 / 1,000 / 10,000 models and select under its rule
 
 Synthetic hubs (bench/synthetic_hub.py) of 100, 1,000 and 10,000 models over 1,000, 10,000 and
 50,000 nodes are written in the index's own format. Measured side by side in one run: opening an
@@ -172,7 +173,8 @@ def open_in_subprocess(index: Path, classes: int = 100) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_selects(sel: Any, task: Any, mode: str, reps: int, cold_root: Path | None = None) -> list[float]:
+def time_selects(sel: Any, task: Any, mode: str, reps: int, cold_root: Path | None = None,
+                 rule: str = "auto") -> list[float]:
     """Seconds per selection; with cold_root, every repetition starts from an empty caption cache."""
     from mll_index.selection.selector import select_models
 
@@ -181,7 +183,7 @@ def time_selects(sel: Any, task: Any, mode: str, reps: int, cold_root: Path | No
         if cold_root is not None:
             sel.cache = fresh_cache(cold_root, f"cold-{r}")
         t = time.perf_counter()
-        select_models(sel, task, k=3, mode=mode)  # type: ignore[arg-type]
+        select_models(sel, task, k=3, mode=mode, rule=rule)  # type: ignore[arg-type]
         times.append(time.perf_counter() - t)
     return times
 
@@ -588,6 +590,92 @@ def restricted_only(root: Path, source: Path | None, embedder: Any, out: Path, s
     print(f"wrote {path}")
 
 
+def calibrated_at_scale(hubs: dict[int, Path], task: Any, embedder: Any, reps: int, work: Path,
+                        tasks: dict[int, int]) -> dict[str, Any]:
+    """Per hub size (image-level labels, 1,000 nodes): `mll-index calibrate`'s seconds on a hard-linked
+    copy of the hub (the cached hub keeps no rule, so the other figures stay the paper's rule's), then
+    the warm p50 of a restricted selection of `task` under the calibrated rule and, side by side in the
+    same process, under the paper's rule. `tasks[m]`: pseudo-tasks drawn at m models (the default 600
+    unless a size is given fewer, and then it says so)."""
+    from mll_index.selection.calibrate import calibrate_rule
+    from mll_index.selection.selector import open_selector, select_models
+
+    out: dict[str, Any] = {}
+    for m, hub in sorted(hubs.items()):
+        copy = work / f"calibrated-{m}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(hub, copy, copy_function=os.link, ignore=shutil.ignore_patterns(".lock", "selection_rule"))
+        t = time.perf_counter()
+        report = calibrate_rule(copy, tasks=tasks.get(m, 600), progress=True)
+        calibrate_s = round(time.perf_counter() - t, 1)
+        sel = open_selector(copy, embedder)
+        sel.cache = fresh_cache(work, "calibrated")
+        for rule in ("calibrated", "mll"):
+            select_models(sel, task, k=3, mode="restricted", rule=rule)   # captions cached, rule and table read
+        calibrated = time_selects(sel, task, "restricted", reps, rule="calibrated")
+        paper = time_selects(sel, task, "restricted", reps, rule="mll")
+        row = {"hub": hub.name, "models": len(sel.store.model_ids), "calibrate_s": calibrate_s,
+               "pseudo_tasks": report["pseudo_tasks"], "examples": report["examples"],
+               "held_out": {k: report["held_out"][k] for k in ("calibrated_k1", "mll_k1", "calibrated_k3", "mll_k3")},
+               "calibrated": summary(calibrated), "mll": summary(paper),
+               "ratio_p50": round(percentile(calibrated, 50) / percentile(paper, 50), 2),
+               "load_avg_1min": round(os.getloadavg()[0], 2)}
+        out[str(m)] = row
+        print(f"calibrated {m} models: {row}", flush=True)
+        del sel
+        shutil.rmtree(copy, ignore_errors=True)
+    return out
+
+
+def calibrated_only(root: Path, source: Path | None, embedder: Any, out: Path, smoke: bool,
+                    tasks_10000: int) -> None:
+    """The calibrated rule's figures alone (calibrate_s by hub size, calibrated_select_p50_s), merged into
+    results/scale.json (scale_smoke.json with --smoke)."""
+    from mll_index.index.node_index import load_index
+
+    started = time.perf_counter()
+    models = [20] if smoke else [100, 1000]
+    hubs = make_hubs(root, models, [1000], source, embedder, {(m, 1000) for m in models}, {})
+    pool, _ = name_pool(load_index(hubs[(models[-1], 1000)]).graph)
+    task = draw_tasks(pool, 1, 100, seed=100)[0]
+    work = Path(tempfile.mkdtemp(prefix="mll-scale-", dir=root))     # on the hubs' file system: hard links
+    sizes = image_hub_sizes(root, hubs, smoke)
+    calibrated = calibrated_at_scale(sizes, task, embedder, 5 if smoke else 20, work, {10000: tasks_10000})
+    shutil.rmtree(work, ignore_errors=True)
+    stem = "scale_smoke" if smoke else "scale"
+    path = out / f"{stem}.json"
+    figures = json.loads(path.read_text()) if path.is_file() else {}
+    figures["calibrated"] = calibrated
+    figures["calibrate_s"] = {k: v["calibrate_s"] for k, v in calibrated.items()}
+    figures["calibrated_select_p50_s"] = {k: v["calibrated"]["p50_s"] for k, v in calibrated.items()}
+    figures["calibrated_command"] = ("python bench/scale.py --calibrated-only" + (" --smoke" if smoke else "")
+                                     + (f" --calibrate-tasks-10000 {tasks_10000}" if tasks_10000 != 600 else ""))
+    figures["calibrated_seconds"] = round(time.perf_counter() - started, 1)
+    from common import machine
+
+    figures["calibrated_machine"] = machine()
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(figures, indent=1) + "\n")
+    os.replace(tmp, path)
+    md = out / f"{stem}.md"
+    text = md.read_text() if md.is_file() else ""
+    text = text.split("\n## The calibrated rule at scale", 1)[0].rstrip("\n")
+    md.write_text(text + "\n\n" + calibrated_markdown(calibrated))
+    print(f"wrote {path}")
+
+
+def calibrated_markdown(calibrated: dict[str, Any]) -> str:
+    lines = ["## The calibrated rule at scale", "",
+             "`mll-index calibrate` on synthetic hubs with image-level labels (1,000 nodes), then a 100-class "
+             "restricted selection, warm, under the calibrated rule and the paper's rule side by side.", "",
+             "| models | pseudo-tasks | calibrate s | select p50 s, calibrated | select p50 s, paper's rule | ratio | load |",
+             "|---|---|---|---|---|---|---|"]
+    for m, r in calibrated.items():
+        lines.append(f"| {int(m):,} | {r['pseudo_tasks']} | {r['calibrate_s']} | {r['calibrated']['p50_s']} | "
+                     f"{r['mll']['p50_s']} | {r['ratio_p50']} | {r['load_avg_1min']} |")
+    return "\n".join(lines) + "\n"
+
+
 def restricted_markdown(restricted: dict[str, Any]) -> str:
     lines = ["## Restricted mode from stored top nodes", "",
              "A 100-class task, warm caption cache, 1,000 nodes, image-level labels and the top-K table; "
@@ -613,6 +701,11 @@ def main() -> None:
     parser.add_argument("--restricted-only", action="store_true",
                         help="Only the restricted mode at 100, 1,000 and 10,000 models (1,000 nodes, image-level labels); "
                              "merges restricted_p50_s into the existing results.")
+    parser.add_argument("--calibrated-only", action="store_true",
+                        help="Only `calibrate` and selection under the calibrated rule at 100, 1,000 and 10,000 models "
+                             "(1,000 nodes, image-level labels); merges calibrate_s and calibrated_select_p50_s.")
+    parser.add_argument("--calibrate-tasks-10000", type=int, default=600,
+                        help="Pseudo-tasks calibrate draws at 10,000 models (--calibrated-only).")
     parser.add_argument("--probe-open", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-classes", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -636,6 +729,9 @@ def main() -> None:
     log: dict[str, Any] = {}
     if args.restricted_only:
         restricted_only(root, source, embedder, args.out, smoke)
+        return
+    if args.calibrated_only:
+        calibrated_only(root, source, embedder, args.out, smoke, args.calibrate_tasks_10000)
         return
     hubs = make_hubs(root, models, nodes, source, embedder, image_hubs, log)
     largest = (models[-1], nodes[-1])
