@@ -171,3 +171,13 @@ def world_index(tmp_path_factory: pytest.TempPathFactory, small_world, taxonomy:
     index_mod.build_index(path, graph_mod.resolve_node_set(taxonomy, graph_mod.wnid_node_set(sorted(nodes))), embedder)
     label_models(path, load_hub(small_world.hub_path), small_world.samples_dir)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_vectors():  # type: ignore[no-untyped-def]
+    """Each test starts with an empty in-process vector cache (index.embed.memory_vectors), as a new
+    process does: a test that checks what gets embedded must not see another test's texts."""
+    from mll_index.index.embed import memory_vectors
+
+    memory_vectors.cache_clear()
+    yield

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -398,6 +399,80 @@ class EmbeddingCache:
         self._db.close()
 
 
+class MemoryVectors:
+    """Text vectors kept in this process, least recently used out first, bounded by bytes.
+
+    Consulted by `embed_texts` before the on-disk EmbeddingCache and the embedder, so a warm select,
+    a batch and every service request embed nothing and read no SQLite for captions seen before. One
+    per process (`memory_vectors()`), shared by the CLI, the Python API and the service's threads.
+    Each vector remembers which on-disk caches hold it, so that what `embed_texts` is given a cache
+    for still lands in that cache.
+    """
+
+    ENTRY_OVERHEAD = 160   # bytes an entry costs beyond its vector and text (dict slot, tuple, set, str header)
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = max(0, int(max_bytes))
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, str], tuple[np.ndarray, set[str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _cost(self, text: str, vector: np.ndarray) -> int:
+        return int(vector.nbytes) + len(text) + self.ENTRY_OVERHEAD
+
+    def get_many(self, space: str, texts: Sequence[str], held_by: str | None = None) -> dict[str, np.ndarray]:
+        """The vectors kept for `texts` (only those the on-disk cache `held_by` also holds, when given)."""
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for t in texts:
+                item = self._items.get((space, t))
+                if item is not None and (held_by is None or held_by in item[1]):
+                    self._items.move_to_end((space, t))
+                    found[t] = item[0]
+        return found
+
+    def put_many(self, space: str, texts: Sequence[str], vectors: Sequence[np.ndarray],
+                 held_by: str | None = None) -> None:
+        """Keep these vectors (held by the on-disk cache `held_by` too, when given), trimming the least
+        recently used beyond the bound: never an error, however many are put."""
+        with self._lock:
+            for t, v in zip(texts, vectors):
+                v = np.asarray(v, np.float32)
+                cost = self._cost(t, v)
+                if cost > self.max_bytes:
+                    continue
+                old = self._items.pop((space, t), None)
+                holders = old[1] if old is not None else set()
+                if old is not None:
+                    self.bytes -= self._cost(t, old[0])
+                if held_by is not None:
+                    holders.add(held_by)
+                self._items[(space, t)] = (v, holders)
+                self.bytes += cost
+            while self.bytes > self.max_bytes and self._items:
+                (_, t), (v, _) = self._items.popitem(last=False)
+                self.bytes -= self._cost(t, v)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+DEFAULT_MEMORY_MB = 128
+
+
+@lru_cache(maxsize=1)
+def memory_vectors() -> MemoryVectors:
+    """This process's MemoryVectors; its bound is MLL_INDEX_VECTOR_CACHE_MB (default 128; 0 turns it off)."""
+    raw = os.environ.get("MLL_INDEX_VECTOR_CACHE_MB", str(DEFAULT_MEMORY_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise InputError(f"MLL_INDEX_VECTOR_CACHE_MB={raw!r}: not a number of megabytes") from None
+    return MemoryVectors(int(max(mb, 0.0) * 1024 * 1024))
+
+
 def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCache | None = None,
                 progress: bool = False) -> np.ndarray:
     """Embed texts through the cache: each distinct text is encoded at most once.
@@ -409,7 +484,20 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
     """
     unique = list(dict.fromkeys(texts))
     space = vector_space(embedder)
-    known = cache.get_many(space, unique) if cache is not None else {}
+    memory = memory_vectors()
+    held_by = str(cache.path) if cache is not None else None
+    known = memory.get_many(space, unique, held_by)
+    if cache is not None and len(known) < len(unique):
+        rest = [t for t in unique if t not in known]
+        from_disk = cache.get_many(space, rest)
+        memory.put_many(space, list(from_disk), list(from_disk.values()), held_by)
+        known.update(from_disk)
+        # Kept in memory but not in this cache yet: written there, not encoded again.
+        kept = memory.get_many(space, [t for t in rest if t not in known])
+        if kept:
+            cache.put_many(space, list(kept), np.stack(list(kept.values())))
+            memory.put_many(space, list(kept), list(kept.values()), held_by)
+            known.update(kept)
     missing = [t for t in unique if t not in known]
     if missing:
         log.info("embedding %d new texts with %s", len(missing), space)
@@ -422,6 +510,7 @@ def embed_texts(embedder: TextEmbedder, texts: Sequence[str], cache: EmbeddingCa
                 fresh = embedder.encode(part)
                 if cache is not None:
                     cache.put_many(space, part, fresh)
+                memory.put_many(space, part, list(fresh), held_by)
                 known.update(zip(part, fresh))
                 bar.update(len(part))
     if not texts:

@@ -267,3 +267,36 @@ def test_openai_embedder_unreachable_names_url() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EndpointError, match=re.escape(f"cannot reach {url}/embeddings")):
         E.load_embedder(f"openai:{url}#m")
+
+
+def test_vectors_kept_in_memory_are_bounded_and_serve_without_encoding(tmp_path: Path,
+                                                                       embedder: E.TextEmbedder) -> None:
+    memory = E.MemoryVectors(max_bytes=3 * (8 + 6 + E.MemoryVectors.ENTRY_OVERHEAD))
+    for i in range(10):
+        memory.put_many("m", [f"text {i}"], [np.ones(2, np.float32)])
+    # Trimmed to its bound, least recently used first: never an error however much is put.
+    assert len(memory) == 3 and memory.bytes <= memory.max_bytes
+    assert set(memory.get_many("m", [f"text {i}" for i in range(10)])) == {"text 7", "text 8", "text 9"}
+
+    class Counting:
+        def __init__(self, inner: E.TextEmbedder) -> None:
+            self.inner, self.calls = inner, 0
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            self.calls += len(texts)
+            return self.inner.encode(texts)
+
+    counting = Counting(embedder)
+    texts = [f"a caption seen once per process {tmp_path.name} {i}" for i in range(5)]
+    first = E.embed_texts(counting, texts)              # no on-disk cache: memory alone
+    again = E.embed_texts(counting, texts)
+    assert counting.calls == 5
+    np.testing.assert_array_equal(first, again)
+    # A cache given later still receives them, from memory, with nothing encoded again.
+    cache = E.EmbeddingCache(tmp_path / "e.sqlite")
+    E.embed_texts(counting, texts, cache)
+    assert counting.calls == 5 and len(cache) == 5
+    cache.close()
