@@ -136,7 +136,10 @@ def _clip_bpe() -> Any:
     return {v: i for i, v in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}, byte_encoder, pattern
 
 
-def _bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+@lru_cache(maxsize=1 << 16)
+def _bpe_word(word: str) -> tuple[str, ...]:
+    """The BPE merges of one byte-encoded word (open_clip's SimpleTokenizer.bpe; memoised as there)."""
+    ranks = _clip_bpe()[1]
     parts = [*word[:-1], word[-1] + "</w>"]
     while len(parts) > 1:
         pairs = {(a, b) for a, b in zip(parts, parts[1:])}
@@ -152,28 +155,36 @@ def _bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
                 merged.append(parts[i])
                 i += 1
         parts = merged
-    return parts
+    return tuple(parts)
+
+
+@lru_cache(maxsize=1 << 16)
+def _text_tokens(text: str) -> tuple[int, ...]:
+    """A text's token ids between start and end of text, untruncated. Memoised: the prompt check
+    tokenizes the same class prompts for every model and every request (a few hundred texts a task)."""
+    import html
+
+    import ftfy
+
+    encoder, _, byte_encoder, pattern = _clip_bpe()
+    clean = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
+    tokens = [encoder["<start_of_text>"]]
+    for piece in pattern.findall(clean):
+        tokens += [encoder[t] for t in _bpe_word("".join(byte_encoder[b] for b in piece.encode("utf-8")))]
+    tokens.append(encoder["<end_of_text>"])
+    return tuple(tokens)
 
 
 def clip_token_rows(texts: Sequence[str], context_length: int) -> np.ndarray | None:
     """(n, context_length) int64 token rows as open_clip's default tokenizer (SimpleTokenizer, clean
     'lower') writes them, computed without torch; None where open_clip is not installed."""
-    import html
-
-    import ftfy
-
     bpe = _clip_bpe()
     if bpe is None:
         return None
-    encoder, ranks, byte_encoder, pattern = bpe
-    sot, eot = encoder["<start_of_text>"], encoder["<end_of_text>"]
+    eot = bpe[0]["<end_of_text>"]
     rows = np.zeros((len(texts), context_length), np.int64)
     for r, text in enumerate(texts):
-        clean = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
-        tokens = [sot]
-        for piece in pattern.findall(clean):
-            tokens += [encoder[t] for t in _bpe_word("".join(byte_encoder[b] for b in piece.encode("utf-8")), ranks)]
-        tokens.append(eot)
+        tokens = list(_text_tokens(text))
         if len(tokens) > context_length:
             tokens = tokens[:context_length]
             tokens[-1] = eot

@@ -456,9 +456,8 @@ def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]
     Read from the models' configs and CLIP's vocabulary, without torch; models with another
     tokenizer than open_clip's default are not checked here (`reuse` checks every model).
     """
-    from mll_index.models.zeroshot import (
-        check_prompt_rows, clip_token_rows, lemma_of, prompt_names, zero_shot_templates,
-    )
+    from mll_index.models.prompt_checks import check_prompts_cached
+    from mll_index.models.zeroshot import lemma_of, prompt_names, zero_shot_templates
 
     entries = dict(sel.store.entries) if sel.store is not None else {}
     if sel.published is not None:
@@ -478,9 +477,9 @@ def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]
     for length, models in sorted(by_length.items()):
         if plain and longest + 2 < length:
             continue    # a CLIP token covers at least one byte: nothing can be cut, and no two names read alike
-        if clip_token_rows([], length) is None:
+        check = check_prompts_cached(names, written, length)   # facts per name, kept in <cache>/prompt_checks.sqlite
+        if check is None:
             return ()   # open_clip is not installed: reuse cannot run either
-        check = check_prompt_rows(lambda texts: clip_token_rows(texts, length), names, written)  # noqa: B023
         if check.ok:
             continue
         parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
