@@ -5,7 +5,7 @@
 Copies the index, runs `calibrate` on the copy (pseudo-tasks of its labels only; timed), then scores
 MLL k=1 / k=3 under both rules, with and without the domain word, on the 14 shipped tasks and on
 `--tasks` generated tasks of seed 2 (the calibration itself used no task; the vote search's beta was
-chosen on generated tasks of seed 1). Images: the first 2 task-pool images per class and domain of
+chosen on generated tasks of seed 1). Images: the first `--per-cell` (default 8) task-pool images per class and domain of
 the world (bench/generated_tasks.py), encoded once by every model. Writes
 bench/results/calibrated_rule.{json,md} and merges the figures into selection_quality.json under
 `calibrated`.
@@ -83,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
     parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--per-cell", type=int, default=2, help="Task-pool images per class and domain (at most 8).")
+    parser.add_argument("--per-cell", type=int, default=8, help="Task-pool images per class and domain (at most 8; "
+                        "8, as bench/selection_quality.py --per-cell 8 and the shipped tasks' own folders).")
     parser.add_argument("--name", default="calibrated_rule", help="Results file stem (the default also merges "
                         "into selection_quality.json).")
     args = parser.parse_args()

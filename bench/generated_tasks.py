@@ -154,8 +154,8 @@ def score_tasks(selector: Any, hub: Any, pool: PoolEmbeddings, tasks: list[dict[
                       domain=t["domains"][0] if len(t["domains"]) == 1 else None) for t in tasks]
     started = time.perf_counter()
     prepared = prepare_tasks(selector, made)
-    full = select_prepared(selector, prepared, k=len(ids), alpha=alpha, mode=mode, ranking_size=None)
-    no_domain = select_prepared(selector, prepared, k=len(ids), alpha=alpha, mode=mode, ranking_size=None,
+    full = select_prepared(selector, prepared, k=len(ids), alpha=alpha, mode=mode, ranking_size=None, rule="mll")
+    no_domain = select_prepared(selector, prepared, k=len(ids), alpha=alpha, mode=mode, ranking_size=None, rule="mll",
                                 use_domain=False)
     seconds = {"select_per_task": round((time.perf_counter() - started) / (2 * len(tasks)), 4)}
     inb = inb_model(hub, ids)
@@ -217,7 +217,7 @@ def score_probes(selector: Any, pool: PoolEmbeddings, tasks: list[dict[str, Any]
     encoders = sorted({m for ms in choose_probe_models(selector.store, probe_models).values() for m in ms})
     rng = np.random.default_rng(seed)
     held, made = [], []
-    settings = SelectionSettings(k=len(ids), alpha=alpha, mode="restricted", ranking_size=None,
+    settings = SelectionSettings(k=len(ids), alpha=alpha, mode="restricted", ranking_size=None, rule="mll",
                                  probe=PROBE_LIMIT, probe_models=probe_models)
     for t in tasks:
         rows, labels = task_rows(pool, t)
