@@ -50,34 +50,35 @@ def search_votes(probs: np.ndarray, true: np.ndarray, k: int, beta: float = BETA
     k = min(k, n_models)
     weighted = np.stack([entropy_weights(p)[:, None] * p for p in probs])          # (M, n, C)
     start = int(np.argmax([_objective(weighted[m], true, beta) for m in range(n_models)]))
+    # A restricted probability is 0 where the class is outside the image's top K, so a move on class c
+    # changes only the images where some candidate votes for c: each move is scored on those alone.
+    touched = (weighted != 0).any(axis=0)                                         # (n, C)
+    rows_of = [np.flatnonzero(touched[:, c]) for c in range(n_classes)]
+    columns_of = [np.ascontiguousarray(weighted[:, rows, c]) for c, rows in enumerate(rows_of)]
     members = [[start] for _ in range(n_classes)]
-    scores = weighted[start].copy()
-    current = _objective(scores, true, beta)
-    rows = np.arange(n_images)
+    vote = _Vote(weighted[start].copy(), true)
+    current = _objective(vote.scores, true, beta)
     for _ in range(passes):
         changed = False
         for c in range(n_classes):
-            others = scores.copy()
-            others[:, c] = -np.inf
-            best_other, best_at = others.max(axis=1), others.argmax(axis=1)
-            is_c = true == c
-            other_right = ~is_c & (best_at == true)
-            rest = scores.sum(axis=1) - scores[:, c]
-            mine = scores[rows, true]
-            moves = [("replace", weighted[:, :, c])] if len(members[c]) == 1 else []
-            if len(members[c]) < k:
-                moves.append(("add", scores[:, c][None, :] + weighted[:, :, c]))
-            for move, column in moves:
-                right = np.where(is_c[None, :], column > best_other, other_right[None, :] & (best_other >= column))
-                share = np.where(is_c[None, :], column, mine[None, :]) / np.maximum(rest[None, :] + column, 1e-12)
-                value = right.mean(axis=1) + beta * share.mean(axis=1)
+            held = len(members[c])
+            moves = (["replace"] if held == 1 else []) + (["add"] if held < k else [])
+            if not moves:
+                continue
+            rows, column = rows_of[c], columns_of[c]
+            untouched = np.ones(n_images, bool)
+            untouched[rows] = False
+            for move in moves:
+                candidate = column if move == "replace" else vote.scores[rows, c][None, :] + column
+                value = vote.values(c, rows, untouched, candidate, beta)
                 if move == "add":
                     value[members[c]] = -np.inf
                 m = int(np.argmax(value))
+                # Below k models a class always takes the one that raises the objective most.
                 if (move == "add" and np.isfinite(value[m])) or value[m] > current + 1e-12:
                     members[c] = [m] if move == "replace" else members[c] + [m]
-                    scores[:, c] = column[m]
-                    current = float(value[m]) if np.isfinite(value[m]) else _objective(scores, true, beta)
+                    vote.set(c, rows, candidate[m])
+                    current = float(value[m]) if np.isfinite(value[m]) else _objective(vote.scores, true, beta)
                     changed = True
                     break
         if not changed:
@@ -88,6 +89,58 @@ def search_votes(probs: np.ndarray, true: np.ndarray, k: int, beta: float = BETA
             gain[members[c]] = -np.inf
             members[c].append(int(np.argmax(gain)))
     return members
+
+
+class _Vote:
+    """The vote's (n_images, C) scores, with what every move's value reads kept beside them: each
+    image's best and second-best class, the scores' row sums, and the true class's score. A kept
+    move updates them on the images it changed; nothing is recomputed per class."""
+
+    def __init__(self, scores: np.ndarray, true: np.ndarray) -> None:
+        self.scores, self.true = scores, true
+        n = len(true)
+        self.first, self.second = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.first_value, self.second_value = np.zeros(n), np.zeros(n)
+        self.total, self.mine = np.zeros(n), np.zeros(n)
+        self._refresh(np.arange(n))
+
+    def _refresh(self, rows: np.ndarray) -> None:
+        sub = self.scores[rows]
+        at = np.arange(len(rows))
+        self.first[rows] = first = sub.argmax(axis=1)
+        self.first_value[rows] = sub[at, first]
+        self.total[rows] = sub.sum(axis=1)
+        self.mine[rows] = sub[at, self.true[rows]]
+        sub[at, first] = -np.inf
+        self.second[rows] = second = sub.argmax(axis=1)
+        self.second_value[rows] = sub[at, second]
+
+    def set(self, c: int, rows: np.ndarray, column: np.ndarray) -> None:
+        """Class c's scores on `rows` become `column` (elsewhere they are unchanged)."""
+        self.scores[rows, c] = column
+        self._refresh(rows)
+
+    def values(self, c: int, rows: np.ndarray, untouched: np.ndarray, columns: np.ndarray, beta: float) -> np.ndarray:
+        """(M,) the objective if class c's scores on `rows` became columns[m] ((M, len(rows))), all
+        else kept: an image of class c is right where its new score beats every other class's, another
+        image where its own best class (not c) still wins; the true class's share of the vote beside
+        it. `untouched`: the images outside `rows`, whose terms the move leaves as they are."""
+        own = self.first == c
+        best_other = np.where(own, self.second_value, self.first_value)
+        is_c = self.true == c
+        other_right = ~is_c & (np.where(own, self.second, self.first) == self.true)
+        current = self.scores[:, c]
+        rest = self.total - current
+        kept = untouched
+        right_kept = np.count_nonzero(np.where(is_c[kept], current[kept] > best_other[kept],
+                                               other_right[kept] & (best_other[kept] >= current[kept])))
+        share_kept = (np.where(is_c[kept], current[kept], self.mine[kept])
+                      / np.maximum(rest[kept] + current[kept], 1e-12)).sum()
+        best_other, is_c, other_right = best_other[rows], is_c[rows], other_right[rows]
+        right = np.where(is_c, columns > best_other, other_right & (best_other >= columns))
+        share = np.where(is_c, columns, self.mine[rows]) / np.maximum(rest[rows] + columns, 1e-12)
+        n = len(self.true)
+        return (right_kept + np.count_nonzero(right, axis=1)) / n + beta * ((share_kept + share.sum(axis=1)) / n)
 
 
 SHORTLIST = 8       # candidates per class, by the calibrated rule's predicted F1
