@@ -87,10 +87,10 @@ def main() -> None:
     same = not (figures["models_differ"] or figures["nodes_differ"] or figures["missing"])
     figures["unchanged"] = same
     md = ["# Answers unchanged", "",
-          f"{figures['answers']} answers (rules x k = 1, 3 x 14 shipped and {args.generated} generated tasks): "
-          f"models differ in {len(figures['models_differ'])}, nodes in {len(figures['nodes_differ'])}, "
-          f"{len(figures['missing'])} missing; predicted accuracy moved by at most "
-          f"{figures['predicted_accuracy_max_change']}.", ""]
+          (f"{figures['answers']} answers (rules x k = 1, 3 x 14 shipped and {args.generated} generated tasks): "
+           f"models differ in {len(figures['models_differ'])}, nodes in {len(figures['nodes_differ'])}, "
+           f"{len(figures['missing'])} missing; predicted accuracy moved by at most "
+           f"{figures['predicted_accuracy_max_change']}."), ""]
     write_results("same_answers", figures, "\n".join(md))
     print("\n".join(md))
     for key in figures["models_differ"][:10]:
