@@ -157,6 +157,9 @@ def _content(words: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(kept), tuple(negated)
 
 
+# A selection reads each class name at several steps, and a service sees the same names again and
+# again: the reading (a pure function of the text) is kept for the most recent names.
+@lru_cache(maxsize=1 << 14)
 def read_class_name(name: str, position: int | None = None) -> ClassName:
     """Read a class name ('bat_(animal)', 'Golden Retrievers', 'shower-head').
 

@@ -203,23 +203,33 @@ def restricted_probabilities(store: LabelStore, model: int, task: PseudoTask, ro
     A node of the task outside an image's top K scored below the K-th logit and is left out (its
     probability 0); an image with none of the task's nodes among its top K gets uniform probabilities.
     """
-    lab = store.image_labels(model)
-    group = store.sample_group(store.folders[store.model_ids[model]])
+    return restricted_probabilities_of(store, [model], task, rows)[0]
+
+
+def restricted_probabilities_of(store: LabelStore, models: Sequence[int], task: PseudoTask,
+                                rows: np.ndarray) -> np.ndarray:
+    """(len(models), len(rows), C) `restricted_probabilities` of several models labeled on one sample
+    set, the task's node map built once for them all."""
+    group = store.sample_group(store.folders[store.model_ids[models[0]]])
     local = np.full(len(store.node_wnids), -1, np.int64)
     local[task.nodes] = np.arange(len(task.nodes))
     table_local = local[group.axis]
-    nodes = table_local[np.asarray(lab.topk_nodes[rows])]                   # type: ignore[union-attr]
-    logits = np.asarray(lab.topk_logits[rows], np.float64)                  # type: ignore[union-attr]
     c = len(task.nodes)
-    out = np.full((len(rows), c), -np.inf)
-    r, k = np.nonzero(nodes >= 0)
-    # the top-K are best first: the first occurrence of a node is its logit; later ones cannot repeat it
-    out[r, nodes[r, k]] = logits[r, k]
-    none = ~np.isfinite(out).any(axis=1)
+    out = np.full((len(models), len(rows), c), -np.inf)
+    for i, model in enumerate(models):
+        lab = store.image_labels(model)
+        if store.folders[store.model_ids[model]] != group.fingerprint:
+            raise ValueError("restricted_probabilities_of: the models were labeled on different sample sets")
+        nodes = table_local[np.asarray(lab.topk_nodes[rows])]                 # type: ignore[union-attr]
+        logits = np.asarray(lab.topk_logits[rows], np.float64)                # type: ignore[union-attr]
+        r, k = np.nonzero(nodes >= 0)
+        # the top-K are best first: the first occurrence of a node is its logit; later ones cannot repeat it
+        out[i, r, nodes[r, k]] = logits[r, k]
+    none = ~np.isfinite(out).any(axis=2)
     out[none] = 0.0
-    out -= out.max(axis=1, keepdims=True)
+    out -= out.max(axis=2, keepdims=True)
     p = np.exp(out)
-    return p / p.sum(axis=1, keepdims=True)
+    return p / p.sum(axis=2, keepdims=True)
 
 
 def ensemble_accuracy(store: LabelStore, task: PseudoTask, halves: Halves,

@@ -36,12 +36,13 @@ models), not to the source listed first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mll_index.core.plain import plain
 from mll_index.errors import InputError
 from mll_index.index.captions import CaptionExpander
 from mll_index.index.embed import EmbeddingCache, LazyEmbedder, TextEmbedder, embed_classes
@@ -125,7 +126,7 @@ class Selection:
         return {c.name: [m.model for m in c.models] for c in self.classes}
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = plain(self)
         out["warnings"] = list(self.warnings)
         if out["probe"] is None:
             del out["probe"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from mll_index.labels.store import LabelStore
 from mll_index.models.zeroshot import entropy_weights
-from mll_index.selection.pseudo_tasks import PseudoTask, restricted_probabilities
+from mll_index.selection.pseudo_tasks import PseudoTask, restricted_probabilities_of
 
 PASSES = 4
 BETA = 1.0
@@ -188,5 +188,5 @@ def sample_votes(store: LabelStore, class_nodes: np.ndarray, domain: str | None,
     true = local[group.image_nodes[rows]]
     candidates = shortlist(predicted)
     task = PseudoTask(np.asarray(class_nodes, np.int64), domain, "task")
-    probs = np.stack([restricted_probabilities(store, int(m), task, rows) for m in candidates])
+    probs = restricted_probabilities_of(store, [int(m) for m in candidates], task, rows)
     return [[int(candidates[m]) for m in ms] for ms in search_votes(probs, true, k)]
