@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from mll_index.errors import InputError
 from mll_index.service.app import create_app
+from mll_index.service.metrics import MULTIPROCESS_ENV
 from mll_index.service.settings import CONFIG_ENV, ServiceSettings, settings_to_env
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,18 @@ def serve(index_path: Path, *, host: str = "127.0.0.1", port: int = 8000, worker
     if workers > 1:
         del app
         os.environ[CONFIG_ENV] = settings_to_env(index_path, settings, api_key_env)
-        uvicorn.run("mll_index.service.app:create_app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level, access_log=False)
+        # The workers (started by uvicorn's spawn, which passes this environment on) keep their metric
+        # values in files there, so that /metrics sums them all (service.metrics); an empty folder per run.
+        own = MULTIPROCESS_ENV not in os.environ
+        folder = Path(tempfile.mkdtemp(prefix="mll-index-metrics-")) if own else Path(os.environ[MULTIPROCESS_ENV])
+        os.environ[MULTIPROCESS_ENV] = str(folder)
+        try:
+            uvicorn.run("mll_index.service.app:create_app_from_env", factory=True, host=host, port=port,
+                        workers=workers, log_level=log_level, access_log=False)
+        finally:
+            if own:
+                shutil.rmtree(folder, ignore_errors=True)
+                del os.environ[MULTIPROCESS_ENV]
     else:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 

@@ -529,3 +529,37 @@ def test_two_uvicorn_workers_answer(world_index: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_two_workers_answer_and_metrics_count_every_workers_requests(world_index: Path) -> None:
+    """serve --workers 2: both worker processes answer, and /metrics, from whichever worker, sums them
+    (prometheus-client's multiprocess mode in a folder serve makes and removes)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLL_INDEX_HOME", "PROMETHEUS_MULTIPROC_DIR")}
+    proc = subprocess.Popen([sys.executable, "-m", "mll_index.cli", "serve", "--index", str(world_index), "--port",
+                             str(port), "--workers", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, proc, {})
+        sent = 40
+        for _ in range(sent):
+            with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
+                assert response.status == 200
+        line = 'mll_index_requests_total{method="GET",route="/v1/models",status="200"}'
+        pids = set()
+        for _ in range(6):                  # scrapes land on either worker; each must show the sum
+            with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+                text = response.read().decode()
+            counted = [row for row in text.splitlines() if row.startswith(line)]
+            assert counted and float(counted[0].split()[-1]) == sent, counted
+            pids |= {row.split('pid="')[1].split('"')[0] for row in text.splitlines()
+                     if row.startswith("mll_index_index_reloads{")}
+        assert len(pids) == 2, pids         # each worker's index gauges, by pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not any(p.name.startswith("mll-index-metrics-") and any(p.iterdir())
+                   for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("mll-index-metrics-*")), \
+        "serve left its metrics folder behind"
