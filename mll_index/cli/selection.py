@@ -59,13 +59,10 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     budget = Budget(max_gflops, max_params, budget_gflops)
     if server is not None and (budget.active or pareto):
         raise InputError("budgets and --pareto are answered by a local index; drop --server or the budget")
-    if server is not None and rule != "auto":
-        raise InputError("--rule is answered by a local index (the service applies the index's own); drop --server "
-                         "or --rule")
     if server is not None:
         _select_on_server(server, names, file, task_file, batch, out, index_path, probe_images, k=k, alpha=alpha,
                           nodes=n_nodes, mode=mode, domain=domain, explain=explain, ranking=ranking_size,
-                          labels=label_source)
+                          labels=label_source, rule=rule)
         return
     from mll_index.core.paths import default_index_path
     from mll_index.selection.answer import answer_tasks, answer_warning_lines

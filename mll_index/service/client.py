@@ -56,15 +56,15 @@ def _api_key(api_key: str | None) -> str | None:
 
 def select_remote(url: str, task: Any, *, k: int = 1, alpha: float = 0.7, nodes: int = 5, mode: str = "auto",
                   domain: str | None = None, explain: bool = False, ranking: int = 100, labels: str = "auto",
-                  api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+                  rule: str = "auto", api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Select models for one task on a running service (`mll-index serve`).
 
     Args:
         url: the service's base URL, e.g. "http://127.0.0.1:8000".
         task: a list of class names, or the task object `mll-index select --task` reads
             ({"name", "classes": [name | {"name", "captions"}], "domain", "description"}).
-        k, alpha, nodes, mode, domain, explain, ranking, labels: as the options of `mll-index select`
-            (ranking 0: every model; labels sent only when not "auto", so an older service still answers).
+        k, alpha, nodes, mode, domain, explain, ranking, labels, rule: as the options of `mll-index select`
+            (ranking 0: every model; labels and rule sent only when not "auto", so an older service still answers).
         api_key: the service's bearer token [default: $MLL_INDEX_API_KEY, if set].
     Returns:
         the selection as `mll-index select` prints it, plus "index_version": the index version it came from.
@@ -74,14 +74,16 @@ def select_remote(url: str, task: Any, *, k: int = 1, alpha: float = 0.7, nodes:
     """
     request = {"task": task, "k": k, "alpha": alpha, "nodes": nodes, "mode": mode, "domain": domain,
                "explain": explain, "ranking": ranking}
-    body = json.dumps(request | ({"labels": labels} if labels != "auto" else {})).encode()
+    request |= {name: value for name, value in (("labels", labels), ("rule", rule)) if value != "auto"}
+    body = json.dumps(request).encode()
     with _request(url, "/v1/select", body, api_key=_api_key(api_key), timeout=timeout) as response:
         return json.loads(response.read())
 
 
 def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: float = 0.7, nodes: int = 5,
                         mode: str = "auto", domain: str | None = None, explain: bool = False, ranking: int = 100,
-                        labels: str = "auto", api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[dict[str, Any]]:
+                        labels: str = "auto", rule: str = "auto", api_key: str | None = None,
+                        timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[dict[str, Any]]:
     """Select for many tasks on a running service: one selection per task, in order, as they stream in.
 
     Raises EndpointError when the stream ends with an error line (the service's time limit).
@@ -91,8 +93,7 @@ def select_batch_remote(url: str, tasks: Sequence[Any], *, k: int = 1, alpha: fl
     query = {"k": k, "alpha": alpha, "nodes": nodes, "mode": mode, "explain": str(explain).lower(), "ranking": ranking}
     if domain:
         query["domain"] = domain
-    if labels != "auto":
-        query["labels"] = labels
+    query |= {name: value for name, value in (("labels", labels), ("rule", rule)) if value != "auto"}
     body = "".join(json.dumps(t) + "\n" for t in tasks).encode()
     with _request(url, "/v1/select/batch?" + urlencode(query), body, content_type="application/x-ndjson",
                   api_key=_api_key(api_key), timeout=timeout) as response:

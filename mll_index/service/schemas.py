@@ -56,6 +56,8 @@ class SelectRequest(BaseModel):
     probe: int = Field(16, ge=0, le=1000, description="Probe images of the task used at most (0: ignore them).")
     labels: Literal["auto", "image", "published", "both"] = Field(
         "auto", description="Labels that rank the models (see `mll-index select --labels`).")
+    rule: Literal["auto", "calibrated", "mll"] = Field(
+        "auto", description="How image-based labels rank a class's models (see `mll-index select --rule`).")
 
 
 class MatchRequest(BaseModel):

@@ -106,10 +106,11 @@ def _is_one_json(text: str) -> bool:
 
 
 def selection_settings(*, k: int, alpha: float, nodes: int, mode: str, explain: bool, ranking: int, probe: int,
-                       labels: str) -> Any:
+                       labels: str, rule: str = "auto") -> Any:
     """A request's options (SelectRequest's, or the batch's query parameters) as the SelectionSettings
     `mll-index select` builds from its flags (ranking 0: the whole ranking)."""
     from mll_index.selection.settings import SelectionSettings
 
     return SelectionSettings(k=k, alpha=alpha, n_nodes=nodes, mode=mode, explain=explain,  # type: ignore[arg-type]
-                             ranking_size=ranking or None, probe=probe, labels=labels)  # type: ignore[arg-type]
+                             ranking_size=ranking or None, probe=probe, labels=labels,  # type: ignore[arg-type]
+                             rule=rule)  # type: ignore[arg-type]

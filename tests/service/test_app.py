@@ -72,6 +72,22 @@ def test_select_equals_select_models(client: TestClient, selector, task) -> None
     assert plain == _json(selector, task_from_json(task))
 
 
+def test_select_takes_the_rule(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
+    """`rule` as `select --rule`: the paper's rule answers as locally; the calibrated one where the index
+    holds none is a 4xx naming `mll-index calibrate` (the batch's query: its error line)."""
+    r = client.post("/v1/select", json={"task": ["tiger", "lion"], "rule": "mll", "k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    body.pop("index_version")
+    assert body == _json(selector, task_from_json(["tiger", "lion"]), k=2, rule="mll") and body["rule"] == "mll"
+    refused = client.post("/v1/select", json={"task": ["tiger", "lion"], "rule": "calibrated"})
+    assert 400 <= refused.status_code < 500 and "calibrate" in refused.text, refused.text
+    batch = client.post("/v1/select/batch?rule=calibrated", json=[["tiger", "lion"]])   # refused as it is selected:
+    assert json.loads(batch.text.splitlines()[-1])["error"].count("mll-index calibrate") == 1  # the stream's last line
+    bad = client.post("/v1/select", json={"task": ["tiger"], "rule": "fancy"})
+    assert bad.status_code == 422 and "rule" in bad.text
+
+
 def test_select_takes_the_label_source(client: TestClient, selector) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/v1/select", json={"task": TASKS[0], "labels": "image"})
     assert r.status_code == 200, r.text

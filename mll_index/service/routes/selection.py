@@ -55,6 +55,7 @@ async def select_batch_route(
         domain: str | None = Query(None), explain: bool = Query(False), ranking: int = Query(100, ge=0),
         probe: int = Query(16, ge=0, le=1000),
         labels: Literal["auto", "image", "published", "both"] = Query("auto"),
+        rule: Literal["auto", "calibrated", "mll"] = Query("auto"),
 ) -> StreamingResponse:
     """Select for many tasks (a JSON array of tasks, or JSONL): one JSON line per task, in input order.
 
@@ -63,7 +64,7 @@ async def select_batch_route(
     from mll_index.selection.task import with_overrides
 
     chosen = selection_settings(k=k, alpha=alpha, nodes=nodes, mode=mode, explain=explain, ranking=ranking,
-                                probe=probe, labels=labels)
+                                probe=probe, labels=labels, rule=rule)
     content_type = request.headers.get("content-type", "")
     tasks = with_overrides(parse_batch_body(await request.body(), settings.max_batch, settings.max_classes,
                                             jsonl="ndjson" in content_type or "jsonl" in content_type), domain=domain)
