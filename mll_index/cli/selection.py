@@ -20,6 +20,8 @@ from mll_index.errors import InputError
               help="A task file: JSON (classes, optional captions, domain, description) or one name per line.")
 @click.option("--batch", "batch", type=click.Path(path_type=Path), default=None,
               help="JSONL of tasks, one per line; writes JSONL selections (to --out or stdout).")
+@click.option("--skip-bad", is_flag=True, help="With --batch: answer the good lines and list the bad ones on stderr "
+              "(file:line and why) instead of refusing the whole file, which is the default.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the output here.")
 @index_option
 @selection_options
@@ -48,7 +50,8 @@ from mll_index.errors import InputError
 @click.option("--rule", type=click.Choice(["auto", "calibrated", "mll"]), default="auto", show_default=True,
               help="How image-based labels rank a class's models: the rule `mll-index calibrate` fitted to the index "
               "(calibrated), the paper's alpha / F1 rule (mll), or auto (calibrated where the index has one).")
-def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, out: Path | None,
+def select(names: tuple[str, ...], file: str | None, task_file: Path | None, batch: Path | None, skip_bad: bool,
+           out: Path | None,
            index_path: Path | None, k: int, alpha: float, n_nodes: int, mode: str, domain: str | None,
            explain: bool, ranking_size: int, probe_images: Path | None, probe: int, server: str | None,
            max_gflops: float | None, max_params: float | None, budget_gflops: float | None, pareto: bool,
@@ -59,6 +62,9 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     budget = Budget(max_gflops, max_params, budget_gflops)
     if server is not None and (budget.active or pareto):
         raise InputError("budgets and --pareto are answered by a local index; drop --server or the budget")
+    if server is not None and skip_bad:
+        raise InputError("--skip-bad is answered by a local index (the service refuses a batch with a bad task); "
+                         "drop --server or --skip-bad")
     if server is not None:
         _select_on_server(server, names, file, task_file, batch, out, index_path, probe_images, k=k, alpha=alpha,
                           nodes=n_nodes, mode=mode, domain=domain, explain=explain, ranking=ranking_size,
@@ -68,13 +74,20 @@ def select(names: tuple[str, ...], file: str | None, task_file: Path | None, bat
     from mll_index.selection.answer import answer_tasks, answer_warning_lines
     from mll_index.selection.selector import open_selector
     from mll_index.selection.settings import SelectionSettings
-    from mll_index.selection.task import read_batch_file, with_overrides
+    from mll_index.selection.task import read_batch_lines, with_overrides
 
     path = index_path or default_index_path()
+    if skip_bad and batch is None:
+        raise InputError("--skip-bad is for --batch files")
     if batch is not None:
         if names or file or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
-        tasks = read_batch_file(batch)
+        tasks, refused = read_batch_lines(batch, skip_bad=skip_bad)
+        for line in refused:
+            click.echo(f"mll-index: skipped {line}", err=True)
+        if refused:
+            click.echo(f"mll-index: skipped {len(refused)} of {len(tasks) + len(refused)} task lines; "
+                       "the output has one line per task answered, in file order", err=True)
     else:
         tasks = [read_task(names, file, task_file)]
     tasks = with_overrides(tasks, domain=domain, probe_images=probe_images)

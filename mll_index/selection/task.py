@@ -121,22 +121,41 @@ def read_task_file(path: Path) -> Task:
         raise InputError(f"{path}: {exc}") from None
 
 
-def read_batch_file(path: Path) -> list[Task]:
+def read_batch_file(path: Path, *, skip_bad: bool = False) -> list[Task]:
     """Tasks from a JSON-lines file, one task (see task_from_json) per line; blank lines are skipped.
     Relative `probe_images` paths are read from the file's folder.
 
+    Args:
+        skip_bad: leave out the lines that are not a task instead of refusing the file
+            (`read_batch_lines` also returns which they were, and why).
     Raises:
         InputError: naming the file and line ("tasks.jsonl:3"): unreadable text, a line that is not
-            JSON or not a task, or no task at all.
+            JSON or not a task (unless `skip_bad`), or no task at all.
     """
-    tasks = []
+    return read_batch_lines(path, skip_bad=skip_bad)[0]
+
+
+def read_batch_lines(path: Path, *, skip_bad: bool = False) -> tuple[list[Task], list[str]]:
+    """`read_batch_file`'s tasks, and with `skip_bad` the one-line reason of each line left out
+    ("tasks.jsonl:3: ...", in file order). Every line is read before anything is answered, so a
+    refused file writes no output.
+
+    Raises:
+        InputError: as read_batch_file; with `skip_bad`, also when no line at all is a task.
+    """
+    tasks, bad = [], []
     for number, line in enumerate(read_user_text(path).split("\n"), 1):
         if line.strip():
             where = f"{path}:{number}"
-            tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where, Path(path).parent))
+            try:
+                tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where, Path(path).parent))
+            except InputError as exc:
+                if not skip_bad:
+                    raise
+                bad.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
     if not tasks:
-        raise InputError(f"{path}: no tasks")
-    return tasks
+        raise InputError(f"{path}: no tasks" + (f" ({len(bad)} line(s) refused, the first: {bad[0]})" if bad else ""))
+    return tasks, bad
 
 
 def with_overrides(tasks: Sequence[Task], domain: str | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from mll_index.errors import InputError
 from mll_index.evaluation.run import Evaluation, evaluate_tasks, world_eval_tasks, write_evaluation
 from mll_index.labeling.run import label_models
+from mll_index.labels.topk_table import write_topk_tables
 from mll_index.models.hub import load_hub
 from mll_index.selection.calibrate import calibrate_if_needed
 from mll_index.selection.selector import open_selector
@@ -52,6 +53,9 @@ def run_demo(index_path: Path, out: Path, *, size: str = "full", world_root: Pat
     report = label_models(index_path, hub, world.samples_dir, device=device, batch_size=512, progress=progress)
     if report.failed:
         raise InputError(f"labeling failed for {sorted(report.failed)}: {next(iter(report.failed.values()))}")
+    # Every model's top nodes stacked per sample set (as `mll-index labels compact` does): the restricted
+    # confusion then reads the 13 models in one gather per task instead of one per model.
+    write_topk_tables(index_path)
     seconds["label"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     try:
