@@ -20,6 +20,17 @@ then ImageNet-1k's from ../shared/data for 100), in `auto` mode:
   PYTHONDONTWRITEBYTECODE unset as on a user's machine; `cli_without_bytecode_s` the same with the
   environment's setting (where it is set, every module is compiled on every call).
 
+- `service_rps`: `mll-index serve --workers W` (W = 1, 2) answering `/v1/select` for 48 tasks of
+  20 CLIP-benchmark class names (each task asked once per worker before, so warm), from 1 and 8
+  client threads on keep-alive connections that read the answer's bytes and parse nothing (the
+  load generator shares the machine's 2 cores with the service); requests/s and p50 latency;
+- `batch_10000_real_s`: one fresh `mll-index select --batch` process over 10,000 tasks of 10-100
+  real class names (a seeded draw from LVIS's, ImageNet-1k's and LOVM's class lists in
+  ../shared/data: one list per task), end to end, answers written to a file; the names embedded
+  once for the whole batch (`--batch-runs 2` times a second, warm run too).
+
+    python bench/speed.py [--batch-tasks 10000] [--batch-runs 1] [--no-service]
+
 Writes bench/results/speed.{json,md} with the machine. Figures, not tests: compare within one run.
 """
 
@@ -54,6 +65,116 @@ def class_names(n: int) -> list[str]:
         rows = [line.split("\t") for line in source.read_text().splitlines()[1:] if line.strip()]
         names += [r[2] for r in rows if r[2] not in names]
     return names[:n]
+
+
+def real_tasks(n: int, seed: int = 0) -> list[list[str]]:
+    """n tasks of 10-100 distinct real class names, each from one class list of the shared data
+    (ImageNet-1k, LVIS, and LOVM's lists of 10 names or more), that `make_task` accepts."""
+    import random
+
+    from mll_index.errors import InputError
+    from mll_index.selection.task import make_task
+
+    lists: dict[str, list[str]] = {}
+    rows = [line.split("\t") for line in (SHARED / "imagenet1k_classes.tsv").read_text().splitlines()[1:] if line.strip()]
+    lists["imagenet1k"] = [r[2] for r in rows]
+    rows = [line.split("\t") for line in (SHARED / "lvis_v1_synsets.tsv").read_text().splitlines()[1:] if line.strip()]
+    lists["lvis"] = list(dict.fromkeys(r[0].replace("_", " ") for r in rows))
+    for path in sorted((SHARED / "lovm" / "classnames").glob("*.txt")):
+        names = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+        if len(names) >= 10:
+            lists[f"lovm/{path.stem}"] = names
+    keys, rng, tasks = sorted(lists), random.Random(seed), []
+    while len(tasks) < n:
+        names = lists[rng.choice(keys)]
+        chosen = rng.sample(names, rng.randint(10, min(100, len(names))))
+        try:
+            make_task(chosen)
+        except InputError:
+            continue
+        tasks.append(chosen)
+    return tasks
+
+
+def batch_seconds(index: Path, tasks: list[list[str]], runs: int) -> dict[str, Any]:
+    """Seconds of fresh `mll-index select --batch` processes over `tasks` (JSONL), answers to a file."""
+    import json
+
+    work = Path(tempfile.mkdtemp(prefix="mll-index-speed-"))
+    batch, out = work / "tasks.jsonl", work / "answers.jsonl"
+    batch.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    seconds = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "mll_index", "select", "--index", str(index), "--batch", str(batch),
+                               "--out", str(out)], capture_output=True, text=True)
+        seconds.append(round(time.perf_counter() - t, 1))
+        if done.returncode != 0:
+            raise SystemExit(f"select --batch failed: {done.stderr.strip()[-500:]}")
+    answered = sum(1 for _ in out.open())
+    out_mb = round(out.stat().st_size / 2**20, 1)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return {"tasks": len(tasks), "classes": sum(map(len, tasks)), "distinct_names": len({n for t in tasks for n in t}),
+            "answered": answered, "answers_mb": out_mb, "seconds": seconds}
+
+
+def service_rps(index: Path, workers: int, levels: tuple[int, ...] = (1, 8), per_level: int = 160,
+                seconds: float = 60) -> dict[str, Any]:
+    """Requests/s and p50 ms of /v1/select (20 CLIP-benchmark names, 48 tasks round-robin, warm) at
+    each client count, from `serve --workers workers`."""
+    import http.client
+    import json
+    import threading
+
+    from service import draw_tasks, free_port, wait_ready
+
+    tasks = draw_tasks(48, 20, 0)
+    bodies = [json.dumps({"task": t}).encode() for t in tasks]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mll_index", "serve", "--index", str(index), "--port", str(port),
+                             "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+
+        def run(clients: int, total: int) -> dict[str, float]:
+            latencies: list[float] = []
+            counter = iter(range(total))
+            lock = threading.Lock()
+            deadline = time.monotonic() + seconds
+
+            def client() -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                while time.monotonic() < deadline:
+                    with lock:
+                        i = next(counter, None)
+                    if i is None:
+                        break
+                    t0 = time.perf_counter()
+                    conn.request("POST", "/v1/select", bodies[i % len(bodies)], {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status != 200:
+                        raise SystemExit(f"/v1/select answered {response.status}")
+                    latencies.append(time.perf_counter() - t0)
+                conn.close()
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - start
+            return {"requests": len(latencies), "rps": round(len(latencies) / wall, 1),
+                    "p50_ms": round(1000 * statistics.median(latencies), 1)}
+
+        run(max(2, workers) * 2, len(bodies) * max(2, workers) * 2)     # every task answered by every worker
+        return {str(c): run(c, per_level) for c in levels}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def p50(fn: Any, reps: int) -> float:
@@ -142,6 +263,9 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--cli-runs", type=int, default=7)
+    parser.add_argument("--batch-tasks", type=int, default=10000, help="Real tasks in the batch (0: no batch figure).")
+    parser.add_argument("--batch-runs", type=int, default=1, help="Fresh batch processes timed, one after the other.")
+    parser.add_argument("--no-service", action="store_true", help="Leave out the service's requests/s.")
     args = parser.parse_args()
     from mll_index.selection.selector import open_selector
 
@@ -175,6 +299,13 @@ def main() -> None:
                                          "match": cli_median(match_cmd, args.cli_runs, bytecode=False),
                                          "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")}
     Path(handle.name).unlink()
+    if not args.no_service:
+        figures["service_rps"] = {str(w): service_rps(args.index, w) for w in (1, 2)}
+        print("service", figures["service_rps"], flush=True)
+    if args.batch_tasks:
+        figures["batch_real"] = batch_seconds(args.index, real_tasks(args.batch_tasks), args.batch_runs)
+        figures[f"batch_{args.batch_tasks}_real_s"] = figures["batch_real"]["seconds"][-1]
+        print("batch", figures["batch_real"], flush=True)
     md = ["# Selection speed (default index, emoji world's labels, `auto` mode: the "
           f"{rule} rule)", "",
           "| classes | answer p50 s | embed | node scoring (bound) | match | select (label-read bound) |",
@@ -188,6 +319,13 @@ def main() -> None:
            f"classes {figures['cli_select_s']} s, `match tiger` {figures['cli_match_s']} s; with "
            f"PYTHONDONTWRITEBYTECODE={nb['PYTHONDONTWRITEBYTECODE']} (every module compiled each time): "
            f"{nb['select']} s and {nb['match']} s.", ""]
+    for w, levels in figures.get("service_rps", {}).items():
+        md.append(f"`serve --workers {w}`, /v1/select of 20 classes: " + "; ".join(
+            f"{c} client(s) {v['rps']} requests/s, p50 {v['p50_ms']} ms" for c, v in levels.items()) + ".")
+    if "batch_real" in figures:
+        b = figures["batch_real"]
+        md.append(f"One `select --batch` of {b['tasks']} real tasks ({b['classes']} classes, {b['distinct_names']} "
+                  f"distinct names): {b['seconds']} s end to end ({b['answers_mb']} MB of answers).")
     write_results("speed", figures, "\n".join(md))
     print("\n".join(md))
 
