@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,36 @@ def folder_node_set(root: Path) -> NodeSet:
     return NodeSet("folder", str(root), tuple(ids))
 
 
+
+class Hyponyms:
+    """Each taxonomy row's direct hyponyms, as lists of rows in ascending order.
+
+    Kept as one array of children sorted by parent with an offset per row: inverting 82,000
+    hypernym lists into as many Python lists took 70 ms of a 0.35 s `match`, for the few rows a
+    selection reads.
+    """
+
+    def __init__(self, hypernyms: Sequence[Sequence[int]]) -> None:
+        import numpy as np
+
+        counts = np.fromiter(map(len, hypernyms), np.int64, len(hypernyms))
+        parents = np.fromiter(chain.from_iterable(hypernyms), np.int64, int(counts.sum()))
+        children = np.repeat(np.arange(len(hypernyms), dtype=np.int64), counts)
+        self._children = children[np.argsort(parents, kind="stable")]
+        self._offsets = np.zeros(len(hypernyms) + 1, np.int64)
+        np.cumsum(np.bincount(parents, minlength=len(hypernyms)), out=self._offsets[1:])
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, row: int) -> list[int]:
+        return self._children[self._offsets[row]:self._offsets[row + 1]].tolist()
+
+    def count(self, row: int) -> int:
+        """How many direct hyponyms row has."""
+        return int(self._offsets[row + 1] - self._offsets[row])
+
+
 @dataclass
 class Graph:
     """The WordNet noun taxonomy and the node set over it.
@@ -237,12 +268,9 @@ class Graph:
         return {w: i for i, w in enumerate(self.wnids)}
 
     @cached_property
-    def hyponyms(self) -> list[list[int]]:
-        children: list[list[int]] = [[] for _ in self.wnids]
-        for child, parents in enumerate(self.hypernyms):
-            for parent in parents:
-                children[parent].append(child)
-        return children
+    def hyponyms(self) -> Hyponyms:
+        """Row -> its direct hyponyms' rows, ascending (the hypernym lists inverted)."""
+        return Hyponyms(self.hypernyms)
 
     @cached_property
     def node_position(self) -> dict[int, int]:

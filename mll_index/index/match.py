@@ -434,7 +434,7 @@ class Matcher:
         """
         s = self.settings
         share = hit.count / (hit.total + s["sense_damping"])
-        kinds = float(np.log1p(len(self.index.graph.hyponyms[hit.row])))
+        kinds = float(np.log1p(self.index.graph.hyponyms.count(hit.row)))
         # What the lemma says about the sense counts as much as the lemma covers of the name.
         return (hit.coverage * (s["kind_bonus"][hit.kind] + s["sense_weight"] * share + s["hyponym_weight"] * kinds
                                 + s["parent_weight"] * parent_cosine)
