@@ -563,11 +563,15 @@ def check_then_open(directory: Path, kind: str, open_it: Callable[[], Any], chec
 
 def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
     """Memory-map the .npy files of an artifact folder, keyed by name without ".npy"; an unreadable one
-    is an IndexFormatError naming it."""
+    is an IndexFormatError naming it.
+
+    Each is a read-only ndarray view of its mapping (which the view keeps open), not an np.memmap:
+    the subclass's hooks cost 20 us per index, and the restricted confusion indexes a label's
+    arrays tens of times per task."""
     arrays = {}
     for name in files:
         try:
-            arrays[name[:-4]] = np.load(Path(folder) / name, mmap_mode="r")
+            arrays[name[:-4]] = np.asarray(np.load(Path(folder) / name, mmap_mode="r"))
         except (ValueError, OSError) as exc:
             raise IndexFormatError(f"{Path(folder) / name}: cannot read ({exc})") from None
     return arrays

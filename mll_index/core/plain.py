@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields, is_dataclass
-from functools import lru_cache
 from typing import Any
 
-_LEAVES = (str, int, float, bool, type(None))
+_LEAVES = frozenset((str, int, float, bool, type(None)))
+_FIELDS: dict[type, tuple[str, ...] | None] = {}   # a class -> its dataclass field names (None: not a dataclass)
 
 
-@lru_cache(maxsize=None)
-def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _names(cls: type) -> tuple[str, ...] | None:
+    if cls not in _FIELDS:
+        _FIELDS[cls] = tuple(f.name for f in fields(cls)) if is_dataclass(cls) else None
+    return _FIELDS[cls]
 
 
 def plain(value: Any) -> Any:
     """`dataclasses.asdict` of a dataclass instance (and the same walk of anything inside one)."""
-    if isinstance(value, _LEAVES):
+    cls = type(value)
+    if cls in _LEAVES:
         return value
-    if is_dataclass(value) and not isinstance(value, type):
-        return {name: plain(getattr(value, name)) for name in _names(type(value))}
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+    names = _names(cls)
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names}
+    if cls is tuple or (isinstance(value, tuple) and not hasattr(value, "_fields")):
         return tuple(plain(v) for v in value)
     if isinstance(value, list):
         return [plain(v) for v in value]
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
-    return copy.deepcopy(value)
+    return copy.deepcopy(value)      # as asdict: anything else (a numpy float64 among them) deep-copied
