@@ -55,6 +55,7 @@ def search_votes(probs: np.ndarray, true: np.ndarray, k: int, beta: float = BETA
     touched = (weighted != 0).any(axis=0)                                         # (n, C)
     rows_of = [np.flatnonzero(touched[:, c]) for c in range(n_classes)]
     columns_of = [np.ascontiguousarray(weighted[:, rows, c]) for c, rows in enumerate(rows_of)]
+    untouched_of = ~touched.T                                                     # (C, n): images no move on c changes
     members = [[start] for _ in range(n_classes)]
     vote = _Vote(weighted[start].copy(), true)
     current = _objective(vote.scores, true, beta)
@@ -65,9 +66,7 @@ def search_votes(probs: np.ndarray, true: np.ndarray, k: int, beta: float = BETA
             moves = (["replace"] if held == 1 else []) + (["add"] if held < k else [])
             if not moves:
                 continue
-            rows, column = rows_of[c], columns_of[c]
-            untouched = np.ones(n_images, bool)
-            untouched[rows] = False
+            rows, column, untouched = rows_of[c], columns_of[c], untouched_of[c]
             for move in moves:
                 candidate = column if move == "replace" else vote.scores[rows, c][None, :] + column
                 value = vote.values(c, rows, untouched, candidate, beta)
