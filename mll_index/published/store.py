@@ -9,7 +9,8 @@ domain and description are matched to them, and models are ranked by `published_
 downloaded.
 
     <index>/published/
-        manifest.json       kind "published-labels": sources, embedder, counts, files, the rule's weights
+        manifest.json       kind "published-labels": sources, embedder, counts, files, the rule's weights,
+                            the accuracy model (`published.accuracy`)
         models.json         hub entries of the table's models (id = name-pretrained, metadata)
         datasets.json       per dataset column: its class-name list key, family, class count, domain, description
         classes.json        per benchmark class: dataset position and class name
@@ -43,6 +44,7 @@ from mll_index.index.embed import (
     EmbedderRecord, EmbeddingCache, LazyEmbedder, TextEmbedder, check_agreement, embed_classes, record_of,
 )
 from mll_index.index.node_index import load_index, read_index_manifest
+from mll_index.published.accuracy import AccuracyModel, fit_accuracy_model
 from mll_index.published.rule import (
     PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise,
     text_similarity,
@@ -79,7 +81,8 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
 
     Returns:
         A summary: models, datasets used, datasets left out, classes, the scale the figures were
-        read in, the datasets with a domain or description, and the rule.
+        read in, the datasets with a domain or description, the rule, and the accuracy model
+        (`AccuracyModel.summary`, fitted on the table by `published.accuracy.fit_accuracy_model`).
     Raises:
         InputError: an unreadable table or list (see `read_results`), or no column with a class-name list.
     """
@@ -101,6 +104,8 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     families = [settings.get(d, {}).get("family", d) for d in used]
     rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
                           [text_vectors.get(f) for f in TEXT_FIELDS])
+    accuracy_model = fit_accuracy_model(accuracy, used, families, class_vectors, class_dataset,
+                                        [text_vectors.get(f) for f in TEXT_FIELDS])
     datasets = [{"name": d, "classnames": _list_key(settings, d), "family": families[k],
                  "classes": int((class_dataset == k).sum()), **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
                 for k, d in enumerate(used)]
@@ -111,11 +116,12 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
                 "descriptions": str(descriptions) if descriptions else None,
                 "embedder": record_of(embedder).to_dict(),
                 "counts": {"models": len(table.models), "datasets": len(used), "classes": len(classes)},
-                "left_out": skipped, "scale": table.scale, "table_shape": table.shape, "rule": rule.to_dict()}
+                "left_out": skipped, "scale": table.scale, "table_shape": table.shape, "rule": rule.to_dict(),
+                "accuracy_model": accuracy_model.to_dict()}
     _write_published(index_path, table.models, datasets, classes, arrays, manifest)
     return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
             "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
-            "rule": rule.to_dict()}
+            "rule": rule.to_dict(), "accuracy_model": accuracy_model.summary()}
 
 
 def _list_key(settings: dict[str, dict[str, Any]], dataset: str) -> str:
@@ -213,6 +219,12 @@ class PublishedLabels:
     def rule(self) -> PublishedRule:
         """The rule's weights chosen at import (the defaults for labels imported before there was a choice)."""
         return PublishedRule.from_dict(self.manifest.get("rule"))
+
+    @property
+    def accuracy_model(self) -> AccuracyModel | None:
+        """The accuracy model fitted at import (`published.accuracy`); None for labels imported before."""
+        data = self.manifest.get("accuracy_model")
+        return AccuracyModel.from_dict(data) if isinstance(data, dict) else None
 
 
 def has_published(index_path: Path) -> bool:
