@@ -28,6 +28,18 @@ on general strength and the k leading model factors (SVD) of the visible dataset
 general strength, which is the best any dataset loading of such a model could do. `oracle_dataset`:
 the single visible dataset whose ranking is best.
 
+`model_pred` (json and md) is LOVM's accuracy-prediction task on the same targets: the accuracy
+model (`mll_index.published.accuracy`) is fitted with the target hidden (`fit_accuracy_model(...,
+hidden=[it])`: nested, as the rule's weights) and predicts every model's top-1 accuracy from the
+target's class names, domain and description. Scored with LOVM's `get_l1` (LOVM/lovm.py): for each
+dataset, the 5 models predicted best, |mean over them of (predicted - true acc1)|, acc1 as a fraction;
+the mean over the targets (LOVM's published INB 0.220 and ModelGPT 0.141 count imagenet1k as a
+target too: `with_excluded`). Beside it, `mae`: the mean absolute error over every model (the
+prediction `select` shows for every candidate), and `coverage_80`: the share of (model, dataset)
+pairs whose true accuracy lies in the predicted 80% interval. INB predicts a model's ImageNet
+accuracy; `dataset_mean` knows each target's true mean over the models and predicts it for every
+model (a ceiling-style reference that reads the hidden column; ties in LOVM's top 5 go to table order).
+
 LOVM's own `dataset_domains.json` lacks a comma after one entry; `published import` (the
 package's `read_dataset_texts`) reads it with that comma added and warns, and the bench records
 the warning in the results (`repairs`). Other invalid JSON is refused.
@@ -56,6 +68,8 @@ LOVM = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lovm
 KEYS = ("top5_recall", "tau", "regret", "top1_hit")
 # LOVM's paper, Table 2 (model ranking, text-only): ModelGPT's top-5 recall and Kendall tau.
 MODELGPT_PUBLISHED = {"top5_recall": 0.461, "tau": 0.223}
+# LOVM's paper (model prediction): the L1 of ModelGPT and of INB.
+MODEL_PRED_PUBLISHED = {"modelgpt": 0.141, "inb": 0.220}
 
 
 def lovm_scores(predicted: np.ndarray, truth: np.ndarray, k: int = 5) -> dict[str, float]:
@@ -109,6 +123,104 @@ def ceilings(pub: Any, j: int, similarity: np.ndarray, texts: list[np.ndarray | 
                for k in np.where(visible)[0]]
     out["oracle_dataset"] = max(columns, key=lambda m: (m["top5_recall"], m["tau"]))
     return out
+
+
+def lovm_l1(predicted: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
+    """LOVM's `get_l1`: |mean of (predicted - truth)| over the k models predicted best (ties: table order).
+
+    Args:
+        predicted, truth: (n_models,) accuracies as fractions; models without a true figure left out.
+    """
+    top = np.argsort(-predicted, kind="stable")[:k]
+    return float(abs(np.mean(predicted[top] - truth[top])))
+
+
+def model_pred(pub: Any, exclude: list[str], inb_column: str | None, nodes: int) -> dict[str, Any]:
+    """LOVM's accuracy-prediction task (see the module docstring): per target and mean, for mll-index,
+    INB and the dataset-mean reference."""
+    from mll_index.published.accuracy import fit_accuracy_model, predict_published_accuracy
+    from mll_index.published.store import published_evidence
+
+    names = pub.dataset_names
+    text_vectors = [pub.text_vectors.get(f) for f in ("domain", "description")]
+    per: dict[str, dict[str, dict[str, float]]] = {"mll_index": {}, "inb": {}, "dataset_mean": {}}
+    pairs: dict[str, list[bool]] = {}
+    notes: dict[str, Any] = {}
+    for j, dataset in enumerate(names):
+        known = ~np.isnan(pub.accuracy[:, j])
+        if known.sum() < 5:
+            continue
+        truth = pub.accuracy[known, j].astype(np.float64)
+        model = fit_accuracy_model(pub.accuracy, names, pub.families, pub.class_vectors, pub.class_dataset,
+                                   text_vectors, hidden=[dataset])
+        evidence = published_evidence(pub, pub.class_vectors[pub.class_dataset == j], nodes, hidden=[dataset])
+        texts = [tv[j] if tv is not None and np.any(tv[j]) else None for tv in text_vectors]
+        pred = predict_published_accuracy(pub, evidence.similarity, pub.class_vectors[pub.class_dataset == j],
+                                          domain=texts[0], description=texts[1],
+                                          hidden=[dataset], model=model)
+        if pred is None:
+            notes[dataset] = model.about
+            continue
+        guesses = {"mll_index": pred.estimate[known]}
+        if inb_column is not None:
+            guesses["inb"] = np.nan_to_num(pub.accuracy[known, names.index(inb_column)].astype(np.float64), nan=0.0)
+        guesses["dataset_mean"] = np.full(len(truth), truth.mean())
+        for method, guess in guesses.items():
+            per[method][dataset] = {"l1": round(lovm_l1(guess, truth), 4),
+                                    "mae": round(float(np.mean(np.abs(guess - truth))), 4)}
+        inside = (truth >= pred.low[known] - 1e-9) & (truth <= pred.high[known] + 1e-9)
+        pairs[dataset] = inside.tolist()
+        per["mll_index"][dataset].update({"coverage_80": round(float(inside.mean()), 4),
+                                          "level": round(pred.level, 4), "true_level": round(float(truth.mean()), 4),
+                                          "low_confidence": pred.low_confidence,
+                                          "predictor": "neighbours" if model.matched else "fallback"})
+    out: dict[str, Any] = {}
+    for method, rows in per.items():
+        if not rows:
+            continue
+        targets = [d for d in rows if d not in exclude]
+        figures = {"l1": round(float(np.mean([rows[d]["l1"] for d in targets])), 4),
+                   "mae": round(float(np.mean([rows[d]["mae"] for d in targets])), 4),
+                   "l1_per_dataset": {d: rows[d]["l1"] for d in targets},
+                   "mae_per_dataset": {d: rows[d]["mae"] for d in targets},
+                   "with_excluded": {"l1": round(float(np.mean([r["l1"] for r in rows.values()])), 4),
+                                     "mae": round(float(np.mean([r["mae"] for r in rows.values()])), 4),
+                                     "targets": len(rows)},
+                   "coverage_80": None}
+        if method == "mll_index":
+            figures["coverage_80"] = round(float(np.mean([x for d in targets for x in pairs[d]])), 4)
+            figures["coverage_80_per_dataset"] = {d: rows[d]["coverage_80"] for d in targets}
+            figures["details"] = {d: {k: rows[d][k] for k in ("level", "true_level", "low_confidence", "predictor")}
+                                  for d in targets}
+        out[method] = figures
+    return {**out.pop("mll_index"), **out, "published": MODEL_PRED_PUBLISHED, "no_prediction": notes}
+
+
+def model_pred_markdown(figures: dict[str, Any]) -> list[str]:
+    """The Markdown section of `model_pred`: per target, then the means."""
+    inb, mean = figures.get("inb"), figures["dataset_mean"]
+    md = ["", "## Accuracy prediction (LOVM's `model_pred`)", "",
+          "LOVM's L1 (|mean error| of the 5 models predicted best, acc1 as a fraction), the mean absolute "
+          "error over every model, and the share of (model, dataset) pairs inside mll-index's 80% interval.", "",
+          "| dataset | mll-index L1 | MAE | 80% coverage | level (pred / true) | INB L1 | INB MAE | "
+          "dataset mean L1 | dataset mean MAE |", "|---|---|---|---|---|---|---|---|---|"]
+    for d, l1 in figures["l1_per_dataset"].items():
+        detail = figures["details"][d]
+        flag = " (low confidence)" if detail["low_confidence"] else ""
+        md.append(f"| {d} | {l1:.3f} | {figures['mae_per_dataset'][d]:.3f} | "
+                  f"{figures['coverage_80_per_dataset'][d]:.0%} | {detail['level']:.3f} / {detail['true_level']:.3f}"
+                  f"{flag} | " + (f"{inb['l1_per_dataset'][d]:.3f} | {inb['mae_per_dataset'][d]:.3f} | " if inb else
+                                  "- | - | ") + f"{mean['l1_per_dataset'][d]:.3f} | {mean['mae_per_dataset'][d]:.3f} |")
+    md += ["", "| method | L1 (LOVM) | MAE | 80% coverage | L1, excluded datasets as targets too |", "|---|---|---|---|---|",
+           f"| mll-index | **{figures['l1']:.3f}** | **{figures['mae']:.3f}** | {figures['coverage_80']:.1%} | "
+           f"{figures['with_excluded']['l1']:.3f} |"]
+    if inb:
+        md.append(f"| INB | {inb['l1']:.3f} | {inb['mae']:.3f} | - | {inb['with_excluded']['l1']:.3f} |")
+    md += [f"| dataset mean (reads the hidden column) | {mean['l1']:.3f} | {mean['mae']:.3f} | - | "
+           f"{mean['with_excluded']['l1']:.3f} |",
+           f"| ModelGPT (LOVM's paper) | {MODEL_PRED_PUBLISHED['modelgpt']:.3f} | - | - | - |",
+           f"| INB (LOVM's paper, imagenet1k a target too) | {MODEL_PRED_PUBLISHED['inb']:.3f} | - | - | - |"]
+    return md
 
 
 class RepairLog(logging.Handler):
@@ -255,13 +367,16 @@ def main() -> None:
                f"convention of LOVM's published INB figures 0.452 / 0.177): mll-index {mean_every['top5_recall']:.3f} / "
                f"{mean_every['tau']:.3f} / {mean_every['regret']:.2f} points, INB {mean_every_inb['top5_recall']:.3f} / "
                f"{mean_every_inb['tau']:.3f} / {mean_every_inb['regret']:.2f} points."]
+    prediction = model_pred(pub, args.exclude, inb_column, args.nodes)
+    md += model_pred_markdown(prediction)
     if repairs:
         md += ["", "Repairs: " + "; ".join(repairs)]
     figures = {"datasets": results, "mean": {**mean, "inb": mean_inb}, "mean_accuracy": mean_acc,
                "wins_over_inb": wins, "losses_to_inb": losses, "ceilings": ceiling, "modelgpt_published": MODELGPT_PUBLISHED,
                "fallback_tasks": fallback_tasks, "excluded": args.exclude, "excluded_targets": excluded,
                "mean_with_excluded": {**mean_every, "inb": mean_every_inb}, "left_out": summary["left_out"],
-               "rule_at_import": summary["rule"], "nodes": args.nodes, "repairs": repairs,
+               "rule_at_import": summary["rule"], "model_pred": prediction,
+               "accuracy_model_at_import": summary["accuracy_model"], "nodes": args.nodes, "repairs": repairs,
                "inputs": {"results": str(args.results), "classnames": [str(c) for c in args.classnames],
                           "domains": str(args.domains), "descriptions": str(args.descriptions)}}
     write_results(args.name, figures, "\n".join(md) + "\n")
