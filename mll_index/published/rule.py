@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from mll_index.published.same_dataset import FLOOR, SameDataset, column_scores, nearest_dataset
+
 TEMPERATURE = 0.02
 WEAK_SIMILARITY = 0.45   # match.LOW_CONFIDENCE: the same bar that flags a weak match elsewhere
 CONTRADICTED = 1 / 3     # A beats B on less than this share of the neighbour weight
@@ -70,11 +72,14 @@ STRENGTH_COLUMNS = ("ImageNet 1k", "imagenet1k")
 
 @dataclass(frozen=True)
 class PublishedRule:
-    """The rule's two fitted weights (see the module docstring) and how they were chosen."""
+    """The rule's two fitted weights (see the module docstring) and how they were chosen, and the overlap at
+    which a task counts as one of the table's datasets (`same_dataset`) and how that was set."""
 
     neighbour_weight: float = 0.5
     text_weight: float = 1.0
     chosen_by: str = "default"
+    same_dataset: float = FLOOR
+    same_dataset_by: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +89,8 @@ class PublishedRule:
         if not isinstance(data, dict):
             return cls()
         return cls(float(data.get("neighbour_weight", cls.neighbour_weight)),
-                   float(data.get("text_weight", cls.text_weight)), str(data.get("chosen_by", "default")))
+                   float(data.get("text_weight", cls.text_weight)), str(data.get("chosen_by", "default")),
+                   float(data.get("same_dataset", cls.same_dataset)), str(data.get("same_dataset_by", "default")))
 
 
 @dataclass(frozen=True)
@@ -96,12 +102,15 @@ class TaskRanking:
     weights: (n_datasets,) float64, the task's neighbour weights (mean over its classes), sum 1 or all 0.
     reasons: per class, None when its evidence is clear, else why its scores are general strength.
     strength: the column general strength was read from, or "mean z-score".
+    nearest: the visible dataset the task's class list overlaps most (`same_dataset`), when the caller
+        gave the overlaps; `nearest.used` when its column ranked the task.
     """
 
     scores: np.ndarray
     weights: np.ndarray
     reasons: tuple[str | None, ...]
     strength: str
+    nearest: SameDataset | None = None
 
     @property
     def fallback(self) -> bool:
@@ -195,8 +204,9 @@ def _weighted_z(z: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, similarity: np.ndarray,
               text: np.ndarray | None, rule: PublishedRule, model_ids: Sequence[str] | None = None,
-              unknown: Sequence[bool] | None = None) -> TaskRanking:
-    """Score every model for a task's classes (steps 1-5 of the module docstring).
+              unknown: Sequence[bool] | None = None, overlap: np.ndarray | None = None) -> TaskRanking:
+    """Score every model for a task's classes (steps 1-5 of the module docstring), or by one column when the
+    task is that dataset (`same_dataset`).
 
     Args:
         z: (n_models, n_datasets) standardised accuracies (`standardise`), NaN missing.
@@ -205,9 +215,15 @@ def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, simil
         text: (n_datasets,) the task's domain and description similarity (`text_similarity`), or None.
         model_ids: names for the fallback messages (positions when None).
         unknown: (n_classes,) whether a class's name holds no WordNet lemma (None: every name known).
+        overlap: (n_datasets,) the task's overlap with each dataset (`same_dataset.dataset_overlap`), or None.
     """
     strength, source = strength_of(z, datasets, visible)
     combined, w = neighbour_weights(similarity, text, visible, rule.text_weight)
+    nearest = nearest_dataset(overlap, visible, text, datasets, rule.same_dataset) if overlap is not None else None
+    if nearest is not None and nearest.used:
+        column = column_scores(z, list(datasets).index(nearest.name))
+        scores = np.repeat(column[:, None], w.shape[0], axis=1)
+        return TaskRanking(scores, w.mean(axis=0), tuple(None for _ in range(w.shape[0])), source, nearest)
     evidence, total = _weighted_z(z, w)
     evidence = np.where(total > 1e-12, evidence, strength[:, None])
     beta = rule.neighbour_weight
@@ -232,7 +248,7 @@ def rank_task(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray, simil
             scores[:, c] = strength
         reasons.append(reason)
     task_w = w.mean(axis=0)
-    return TaskRanking(scores, task_w, tuple(reasons), source)
+    return TaskRanking(scores, task_w, tuple(reasons), source, nearest)
 
 
 def sign_test_p(won: int, lost: int) -> float:

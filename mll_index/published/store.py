@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,10 @@ from mll_index.index.embed import (
 from mll_index.index.node_index import load_index, read_index_manifest
 from mll_index.published.accuracy import AccuracyModel, fit_accuracy_model
 from mll_index.published.rule import (
-    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise,
+    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise, strength_of,
     text_similarity,
 )
+from mll_index.published.same_dataset import dataset_overlap, same_dataset_threshold
 from mll_index.published.table import Scale, clean_benchmark_name, read_classnames, read_dataset_texts, read_results
 
 log = logging.getLogger(__name__)
@@ -92,11 +94,12 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     table = read_results(results, scale)
     settings = dataset_settings(mapping)
     # Only the lists a column uses must be sound: a stray file in the folder does not stop the import.
-    names = read_classnames(classnames, used={_list_key(settings, d) for d in table.datasets})
+    wanted = {key for d in table.datasets for key in _list_keys(settings, d)}
+    names = read_classnames(classnames, used=wanted | {_loose(key) for key in wanted})
     texts = {f: read_dataset_texts(p, f"dataset {f} file") if p else {}
              for f, p in zip(TEXT_FIELDS, (domains, descriptions))}
     used, skipped = _usable_columns(results, table.datasets, settings, names)
-    classes = [(j, clean_benchmark_name(n)) for j, d in enumerate(used) for n in names[_list_key(settings, d)]]
+    classes = [(j, clean_benchmark_name(n)) for j, d in enumerate(used) for n in names[_list_key(settings, d, names)]]
     class_vectors = _class_vectors([n for _, n in classes], embedder, cache)
     class_dataset = np.array([j for j, _ in classes], np.int64)
     accuracy = table.accuracy[:, [table.datasets.index(d) for d in used]]
@@ -104,9 +107,12 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     families = [settings.get(d, {}).get("family", d) for d in used]
     rule = calibrate_rule(accuracy, used, families, class_vectors, class_dataset,
                           [text_vectors.get(f) for f in TEXT_FIELDS])
+    strength, _ = strength_of(standardise(accuracy), used, np.ones(len(used), bool))
+    rule = replace(rule, **dict(zip(("same_dataset", "same_dataset_by"), same_dataset_threshold(
+        accuracy, used, families, class_vectors, class_dataset, strength))))
     accuracy_model = fit_accuracy_model(accuracy, used, families, class_vectors, class_dataset,
                                         [text_vectors.get(f) for f in TEXT_FIELDS])
-    datasets = [{"name": d, "classnames": _list_key(settings, d), "family": families[k],
+    datasets = [{"name": d, "classnames": _list_key(settings, d, names), "family": families[k],
                  "classes": int((class_dataset == k).sum()), **{f: texts[f][d] for f in TEXT_FIELDS if d in texts[f]}}
                 for k, d in enumerate(used)]
     arrays = {"class_vectors": class_vectors, "accuracy": accuracy,
@@ -124,9 +130,27 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
             "rule": rule.to_dict(), "accuracy_model": accuracy_model.summary()}
 
 
-def _list_key(settings: dict[str, dict[str, Any]], dataset: str) -> str:
-    """The class-name list a dataset column reads: the mapping's `classnames`, else the column's own name."""
-    return settings.get(dataset, {}).get("classnames", dataset)
+def _list_key(settings: dict[str, dict[str, Any]], dataset: str, names: Collection[str] = ()) -> str:
+    """The class-name list a dataset column reads: the mapping's `classnames` (a key, or a list of keys tried
+    in order), else the column's own name; each matched as written, else ignoring case and punctuation
+    when that finds one list of `names` (LOVM's `dtd.txt` for the mapping's "DTD", `stl10` for "STL10")."""
+    candidates = _list_keys(settings, dataset)
+    for key in candidates:
+        if key in names:
+            return key
+        loose = [n for n in names if _loose(n) == _loose(key)]
+        if len(loose) == 1:
+            return loose[0]
+    return candidates[0]
+
+
+def _list_keys(settings: dict[str, dict[str, Any]], dataset: str) -> list[str]:
+    wanted = settings.get(dataset, {}).get("classnames", dataset)
+    return [wanted] if isinstance(wanted, str) else [str(w) for w in wanted]
+
+
+def _loose(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
 def _usable_columns(results: Path, datasets: Sequence[str], settings: dict[str, dict[str, Any]],
@@ -138,7 +162,7 @@ def _usable_columns(results: Path, datasets: Sequence[str], settings: dict[str, 
     """
     used, skipped = [], []
     for d in datasets:
-        (used if _list_key(settings, d) in names else skipped).append(d)
+        (used if _list_key(settings, d, names) in names else skipped).append(d)
     if not used:
         raise InputError(f"{results}: no dataset column has a class-name list; columns: {datasets[:10]}..., "
                          f"lists: {sorted(names)[:10]}...")
@@ -361,8 +385,10 @@ def published_evidence(pub: PublishedLabels, queries: np.ndarray, n: int = 5,
 
 def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.ndarray | None = None,
                    description: np.ndarray | None = None, hidden: Sequence[str] = (),
-                   rule: PublishedRule | None = None, unknown: Sequence[bool] | None = None) -> TaskRanking:
-    """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why.
+                   rule: PublishedRule | None = None, unknown: Sequence[bool] | None = None,
+                   queries: np.ndarray | None = None) -> TaskRanking:
+    """A task's published ranking (steps 1-5 of `published_rule`), with the classes that fell back and why;
+    or, when the task's class list is one of the table's datasets (`same_dataset`), that dataset's column.
 
     Args:
         similarity: (n_classes, n_datasets) the task's rows of `PublishedEvidence.similarity`.
@@ -371,11 +397,18 @@ def rank_published(pub: PublishedLabels, similarity: np.ndarray, *, domain: np.n
         rule: the weights; the ones chosen at import by default.
         unknown: per class, whether its name holds no WordNet lemma (`match.is_weak`'s test): such a
             class falls back to general strength.
+        queries: (n_classes, d) the task's unit class vectors, for its overlap with each dataset (None:
+            the same-dataset rule is not tried).
     """
     visible = hidden_mask(pub.dataset_names, pub.families, hidden)
     z = standardise(np.where(visible[None, :], pub.accuracy, np.nan))
     text = text_similarity([domain, description], [pub.text_vectors.get(f) for f in TEXT_FIELDS])
-    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids, unknown)
+    overlap = None
+    if queries is not None and len(queries):
+        overlap = dataset_overlap(np.asarray(queries, np.float32) @ pub.class_vectors.T, pub.class_dataset,
+                                  len(pub.datasets))
+    return rank_task(z, pub.dataset_names, visible, similarity, text, rule or pub.rule, pub.model_ids, unknown,
+                     overlap)
 
 
 def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: EmbeddingCache | None, *,
@@ -391,17 +424,58 @@ def task_text_vectors(pub: PublishedLabels, embedder: TextEmbedder, cache: Embed
 
 def describe_ranking(pub: PublishedLabels, ranking: TaskRanking, class_names: Sequence[str],
                      top: int = 5) -> dict[str, Any]:
-    """The published part of a selection answer: the rule, `fallback` (every class fell back to general
-    strength), `fallback_classes` (class → why, for each class that did), the strength column and the
-    task's `top` neighbour datasets with their weights (those holding at least 1% of it)."""
+    """The published part of a selection answer.
+
+    - `ranked_by`: in plain words what ranked the models: the task's own dataset's column, the
+      neighbour rule, or general strength alone, and why the nearest dataset was or was not used;
+    - `rule`: the rule with its weights and how they were chosen;
+    - `fallback` (every class fell back to general strength), `fallback_classes` (class → why);
+    - `strength`: the general-strength column;
+    - `neighbours`: the task's `top` neighbour datasets with their weights (those holding at least 1%
+      of it), only where they entered the scores; else `{}`, and `nearest_datasets` lists them;
+    - `same_dataset`: the nearest dataset by class-list overlap, its overlap, the threshold and `used`.
+    """
     names = pub.dataset_names
     # Datasets under 1% of the weight do not move the answer: not listed.
     order = [int(j) for j in np.argsort(-ranking.weights, kind="stable")[:top] if ranking.weights[j] >= 0.01]
+    near = {names[j]: round(float(ranking.weights[j]), 4) for j in order}
     rule = pub.rule
-    return {"rule": (f"score = {rule.neighbour_weight} * weighted mean z-score on the neighbour datasets + "
-                     f"{round(1 - rule.neighbour_weight, 4)} * general strength ({ranking.strength}); text weight "
-                     f"{rule.text_weight}; weights chosen by {rule.chosen_by}"),
-            "fallback": ranking.fallback,
-            "fallback_classes": {c: r for c, r in zip(class_names, ranking.reasons) if r is not None},
-            "strength": ranking.strength,
-            "neighbours": {names[j]: round(float(ranking.weights[j]), 4) for j in order}}
+    nearest = ranking.nearest
+    used_neighbours = rule.neighbour_weight > 0 and not ranking.fallback and not (nearest and nearest.used)
+    out = {"ranked_by": _ranked_by(rule, ranking, near, used_neighbours),
+           "rule": (f"score = {rule.neighbour_weight} * weighted mean z-score on the neighbour datasets + "
+                    f"{round(1 - rule.neighbour_weight, 4)} * general strength ({ranking.strength}); text weight "
+                    f"{rule.text_weight}; weights chosen by {rule.chosen_by}; a task whose class list overlaps a "
+                    f"dataset's at {rule.same_dataset} or more is ranked by that dataset's column (threshold "
+                    f"{rule.same_dataset_by})"),
+           "fallback": ranking.fallback,
+           "fallback_classes": {c: r for c, r in zip(class_names, ranking.reasons) if r is not None},
+           "strength": ranking.strength,
+           "neighbours": near if used_neighbours else {}}
+    if not used_neighbours:
+        out["nearest_datasets"] = near
+    if nearest is not None:
+        out["same_dataset"] = {"dataset": nearest.name, "overlap": nearest.overlap, "threshold": nearest.threshold,
+                               "used": nearest.used}
+    return out
+
+
+def _ranked_by(rule: PublishedRule, ranking: TaskRanking, near: dict[str, float], used_neighbours: bool) -> str:
+    """One sentence: what ranked the task's models, and why its nearest dataset did or did not."""
+    nearest = ranking.nearest
+    if nearest is not None and nearest.used:
+        return (f"ranked by {nearest.name}'s column: the task's class names overlap that dataset's at "
+                f"{nearest.overlap:.2f} (>= {nearest.threshold}), so the task is taken to be {nearest.name}")
+    closest = (f"{nearest.name} (class-list overlap {nearest.overlap:.2f} < {nearest.threshold})" if nearest is not None
+               else next(iter(near), None))
+    if used_neighbours:
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in near.items())
+        return (f"ranked by {rule.neighbour_weight} x the neighbour datasets' z-scores ({shown}) + "
+                f"{round(1 - rule.neighbour_weight, 4)} x general strength ({ranking.strength})")
+    if ranking.fallback:
+        why = "every class fell back (see fallback_classes)"
+    else:
+        why = (f"this table's leave-one-dataset-out calibration gave the neighbour datasets weight "
+               f"{rule.neighbour_weight}: on its own datasets they did not beat general strength")
+    tail = f"; the nearest dataset, {closest}, was not used because {why}" if closest else f"; {why}"
+    return f"ranked by general strength ({ranking.strength}) alone{tail}"
