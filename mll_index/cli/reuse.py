@@ -57,7 +57,8 @@ def reuse(images: Path, hub_source: str, selection_file: Path | None, names_csv:
         else:
             raise InputError("give --selection, --names or --task")
         settings = SelectionSettings(k=k, alpha=alpha, n_nodes=n_nodes, mode=mode)  # type: ignore[arg-type]
-        chosen = select_for_reuse(index_path or default_index_path(), task, settings, cache=embedding_cache())
+        chosen = select_for_reuse(index_path or default_index_path(), task, settings, cache=embedding_cache(),
+                                  hub_models=[m.id for m in hub.models])
         for line in chosen.warnings:
             click.echo(line, err=True)
     result = reuse_models(hub, chosen.models, images, task=chosen.task, device=device, progress=True,

@@ -2,7 +2,7 @@
 prompts identical?), remembered per (context length, prompt name) on disk.
 
 `select` warns when a chosen model's tokenizer would cut a class name or merge two classes'
-prompts (`selection.selector.prompt_warnings`). Tokenizing the prompts needs CLIP's BPE merges
+prompts (`selection.answer_warnings.prompt_warnings`). Tokenizing the prompts needs CLIP's BPE merges
 (0.2 s to read) and ftfy, on every cold CLI call. What the check needs of one name, though, is two
 facts that depend on nothing but the name, the context length, the templates and the vocabulary:
 whether the name is cut, and a digest of its prompts' token rows (two classes read alike exactly

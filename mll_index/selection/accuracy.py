@@ -163,11 +163,12 @@ def f1_matrix(ids: Sequence[str], scores: np.ndarray, task_scores: np.ndarray, a
     return np.clip((scores - (1 - alpha) * total / (c - 1)) / denom, 0.0, 1.0)
 
 
-def selection_matrix(selection: Any) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+def selection_matrix(selection: Any, labels: str = "image") -> tuple[list[str], np.ndarray, np.ndarray] | None:
     """(ids, (n, C) scores, (n,) task scores) from a selection whose task ranking lists every model
     (ranking_size None); a score is NaN where the class's chosen models do not include the model (all
-    are there when it was made with k = every model). None for published labels (ranks, not F1)."""
-    if selection.labels != "image":
+    are there when it was made with k = every model). None unless the selection's labels are `labels`
+    (by default image-based: published z-scores and merged ranks are not F1)."""
+    if selection.labels != labels:
         return None
     ids = [m.model for m in selection.ranking]
     pos = {m: i for i, m in enumerate(ids)}

@@ -13,7 +13,8 @@ they lack a figure (`mll_index.models.flops`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,23 +38,31 @@ log = logging.getLogger(__name__)
 
 
 def selection_costs(selector: Any) -> dict[str, ModelCost]:
-    """Each labeled model's cost, from its hub entry as the labels keep it (measured where it lacks one).
+    """Each ranked model's cost: a labeled model's from its hub entry as the labels keep it (measured where
+    it lacks one); a published model's from the table's params and FLOPs (never measured: its weights are
+    not here), unknown where the table has none (such a model is left out of a budget, with a warning)."""
+    out: dict[str, ModelCost] = {}
+    if selector.published is not None:
+        for m in selector.published.models:
+            out[m["id"]] = ModelCost(m["id"], _finite(m.get("flops_b")), _finite(m.get("params_m")))
+    if selector.store is not None:
+        entries = selector.store.entries
+        out.update(model_costs([entry_model({**entries[m], "id": m}) for m in selector.store.model_ids]))
+    return out
 
-    Raises:
-        InputError: the index has only published labels.
-    """
-    if selector.store is None:
-        raise InputError(f"{selector.index.path}: budgets need image-based labels (this index has published ones "
-                         "only)")
-    entries = selector.store.entries
-    return model_costs([entry_model({**entries[m], "id": m}) for m in selector.store.model_ids])
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and value > 0 else None
 
 
 def internal_k(selector: Any, k: int, budget: Budget, pareto: bool) -> int:
     """The k to select with before `complete_selection`: every model when a budget or Pareto list must
     choose among them, else k."""
-    if (budget.active or pareto) and selector.store is not None:
-        return max(k, len(selector.store.model_ids))
+    if budget.active or pareto:
+        n = len(selector.store.model_ids) if selector.store is not None else 0
+        n += len(selector.published.models) if selector.published is not None else 0
+        return max(k, n)
     return k
 
 
@@ -153,7 +162,7 @@ def _chosen_models(data: Any, where: Any) -> ChosenModels:
 
 
 def select_for_reuse(index_path: Path, task: Task, settings: SelectionSettings | None = None, *,
-                     cache: EmbeddingCache | None = None) -> ChosenModels:
+                     cache: EmbeddingCache | None = None, hub_models: Collection[str] | None = None) -> ChosenModels:
     """Select for `task` on the index at `index_path` and keep what `mll-index reuse` predicts with.
 
     The warnings are those of each class with a weak match (`answer_warning_lines` with
@@ -161,17 +170,30 @@ def select_for_reuse(index_path: Path, task: Task, settings: SelectionSettings |
 
     Args:
         index_path: the node index to select on; task: a checked task (`make_task`, `read_task_file`).
-        settings: k, alpha, nodes and mode (default SelectionSettings()).
+        settings: k, alpha, nodes, mode and labels (default SelectionSettings()).
         cache: the caption-vector cache the selector embeds through (None: none).
+        hub_models: the ids of the hub reuse runs (None: any model). Each class keeps its k best
+            models among them, so published labels that rank models outside the hub still give the
+            hub's best (reuse can only run the hub's models).
     Returns:
         A ChosenModels: models per class, each matched class's lemma, the task's name, the warning lines.
     Raises:
-        InputError: an index that cannot be opened, or a task or setting the selection refuses.
+        InputError: an index that cannot be opened, a task or setting the selection refuses, or no
+            model of the hub among those the labels rank.
     """
     from mll_index.selection.selector import open_selector, select_models
 
-    selection = select_models(open_selector(index_path, cache=cache), task, settings or SelectionSettings())
+    settings = settings or SelectionSettings()
+    wide = settings if hub_models is None else settings.with_(k=1 << 20)
+    selection = select_models(open_selector(index_path, cache=cache), task, wide)
     data = selection.to_dict()
+    if hub_models is not None:
+        keep = set(hub_models)
+        for c in data["classes"]:
+            c["models"] = [m for m in c["models"] if m["model"] in keep][:settings.k]
+        if not any(c["models"] for c in data["classes"]):
+            raise InputError(f"none of the {len(selection.ranking)} models the {selection.labels} labels rank is in "
+                             "the hub given to reuse; label the hub's models, or pass a hub that holds them")
     return replace(_chosen_models(data, task.name), task=task.name,
                    warnings=tuple(answer_warning_lines(data, prompts=False)))
 
@@ -197,7 +219,8 @@ def answer_warning_lines(answer: dict[str, Any], prompts: bool = True) -> list[s
             best = c["nodes"][0] if c.get("nodes") else None
             via = best.get("via", "direct") if best else "direct"
             lent = f", lent by {via.split(':', 1)[1]}" if via != "direct" and ":" in via else ""
-            if not best and c.get("benchmark"):
+            # Warnings belong to the label source in use: published labels rest on benchmark classes, not nodes.
+            if c.get("benchmark") and (answer.get("labels") == "published" or not best):
                 near = c["benchmark"][0]
                 why = (answer.get("published") or {}).get("fallback_classes", {}).get(c["name"], "a weak match")
                 lines.append(f"mll-index: warning: task {answer.get('task')!r}: class {c['name']!r} matches no "
@@ -223,7 +246,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     Raises:
         InputError: a budget no model meets, or no model with a FLOPs figure (see `mll_index.selection.budget`).
     """
-    from mll_index.selection.selector import PROMPT_WARNING_TAIL, probe_warnings, selection_warnings
+    from mll_index.selection.answer_warnings import PROMPT_WARNING_TAIL, probe_warnings, selection_warnings
 
     budget = budget or Budget()
     calibration = calibration or load_calibration()
@@ -237,9 +260,7 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     choice: Choice | None = None
     front: list[Choice] = []
     if budget.active or pareto:
-        if got is None:
-            raise InputError("budgets and --pareto need image-based labels with every model ranked")
-        ids = got[0]
+        ids, value = _budget_values(full, got, f1)
         costs = costs if costs is not None else selection_costs(selector)
         lacking = [m for m in ids if costs.get(m) is None or costs[m].gflops is None]
         if lacking:
@@ -248,9 +269,9 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
         # rounded scores, so that a budget that does not bind gives select's answer exactly.
         order = _class_order(full, ids)
         if budget.active:
-            choice = choose_within_budget(ids, order, f1, costs, k, budget)
+            choice = choose_within_budget(ids, order, value, costs, k, budget)
         if pareto:
-            front = pareto_front(ids, order, f1, costs, k)
+            front = pareto_front(ids, order, value, costs, k)
     classes = []
     for c, cls in enumerate(full.classes):
         wanted = choice.per_class[c] if choice is not None else tuple(m.model for m in cls.models[:k])
@@ -277,11 +298,33 @@ def complete_selection(selector: Any, task: Any, full: Any, *, k: int, ranking_s
     if pareto:
         out["pareto"] = []
         for p in front:
-            features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
-                                      selector.index.graph.ancestors)
-            out["pareto"].append({"gflops": p.gflops, "models": list(p.models),
-                                  "predicted_accuracy": predict_features(features, calibration)[0].to_dict()})
+            if got is None:
+                predicted = published_set_accuracy(full.model_accuracy, p.per_class)[0]
+            else:
+                features = class_features(full, f1, got[0], got[2], [list(models) for models in p.per_class],
+                                          selector.index.graph.ancestors)
+                predicted = predict_features(features, calibration)[0].to_dict()
+            out["pareto"].append({"gflops": p.gflops, "models": list(p.models), "predicted_accuracy": predicted})
     return out
+
+
+def _budget_values(full: Any, got: Any, f1: np.ndarray | None) -> tuple[list[str], np.ndarray]:
+    """The models a budget chooses among and the (n, C) value it maximises: image-based labels' F1, or under
+    published labels each model's predicted accuracy on the task (a table gives one figure per dataset, so
+    the same for every class).
+
+    Raises:
+        InputError: neither is there (published labels without a usable accuracy model, or a cut ranking).
+    """
+    if got is not None and f1 is not None:
+        return got[0], f1
+    published = selection_matrix(full, "published")
+    if published is None or full.model_accuracy is None:
+        raise InputError("budgets and --pareto need image-based labels, or published labels with predicted "
+                         f"accuracy ({full.model_accuracy_about or 'none here'}), with every model ranked")
+    ids = published[0]
+    value = np.array([[(full.model_accuracy.get(m) or {}).get("estimate", 0.0)] for m in ids])
+    return ids, np.repeat(value, len(full.classes), axis=1)
 
 
 def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, classes: Sequence[Any], got: Any,
@@ -316,9 +359,25 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
             out["predicted_accuracy_about"] += ("; this task lies outside the calibration's range, so the estimate "
                                                 "is an extrapolation and its interval was not measured: "
                                                 + ", ".join(outside))
+    elif full.model_accuracy is not None:
+        task_pred, class_pred = published_set_accuracy(full.model_accuracy, [[m.model for m in c.models]
+                                                                            for c in classes])
+        out["predicted_accuracy"] = task_pred
+        for entry, pred in zip(out["classes"], class_pred):
+            entry["predicted_accuracy"] = pred
+        out["predicted_accuracy_about"] = (f"{full.model_accuracy_about}; a class's figure is that of its best chosen "
+                                           "model on the whole task (a results table gives one figure per dataset), "
+                                           "the task's the mean over its classes")
+        if full.model_accuracy_weak:
+            out["predicted_accuracy_low_confidence"] = True
+    elif full.labels == "published":
+        out["predicted_accuracy"] = None
+        for entry in out["classes"]:
+            entry["predicted_accuracy"] = None
+        out["predicted_accuracy_about"] = full.model_accuracy_about or "not predicted"
     else:
-        # The calibration maps F1 on sample images to accuracy; a published z-score or a merged rank is
-        # another scale, so no prediction is made rather than a wrong one.
+        # The calibration maps F1 on sample images to accuracy; a merged rank is another scale, so no
+        # prediction is made rather than a wrong one.
         out["predicted_accuracy"] = None
         for entry in out["classes"]:
             entry["predicted_accuracy"] = None
@@ -326,6 +385,21 @@ def _add_predicted_accuracy(out: dict[str, Any], selector: Any, full: Any, class
         out["predicted_accuracy_about"] = (f"not predicted: the calibration (v{calibration.version}) maps image-based "
                                            f"labels' F1 to accuracy, and these models were ranked by {full.labels} "
                                            f"labels{hint}")
+
+
+def published_set_accuracy(accuracy: dict[str, dict[str, float]],
+                           per_class: Sequence[Sequence[str]]) -> tuple[dict[str, float] | None, list[Any]]:
+    """Published labels' predicted accuracy of chosen models: per class, the `{estimate, low, high}` of its
+    chosen model with the highest estimate (None where no chosen model has one); for the task, the mean of
+    each over the classes that have one (None when none has)."""
+    classes: list[Any] = []
+    for models in per_class:
+        known = [accuracy[m] for m in models if accuracy.get(m) is not None]
+        classes.append(dict(max(known, key=lambda p: p["estimate"])) if known else None)
+    have = [c for c in classes if c is not None]
+    task = {key: round(float(np.mean([c[key] for c in have])), 4) for key in ("estimate", "low", "high")} \
+        if have else None
+    return task, classes
 
 
 def sample_f1(full: Any, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

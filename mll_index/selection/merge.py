@@ -53,18 +53,34 @@ def merge_by_rank(parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[li
     return ids, (total + 1e-6 * lead) / count
 
 
-# Below this share of the smaller source's models in common, `auto` warns that the merge mixes unrelated hubs.
+# Below this share of the smaller source's models in common, the two sources rank different hubs:
+# `auto` then takes the image-based labels alone (the index's own hub), and `both` warns.
 SHARED_ENOUGH = 0.5
 
 
-def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> tuple[str, ...]:
-    """One warning when the image-labeled and the published models are (mostly) different models:
-    merged by rank, each source's best model scores 1.0 whatever its accuracy, so the answer may
-    pair models that were never compared."""
+def sources_related(image_ids: Sequence[str], published_ids: Sequence[str]) -> bool:
+    """Whether the image-labeled and the published models are (mostly) the same models: at least
+    SHARED_ENOUGH of the smaller source's models in common."""
     shared = len(set(image_ids) & set(published_ids))
-    if shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids)):
+    return shared >= SHARED_ENOUGH * min(len(image_ids), len(published_ids))
+
+
+def unrelated_sources(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> tuple[str, ...]:
+    """One warning when both sources were asked for (`--labels both`) and the image-labeled and the
+    published models are (mostly) different models: merged by rank, each source's best model scores
+    1.0 whatever its accuracy, so the answer may pair models that were never compared."""
+    if sources_related(image_ids, published_ids):
         return ()
+    shared = len(set(image_ids) & set(published_ids))
     return ((f"task {task_name!r}: the image-based labels ({len(image_ids)} models) and the published labels "
             f"({len(published_ids)} models) share {shared} model(s); they are merged by rank, so each source's best "
             "model scores 1.0 though the two were never compared: choose one source with --labels image or "
             "--labels published (settings \"labels\")"),)
+
+
+def published_left_out(task_name: str, image_ids: Sequence[str], published_ids: Sequence[str]) -> str:
+    """The line `auto` adds when it leaves the published labels out because they rank another hub's models."""
+    shared = len(set(image_ids) & set(published_ids))
+    return (f"task {task_name!r}: labels auto used the image-based labels only: the published labels rank "
+            f"{len(published_ids)} models, {shared} of them among this index's {len(image_ids)} labeled models; "
+            "--labels published (or both) uses them")

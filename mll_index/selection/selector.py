@@ -53,14 +53,15 @@ from mll_index.labels.matrix import has_matrix
 from mll_index.labels.store import LabelStore, open_labels, refuse_damaged
 from mll_index.published.store import (
     BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published, published_evidence,
-    rank_published, task_text_vectors,
 )
 from mll_index.selection.confusion import class_f1, node_confusion, restricted_cost, smooth_scores
 from mll_index.selection.explain import image_explain
 from mll_index.selection.labeled_nodes import (
     LabeledNodes, NodeMatch, labeled_nodes, lent_blindly, match_labeled_nodes, top_stable,
 )
-from mll_index.selection.merge import merge_by_rank, unrelated_sources
+from mll_index.selection.merge import merge_by_rank, published_left_out, sources_related, unrelated_sources
+from mll_index.selection.answer_warnings import selection_warnings
+from mll_index.selection.published_part import published_part
 from mll_index.selection.settings import LABEL_SOURCES, SelectionSettings, settings_from
 from mll_index.selection.task import Task
 
@@ -116,6 +117,11 @@ class Selection:
     probe: dict[str, Any] | None = None
     published: dict[str, Any] | None = None  # published labels' rule, fallback and neighbours (published.describe_ranking)
     rule: str = "mll"   # how image-based labels ranked the models: "calibrated" (the index's fitted rule) or "mll"
+    # Published labels alone: each model's predicted accuracy {estimate, low, high} (published_part), how it was
+    # made, and whether it rests on no matched dataset; to_dict lists it with each ranked model.
+    model_accuracy: dict[str, dict[str, float]] | None = None
+    model_accuracy_about: str | None = None
+    model_accuracy_weak: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -132,6 +138,11 @@ class Selection:
             del out["probe"]
         if out["published"] is None:
             del out["published"]
+        accuracy = out.pop("model_accuracy")
+        del out["model_accuracy_about"], out["model_accuracy_weak"]
+        if accuracy is not None:
+            for entry in [*out["ranking"], *(m for c in out["classes"] for m in c["models"])]:
+                entry["predicted_accuracy"] = accuracy.get(entry["model"])
         for entry in [*out["ranking"], *(m for c in out["classes"] for m in c["models"])]:
             if entry["f1"] is None:
                 del entry["f1"]
@@ -339,21 +350,22 @@ def _rule_for(sel: Selector, settings: SelectionSettings, mode: str) -> Any:
 
 
 def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench: list[list[BenchmarkMatch]],
-                published_raw: np.ndarray | None, settings: SelectionSettings) -> Selection:
+                published_raw: np.ndarray | None, settings: SelectionSettings,
+                queries: np.ndarray | None = None) -> Selection:
     k, alpha, explain, ranking_size = settings.k, settings.alpha, settings.explain, settings.ranking_size
     use_image, use_published = _sources(sel, settings.labels)
     image = _image_part(sel, task, matches, settings) if use_image else None
     unknown = [not sel.matcher.lemma_hits(read_class_name(name)) for name in task.classes]
-    published, pub_ranking = None, None
+    published, pub_ranking, part = None, None, None
     if published_raw is not None and use_published:
         # published_raw is (n_datasets, n_classes): the classes' similarity to each dataset (see prepare_tasks).
-        domain_vec, description_vec = task_text_vectors(sel.published, sel.embedder, sel.cache,  # type: ignore[arg-type]
-                                                        domain=task.domain if settings.use_domain else None,
-                                                        description=task.description)
-        pub_ranking = rank_published(sel.published, published_raw.T, domain=domain_vec,  # type: ignore[arg-type]
-                                     description=description_vec, unknown=unknown)
-        published = smooth_scores(pub_ranking.scores, alpha)
+        part = published_part(sel.published, sel.embedder, sel.cache, published_raw.T, queries,  # type: ignore[arg-type]
+                              domain=task.domain if settings.use_domain else None, description=task.description,
+                              unknown=unknown, alpha=alpha)
+        pub_ranking, published = part.ranking, part.scores
     source_note: tuple[str, ...] = ()
+    if settings.labels == "auto" and image is not None and sel.published is not None and published is None:
+        source_note = (published_left_out(task.name, image["ids"], sel.published.model_ids),)
     if image is not None and published is not None:
         pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
         ids, scores = merge_by_rank([(image["ids"], image["scores"]), (pub_ids, published)])
@@ -367,6 +379,8 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     rule = image["rule"] if image is not None and labels == "image" else None
     votes = _calibrated_votes(sel, task, matches, image, k_eff) if rule is not None else None
     raw_f1 = image["f1"] if rule is not None else None
+    # A task that is one of the table's datasets is ranked by that column: none of its classes rests on a weak match.
+    own_dataset = pub_ranking is not None and pub_ranking.nearest is not None and pub_ranking.nearest.used
     classes = []
     for c, name in enumerate(task.classes):
         order = votes[c] if votes is not None else top_stable(scores[:, c], k_eff)
@@ -375,7 +389,7 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
         weak_image = is_weak(sel.matcher, name, matches[c][0].score if matches[c] else None) or \
             (bool(matches[c]) and lent_blindly(sel.matcher, name, matches[c][0]))
         # As the image path (match.is_weak): a name none of whose words is a lemma matches on the embedding alone.
-        weak_bench = not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE or unknown[c]
+        weak_bench = not own_dataset and (not bench[c] or bench[c][0].similarity < LOW_CONFIDENCE or unknown[c])
         weak = (weak_image or image is None) and (weak_bench or published is None)
         detail = None
         if explain:
@@ -404,7 +418,15 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
                      description=task.description, domain_images=bool(image and image["domain_used"]),
                      warnings=warnings, probe=probe,
                      published=describe_ranking(sel.published, pub_ranking, task.classes) if pub_ranking is not None else None,  # type: ignore[arg-type]
-                     rule=rule_ran)
+                     rule=rule_ran, **_accuracy_fields(part if labels == "published" else None))
+
+
+def _accuracy_fields(part: Any) -> dict[str, Any]:
+    """Selection's model_accuracy fields from a PublishedPart (published labels alone), else none."""
+    if part is None:
+        return {}
+    return {"model_accuracy": part.accuracy, "model_accuracy_about": part.accuracy_about,
+            "model_accuracy_weak": part.low_confidence}
 
 
 def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
@@ -415,88 +437,16 @@ def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
     """
     has_image, has_published = sel.store is not None, sel.published is not None
     wanted_image = labels in ("image", "both") or (labels == "auto" and has_image)
-    wanted_published = labels in ("published", "both") or (labels == "auto" and has_published)
+    # auto takes the source whose models are the index's hub: published labels of another hub's models are
+    # left out when image-based labels are there (merged, each source's best would score alike).
+    wanted_published = labels in ("published", "both") or (labels == "auto" and has_published and not (
+        has_image and not sources_related(sel.store.model_ids, sel.published.model_ids)))  # type: ignore[union-attr]
     for wanted, has, what, how in ((wanted_image, has_image, "image-based", "run `mll-index label`"),
                                    (wanted_published, has_published, "published", "run `mll-index published import`")):
         if wanted and not has:
             raise InputError(f"{sel.index.path}: labels {labels!r} asked for, but the index has no {what} labels "
                              f"({how}, or choose labels among {list(LABEL_SOURCES)})")
     return wanted_image, wanted_published
-
-
-# How every prompt_warnings line ends (answer.complete_selection recomputes those lines only).
-PROMPT_WARNING_TAIL = " (reuse refuses them unless --force; shorten or rename those classes)"
-
-
-def selection_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection],
-                       probe: dict[str, Any] | None) -> tuple[str, ...]:
-    """A selection's warnings: the chosen models' prompt problems (`prompt_warnings`), then the
-    probe images' (`probe`: the selection's probe summary): ignored outside the restricted mode,
-    or some files unreadable. Recomputed wherever the chosen models change (answer.complete_selection)."""
-    return prompt_warnings(sel, task, classes) + probe_warnings(task, probe)
-
-
-def probe_warnings(task: Task, probe: dict[str, Any] | None) -> tuple[str, ...]:
-    """The probe images' warnings (`probe`: the selection's probe summary): ignored outside the
-    restricted mode, or some files unreadable."""
-    from mll_index.selection.probes import skipped_warning
-
-    warnings: tuple[str, ...] = ()
-    if probe is not None and "ignored" in probe:
-        warnings += (f"task {task.name!r}: {probe['ignored']}; the probe images were not used",)
-    skipped = skipped_warning(probe.get("skipped") or []) if probe is not None else None
-    if skipped:
-        warnings += (f"task {task.name!r}: {skipped}",)
-    return warnings
-
-
-def prompt_warnings(sel: Selector, task: Task, classes: Sequence[ClassSelection]) -> tuple[str, ...]:
-    """One line per context length among the chosen models whose tokenizer cuts a class name or
-    makes two classes' prompts identical (the prompts `reuse` writes: see zeroshot.prompt_names).
-
-    Read from the models' configs and CLIP's vocabulary, without torch; models with another
-    tokenizer than open_clip's default are not checked here (`reuse` checks every model).
-    """
-    from mll_index.models.prompt_checks import check_prompts_cached
-    from mll_index.models.zeroshot import lemma_of, prompt_names, zero_shot_templates
-
-    entries = dict(sel.store.entries) if sel.store is not None else {}
-    if sel.published is not None:
-        entries = {m["id"]: m for m in sel.published.models} | entries
-    by_length: dict[int, list[str]] = {}
-    for model in dict.fromkeys(m.model for c in classes for m in c.models):
-        length = text_context_of(entries.get(model))
-        if length is not None:
-            by_length.setdefault(length, []).append(model)
-    if not by_length:
-        return ()
-    names = list(task.classes)
-    written = prompt_names(names, {c.name: lemma_of(c.nodes[0].synset) for c in classes if c.nodes})
-    longest = max(len(t.format(name=w).lower().encode("utf-8")) for w in written for t in zero_shot_templates())
-    plain = all(w.isascii() for w in written) and len({" ".join(w.lower().split()) for w in written}) == len(written)
-    out = []
-    for length, models in sorted(by_length.items()):
-        if plain and longest + 2 < length:
-            continue    # a CLIP token covers at least one byte: nothing can be cut, and no two names read alike
-        check = check_prompts_cached(names, written, length)   # facts per name, kept in <cache>/prompt_checks.sqlite
-        if check is None:
-            return ()   # open_clip is not installed: reuse cannot run either
-        if check.ok:
-            continue
-        parts = [f"classes {list(g)} get identical prompts" for g in check.identical]
-        if check.cut:
-            parts.append(f"the name of {list(check.cut)[:5]}{' and others' if len(check.cut) > 5 else ''} is cut")
-        shown = f"{models[:5]}{' and others' if len(models) > 5 else ''}"
-        out.append(f"task {task.name!r}: model(s) {shown} read at most {length} tokens: " + "; ".join(parts) +
-                   PROMPT_WARNING_TAIL)
-    return tuple(out)
-
-
-def text_context_of(entry: dict[str, Any] | None) -> int | None:
-    """The context length of a labeled model's default CLIP tokenizer (None: unknown or another tokenizer)."""
-    from mll_index.models.zeroshot import text_context
-
-    return text_context(entry) if entry else None
 
 
 def _class_key(task: Task, name: str) -> str:
@@ -512,7 +462,9 @@ class PreparedTasks:
     """Tasks with every distinct class embedded and matched once, ready to select under any settings.
 
     rows[t]: per class of task t, its row in `matched`, `bench` and the columns of `published_raw`
-    ((n_datasets, n_distinct_classes): each class's similarity to every dataset, `published.published_evidence`).
+    ((n_datasets, n_distinct_classes): each class's similarity to every dataset, `published.published_evidence`)
+    and of `queries` ((n_distinct_classes, d) unit class vectors, kept only for published labels: a task's
+    class list is compared with each dataset's, `published.same_dataset`).
     """
 
     tasks: list[Task]
@@ -521,6 +473,7 @@ class PreparedTasks:
     matched: list[list[NodeMatch]]
     bench: list[list[BenchmarkMatch]]
     published_raw: np.ndarray | None
+    queries: np.ndarray | None = None
 
 
 def prepare_tasks(sel: Selector, tasks: Sequence[Task],
@@ -552,7 +505,8 @@ def prepare_tasks(sel: Selector, tasks: Sequence[Task],
     else:
         published_raw, bench = None, [[] for _ in keys]
     rows = [[distinct[_class_key(task, name)] for name in task.classes] for task in tasks]
-    return PreparedTasks(list(tasks), n_nodes, rows, matched, bench, published_raw)
+    return PreparedTasks(list(tasks), n_nodes, rows, matched, bench, published_raw,
+                         queries if published_raw is not None else None)
 
 
 def select_prepared(sel: Selector, prepared: PreparedTasks, settings: SelectionSettings | None = None,
@@ -569,8 +523,9 @@ def select_prepared(sel: Selector, prepared: PreparedTasks, settings: SelectionS
     out = []
     for task, rows in zip(prepared.tasks, prepared.rows):
         raw = prepared.published_raw[:, rows] if prepared.published_raw is not None else None
+        queries = prepared.queries[rows] if prepared.queries is not None else None
         out.append(_select_one(sel, task, [prepared.matched[r] for r in rows], [prepared.bench[r] for r in rows], raw,
-                               settings))
+                               settings, queries))
     return out
 
 

@@ -133,7 +133,7 @@ def test_select_with_published_labels_only_and_mixed(tmp_path: Path, index_copy:
     mixed_index = tmp_path / "mixed"
     shutil.copytree(world_index, mixed_index)
     import_published(mixed_index, results, [names], mapping=mapping, embedder=embedder)
-    mixed = select_models(open_selector(mixed_index, embedder), make_task(["tiger", "pizza"]), k=2)
+    mixed = select_models(open_selector(mixed_index, embedder), make_task(["tiger", "pizza"]), k=2, labels="both")
     assert mixed.labels == "both"
     ranked = {m.model for m in mixed.ranking}
     assert {"A-x", "B-y"} <= ranked and len(ranked) == 2 + len(open_selector(world_index, embedder).store.model_ids)
@@ -237,8 +237,13 @@ def test_a_tasks_domain_and_description_count(tmp_path: Path, index_copy: Path, 
     plain = select_models(sel, make_task(["bagel", "pretzel"]))
     described = select_models(sel, make_task(["bagel", "pretzel"], domain="photograph/picture",
                                              description="dog breed classification"))
-    assert plain.published["neighbours"]["food"] > plain.published["neighbours"].get("dogs", 0)  # type: ignore[index]
-    assert described.published["neighbours"]["dogs"] > plain.published["neighbours"].get("dogs", 0)  # type: ignore[index]
+    # The weights are listed as `neighbours` where they entered the scores, else as `nearest_datasets`.
+    near, near_described = ({**s.published["neighbours"], **s.published.get("nearest_datasets", {})}  # type: ignore[index]
+                            for s in (plain, described))
+    assert near["food"] > near.get("dogs", 0)
+    assert near_described["dogs"] > near.get("dogs", 0)
+    assert (plain.published["neighbours"] == {}) == (  # type: ignore[index]
+        sel.published.rule.neighbour_weight == 0 or plain.published["fallback"])  # type: ignore[index, union-attr]
 
 
 def test_published_cli_reads_lovm_files(tmp_path: Path, index_copy: Path) -> None:
@@ -298,16 +303,18 @@ def _mixed_index(tmp_path: Path, world_index: Path, embedder) -> Path:  # type: 
     return mixed
 
 
-def test_labels_choose_the_source_and_auto_warns_when_the_sources_share_no_model(
+def test_labels_choose_the_source_and_auto_keeps_to_the_hubs_labels_when_the_sources_share_no_model(
         tmp_path: Path, world_index: Path, index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     from mll_index.selection.selector import open_selector, select_models
     from mll_index.selection.task import make_task
 
     sel = open_selector(_mixed_index(tmp_path / "m", world_index, embedder), embedder)
     task = make_task(["tiger", "pizza"])
+    # The published table ranks other models than the index's hub: auto takes the hub's image-based labels and says so.
     auto = select_models(sel, task)
-    assert auto.labels == "both" and len(auto.warnings) == 1
-    assert "share 0 model(s)" in auto.warnings[0] and "--labels image" in auto.warnings[0]
+    assert auto.labels == "image" and len(auto.warnings) == 1
+    assert "image-based labels only" in auto.warnings[0] and "0 of them" in auto.warnings[0]
+    assert "--labels published" in auto.warnings[0]
     image = select_models(sel, task, labels="image")
     assert image.labels == "image" and not image.warnings and {m.model for m in image.ranking} == set(sel.store.model_ids)
     published = select_models(sel, task, labels="published")
@@ -335,7 +342,7 @@ def test_a_tie_in_the_rank_merge_goes_to_the_model_that_leads_its_source_more_cl
         assert round(float(scores[:, 0].max()), 4) == 1.0
 
 
-def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
+def test_published_answers_from_a_table_too_small_say_why_there_is_no_predicted_accuracy(tmp_path: Path, index_copy: Path,
                                                                    embedder) -> None:  # type: ignore[no-untyped-def]
     from mll_index.selection.answer import answer_task
     from mll_index.selection.selector import open_selector
@@ -346,7 +353,9 @@ def test_published_answers_say_why_there_is_no_predicted_accuracy(tmp_path: Path
     answer = answer_task(open_selector(index_copy, embedder), make_task(["golden retriever", "pizza"]))
     assert answer["mode"] == "published" and answer["labels"] == "published"
     assert answer["predicted_accuracy"] is None and all(c["predicted_accuracy"] is None for c in answer["classes"])
-    assert "image-based labels" in answer["predicted_accuracy_about"]
+    # Two models: too few to calibrate a prediction on; one line says so.
+    about = answer["predicted_accuracy_about"]
+    assert "at least 5" in about and "\n" not in about and "predicted_accuracy" not in answer["ranking"][0]
 
 
 def test_a_published_class_whose_name_is_no_word_is_low_confidence_and_falls_back(
@@ -377,3 +386,64 @@ def test_the_rule_falls_back_for_a_class_whose_name_is_no_word_however_similar()
     assert ranking.reasons[1] is None
     assert ranking.reasons[0] is not None and "WordNet lemma" in ranking.reasons[0]
     assert ranking.scores[0, 0] == ranking.scores[1, 0]    # general strength: the mean z-score ties them
+
+
+EUROSAT = ["annual crop land", "forest", "brushland or shrubland", "highway or road",
+           "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
+           "residential buildings or homes or apartments", "river", "lake or sea"]
+DIGITS = [str(d) for d in range(10)]
+TEXTURES = ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked", "crosshatched",
+            "crystalline", "dotted", "fibrous", "flecked", "freckled", "frilly", "gauzy", "grid", "grooved",
+            "honeycombed", "interlaced", "knitted", "lacelike", "lined", "marbled", "matted", "meshed", "paisley",
+            "perforated", "pitted", "pleated", "polka-dotted", "porous", "potholed", "scaly", "smeared", "spiralled",
+            "sprinkled", "stained", "stratified", "striped", "studded", "swirly", "veined", "waffled", "woven",
+            "wrinkled", "zigzagged"]
+
+
+def test_a_task_that_is_a_dataset_of_the_table_is_ranked_by_its_column(tmp_path: Path, index_copy: Path,
+                                                                        embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.selection.answer import answer_task
+    from mll_index.selection.selector import open_selector
+    from mll_index.selection.task import make_task
+
+    # Model A leads ImageNet (general strength); each other dataset has its own winner.
+    results = tmp_path / "results.csv"
+    results.write_text("name,pretrained,ImageNet 1k,EuroSAT,MNIST,Describable Textures,Pets\n"
+                       "A,x,0.80,0.40,0.50,0.50,0.90\nB,y,0.70,0.75,0.40,0.45,0.80\nC,z,0.60,0.50,0.90,0.40,0.70\n"
+                       "D,w,0.50,0.45,0.45,0.70,0.60\nE,v,0.40,0.30,0.30,0.30,0.50\n")
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"eurosat": EUROSAT, "mnist": DIGITS, "dtd": TEXTURES,
+                                 "imagenet1k": ["tiger", "goldfish", "pizza", "sports car", "golden retriever"],
+                                 "pets": ["Abyssinian", "beagle", "Birman", "pug", "Siamese"]}))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"datasets": {"ImageNet 1k": {"classnames": "imagenet1k"},
+                                                "EuroSAT": {"classnames": "eurosat"}, "MNIST": {"classnames": "mnist"},
+                                                "Describable Textures": {"classnames": "DTD"},
+                                                "Pets": {"classnames": ["oxford_pets", "pets"]}}}))
+    summary = import_published(index_copy, results, [names], mapping=mapping, embedder=embedder)
+    assert summary["left_out"] == [] and summary["rule"]["same_dataset"] >= 0.9   # "DTD" found the list "dtd"
+    sel = open_selector(index_copy, embedder)
+    for classes, dataset, winner in ((EUROSAT, "EuroSAT", "B-y"), (DIGITS, "MNIST", "C-z"),
+                                     (TEXTURES, "Describable Textures", "D-w")):
+        answer = answer_task(sel, make_task(classes, name=dataset))
+        pub = answer["published"]
+        assert answer["ranking"][0]["model"] == winner, dataset
+        assert pub["same_dataset"]["dataset"] == dataset and pub["same_dataset"]["used"]
+        assert pub["ranked_by"].startswith(f"ranked by {dataset}'s column") and pub["neighbours"] == {}
+        assert not any(c["low_confidence"] for c in answer["classes"])   # exact names: no weak-match warning
+        # The task is the dataset: each model's accuracy is the table's figure there, read, not predicted.
+        column = {"EuroSAT": 1, "MNIST": 2, "Describable Textures": 3}[dataset]
+        rows = results.read_text().splitlines()[1:]
+        figures = {f"{r.split(',')[0]}-{r.split(',')[1]}": float(r.split(",")[2 + column]) for r in rows}
+        for entry in answer["ranking"]:
+            assert entry["predicted_accuracy"] == {"estimate": figures[entry["model"]], "low": figures[entry["model"]],
+                                                   "high": figures[entry["model"]]}
+        assert answer["predicted_accuracy"]["estimate"] == figures[winner] and "read, not predicted" in \
+            answer["predicted_accuracy_about"]
+    # Three of EuroSAT's ten classes are not EuroSAT: the task is ranked by the rule, and the answer says why not.
+    part = answer_task(sel, make_task(EUROSAT[:3]))
+    assert not part["published"]["same_dataset"]["used"]
+    predicted = [m["predicted_accuracy"] for m in part["ranking"]]
+    assert len(predicted) == 5 and all(0 <= p["low"] <= p["estimate"] <= p["high"] <= 1 for p in predicted)
+    assert part["predicted_accuracy"] == part["classes"][0]["predicted_accuracy"] == predicted[0]
+    assert "was not used" in part["published"]["ranked_by"] and "< " in part["published"]["ranked_by"]
