@@ -559,6 +559,17 @@ def test_two_workers_answer_and_metrics_count_every_workers_requests(world_index
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_ready(url, proc, {})
+
+        def worker_pids() -> set[str]:
+            with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+                text = response.read().decode()
+            return {row.split('pid="')[1].split('"')[0] for row in text.splitlines()
+                    if row.startswith("mll_index_index_reloads{")}
+
+        # One worker answers as soon as it is up; on a busy machine the other may still be opening the index.
+        deadline = time.monotonic() + 120
+        while len(worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         sent = 40
         for _ in range(sent):
             with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
