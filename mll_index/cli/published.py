@@ -38,6 +38,9 @@ def published_import(index_path: Path | None, results: Path, classnames: tuple[P
 
     summary = import_published(index_path or default_index_path(), results, list(classnames), mapping=mapping,
                                domains=domains, descriptions=descriptions, scale=scale)  # type: ignore[arg-type]
+    click.echo(f"mll-index: {summary['ranking']}", err=True)
+    if not summary["accuracy_model"].get("usable"):
+        click.echo(f"mll-index: {summary['accuracy_model']['about']}", err=True)
     click.echo(json.dumps(summary, indent=1))
 
 

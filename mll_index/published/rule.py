@@ -93,6 +93,16 @@ class PublishedRule:
                    float(data.get("same_dataset", cls.same_dataset)), str(data.get("same_dataset_by", "default")))
 
 
+def describe_choice(rule: PublishedRule) -> str:
+    """One sentence for `published import`: how this table will rank, and whether that is INB's ranking."""
+    if rule.neighbour_weight == 0:
+        return ("this table ranks by general strength alone (each model's ImageNet z-score, INB's ranking), except a "
+                "task that is one of its datasets: leave-one-dataset-out on it showed no gain from the neighbour "
+                f"datasets ({rule.chosen_by})")
+    return (f"this table ranks by {rule.neighbour_weight} x the neighbour datasets + "
+            f"{round(1 - rule.neighbour_weight, 4)} x general strength ({rule.chosen_by})")
+
+
 @dataclass(frozen=True)
 class TaskRanking:
     """A task's published ranking.

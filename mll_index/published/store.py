@@ -47,8 +47,8 @@ from mll_index.index.embed import (
 from mll_index.index.node_index import load_index, read_index_manifest
 from mll_index.published.accuracy import AccuracyModel, fit_accuracy_model
 from mll_index.published.rule import (
-    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, hidden_mask, rank_task, standardise, strength_of,
-    text_similarity,
+    PublishedRule, TaskRanking, calibrate_rule, dataset_similarity, describe_choice, hidden_mask, rank_task,
+    standardise, strength_of, text_similarity,
 )
 from mll_index.published.same_dataset import dataset_overlap, same_dataset_threshold
 from mll_index.published.table import Scale, clean_benchmark_name, read_classnames, read_dataset_texts, read_results
@@ -127,7 +127,7 @@ def import_published(index_path: Path, results: Path, classnames: Sequence[Path]
     _write_published(index_path, table.models, datasets, classes, arrays, manifest)
     return {"models": len(table.models), "datasets": used, "left_out": skipped, "classes": len(classes),
             "scale": table.scale, **{f"with_{f}": [d for d in used if d in texts[f]] for f in TEXT_FIELDS},
-            "rule": rule.to_dict(), "accuracy_model": accuracy_model.summary()}
+            "rule": rule.to_dict(), "ranking": describe_choice(rule), "accuracy_model": accuracy_model.summary()}
 
 
 def _list_key(settings: dict[str, dict[str, Any]], dataset: str, names: Collection[str] = ()) -> str:
@@ -248,7 +248,11 @@ class PublishedLabels:
     def accuracy_model(self) -> AccuracyModel | None:
         """The accuracy model fitted at import (`published.accuracy`); None for labels imported before."""
         data = self.manifest.get("accuracy_model")
-        return AccuracyModel.from_dict(data) if isinstance(data, dict) else None
+        try:
+            return AccuracyModel.from_dict(data) if isinstance(data, dict) else None
+        except (KeyError, TypeError, ValueError):
+            # A model this version cannot read predicts nothing (the answer says to import again); ranking still works.
+            return None
 
 
 def has_published(index_path: Path) -> bool:
