@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,10 @@ def entry_model(entry: dict[str, Any]) -> HubModel:
         return Path(value) if value else None
 
     def number(value: Any) -> float | None:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        # Labels written before hubs were range-checked may keep a negative or NaN cost: unknown, so a budget
+        # leaves the model out (with a warning) instead of taking it for free.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return float(value) if ok else None
 
     return HubModel(id=str(entry["id"]), arch=str(entry["arch"]), pretrained=entry.get("pretrained") or None,
                     checkpoint=path(entry.get("checkpoint")), config=path(entry.get("config")),

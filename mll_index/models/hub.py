@@ -17,6 +17,7 @@ import contextlib
 import difflib
 import hashlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -243,15 +244,30 @@ def _resolve_file(value: str | None, hub_path: Path, where: str, name: str) -> P
     return file
 
 
+# The range each number field must lie in: a cost below 0 would let a budget take the model for free,
+# NaN passes every comparison, and a figure past these is a typo (10 trillion parameters, an exaFLOP per
+# image); imagenet_acc is a fraction or a percentage, as hubs write it.
+NUMBER_RANGES = {"params_m": (0.0, 1e7), "flops_b": (0.0, 1e9), "imagenet_acc": (0.0, 100.0)}
+
+
 def _number(value: Any, name: str, where: str) -> float | None:
+    """A hub entry's number field: None, or a finite float within NUMBER_RANGES[name].
+
+    Raises:
+        InputError: naming the entry (`where`: the file and model), the field and the value.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
         raise InputError(f"{where}: field {name!r} must be a number or null, not {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{where}: field {name!r} must be a number or null, not {value!r}") from None
+    low, high = NUMBER_RANGES.get(name, (-math.inf, math.inf))
+    if not (math.isfinite(number) and low <= number <= high):
+        raise InputError(f"{where}: field {name!r} must be a finite number from {low:g} to {high:g}, not {value!r}")
+    return number
 
 
 def _check_config_file(config: Path, arch: str, where: str) -> None:

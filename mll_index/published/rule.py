@@ -199,8 +199,11 @@ def strength_of(z: np.ndarray, datasets: Sequence[str], visible: np.ndarray) -> 
             column = z[:, list(datasets).index(name)]
             if not np.isnan(column).all():
                 return np.where(np.isnan(column), np.nanmin(column), column), name
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(np.where(visible[None, :], z, np.nan), axis=1) if visible.any() else np.zeros(len(z))
+    # The mean over each model's known visible figures, NaN for a model with none (summed by hand: nanmean
+    # warns "Mean of empty slice" on stderr for such a model).
+    seen = np.where(visible[None, :], z, np.nan)
+    known = (~np.isnan(seen)).sum(axis=1)
+    mean = np.where(known > 0, np.nansum(seen, axis=1) / np.maximum(known, 1), np.nan)
     return np.nan_to_num(mean, nan=np.nanmin(mean) if not np.isnan(mean).all() else 0.0), "mean z-score"
 
 

@@ -142,12 +142,23 @@ class ResultsTable:
     shape: str = "wide"
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
+def _cost(path: Path, line: int, column: str, raw: str | None, model: str) -> float | None:
+    """A model's params (M) or FLOPs (B) cell: None when empty, else a finite number >= 0.
+
+    Raises:
+        InputError: naming the file, line, column and model: a budget would take a negative or NaN cost for free.
+    """
+    text = (raw or "").strip()
+    if not text:
         return None
-    return value if value is None or math.isfinite(value) else None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{path}: line {line}: column {column!r} of model {model!r}: {text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"{path}: line {line}: column {column!r} of model {model!r}: {text!r} must be a finite "
+                         "number >= 0 (leave it empty where unknown)")
+    return value
 
 
 def decide_scale(path: Path, datasets: Sequence[str], values: np.ndarray, scale: Scale = "auto") -> str:
@@ -203,10 +214,16 @@ def _cell(path: Path, line: int, column: str, raw: str | None) -> float:
     Raises:
         InputError: a cell that is not a number (naming the line and column).
     """
-    value = _number(raw)
-    if raw not in (None, "") and value is None:
+    text = (raw or "").strip()
+    if not text:
+        return np.nan
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):    # "nan" and "inf" parse, but are no figure
         raise InputError(f"{path}: line {line}, column {column!r}: {raw!r} is not a number")
-    return np.nan if value is None else value
+    return value
 
 
 def _long_model_ids(path: Path, table: UserTable) -> list[tuple[str, str, str | None]]:
@@ -300,7 +317,8 @@ def read_results(path: Path, scale: Scale = "auto") -> ResultsTable:
             raise InputError(f"{path}: line {table.lines[i]}: model {model_id!r} appears twice")
         seen.add(model_id)
         models.append(_entry(str(model_id), str(row["name"]), row.get("pretrained") or None,
-                             _number(row.get("params (M)")), _number(row.get("FLOPs (B)")), acc[i], datasets))
+                             _cost(path, table.lines[i], "params (M)", row.get("params (M)"), model_id),
+                             _cost(path, table.lines[i], "FLOPs (B)", row.get("FLOPs (B)"), model_id), acc[i], datasets))
     log.info("%s: figures read as %s", path, "percentages" if unit == "percent" else "fractions")
     return ResultsTable(models, datasets, acc, unit, "wide")
 

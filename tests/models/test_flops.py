@@ -83,3 +83,13 @@ def test_hub_flops_cli(tiny_hub: Path) -> None:
     assert "a\t" in done.stdout and "GFLOPs" in done.stdout
     missing = run_cli("hub", "flops", str(tiny_hub.parent / "none.json"))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+def test_a_kept_entry_with_a_negative_or_nan_cost_has_no_cost() -> None:
+    from mll_index.models.flops import entry_model
+
+    # Labels written before hubs were range-checked: a budget must not take such a model for free.
+    for bad in (-1, float("nan"), float("-inf"), True):
+        model = entry_model({"id": "m", "arch": "RN50", "pretrained": "openai", "flops_b": bad, "params_m": bad})
+        assert model.flops_b is None and model.params_m is None
+    assert entry_model({"id": "m", "arch": "RN50", "pretrained": "openai", "flops_b": 4.5}).flops_b == 4.5

@@ -193,6 +193,19 @@ BAD_HUBS = {
     "unknown field": ({"id": "m1", "arch": "RN50", "pretrain": "openai"}, r"model 'm1': unknown field\(s\) \['pretrain'\]"),
     "bad number": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "params_m": "big"},
                    r"model 'm1': field 'params_m' must be a number or null, not 'big'"),
+    # A cost below 0 or NaN would pass a budget for free; 1e21 is a typo.
+    "negative flops": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "flops_b": -1},
+                       r"model 'm1': field 'flops_b' must be a finite number from 0 to 1e\+09, not -1"),
+    "negative params": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "params_m": -5},
+                        r"model 'm1': field 'params_m' must be a finite number"),
+    "nan params": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "params_m": float("nan")},
+                   r"model 'm1': field 'params_m' must be a finite number"),
+    "infinite flops": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "flops_b": float("inf")},
+                       r"model 'm1': field 'flops_b' must be a finite number"),
+    "huge params": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "params_m": 1e21},
+                    r"model 'm1': field 'params_m' must be a finite number from 0 to 1e\+07, not 1e\+21"),
+    "accuracy above 100": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "imagenet_acc": 150},
+                           r"model 'm1': field 'imagenet_acc' must be a finite number from 0 to 100"),
 }
 
 
@@ -204,6 +217,9 @@ def test_bad_hub_entries_are_input_errors_naming_file_and_model(tmp_path: Path, 
         load_hub(path)
     message = str(info.value)
     assert message.startswith(str(path)) and "\n" not in message
+    if "finite number" in pattern:     # `hub show` reads without validating the weights: the numbers still
+        with pytest.raises(InputError, match=pattern):
+            load_hub(path, validate=False)
 
 
 def test_duplicate_id_is_an_input_error(tmp_path: Path) -> None:

@@ -93,3 +93,20 @@ def test_dataset_texts(tmp_path: Path) -> None:
     wrong = _write(tmp_path, json.dumps({"cars": ["photograph"]}), "wrong.json")
     with pytest.raises(InputError, match=r"wrong.json: a domains file maps dataset names to one text each"):
         read_dataset_texts(wrong, "domains file")
+
+
+@pytest.mark.parametrize("cells, message", [
+    ("-5,1", r"column 'params \(M\)' of model 'A-x': '-5' must be a finite number >= 0"),
+    ("10,nan", r"column 'FLOPs \(B\)' of model 'A-x': 'nan' must be a finite number >= 0"),
+    ("10,-inf", r"column 'FLOPs \(B\)' of model 'A-x': '-inf' must be a finite number >= 0"),
+    ("ten,1", r"column 'params \(M\)' of model 'A-x': 'ten' is not a number"),
+])
+def test_a_cost_below_zero_or_not_finite_is_refused_naming_line_column_and_model(tmp_path: Path, cells: str,
+                                                                                 message: str) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text(f"name,pretrained,params (M),FLOPs (B),ImageNet 1k\nA,x,{cells},0.6\nB,y,10,2,0.7\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: line 2: {message}"):
+        read_results(path)
+    path.write_text("name,pretrained,params (M),FLOPs (B),ImageNet 1k\nA,x,,,0.6\nB,y,10,2,nan\n")
+    with pytest.raises(InputError, match="line 3, column 'ImageNet 1k': 'nan' is not a number"):
+        read_results(path)
