@@ -239,8 +239,10 @@ def _resolve_file(value: str | None, hub_path: Path, where: str, name: str) -> P
     if not file.is_absolute():
         file = hub_path.parent / file
     file = file.resolve()
-    if not file.is_file():
+    if not file.exists():
         raise InputError(f"{where}: {name} file {file} does not exist")
+    if not file.is_file():     # a folder, a device such as /dev/zero, a FIFO: never opened as weights
+        raise InputError(f"{where}: {name} file {file} is not a regular file")
     return file
 
 

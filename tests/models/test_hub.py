@@ -190,6 +190,8 @@ BAD_HUBS = {
                            r"model 'm1': checkpoint file .*nowhere/rn50.pt does not exist"),
     "missing config": ({"id": "m1", "arch": "tiny-x", "checkpoint": "hub.json", "config": "tiny-x.json"},
                        r"model 'm1': config file .*tiny-x.json does not exist"),
+    "device checkpoint": ({"id": "m1", "arch": "RN50", "checkpoint": "/dev/zero"},
+                          r"model 'm1': checkpoint file /dev/zero is not a regular file"),
     "unknown field": ({"id": "m1", "arch": "RN50", "pretrain": "openai"}, r"model 'm1': unknown field\(s\) \['pretrain'\]"),
     "bad number": ({"id": "m1", "arch": "RN50", "pretrained": "openai", "params_m": "big"},
                    r"model 'm1': field 'params_m' must be a number or null, not 'big'"),
