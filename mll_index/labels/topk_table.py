@@ -8,7 +8,9 @@ seconds. So the top nodes of all models labeled on one sample set are stacked de
 
     <index>/labels/samples-<fp>.topk/
         manifest.json     kind "topk-table": sample fingerprint, K, the models (id and their label
-                          manifest's own checksum, to know a folder written again since)
+                          manifest's own checksum, to know a folder written again since, sorted by
+                          id), topk_nodes.npy's size and SHA-256, and its own checksum (manifest_sha256;
+                          absent in tables written before, which open and which `info --verify` notes)
         topk_nodes.npy    (K, n_images, n_models) int16 (int32 from 32,767 nodes), sample-table node
                           positions, best first; memory-mapped
 
@@ -17,6 +19,12 @@ where depth 1 was not in S, and so on: most images stop at the first depth or tw
 
 Written by `mll-index labels compact` (`write_topk_tables`); a model labeled after it, or labeled
 again, is read from its own folder until the next compaction.
+
+Opening checks what a damaged table could change in an answer without failing to parse: the
+manifest's own checksum (a reordered or edited models list), that the models are in the order they
+were written in (sorted, for tables without that checksum), and topk_nodes.npy's SHA-256 (node ids
+overwritten in place keep the file's size). The SHA-256 reads the whole file (about 17 ms for the
+default index's 23 MB) once per process and file identity.
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from mll_index.core.artifacts import atomic_dir, index_lock, load_arrays, new_manifest, read_manifest, seal_manifest
-from mll_index.core.layout import topk_table_path
+from mll_index.core.artifacts import (
+    MANIFEST, SELF_DIGEST, atomic_dir, check_manifest, index_lock, load_arrays, manifest_digest, new_manifest,
+    read_manifest, seal_manifest, sha256_file, write_json,
+)
+from mll_index.core.layout import SAMPLE_TABLE_PREFIX, labels_dir, topk_table_path
 from mll_index.errors import IndexFormatError
 from mll_index.labels.folders import load_label, read_sample_table, scan_labels
 
@@ -39,6 +50,9 @@ log = logging.getLogger(__name__)
 KIND = "topk-table"
 FILE = "topk_nodes.npy"
 MODEL_BLOCK = 256     # models read and written at once while stacking
+SUFFIX = ".topk"
+# (path, inode, size, mtime_ns) of topk_nodes.npy files whose SHA-256 matched their manifest in this process
+_VERIFIED: set[tuple[str, int, int, int]] = set()
 
 
 @dataclass
@@ -95,6 +109,10 @@ def write_topk_table(index_path: Path, fingerprint: str, model_ids: Sequence[str
                                 counts={"images": n_images, "nodes": n_nodes, "models": len(ids)},
                                 models=[{"id": m, "label_digest": digests.get(m, "")} for m in ids])
         seal_manifest(tmp, manifest, [FILE])
+        # Sealed once more with its own checksum: a reordered models list would give one model's
+        # column to another, so any change to the manifest is damage that opening names.
+        manifest[SELF_DIGEST] = manifest_digest(manifest)
+        write_json(tmp / MANIFEST, manifest)
     return {"samples": fingerprint, "models": len(ids), "top_k": int(depth or 0), "bytes": (path / FILE).stat().st_size}
 
 
@@ -115,23 +133,80 @@ def open_topk_table(index_path: Path, fingerprint: str) -> TopkTable | None:
     """The top-K table of a sample set, memory-mapped; None where there is none (or an older format).
 
     Raises:
-        IndexFormatError: a damaged table (its manifest, a file size, the array's shape), naming the file.
+        IndexFormatError: a damaged table (its manifest or its own checksum, the models' order, a file
+            size or SHA-256, the array's shape), naming the file and what to run.
     """
     path = topk_table_path(index_path, fingerprint)
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         return None
     manifest = read_manifest(path, KIND)
+    hint = "; run `mll-index labels compact` to write it again"
+    if SELF_DIGEST in manifest and manifest[SELF_DIGEST] != manifest_digest(manifest):
+        raise IndexFormatError(f"{path / MANIFEST}: its content differs from its own checksum (changed or "
+                               f"corrupt){hint}")
     try:
         models = manifest["models"]
         ids, digests = [m["id"] for m in models], [str(m["label_digest"]) for m in models]
         expected = (int(manifest["top_k"]), int(manifest["counts"]["images"]), len(ids))
+        record = manifest["files"][FILE]
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise TypeError(f"{FILE}'s record")
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}") from None
+        raise IndexFormatError(f"{path / 'manifest.json'}: missing or malformed field {exc}{hint}") from None
+    if ids != sorted(ids) or len(set(ids)) != len(ids):
+        raise IndexFormatError(f"{path / MANIFEST}: its models are not in the order they were written in "
+                               f"(sorted by id, each once): a damaged manifest{hint}")
+    _check_content(path / FILE, record["sha256"], hint)
     nodes = load_arrays(path, [FILE])[FILE.removesuffix(".npy")]
     if nodes.shape != expected:
-        raise IndexFormatError(f"{path / FILE}: shape {nodes.shape}, its manifest says {expected}; "
-                               "run `mll-index labels compact`")
+        raise IndexFormatError(f"{path / FILE}: shape {nodes.shape}, its manifest says {expected}{hint}")
     return TopkTable(path, fingerprint, ids, digests, nodes)
+
+
+def _check_content(file: Path, sha256: str, hint: str) -> None:
+    """Compare the file's SHA-256 with its manifest's, once per process and file identity."""
+    stat = file.stat()
+    key = (str(file.absolute()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    if sha256_file(file) != sha256:
+        raise IndexFormatError(f"{file}: checksum differs from the manifest (corrupt){hint}")
+    _VERIFIED.add(key)
+
+
+def topk_table_dirs(index_path: Path) -> list[Path]:
+    """Every top-K table folder of an index (labels/samples-<fp>.topk), sorted."""
+    root = labels_dir(index_path)
+    return sorted(p for p in root.glob(f"{SAMPLE_TABLE_PREFIX}*{SUFFIX}") if p.is_dir()) if root.is_dir() else []
+
+
+def check_topk_tables(index_path: Path, checksums: bool = False) -> list[str]:
+    """Every problem of an index's top-K tables, one line each naming the file; [] when all is sound.
+
+    The manifest, the file's size, then opening each as selection does (its own checksum, the models'
+    order, topk_nodes.npy's SHA-256 and shape): selection reads it whole, so the cheap check does too.
+    """
+    problems: list[str] = []
+    for path in topk_table_dirs(index_path):
+        manifest, listed = check_manifest(path, KIND, checksums=checksums)
+        problems += listed
+        if manifest is None or listed:
+            continue
+        try:
+            open_topk_table(index_path, path.name[len(SAMPLE_TABLE_PREFIX):-len(SUFFIX)])
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    return list(dict.fromkeys(problems))
+
+
+def topk_tables_without_checksum(index_path: Path) -> list[Path]:
+    """The manifests of top-K tables written before they carried their own checksum."""
+    out = []
+    for path in topk_table_dirs(index_path):
+        manifest, _ = check_manifest(path, KIND)
+        if manifest is not None and SELF_DIGEST not in manifest:
+            out.append(path / MANIFEST)
+    return out
 
 
 def first_in_set(first: np.ndarray, deeper: Callable[[int, np.ndarray, np.ndarray], np.ndarray], depth: int,

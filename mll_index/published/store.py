@@ -10,7 +10,9 @@ downloaded.
 
     <index>/published/
         manifest.json       kind "published-labels": sources, embedder, counts, files, the rule's weights,
-                            the accuracy model (`published.accuracy`)
+                            the accuracy model (`published.accuracy`), and its own checksum
+                            (manifest_sha256: the rule and the accuracy model change answers; absent in
+                            labels imported before, which open and which `info --verify` notes)
         models.json         hub entries of the table's models (id = name-pretrained, metadata)
         datasets.json       per dataset column: its class-name list key, family, class count, domain, description
         classes.json        per benchmark class: dataset position and class name
@@ -35,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from mll_index.core.artifacts import (
-    atomic_dir, check_then_open, index_lock, new_manifest, read_consistent, read_json, read_manifest, seal_manifest,
-    write_json,
+    SELF_DIGEST, atomic_dir, check_self_digest, check_then_open, index_lock, manifest_digest, new_manifest,
+    read_consistent, read_json, read_manifest, seal_manifest, write_json,
 )
 from mll_index.core.layout import MANIFEST, published_dir
 from mll_index.core.userfiles import read_user_json
@@ -210,7 +212,10 @@ def _write_published(index_path: Path, models: list[dict[str, Any]], datasets: l
         for stem, array in arrays.items():
             np.save(tmp / f"{stem}.npy", array)
             files.append(f"{stem}.npy")
-        seal_manifest(tmp, new_manifest(KIND, **manifest), files)
+        sealed = new_manifest(KIND, **manifest)
+        seal_manifest(tmp, sealed, files)
+        sealed[SELF_DIGEST] = manifest_digest(sealed)    # sealed once more with its own checksum
+        write_json(tmp / MANIFEST, sealed)
 
 
 @dataclass
@@ -269,6 +274,9 @@ def open_published(index_path: Path) -> PublishedLabels:
 
 def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
     manifest = read_manifest(folder, KIND)
+    own = check_self_digest(folder, manifest)
+    if own:
+        raise IndexFormatError(f"{own}; import the published labels again")
     try:
         index_embedder = EmbedderRecord.from_dict(read_index_manifest(Path(index_path))["embedder"])
         own = EmbedderRecord.from_dict(manifest["embedder"])
@@ -305,6 +313,17 @@ def check_published(index_path: Path, checksums: bool = False) -> list[str]:
     if not folder.is_dir():
         return []
     return check_then_open(folder, KIND, lambda: open_published(index_path), checksums=checksums)
+
+
+def unusable_published(index_path: Path) -> str | None:
+    """Why the index's published folder cannot be used though it is there (its manifest is missing), one
+    line naming the file; None where there is no such folder or it has its manifest. Selection reports
+    it rather than answer from image labels alone unsaid."""
+    folder = published_dir(index_path)
+    if folder.is_dir() and not (folder / MANIFEST).is_file():
+        return (f"{folder / MANIFEST}: missing, so the published labels in {folder} cannot be used; import them "
+                "again (`mll-index published import`)")
+    return None
 
 
 @dataclass(frozen=True)
