@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mll_index.errors import IndexFormatError, InputError
@@ -148,3 +149,129 @@ def test_cli_select_with_a_deleted_label_manifest(copy: Path) -> None:
 def test_not_an_index_in_process(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="is not an mll-index index"):
         check_index(tmp_path)
+
+
+# The issue's findings (29, "Why" item 3): damage that parses, so only a checksum of the content names it.
+
+@pytest.fixture()
+def compacted(world_index: Path, tmp_path: Path) -> Path:
+    """A copy of the world index with its top-nodes table written (what `labels compact` leaves)."""
+    from mll_index.labels.topk_table import write_topk_tables
+
+    target = tmp_path / "world"
+    shutil.copytree(world_index, target)
+    write_topk_tables(target)
+    return target
+
+
+def _answer(index: Path, task, **settings):  # type: ignore[no-untyped-def]
+    return select_models(open_selector(index), task, k=1, **settings).to_dict()
+
+
+def _refused_or_same(index: Path, before: dict, task, match: str, **settings) -> None:  # type: ignore[no-untyped-def]
+    """select refuses with one clear line naming `match`: never an answer that silently differs."""
+    with pytest.raises((IndexFormatError, InputError), match=match) as caught:
+        after = _answer(index, task, **settings)
+        assert after == before          # not reached where it refuses, as it must
+    assert "\n" not in str(caught.value)
+
+
+def test_top_nodes_overwritten_with_random_ids_are_named_and_refused(compacted: Path) -> None:
+    task = make_task(["tiger", "lion", "banana"])
+    before = _answer(compacted, task, mode="restricted")
+    [table] = compacted.glob("labels/samples-*.topk")
+    nodes = np.load(table / "topk_nodes.npy", mmap_mode="r+")
+    rng = np.random.default_rng(0)
+    third = nodes.shape[1] // 3
+    nodes[:, :third] = rng.integers(0, nodes.max() + 1, size=nodes[:, :third].shape)
+    nodes.flush()
+    del nodes
+    problems = check_index(compacted, checksums=True)
+    assert f"{table / 'topk_nodes.npy'}: checksum differs from the manifest (corrupt)" in problems[0], problems
+    _refused_or_same(compacted, before, task, "topk_nodes.npy: checksum differs.*labels compact", mode="restricted")
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_reversed_models_list_of_the_top_nodes_table_is_named_and_refused(compacted: Path, signed: bool) -> None:
+    from mll_index.verify import unchecked_parts
+
+    task = make_task(["tiger", "lion", "banana"])
+    before = _answer(compacted, task, mode="restricted")
+    [table] = compacted.glob("labels/samples-*.topk")
+    manifest = json.loads((table / "manifest.json").read_text())
+    manifest["models"].reverse()
+    if not signed:                  # a table written before it carried its own checksum
+        del manifest["manifest_sha256"]
+    (table / "manifest.json").write_text(json.dumps(manifest))
+    problems = check_index(compacted)
+    assert problems and all(p.startswith(str(table / "manifest.json")) for p in problems), problems
+    _refused_or_same(compacted, before, task, "manifest.json: its (content|models)", mode="restricted")
+    assert any("top-nodes table" in line for line in unchecked_parts(compacted)) == (not signed)
+
+
+def test_renamed_sample_paths_are_named_and_a_domain_select_refuses(compacted: Path) -> None:
+    task = make_task(["tiger", "lion"], domain="noto")
+    before = _answer(compacted, task, mode="restricted")
+    assert before["domain_images"]
+    [table] = compacted.glob("labels/samples-*.json")
+    data = json.loads(table.read_text())
+    for image in data["images"]:            # the domain tag gone from every file name: it reads as untagged
+        image["path"] = image["path"].replace("noto-", "n0to_")
+    table.write_text(json.dumps(data))
+    problems = check_index(compacted)
+    assert any(p.startswith(f"{table}: its content differs from its checksum") for p in problems), problems
+    _refused_or_same(compacted, before, task, "samples-.*json: its content differs", mode="restricted")
+
+
+def test_an_old_sample_table_opens_and_is_listed_as_unchecked(compacted: Path) -> None:
+    from mll_index.verify import unchecked_parts
+
+    [table] = compacted.glob("labels/samples-*.json")
+    assert unchecked_parts(compacted) == []
+    data = json.loads(table.read_text())
+    del data["sha256"], data["format_version"]
+    table.write_text(json.dumps(data))
+    assert check_index(compacted, checksums=True) == []
+    assert _answer(compacted, make_task(["tiger", "lion"]), mode="restricted")["classes"]
+    assert [line.split(":")[0] for line in unchecked_parts(compacted)] == [str(table)]
+
+
+def _published_task():  # type: ignore[no-untyped-def]
+    return make_task(["golden retriever", "pizza"])
+
+
+def test_changed_published_rule_weights_are_named_and_refused(copy: Path) -> None:
+    before = _answer(copy, _published_task(), labels="published")
+    manifest_path = copy / "published" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["rule"]["neighbour_weight"], manifest["rule"]["text_weight"] = 0.9, 0.0
+    manifest_path.write_text(json.dumps(manifest))
+    problems = check_index(copy)
+    assert problems == [f"{manifest_path}: its content differs from its own checksum (changed or corrupt)"], problems
+    _refused_or_same(copy, before, _published_task(), "published/manifest.json: its content differs.*import",
+                     labels="published")
+
+
+def test_old_published_labels_open_and_are_listed_as_unchecked(copy: Path) -> None:
+    from mll_index.verify import unchecked_parts
+
+    manifest_path = copy / "published" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["manifest_sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert check_index(copy, checksums=True) == []
+    assert _answer(copy, _published_task(), labels="published")["classes"]
+    assert any(line.startswith(f"{manifest_path}: published labels without") for line in unchecked_parts(copy))
+
+
+def test_a_deleted_published_manifest_is_named(copy: Path) -> None:
+    from mll_index.published.store import unusable_published
+
+    manifest = copy / "published" / "manifest.json"
+    assert unusable_published(copy) is None
+    manifest.unlink()
+    assert any(p.startswith(str(manifest)) for p in check_index(copy)), check_index(copy)
+    why = unusable_published(copy)
+    assert why is not None and why.startswith(f"{manifest}: missing") and "published import" in why
+    with pytest.raises(InputError, match="no published labels"):     # asked for by name: refused, never replaced
+        _answer(copy, _published_task(), labels="published")
