@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -49,11 +50,19 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({
 DEFAULT_MAX_PIXELS = 89_478_485
 MAX_PIXELS_ENV = "MLL_INDEX_MAX_PIXELS"
 
+#: The largest image file read (bytes): the file is read whole into memory before it is decoded.
+DEFAULT_MAX_FILE_BYTES = 1 << 30
+
 # Pillow checks sizes against its process-wide MAX_IMAGE_PIXELS inside Image.open (a warning
 # above it, an error above twice it). This module applies its own limit instead, so Pillow's is
 # lifted while a header is read; the lock keeps the swap and warnings.catch_warnings (which is
-# process-wide, not per thread) consistent when samples are decoded in several threads.
+# process-wide, not per thread) consistent when samples are decoded in several threads. It is
+# only ever held over bytes already in memory (`read_image_bytes` reads the file first): a FIFO
+# or a slow disk holding it would stall every decoding thread of the process.
 _HEADER_LOCK = threading.Lock()
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 class UnreadableImageError(InputError):
@@ -102,8 +111,61 @@ def max_pixels() -> int | None:
     return value or None
 
 
-def _open_header(path: Path) -> Image.Image:
-    """Image.open (the header only: no pixel is decoded yet), with Pillow's size check lifted."""
+def _not_regular(mode: int) -> str | None:
+    """What a file of this st_mode is when it is not a regular file ("a FIFO", ...); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def read_image_bytes(path: Path | str, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The whole content of a regular file, never blocking on what is not one.
+
+    The file is checked with os.stat before it is opened (a FIFO, device or socket is never
+    opened: opening a tape or a terminal has effects of its own), opened with O_NONBLOCK (a FIFO
+    swapped in between the two gives no writer to wait for) and checked again on the open
+    descriptor, which must be the file that was stat'ed.
+
+    Raises:
+        UnreadableImageError: not a regular file, missing, unreadable, or over `max_bytes` (None: no limit).
+    """
+    try:
+        before = os.stat(path)
+        kind = _not_regular(before.st_mode)
+        if kind is not None:
+            raise UnreadableImageError(path, f"{kind}, not an image file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot read ({exc.strerror or exc})") from None
+    try:
+        opened = os.fstat(fd)
+        kind = _not_regular(opened.st_mode)
+        if kind is not None or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise UnreadableImageError(path, f"{kind or 'another file'} swapped in while it was opened")
+        if max_bytes is not None and opened.st_size > max_bytes:
+            raise UnreadableImageError(path, f"{opened.st_size} bytes, over the limit of {max_bytes} per image")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if max_bytes is not None and total > max_bytes:
+                raise UnreadableImageError(path, f"over {max_bytes} bytes, the limit per image")
+            chunks.append(chunk)
+    except BlockingIOError:
+        raise UnreadableImageError(path, "would block; not a regular file") from None
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _open_header(path: Path, data: bytes) -> Image.Image:
+    """Image.open of the file's bytes (the header only: no pixel is decoded yet), Pillow's size check lifted."""
     from PIL import Image
 
     with _HEADER_LOCK, warnings.catch_warnings(record=True) as caught:
@@ -111,7 +173,7 @@ def _open_header(path: Path) -> Image.Image:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data))
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     for w in caught:
@@ -186,7 +248,8 @@ def _to_srgb(image: Image.Image, icc: bytes | None, path: Path) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def open_image(path: Path | str, limit: int | None | str = "env") -> Image.Image:
+def open_image(path: Path | str, limit: int | None | str = "env",
+               max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> Image.Image:
     """Decode an image file into an 8-bit RGB PIL image, as an image viewer shows it.
 
     See the module docstring for what is converted and how. Multi-frame files (GIF, TIFF)
@@ -196,17 +259,19 @@ def open_image(path: Path | str, limit: int | None | str = "env") -> Image.Image
         path: the image file.
         limit: the largest number of pixels accepted; None for no limit; "env" (default)
             for `max_pixels()`, i.e. `$MLL_INDEX_MAX_PIXELS` or Pillow's default.
+        max_bytes: the largest file read (`read_image_bytes`; None: no limit).
     Returns:
         A loaded PIL image of mode "RGB", independent of the file (which is closed).
     Raises:
-        UnreadableImageError: the file cannot be decoded, or it is larger than the limit
-            (refused from its header, before decoding).
+        UnreadableImageError: the file cannot be decoded, is not a regular file (a FIFO, a device:
+            never opened), or is larger than the limits (refused from its header, before decoding).
         InputError: `$MLL_INDEX_MAX_PIXELS` is invalid.
     """
     path = Path(path)
     cap = max_pixels() if limit == "env" else limit
+    data = read_image_bytes(path, max_bytes)
     try:
-        image = _open_header(path)
+        image = _open_header(path, data)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, struct.error...)
         raise UnreadableImageError(path, _reason(exc)) from exc
     with image:

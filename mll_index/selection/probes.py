@@ -29,6 +29,7 @@ with every model. Aggregate and temperature were chosen on 200 generated tasks o
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ def probe_files(sources: Sequence[str | Path], limit: int = PROBE_LIMIT) -> list
         elif path.is_file():
             files.append(path)
             looked.append(str(path))
+        elif path.exists():
+            raise InputError(f"probe images: {path} is not a regular file or folder (a FIFO, device or socket "
+                             "is never read)")
         else:
             where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
             raise InputError(f"probe images: {path} does not exist{where}: give a folder of images or image files")
@@ -115,6 +119,33 @@ def probe_files(sources: Sequence[str | Path], limit: int = PROBE_LIMIT) -> list
     if len(files) > limit:
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     return files
+
+
+def probe_identity(sources: Sequence[str | Path], limit: int = PROBE_LIMIT) -> tuple[tuple[Any, ...], ...]:
+    """What the probe images of `sources` are now, for a cache key: per file chosen (`probe_files`), its
+    path, size, mtime_ns, inode and device; per source folder, its own mtime_ns and inode (a file added,
+    removed or renamed in it changes them). Files replaced (a new inode or mtime), grown or deleted, and
+    folders deleted or listed differently, all give another key; the path strings alone never stand
+    for the content.
+
+    Raises:
+        InputError: as probe_files (a source gone, no image file).
+    """
+    key: list[tuple[Any, ...]] = []
+    for source in sources:
+        try:
+            st = os.stat(source)
+        except OSError:
+            continue  # probe_files below names it
+        key.append(("source", str(source), st.st_ino, st.st_dev, st.st_mtime_ns))
+    for path in probe_files(sources, limit):
+        try:
+            st = os.stat(path)
+        except OSError:
+            key.append(("file", str(path), None))
+            continue
+        key.append(("file", str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
+    return tuple(key)
 
 
 def _subfolders(folder: Path) -> list[Path]:

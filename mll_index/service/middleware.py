@@ -4,6 +4,7 @@ request in the app's metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -22,11 +23,17 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, by Content-Length or while reading a chunked body."""
+class _BodyTooSlow(Exception):
+    pass
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, by Content-Length or while reading a chunked body,
+    and bodies not all received within `timeout_s` of the first read with 408 (a client sending a byte
+    every few seconds holds a connection and a task for as long as it likes otherwise)."""
+
+    def __init__(self, app: Any, limit: int, timeout_s: float = 30.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -36,10 +43,20 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await error_response(413, "body", f"the body is {int(declared)} bytes; at most {self.limit}")(scope, receive, send)
             return
-        seen = {"bytes": 0, "over": False, "started": False}
+        seen = {"bytes": 0, "over": False, "started": False, "slow": False, "done": False, "deadline": None}
 
         async def counted_receive() -> dict[str, Any]:
-            message = await receive()
+            if seen["done"]:
+                return await receive()  # after the body: waiting for a disconnect, with no deadline
+            if seen["deadline"] is None:
+                seen["deadline"] = asyncio.get_running_loop().time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), seen["deadline"] - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                seen["slow"] = True
+                raise _BodyTooSlow() from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                seen["done"] = True
             if message["type"] == "http.request":
                 seen["bytes"] += len(message.get("body", b""))
                 if seen["bytes"] > self.limit:
@@ -48,7 +65,7 @@ class BodyLimit:
             return message
 
         async def guarded_send(message: dict[str, Any]) -> None:
-            if seen["over"]:
+            if seen["over"] or seen["slow"]:
                 return  # whatever the app answered to the cut-off body, ours goes out instead
             if message["type"] == "http.response.start":
                 seen["started"] = True
@@ -57,10 +74,13 @@ class BodyLimit:
         try:
             await self.app(scope, counted_receive, guarded_send)
         except Exception:
-            if not seen["over"]:
+            if not (seen["over"] or seen["slow"]):
                 raise
         if seen["over"] and not seen["started"]:
             await error_response(413, "body", f"the body is over {self.limit} bytes")(scope, receive, send)
+        elif seen["slow"] and not seen["started"]:
+            await error_response(408, "body", f"the body did not arrive within {self.timeout_s:g} s")(
+                scope, receive, send)
 
 
 async def guard_and_count(request: Request, call_next: Callable[..., Any]) -> Response:

@@ -7,6 +7,7 @@ The event loop only parses and streams; whatever reads the index runs here, on t
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -24,6 +25,21 @@ class SelectionPool:
     def __init__(self, holder: StateHolder, threads: int, timeout_s: float) -> None:
         self.holder, self.timeout_s = holder, timeout_s
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mll-index-select")
+        self._running = 0
+        self._count_lock = threading.Lock()
+
+    def busy(self) -> int:
+        """Calls running now (a time limit answers the client; its call runs on to its end)."""
+        return self._running
+
+    def _counted(self, work: Callable[[], T]) -> T:
+        with self._count_lock:
+            self._running += 1
+        try:
+            return work()
+        finally:
+            with self._count_lock:
+                self._running -= 1
 
     async def run(self, fn: Callable[[IndexState], T], field: str | None) -> tuple[IndexState, T]:
         """fn(state) in the pool under the time limit; a vanished file retries once on a newer state.
@@ -58,7 +74,7 @@ class SelectionPool:
     async def call(self, work: Callable[[], T], timeout_s: float) -> T:
         """work() in the pool; asyncio.TimeoutError after `timeout_s` (the work itself runs on to its end)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self.executor, work), timeout_s)
+        return await asyncio.wait_for(loop.run_in_executor(self.executor, self._counted, work), timeout_s)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

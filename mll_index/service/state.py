@@ -50,7 +50,7 @@ class IndexState:
         store = self.selector.store
         published = self.selector.published
         return {
-            "path": str(self.path),
+            "path": self.path.name,  # the folder's name: the server's own folders are no client's business
             "index_version": self.version,
             "nodes": self.selector.index.size,
             "embedder": manifest.get("embedder"),
@@ -77,12 +77,20 @@ class IndexState:
         if store is not None:
             for model_id, entry in store.entries.items():
                 kinds = ["counts"] + (["image"] if model_id in store.folders else [])
-                out[model_id] = {"id": model_id, "labels": kinds, "hub": entry}
+                out[model_id] = {"id": model_id, "labels": kinds, "hub": _public_entry(entry)}
         if self.selector.published is not None:
             for entry in self.selector.published.models:
-                record = out.setdefault(entry["id"], {"id": entry["id"], "labels": [], "hub": entry})
+                record = out.setdefault(entry["id"], {"id": entry["id"], "labels": [], "hub": _public_entry(entry)})
                 record["labels"].append("published")
         return [out[m] for m in sorted(out)]
+
+
+PATH_KEYS = ("checkpoint", "config")  # hub entry fields holding files on the server
+
+
+def _public_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A hub entry as /v1/models shows it: a checkpoint's or config's file name, not where it lies."""
+    return {key: (Path(str(value)).name if key in PATH_KEYS and value else value) for key, value in entry.items()}
 
 
 def _matrix_format(path: Path) -> int | None:
@@ -218,7 +226,7 @@ class StateHolder:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=2)  # SIGTERM stops the service within 5 s
             self._thread = None
 
 

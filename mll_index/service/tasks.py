@@ -58,7 +58,7 @@ def parse_batch_body(body: bytes, max_batch: int, max_classes: int, jsonl: bool 
         raise RequestError(422, "body", "no tasks: send a JSON array of tasks or JSONL, one task per line")
     items: list[tuple[str, Any]] = []
     if not jsonl and stripped.startswith("[") and _is_one_json(stripped):
-        data = json.loads(stripped)
+        data = _loads(stripped, "body")
         if data and all(isinstance(x, str) for x in data):
             raise RequestError(422, "body", "a JSON array of class names is one task: send it to /v1/select, "
                                "wrap it in another array, or send it as application/x-ndjson")
@@ -67,7 +67,7 @@ def parse_batch_body(body: bytes, max_batch: int, max_classes: int, jsonl: bool 
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    items.append((f"line {number}", json.loads(line)))
+                    items.append((f"line {number}", _loads(line, f"line {number}")))
                 except json.JSONDecodeError as exc:
                     raise RequestError(400, f"line {number}", f"line {number}: malformed JSON ({exc.msg})") from None
     if not items:
@@ -99,10 +99,19 @@ def answer_chunk(selector: Any, chunk: Sequence[Any], settings: Any,
 
 def _is_one_json(text: str) -> bool:
     try:
-        json.loads(text)
+        _loads(text, "body")
     except json.JSONDecodeError:
         return False
     return True
+
+
+def _loads(text: str, where: str) -> Any:
+    """json.loads, with JSON nested past Python's recursion limit (~1,000 levels; its parser raises
+    RecursionError, which was a 500) refused as a 400. Shallower nesting is refused by parse_task."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise RequestError(400, where, f"{where}: JSON nested too deeply") from None
 
 
 def selection_settings(*, k: int, alpha: float, nodes: int, mode: str, explain: bool, ranking: int, probe: int,

@@ -114,19 +114,15 @@ def test_batch_answers_in_input_order(client: TestClient, selector) -> None:  # 
         assert lines == expected
 
 
-def test_a_batch_task_refused_midway_is_named_after_the_ones_before_it(client: TestClient, selector,  # type: ignore[no-untyped-def]
-                                                                       tmp_path: Path) -> None:
-    """Probe images that cannot be used stop the stream at their task: the tasks before it (in the same
-    chunk of 2) are answered, and the error line names the task."""
+def test_probe_images_are_refused_without_a_probe_root(client: TestClient, tmp_path: Path) -> None:
+    """A service started without probe roots reads no client path: the batch is refused before its first
+    line (403, naming the task's field), and so is one task; nothing about the path is said."""
     (tmp_path / "empty").mkdir()
-    tasks = [["tiger", "lion"], {"classes": ["cow", "pig"], "probe_images": str(tmp_path / "empty")},
-             ["tench", "goldfish"]]
-    r = client.post("/v1/select/batch?ranking=0", content=json.dumps(tasks))
-    lines = [json.loads(line) for line in r.text.splitlines()]
-    assert r.status_code == 200 and len(lines) == 2, r.text
-    lines[0].pop("index_version")
-    assert lines[0] == _json(selector, task_from_json(tasks[0]), ranking_size=None)
-    assert lines[1]["error"].startswith("stopped at task 2 of 3 (1 answered): body[1]: probe images: no image file in ")
+    tasks = [["tiger", "lion"], {"classes": ["cow", "pig"], "probe_images": str(tmp_path / "empty")}]
+    for r, field in ((client.post("/v1/select/batch", content=json.dumps(tasks)), "body[1].probe_images"),
+                     (client.post("/v1/select", json={"task": tasks[1]}), "task.probe_images")):
+        assert r.status_code == 403 and r.json()["field"] == field, r.text
+        assert "--probe-root" in r.json()["error"] and str(tmp_path) not in r.text
 
 
 def test_select_answers_keep_to_the_openapi_schema(client: TestClient, tmp_path: Path) -> None:
