@@ -135,12 +135,16 @@ def _select_on_server(server: str, names: tuple[str, ...], file: str | None, tas
               help="Worker processes, each holding the index open.")
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Require the bearer token held by environment variable NAME on every route but /healthz.")
-def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_env: str | None) -> None:
+@click.option("--probe-root", "probe_roots", multiple=True, type=click.Path(path_type=Path),
+              help="A folder whose images tasks may name as probe_images (repeatable); none: probe_images are refused.")
+def serve(index_path: Path | None, host: str, port: int, workers: int, api_key_env: str | None,
+          probe_roots: tuple[Path, ...]) -> None:
     """Serve selection over HTTP (OpenAPI at /docs); new index versions are picked up without a restart."""
     from mll_index.core.paths import default_index_path
     from mll_index.service.server import serve as run_service
 
-    run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env)
+    run_service(index_path or default_index_path(), host=host, port=port, workers=workers, api_key_env=api_key_env,
+                probe_roots=list(probe_roots))
 
 
 @click.command()

@@ -181,18 +181,20 @@ class Selector:
             InputError: as encode_probes, led by the task's `where` ("tasks.jsonl:3: probe images: ...")
                 when it was read from a file or a batch, so that the message names the task at fault.
         """
-        from mll_index.selection.probes import encode_probes
+        from mll_index.selection.probes import encode_probes, probe_identity
 
-        key = (task.probe_images, settings.probe, settings.probe_models)
-        if key not in self.probes:
-            try:
+        try:
+            # Keyed by what the files are now (size, mtime, inode), not the path strings: replaced or deleted
+            # images are never answered from the cache.
+            key = (probe_identity(task.probe_images, settings.probe), settings.probe, settings.probe_models)
+            if key not in self.probes:
                 self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
                                                  n_models=settings.probe_models)
-            except InputError as exc:
-                if task.where in ("", "task"):  # one task given directly: nothing to tell it from
-                    raise
-                raise InputError(f"{task.where}: {exc}") from None
-        return self.probes[key]
+            return self.probes[key]
+        except InputError as exc:
+            if task.where in ("", "task"):  # one task given directly: nothing to tell it from
+                raise
+            raise InputError(f"{task.where}: {exc}") from None
 
     def calibrated_rule(self, wanted: str) -> Any:
         """The index's calibrated rule (calibrated_rule.CalibratedRule) for settings' `rule`; None for
