@@ -524,6 +524,15 @@ def check_matrix(index_path: Path, checksums: bool = False) -> list[str]:
         if rest.endswith(b"\n"):
             problems.append(f"{folder / axes.log_name}: its last line is not a valid log record (damaged; "
                             "the shard it names is not read)")
+        # A crash between a shard and its log line leaves that one shard, numbered next_shard; complete
+        # shards beyond it that no line lists mean lost lines (a truncated log), not a crash.
+        beyond = sorted((c.name for c in folder.iterdir() if c.is_dir() and SHARD_NAME.fullmatch(c.name)
+                         and _shard_number(c.name) > axes.next_shard and (c / MANIFEST).is_file()
+                         and c.name not in axes.shards), key=_shard_number)
+        if beyond:
+            problems.append(f"{folder / axes.log_name}: {len(beyond)} shard(s) after its last record that no line "
+                            f"lists ({beyond[0]} to {beyond[-1]}): lines lost (a truncated or edited log), more "
+                            "than a crash leaves; those shards are not read")
     for name in axes.shards:
         shard, listed = check_manifest(folder / name, SHARD_KIND, checksums=checksums)
         problems += listed

@@ -103,6 +103,17 @@ def test_an_unrecorded_shard_is_ignored(grown: tuple[Path, list]) -> None:
     assert np.array_equal(LM.open_matrix(path).dense(), dense)
 
 
+def test_a_log_cut_by_more_than_a_crash_is_named(grown: tuple[Path, list]) -> None:
+    path, _ = grown
+    log = log_file(path)
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]))               # one line lost: what a crash before the log line leaves
+    assert LM.check_matrix(path) == []
+    log.write_bytes(b"".join(lines[:-3]) + lines[-3][:10])  # three lost, the last of them torn: a truncated log
+    problems = LM.check_matrix(path)
+    assert len(problems) == 1 and problems[0].startswith(f"{log}: 2 shard(s) after its last record"), problems
+
+
 def test_a_torn_last_log_line_is_ignored_and_cut_off_by_the_next_append(grown: tuple[Path, list]) -> None:
     path, blocks = grown
     log = log_file(path)
