@@ -477,6 +477,42 @@ def case_list(scratch: Path, index: Path) -> list[Case]:
     return [*image_cases(scratch), *file_cases(scratch, index), *name_cases(index), *model_cases(scratch, index)]
 
 
+def attack_and_corruption(index: Path, only: str | None) -> dict[str, Any]:
+    """The service-attack section (`robustness_service.service_attack`: per kind ok, clear_error, wrong,
+    server_error, hang, leak) and the corruption sweep (`robustness_corruption.corruption_sweep`: every
+    file kind x flip, truncate, delete; named_by_verify, refused, silent_change), each on its own copy."""
+    wanted = set(only.split(",")) if only else {"service_attack", "corruption"}
+    out: dict[str, Any] = {}
+    if "service_attack" in wanted:
+        from robustness_service import service_attack
+
+        out["service_attack"] = service_attack(index)
+        print(f"service_attack: {out['service_attack']}", flush=True)
+    if "corruption" in wanted:
+        from robustness_corruption import corruption_sweep
+
+        out["corruption"] = corruption_sweep(index)
+        print(f"corruption: { {k: v for k, v in out['corruption'].items() if not isinstance(v, (list, dict))} }",
+              flush=True)
+    return out
+
+
+def extra_lines(extra: dict[str, Any]) -> list[str]:
+    """The Markdown of the service-attack and corruption sections."""
+    lines: list[str] = []
+    attack = extra.get("service_attack")
+    if attack:
+        keys = ("ok", "clear_error", "wrong", "server_error", "hang", "leak")
+        lines += ["", "## Service attacks (bars: 0 wrong, 0 server errors, 0 hangs, 0 leaks)", "",
+                  "| kind | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {kind} | " + " | ".join(str(row.get(k, 0)) for k in keys) + " |" for kind, row in attack.items()]
+    corruption = extra.get("corruption")
+    if corruption:
+        lines += ["", "## Corruption sweep (bars: every corruption named by --verify, 0 silent answer changes)", "",
+                  "```", json.dumps({k: v for k, v in corruption.items() if not isinstance(v, (list, dict))}), "```"]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=ROOT / "indexes" / "default")
@@ -514,13 +550,15 @@ def main() -> None:
                   f"{faults['reads']}, kills {faults['kills']}, temporary bytes left {faults['temp_bytes_left']}",
                   flush=True)
 
+        extra = attack_and_corruption(args.index, args.only)
+
     kinds: dict[str, dict[str, int]] = {}
     for r in results:
         kinds.setdefault(r["kind"], dict.fromkeys(OUTCOMES, 0))[r["outcome"]] += 1
     totals = {o: sum(k[o] for k in kinds.values()) for o in OUTCOMES}
     figures = {"cases": len(results), **totals, "kinds": kinds, "results": results,
                **{k: faults.get(k) for k in ("writes_lost", "reads_failed", "kills", "temp_bytes_left")},
-               "faults": faults}
+               "faults": faults, **extra}
     lines = ["# Robustness: hostile input and faults, end to end", "",
              f"{len(results)} cases: {totals['ok']} ok, {totals['clear_error']} clear errors, "
              f"{totals['wrong']} wrong answers, {totals['traceback']} tracebacks (bar: 0 wrong, 0 tracebacks).", "",
@@ -531,7 +569,10 @@ def main() -> None:
     if faults:
         lines += ["", f"Races and kills: writes lost {faults.get('writes_lost')}, reads failed {faults.get('reads_failed')}, "
                       f"kills {faults.get('kills')}, temporary bytes left {faults.get('temp_bytes_left')} (bar: 0, 0, 0)."]
-    path = write_results("robustness", figures, "\n".join(lines) + "\n")
+    lines += extra_lines(extra)
+    # A partial run (--only) writes beside the full run's results, never over them.
+    name = "robustness" if not args.only else "robustness_" + "_".join(args.only.split(","))
+    path = write_results(name, figures, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 
