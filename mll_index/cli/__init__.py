@@ -70,7 +70,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("mll-index: aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         # One line like every other mistake; click's own four-line usage block buries the cause.

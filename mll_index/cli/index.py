@@ -243,7 +243,10 @@ def labels_compact(index_path: Path | None) -> None:
     from mll_index.labels.sync import sync_matrix
     from mll_index.labels.topk_table import write_topk_tables
 
+    from mll_index.index.node_index import read_index_manifest
+
     path = index_path or default_index_path()
+    read_index_manifest(path)    # a folder that is no index is refused before anything is written there
     added = sync_matrix(path)
     report = compact_matrix(path) if has_matrix(path) else {}
     click.echo(json.dumps({"stored_from_folders": added, **report, "topk_tables": write_topk_tables(path)}, indent=1))

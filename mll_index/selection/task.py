@@ -92,8 +92,10 @@ def task_from_json(data: Any, where: str = "task", base: Path | None = None) -> 
     if base is not None:
         probes = [str((Path(base) / Path(p).expanduser()).absolute()) for p in probes]
     try:
-        task = make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"),
-                         probes)
+        # An unnamed task of a file or batch is called by where it came from ("tasks.jsonl:3"), so that the
+        # answers of a batch can be told apart; a task given directly stays "task".
+        task = make_task(names, data.get("name") or (where if where not in ("", "task") else "task"), captions,
+                         data.get("domain"), data.get("description"), probes)
     except InputError as exc:
         if where == "task":
             raise

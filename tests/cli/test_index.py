@@ -290,3 +290,17 @@ def test_an_embedder_that_cannot_be_recreated_is_one_line(index_copy: Path, reco
     assert_one_line_error(run_cli("match", "--index", str(index_copy), "a never cached name 7f3a"), says)
 
 
+
+
+@pytest.mark.parametrize("args", [["labels", "compact"], ["info"], ["match", "tiger"], ["select", "tiger", "lion"],
+                                  ["add-nodes", "n01440764"]])
+def test_a_folder_that_is_no_index_is_refused_and_left_as_it_was(tmp_path: Path, args: list[str]) -> None:
+    folder = tmp_path / "not-an-index"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    result = run_cli(*args, "--index", str(folder))
+    assert result.returncode == 1 and "not an mll-index index" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]      # no .lock, nothing written
+    missing = tmp_path / "missing"
+    result = run_cli(*args, "--index", str(missing))
+    assert result.returncode == 1 and not missing.exists()

@@ -234,17 +234,18 @@ def test_a_batch_with_bad_lines_is_refused_whole_or_answered_without_them(world_
     rest in file order and names each line it left out."""
     batch = tmp_path / "tasks.jsonl"
     batch.write_text('{"name": "a", "classes": ["tiger", "lion"]}\n["of the", "cat"]\nnot json\n'
-                     '{"name": "b", "classes": ["cow", "pig"]}\n')
+                     '{"name": "b", "classes": ["cow", "pig"]}\n["cow", "horse"]\n')
     out = tmp_path / "out.jsonl"
     refused = run_cli("select", "--batch", str(batch), "--index", str(world_index), "-o", str(out))
     assert refused.returncode == 1 and f"{batch}:2" in refused.stderr and "Traceback" not in refused.stderr
     assert not out.exists()
     done = run_cli("select", "--batch", str(batch), "--skip-bad", "--index", str(world_index), "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert [json.loads(line)["task"] for line in out.read_text().splitlines()] == ["a", "b"]
+    # An unnamed task is called by its line, so that a batch's answers can be told apart.
+    assert [json.loads(line)["task"] for line in out.read_text().splitlines()] == ["a", "b", f"{batch}:5"]
     skipped = [line for line in done.stderr.splitlines() if line.startswith("mll-index: skipped ")]
     assert [line.split()[2] for line in skipped[:2]] == [f"{batch}:2:", f"{batch}:3:"]
-    assert "skipped 2 of 4 task lines" in done.stderr
+    assert "skipped 2 of 5 task lines" in done.stderr
     none_good = tmp_path / "bad.jsonl"
     none_good.write_text("nope\n")
     for args, message in ((["--batch", str(none_good), "--skip-bad"], "no tasks"), (["tiger", "lion", "--skip-bad"],
