@@ -240,13 +240,18 @@ class Selector:
         return match_labeled_nodes(self.matcher, self.store, self.labeled, names, queries, n)
 
 
-def open_selector(index_path: Path, embedder: TextEmbedder | None = None, *, models: Sequence[str] | None = None,
-                  expander: CaptionExpander | None = None, cache: EmbeddingCache | None = None) -> Selector:
+def open_selector(index_path: Path | str | None = None, embedder: TextEmbedder | None = None, *,
+                  models: Sequence[str] | None = None, expander: CaptionExpander | None = None,
+                  cache: EmbeddingCache | None = None) -> Selector:
     """Open an index and its labels for selection: image-based labels, published ones, or both.
 
-    `models` restricts the image-based labels to these models (published labels are then not used).
-    The embedder defaults to the index's own.
+    `index_path` defaults to the index the CLI uses (`core.paths.default_index_path`: $MLL_INDEX_HOME,
+    else the checkout's indexes/default). `models` restricts the image-based labels to these models
+    (published labels are then not used). The embedder defaults to the index's own.
     """
+    from mll_index.core.paths import default_index_path
+
+    index_path = Path(index_path) if index_path is not None else default_index_path()
     index = load_index(index_path)
     published = open_published(index_path) if has_published(index_path) and not models else None
     # A damaged label folder counts: its model is then named, never left out unsaid.
@@ -541,7 +546,20 @@ def select_batch(sel: Selector, tasks: Sequence[Task], settings: SelectionSettin
     return select_prepared(sel, prepare_tasks(sel, tasks, settings), settings)
 
 
-def select_models(sel: Selector, task: Task, settings: SelectionSettings | None = None,
+def select_models(sel: Selector, task: Task | Sequence[str], settings: SelectionSettings | None = None,
                   **changes: Any) -> Selection:
-    """Choose the top-k models per class for one task (see the module docstring and select_batch)."""
+    """Choose the top-k models per class for one task (see the module docstring and select_batch).
+
+    `task` is a Task (`task.make_task`, `read_task_file`) or a list of class names, checked as `make_task` does.
+
+    Raises:
+        InputError: a task that is neither, or one `make_task` refuses.
+    """
+    if not isinstance(task, Task):
+        from mll_index.selection.task import make_task
+
+        if isinstance(task, str) or not isinstance(task, Sequence) or not all(isinstance(n, str) for n in task):
+            raise InputError(f"a task is a Task (mll_index.selection.task.make_task) or a list of class names, not "
+                             f"{type(task).__name__}")
+        task = make_task(list(task))
     return select_batch(sel, [task], settings, **changes)[0]

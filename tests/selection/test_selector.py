@@ -314,3 +314,23 @@ def test_a_model_added_later_joins_the_selection(counts_hub, tmp_path: Path, emb
     append_labels(copy, wnids, [("perfect", {"id": "perfect"})], perfect.astype(int))
     s = select_models(open_selector(copy, embedder), make_task(["golden retriever", "tench"]))
     assert all(c.models[0].model == "perfect" for c in s.classes)
+
+
+def test_the_api_opens_the_clis_default_index_and_takes_a_list_of_names(world_index: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mll_index.errors import InputError
+    from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "default").symlink_to(world_index, target_is_directory=True)
+    monkeypatch.setenv("MLL_INDEX_HOME", str(home))
+    sel = open_selector()                                  # as the CLI: $MLL_INDEX_HOME/default
+    listed = select_models(sel, ["tiger", "lion"])
+    assert listed.to_dict() == select_models(sel, make_task(["tiger", "lion"])).to_dict()
+    for bad in ("tiger", [1, 2], None):
+        with pytest.raises(InputError, match="a task is a Task"):
+            select_models(sel, bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="at least 2 classes"):
+        select_models(sel, ["tiger"])
