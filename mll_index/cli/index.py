@@ -207,6 +207,11 @@ def info(index_path: Path | None, verify: bool) -> None:
             out["leftovers"] = leftovers
     if out is not None:
         click.echo(json.dumps(out, indent=1))
+    if verify and out is not None:
+        from mll_index.verify import unchecked_parts
+
+        for part in unchecked_parts(path):   # written by an older version without a checksum: not an error
+            click.echo(f"mll-index: warning: {part}", err=True)
     for problem in problems:      # one line per damaged file
         click.echo(f"mll-index: error: {problem}", err=True)
     if problems:

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import tokenize
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -572,6 +573,6 @@ def load_arrays(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
     for name in files:
         try:
             arrays[name[:-4]] = np.asarray(np.load(Path(folder) / name, mmap_mode="r"))
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, SyntaxError, tokenize.TokenError) as exc:   # a damaged .npy header
             raise IndexFormatError(f"{Path(folder) / name}: cannot read ({exc})") from None
     return arrays

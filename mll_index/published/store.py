@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tokenize
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -295,7 +296,7 @@ def _open_published(index_path: Path, folder: Path) -> PublishedLabels:
         for f in TEXT_FIELDS:
             if (folder / f"{f}_vectors.npy").is_file():
                 text_vectors[f] = np.asarray(np.load(folder / f"{f}_vectors.npy"), np.float32)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SyntaxError, tokenize.TokenError) as exc:   # a damaged .npy header too
         raise IndexFormatError(f"{folder}: cannot read the published arrays ({exc})") from None
     models, datasets = read_json(folder / "models.json"), read_json(folder / "datasets.json")
     if vectors.shape[0] != len(classes) or accuracy.shape != (len(models), len(datasets)) or any(

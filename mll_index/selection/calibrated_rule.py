@@ -138,6 +138,15 @@ def has_rule(index_path: Path) -> bool:
     return (selection_rule_dir(index_path) / "manifest.json").is_file()
 
 
+def missing_manifest(index_path: Path) -> str | None:
+    """Why a selection_rule/ folder that holds files but no manifest cannot be used (one line), else None:
+    such a rule is damaged, not absent, so `auto` must not fall back to the paper's rule unsaid."""
+    folder = selection_rule_dir(index_path)
+    if folder.is_dir() and not (folder / "manifest.json").is_file() and any(folder.iterdir()):
+        return f"{folder / 'manifest.json'}: missing, so the calibrated rule in {folder} cannot be used; {REBUILD}"
+    return None
+
+
 def write_rule(index_path: Path, rule: CalibratedRule) -> Path:
     """Write the rule into the index (replacing any), atomically; returns its folder."""
     path = selection_rule_dir(index_path)
@@ -215,7 +224,8 @@ def refuse_stale(rule: CalibratedRule, store: LabelStore, where: Path) -> None:
 def check_rule(index_path: Path, checksums: bool = False) -> list[str]:
     """Problems of the stored rule, one line each ([] when sound or when there is none), for `info --verify`."""
     if not has_rule(index_path):
-        return []
+        missing = missing_manifest(index_path)
+        return [missing] if missing else []
     problems = check_then_open(selection_rule_dir(index_path), KIND, lambda: read_rule(index_path),
                                checksums=checksums, versions=(VERSION,))
     return [p if REBUILD in p else f"{p}; {REBUILD}" for p in problems]

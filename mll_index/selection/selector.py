@@ -53,6 +53,7 @@ from mll_index.labels.matrix import has_matrix
 from mll_index.labels.store import LabelStore, open_labels, refuse_damaged
 from mll_index.published.store import (
     BenchmarkMatch, PublishedLabels, describe_ranking, has_published, open_published, published_evidence,
+    unusable_published,
 )
 from mll_index.selection.confusion import class_f1, node_confusion, restricted_cost, smooth_scores
 from mll_index.selection.explain import image_explain
@@ -165,6 +166,9 @@ class Selector:
     cache: EmbeddingCache | None = None
     published: PublishedLabels | None = None
     labeled: LabeledNodes | None = None  # the store's node axis mapped onto the index, once
+    # Why a published folder that is there cannot be used (its manifest is gone): refused where asked for,
+    # a warning under `auto`, never a silent switch to image labels.
+    published_problem: str | None = None
     matcher: Matcher = field(init=False)  # the class-to-node scoring over `index`, opened once
     # Probe images encoded per (sources, limit, models): a sweep over settings encodes them once.
     probes: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
@@ -205,10 +209,13 @@ class Selector:
                 fitted (a model added or labeled again).
             IndexFormatError: a damaged rule (either way: never applied, never skipped unsaid).
         """
-        from mll_index.selection.calibrated_rule import REBUILD, has_rule, read_rule, refuse_stale
+        from mll_index.errors import IndexFormatError
+        from mll_index.selection.calibrated_rule import REBUILD, has_rule, missing_manifest, read_rule, refuse_stale
 
         if wanted == "mll" or self.store is None:
             return None
+        if self._rule is None and (missing := missing_manifest(self.index.path)) is not None:
+            raise IndexFormatError(missing)
         if self._rule is None:
             self._rule = read_rule(self.index.path) if has_rule(self.index.path) else False
             if self._rule is not False:
@@ -262,7 +269,8 @@ def open_selector(index_path: Path | str | None = None, embedder: TextEmbedder |
     embedder = embedder or LazyEmbedder(index.embedder)
     index.check_embedder(embedder)
     return Selector(index, store, embedder, expander, cache, published,
-                    labeled_nodes(index, store) if store is not None else None)
+                    labeled_nodes(index, store) if store is not None else None,
+                    unusable_published(index_path) if published is None and not models else None)
 
 
 def _image_part(sel: Selector, task: Task, matches: list[list[NodeMatch]],
@@ -373,6 +381,9 @@ def _select_one(sel: Selector, task: Task, matches: list[list[NodeMatch]], bench
     source_note: tuple[str, ...] = ()
     if settings.labels == "auto" and image is not None and sel.published is not None and published is None:
         source_note = (published_left_out(task.name, image["ids"], sel.published.model_ids),)
+    if settings.labels == "auto" and sel.published_problem is not None:
+        source_note = (f"task {task.name!r}: published labels not used: {sel.published_problem}; answered from "
+                       "image-based labels",)
     if image is not None and published is not None:
         pub_ids = [m["id"] for m in sel.published.models]  # type: ignore[union-attr]
         ids, scores = merge_by_rank([(image["ids"], image["scores"]), (pub_ids, published)])
@@ -443,6 +454,8 @@ def _sources(sel: Selector, labels: str) -> tuple[bool, bool]:
         InputError: the source asked for is not in the index.
     """
     has_image, has_published = sel.store is not None, sel.published is not None
+    if sel.published_problem is not None and labels in ("published", "both"):
+        raise InputError(sel.published_problem)
     wanted_image = labels in ("image", "both") or (labels == "auto" and has_image)
     # auto takes the source whose models are the index's hub: published labels of another hub's models are
     # left out when image-based labels are there (merged, each source's best would score alike).

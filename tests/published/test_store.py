@@ -447,3 +447,19 @@ def test_a_task_that_is_a_dataset_of_the_table_is_ranked_by_its_column(tmp_path:
     assert len(predicted) == 5 and all(0 <= p["low"] <= p["estimate"] <= p["high"] <= 1 for p in predicted)
     assert part["predicted_accuracy"] == part["classes"][0]["predicted_accuracy"] == predicted[0]
     assert "was not used" in part["published"]["ranked_by"] and "< " in part["published"]["ranked_by"]
+
+
+def test_a_published_folder_without_its_manifest_is_a_warning_under_auto_and_refused_when_asked_for(
+        tmp_path: Path, world_index: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from mll_index.selection.selector import open_selector, select_models
+    from mll_index.selection.task import make_task
+
+    index = _mixed_index(tmp_path / "m", world_index, embedder)
+    (index / "published" / "manifest.json").unlink()
+    sel = open_selector(index, embedder)
+    auto = select_models(sel, make_task(["tiger", "pizza"]))
+    assert auto.labels == "image"
+    assert any("published labels not used" in w and "manifest.json: missing" in w for w in auto.warnings)
+    for labels in ("published", "both"):
+        with pytest.raises(InputError, match="manifest.json: missing"):
+            select_models(sel, make_task(["tiger", "pizza"]), labels=labels)

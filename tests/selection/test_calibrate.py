@@ -68,6 +68,17 @@ def test_a_damaged_rule_is_named_and_refused(index_copy: Path, embedder) -> None
         select_models(open_selector(index, embedder), make_task(["tench", "laptop"], "t"), mode="restricted")
 
 
+def test_a_rule_whose_manifest_is_gone_is_named_and_refused_not_skipped(index_copy: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    index = _labeled(index_copy)
+    calibrate_rule(index, tasks=10)
+    (index / "selection_rule" / "manifest.json").unlink()
+    assert any("manifest.json: missing" in line for line in check_rule(index))
+    with pytest.raises(IndexFormatError, match="manifest.json: missing.*mll-index calibrate"):
+        select_models(open_selector(index, embedder), make_task(["tench", "laptop"], "t"), mode="restricted")
+    # The paper's rule, asked for, still answers.
+    select_models(open_selector(index, embedder), make_task(["tench", "laptop"], "t"), mode="restricted", rule="mll")
+
+
 @pytest.mark.parametrize("models, per_node, minimum", [(1, 4, "at least 2 labeled models"),
                                                        (3, 2, "4 or more sample images")])
 def test_labels_that_cannot_give_pseudo_tasks(index_copy: Path, models: int, per_node: int, minimum: str) -> None:
