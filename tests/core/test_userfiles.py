@@ -8,6 +8,7 @@ import codecs
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ KINDS: dict[str, tuple[str, str, Callable[[Path], Any]]] = {
     "names": (NAMES, "names.txt", read_names_file),
     "task text": (NAMES, "cats.txt", read_task_file),
     "task json": (TASK_JSON, "cats.json", read_task_file),
-    "batch": (BATCH, "tasks.jsonl", read_batch_file),
+    # An unnamed batch task is named by its file:line: compared by line, whatever folder it was written to.
+    "batch": (BATCH, "tasks.jsonl", lambda p: [replace(t, name=t.name.replace(str(p), "tasks.jsonl"))
+                                               for t in read_batch_file(p)]),
     "hub csv": (HUB_CSV, "hub.csv", lambda p: load_hub(p, validate=False).models),
     "hub json": (HUB_JSON, "hub.json", lambda p: load_hub(p, validate=False).models),
     "results table": (RESULTS, "results.csv", lambda p: _table(read_results(p))),
