@@ -273,5 +273,5 @@ def test_a_deleted_published_manifest_is_named(copy: Path) -> None:
     assert any(p.startswith(str(manifest)) for p in check_index(copy)), check_index(copy)
     why = unusable_published(copy)
     assert why is not None and why.startswith(f"{manifest}: missing") and "published import" in why
-    with pytest.raises(InputError, match="no published labels"):     # asked for by name: refused, never replaced
+    with pytest.raises(InputError, match="manifest.json: missing"):     # asked for by name: refused, never replaced
         _answer(copy, _published_task(), labels="published")

@@ -92,15 +92,23 @@ def task_from_json(data: Any, where: str = "task", base: Path | None = None) -> 
     if base is not None:
         probes = [str((Path(base) / Path(p).expanduser()).absolute()) for p in probes]
     try:
-        # An unnamed task of a file or batch is called by where it came from ("tasks.jsonl:3"), so that the
-        # answers of a batch can be told apart; a task given directly stays "task".
-        task = make_task(names, data.get("name") or (where if where not in ("", "task") else "task"), captions,
-                         data.get("domain"), data.get("description"), probes)
+        task = make_task(names, data.get("name") or "task", captions, data.get("domain"), data.get("description"),
+                         probes)
     except InputError as exc:
         if where == "task":
             raise
         raise InputError(f"{where}: {exc}") from None
     return replace(task, where=where)
+
+
+def batch_named(data: Any, where: str) -> Any:
+    """A batch line's task JSON with `where` ("tasks.jsonl:3") as its name when it has none; other JSON as it is
+    (task_from_json refuses it)."""
+    if isinstance(data, list):
+        return {"name": where, "classes": data}
+    if isinstance(data, dict) and not data.get("name"):
+        return {**data, "name": where}
+    return data
 
 
 def read_task_file(path: Path) -> Task:
@@ -150,7 +158,10 @@ def read_batch_lines(path: Path, *, skip_bad: bool = False) -> tuple[list[Task],
         if line.strip():
             where = f"{path}:{number}"
             try:
-                tasks.append(task_from_json(parse_user_json(line, where, "JSON task line"), where, Path(path).parent))
+                data = parse_user_json(line, where, "JSON task line")
+                # An unnamed task of a batch is called by its line ("tasks.jsonl:3"), so that its answer can be
+                # told from the others'; `select --server --batch` names the tasks it sends the same way.
+                tasks.append(task_from_json(batch_named(data, where), where, Path(path).parent))
             except InputError as exc:
                 if not skip_bad:
                     raise

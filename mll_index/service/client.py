@@ -132,11 +132,12 @@ def remote_select(url: str, names: list[str] | None, task_file: Any, batch: Any,
         if names_given or task_file:
             raise InputError("--batch takes the tasks from its file; give no class names, --file or --task")
         from mll_index.core.userfiles import parse_user_json, read_user_text
+        from mll_index.selection.task import batch_named
 
         tasks = []
-        for number, line in enumerate(read_user_text(Path(batch)).splitlines(), 1):
-            if line.strip():
-                tasks.append(parse_user_json(line, f"{batch}: line {number}", "task"))
+        for number, line in enumerate(read_user_text(Path(batch)).split("\n"), 1):
+            if line.strip():   # numbered as the local batch numbers its lines, and named alike
+                tasks.append(batch_named(parse_user_json(line, f"{batch}: line {number}", "task"), f"{batch}:{number}"))
         if not tasks:
             raise InputError(f"{batch}: no tasks")
         selections = list(select_batch_remote(url, tasks, **options))

@@ -220,7 +220,7 @@ def test_select_cli(world_index: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     done = run_cli("select", "--batch", str(batch), "--index", str(world_index), "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert [json.loads(line)["task"] for line in out.read_text().splitlines()] == ["task", "fruit"]
+    assert [json.loads(line)["task"] for line in out.read_text().splitlines()] == [f"{batch}:1", "fruit"]
     weak = run_cli("select", "qwzx blorf vrrk", "tiger", "--index", str(world_index))
     assert weak.returncode == 0 and "matches no labeled node well" in weak.stderr
     for args, message in ((["tiger"], "at least 2 classes"), (["tiger", "tiger"], "duplicate"),
