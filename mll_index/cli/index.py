@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -199,6 +200,7 @@ def info(index_path: Path | None, verify: bool) -> None:
         counts = matrix_counts(path)
         if counts:
             out["label_matrix"] = counts
+        out.update(_label_summary(path))   # what the index can select among: labeled models, published labels
         rule = rule_summary(path)
         if rule is not None:            # what `mll-index calibrate` fitted, and how it did on held-out pseudo-tasks
             out["selection_rule"] = rule
@@ -255,6 +257,28 @@ def labels_compact(index_path: Path | None) -> None:
     added = sync_matrix(path)
     report = compact_matrix(path) if has_matrix(path) else {}
     click.echo(json.dumps({"stored_from_folders": added, **report, "topk_tables": write_topk_tables(path)}, indent=1))
+
+
+def _label_summary(path: Path) -> dict[str, Any]:
+    """For `info`: the labeled models (ids, and the damaged folders with why) and the published labels
+    (models, datasets, the rule), each only where the index has them; never raises (verify names damage)."""
+    from mll_index.labels.folders import scan_labels
+    from mll_index.labels.matrix import has_matrix, open_matrix
+    from mll_index.published.store import has_published, open_published
+
+    out: dict[str, Any] = {}
+    with contextlib.suppress(MLLIndexError, OSError, ValueError):
+        models = open_matrix(path).model_ids if has_matrix(path) else []
+        scan = scan_labels(path)
+        ids = sorted(set(models) | set(scan.folders))
+        if ids or scan.damaged:
+            out["labeled_models"] = {"count": len(ids), "ids": ids, **({"damaged": scan.damaged} if scan.damaged else {})}
+    with contextlib.suppress(MLLIndexError, OSError, ValueError):
+        if has_published(path):
+            pub = open_published(path)
+            out["published_labels"] = {"models": len(pub.models), "datasets": pub.dataset_names,
+                                       "results": pub.manifest.get("results"), "rule": pub.rule.to_dict()}
+    return out
 
 
 COMMANDS = [graph, expand, build, match, info, add_nodes_command, labels]

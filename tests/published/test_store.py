@@ -463,3 +463,19 @@ def test_a_published_folder_without_its_manifest_is_a_warning_under_auto_and_ref
     for labels in ("published", "both"):
         with pytest.raises(InputError, match="manifest.json: missing"):
             select_models(sel, make_task(["tiger", "pizza"]), labels=labels)
+
+
+def test_info_lists_the_labeled_models_and_the_published_labels(tmp_path: Path, world_index: Path,
+                                                                 embedder) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    from mll_index.selection.selector import open_selector
+
+    index = _mixed_index(tmp_path / "m", world_index, embedder)
+    done = run_cli("info", "--index", str(index))
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["labeled_models"]["ids"] == sorted(open_selector(index, embedder).store.model_ids)
+    assert info["labeled_models"]["count"] == len(info["labeled_models"]["ids"])
+    assert info["published_labels"]["models"] == 2 and info["published_labels"]["datasets"] == ["Dogs", "Food"]
+    assert "neighbour_weight" in info["published_labels"]["rule"]
