@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from importlib import metadata
@@ -67,3 +68,16 @@ def write_results(name: str, figures: dict[str, Any], markdown: str) -> Path:
     os.replace(tmp, path)
     (RESULTS / f"{name}.md").write_text(markdown)
     return path
+
+
+def linked_copy(index: Path, target: Path, leave_out: tuple[str, ...] = (".lock",)) -> Path:
+    """The index's files hard-linked into `target` (copied where a link cannot cross devices), without the
+    names in `leave_out`. Writers replace files by renaming, so the copy's writes never reach the index;
+    a bench that writes into files in place needs a full copy (`shutil.copytree`)."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    shutil.copytree(index, target, copy_function=link, ignore=shutil.ignore_patterns(*leave_out))
+    return target

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -62,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The package of this checkout, not an installed one elsewhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import write_results  # noqa: E402
+from common import linked_copy, write_results  # noqa: E402
 
 LOVM = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lovm"
 KEYS = ("top5_recall", "tau", "regret", "top1_hit")
@@ -235,18 +233,6 @@ class RepairLog(logging.Handler):
             self.repairs.append(record.getMessage())
 
 
-def linked_copy(index: Path, folder: Path) -> Path:
-    """The index's files hard-linked (copied across devices) into `folder`, without its published labels."""
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-    out = folder / "index"
-    shutil.copytree(index, out, copy_function=link, ignore=shutil.ignore_patterns("published", ".lock"))
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=Path("indexes/default"))
@@ -274,7 +260,7 @@ def main() -> None:
     repairs = repair_log.repairs
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        index = linked_copy(args.index, folder)
+        index = linked_copy(args.index, folder / "index", leave_out=("published", ".lock"))
         summary = import_published(index, args.results, args.classnames, mapping=args.mapping, domains=domains,
                                    descriptions=descriptions, embedder=embedder, cache=cache)
         pub = open_published(index)

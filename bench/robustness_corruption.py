@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import linked_copy, write_results  # noqa: E402
 
 ACTIONS = ("flip", "truncate", "delete")
 CLASSES = ["tiger", "lion", "banana", "laptop", "pizza"]
@@ -68,17 +68,6 @@ def file_kinds(index: Path) -> dict[str, Path]:
             continue                # the writer lock, temporary and hidden files
         out.setdefault(file_kind(rel), path)
     return out
-
-
-def linked_copy(index: Path, target: Path) -> Path:
-    """The index's files hard-linked (copied across devices) into `target`."""
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-    shutil.copytree(index, target, copy_function=link, ignore=shutil.ignore_patterns(".lock"))
-    return target
 
 
 def _replace(file: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ import codecs
 import csv
 import io
 import json
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -300,3 +301,18 @@ def check_name_count(names: Sequence[object], where: str = "the command") -> Non
     if len(names) > MAX_NAMES:
         raise InputError(f"{where}: {len(names):,} class names, more than the {MAX_NAMES:,} a command takes; "
                          "split the list")
+
+
+# The range a model's cost and accuracy fields must lie in, in a hub file or a results table: a cost
+# below 0 would let a budget take the model for free, NaN passes every comparison, and a figure past
+# these is a typo (10 trillion parameters, an exaFLOP per image); imagenet_acc is a fraction or a
+# percentage, as hubs write it.
+NUMBER_RANGES = {"params_m": (0.0, 1e7), "flops_b": (0.0, 1e9), "imagenet_acc": (0.0, 100.0)}
+
+
+def number_in_range(name: str, value: Any) -> float | None:
+    """`value` as a float when it is a number (not a bool), finite and within NUMBER_RANGES[name]; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high = NUMBER_RANGES.get(name, (-math.inf, math.inf))
+    return float(value) if math.isfinite(value) and low <= value <= high else None

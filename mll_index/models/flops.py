@@ -19,13 +19,13 @@ import hashlib
 import io
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mll_index.core.artifacts import atomic_file, read_json, write_json
+from mll_index.core.userfiles import number_in_range
 from mll_index.errors import InputError, MLLIndexError
 from mll_index.models.hub import HubModel, load_hub
 
@@ -121,15 +121,12 @@ def entry_model(entry: dict[str, Any]) -> HubModel:
     def path(value: Any) -> Path | None:
         return Path(value) if value else None
 
-    def number(value: Any) -> float | None:
-        # Labels written before hubs were range-checked may keep a negative or NaN cost: unknown, so a budget
-        # leaves the model out (with a warning) instead of taking it for free.
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-        return float(value) if ok else None
-
     return HubModel(id=str(entry["id"]), arch=str(entry["arch"]), pretrained=entry.get("pretrained") or None,
                     checkpoint=path(entry.get("checkpoint")), config=path(entry.get("config")),
-                    params_m=number(entry.get("params_m")), flops_b=number(entry.get("flops_b")))
+                    # Labels written before hubs were range-checked may keep a negative or NaN cost: unknown,
+                    # so a budget leaves the model out (with a warning) instead of taking it for free.
+                    params_m=number_in_range("params_m", entry.get("params_m")),
+                    flops_b=number_in_range("flops_b", entry.get("flops_b")))
 
 
 def fill_hub_flops(source: str | Path) -> dict[str, ModelCost]:

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mll_index.core.layout import model_folder_name
-from mll_index.core.userfiles import read_user_csv, read_user_json
+from mll_index.core.userfiles import NUMBER_RANGES, number_in_range, read_user_csv, read_user_json
 from mll_index.errors import InputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -246,14 +246,8 @@ def _resolve_file(value: str | None, hub_path: Path, where: str, name: str) -> P
     return file
 
 
-# The range each number field must lie in: a cost below 0 would let a budget take the model for free,
-# NaN passes every comparison, and a figure past these is a typo (10 trillion parameters, an exaFLOP per
-# image); imagenet_acc is a fraction or a percentage, as hubs write it.
-NUMBER_RANGES = {"params_m": (0.0, 1e7), "flops_b": (0.0, 1e9), "imagenet_acc": (0.0, 100.0)}
-
-
 def _number(value: Any, name: str, where: str) -> float | None:
-    """A hub entry's number field: None, or a finite float within NUMBER_RANGES[name].
+    """A hub entry's number field: None, or a finite float within `userfiles.NUMBER_RANGES[name]`.
 
     Raises:
         InputError: naming the entry (`where`: the file and model), the field and the value.
@@ -266,8 +260,8 @@ def _number(value: Any, name: str, where: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{where}: field {name!r} must be a number or null, not {value!r}") from None
-    low, high = NUMBER_RANGES.get(name, (-math.inf, math.inf))
-    if not (math.isfinite(number) and low <= number <= high):
+    if number_in_range(name, number) is None:
+        low, high = NUMBER_RANGES.get(name, (-math.inf, math.inf))
         raise InputError(f"{where}: field {name!r} must be a finite number from {low:g} to {high:g}, not {value!r}")
     return number
 

@@ -100,14 +100,15 @@ def same_dataset_threshold(accuracy: np.ndarray, datasets: Sequence[str], famili
         (threshold, a sentence saying how it was set).
     """
     n = accuracy.shape[1]
-    sims = np.asarray(class_vectors, np.float32) @ np.asarray(class_vectors, np.float32).T
+    vectors = np.asarray(class_vectors, np.float32)
     misleading: list[tuple[float, int, int]] = []
     pairs = 0
     for a in range(n):
         rows = class_dataset == a
         if not rows.any() or np.isnan(accuracy[:, a]).all():
             continue
-        overlap = dataset_overlap(sims[rows], class_dataset, n)
+        # One dataset's rows at a time: the whole (n_classes, n_classes) matrix is 170 MB for open_clip's table.
+        overlap = dataset_overlap(vectors[rows] @ vectors.T, class_dataset, n)
         truth = np.where(np.isnan(accuracy[:, a]), -np.inf, accuracy[:, a])
         base = truth[int(np.argmax(np.where(np.isfinite(truth), strength, -np.inf)))]
         for b in range(n):

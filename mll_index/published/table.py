@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mll_index.core.userfiles import (
-    UserTable, names_from_text, normalize_class_name, parse_user_json, read_user_csv, read_user_json, read_user_text,
+    NUMBER_RANGES, UserTable, names_from_text, normalize_class_name, number_in_range, parse_user_json, read_user_csv,
+    read_user_json, read_user_text,
 )
 from mll_index.errors import InputError
 
@@ -155,9 +156,11 @@ def _cost(path: Path, line: int, column: str, raw: str | None, model: str) -> fl
         value = float(text)
     except ValueError:
         raise InputError(f"{path}: line {line}: column {column!r} of model {model!r}: {text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
+    field = {"params (M)": "params_m", "FLOPs (B)": "flops_b"}.get(column, column)
+    if number_in_range(field, value) is None:
+        high = NUMBER_RANGES.get(field, (0.0, math.inf))[1]
         raise InputError(f"{path}: line {line}: column {column!r} of model {model!r}: {text!r} must be a finite "
-                         "number >= 0 (leave it empty where unknown)")
+                         f"number >= 0 and at most {high:g} (leave it empty where unknown)")
     return value
 
 

@@ -13,7 +13,6 @@ they lack a figure (`mll_index.models.flops`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mll_index.core.userfiles import number_in_range
 from mll_index.errors import InputError
 from mll_index.models.flops import ModelCost, entry_model, model_costs
 from mll_index.selection.accuracy import (
@@ -44,16 +44,12 @@ def selection_costs(selector: Any) -> dict[str, ModelCost]:
     out: dict[str, ModelCost] = {}
     if selector.published is not None:
         for m in selector.published.models:
-            out[m["id"]] = ModelCost(m["id"], _finite(m.get("flops_b")), _finite(m.get("params_m")))
+            out[m["id"]] = ModelCost(m["id"], number_in_range("flops_b", m.get("flops_b")),
+                                     number_in_range("params_m", m.get("params_m")))
     if selector.store is not None:
         entries = selector.store.entries
         out.update(model_costs([entry_model({**entries[m], "id": m}) for m in selector.store.model_ids]))
     return out
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value) and value > 0 else None
 
 
 def internal_k(selector: Any, k: int, budget: Budget, pareto: bool) -> int:

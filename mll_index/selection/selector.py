@@ -69,6 +69,8 @@ from mll_index.selection.task import Task
 # `auto` takes the restricted mode while it reads at most this many image-model pairs from top-K
 # tables (confusion.restricted_cost; about 2 s on 2 cores, bench/scale.py), the counts mode beyond.
 RESTRICTED_BUDGET = 40_000_000
+# Probe encodings a selector keeps (by the files' identity), oldest dropped first.
+PROBE_CACHE_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class Selector:
             # images are never answered from the cache.
             key = (probe_identity(task.probe_images, settings.probe), settings.probe, settings.probe_models)
             if key not in self.probes:
+                if len(self.probes) >= PROBE_CACHE_ENTRIES:   # a service named ever new folders: oldest out
+                    del self.probes[next(iter(self.probes))]
                 self.probes[key] = encode_probes(self.store, task.probe_images, limit=settings.probe,  # type: ignore[arg-type]
                                                  n_models=settings.probe_models)
             return self.probes[key]

@@ -46,7 +46,6 @@ from mll_index.service.errors import HANDLERS
 from mll_index.service.metrics import ServiceMetrics
 from mll_index.service.middleware import BodyLimit, guard_and_count
 from mll_index.service.pool import SelectionPool
-from mll_index.service.probe_paths import ProbeCacheGuard
 from mll_index.service.routes import health, index, match, selection
 from mll_index.service.schemas import ERRORS
 from mll_index.service.settings import CONFIG_ENV, ServiceSettings
@@ -80,7 +79,6 @@ def create_app(index_path: Path, settings: ServiceSettings | None = None, *, hol
     app.state.holder = holder
     app.state.settings = settings
     app.state.pool = SelectionPool(holder, settings.threads, settings.request_timeout_s)
-    app.state.probe_guard = ProbeCacheGuard()
     for error, handler in HANDLERS.items():
         app.add_exception_handler(error, handler)  # type: ignore[arg-type]
     app.middleware("http")(guard_and_count)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -33,12 +32,11 @@ NO_ROOTS = ("probe_images: this service reads no image paths (it was started wit
 @dataclass(frozen=True)
 class ResolvedProbes:
     """files: the resolved regular image files, sorted by the client's names; names: each resolved
-    file -> the path as the client wrote it ("D/a.png"); identity: (size, mtime_ns, inode, device)
-    per file, in files' order, so that a cache of their encodings can tell new content."""
+    file -> the path as the client wrote it ("D/a.png"). (The selector keys its probe cache by the
+    files' identity itself: `selection.probes.probe_identity`.)"""
 
     files: tuple[str, ...]
     names: dict[str, str]
-    identity: tuple[tuple[int, ...], ...]
 
 
 def _check_text(path: str, where: str, settings: ServiceSettings) -> None:
@@ -155,12 +153,7 @@ def resolve_probe_images(paths: Sequence[str], settings: ServiceSettings, where:
         raise RequestError(422, where, f"{where}: no image file in {', '.join(paths)} (image suffixes: "
                            ".jpg, .png, .webp, ...)")
     order = sorted(listing.found, key=lambda real: listing.found[real][0])
-    return ResolvedProbes(tuple(order), {real: listing.found[real][0] for real in order},
-                          tuple(_identity(listing.found[real][1]) for real in order))
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return ResolvedProbes(tuple(order), {real: listing.found[real][0] for real in order})
 
 
 def client_text(text: str, names: dict[str, str], roots: Sequence[str] = ()) -> str:
@@ -187,33 +180,6 @@ def client_answer(answer: dict[str, Any], names: dict[str, str], roots: Sequence
         return value
 
     return {**answer, **{key: plain(answer[key]) for key in ("warnings", "probe") if key in answer}}
-
-
-class ProbeCacheGuard:
-    """Drops a selector's cached probe encodings (`Selector.probes`, keyed by the path strings) when the
-    files under those paths are no longer the ones encoded: replaced, grown or swapped, by their
-    (size, mtime_ns, inode, device). Also keeps that cache to `limit` entries, so that clients naming
-    ever new folders cannot grow it without end."""
-
-    def __init__(self, limit: int = 64) -> None:
-        self.limit = limit
-        self._seen: dict[tuple[int, tuple[str, ...]], tuple[tuple[int, ...], ...]] = {}
-        self._lock = threading.Lock()  # held over dict operations only, never over I/O
-
-    def before(self, selector: Any, probes: ResolvedProbes) -> None:
-        cache = getattr(selector, "probes", None)
-        if cache is None:
-            return
-        key = (id(selector), probes.files)
-        with self._lock:
-            if self._seen.get(key) != probes.identity:
-                for cached in [k for k in list(cache) if k and k[0] == probes.files]:
-                    cache.pop(cached, None)
-                self._seen[key] = probes.identity
-            if len(cache) > self.limit:
-                cache.clear()
-            if len(self._seen) > 4 * self.limit:
-                self._seen.clear()
 
 
 def task_with_probes(task: Any, settings: ServiceSettings) -> tuple[Any, ResolvedProbes | None]:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mll_index.published.accuracy import (
     MIN_DATASETS, AccuracyModel, fit_accuracy_model, predict_accuracy, predict_published_accuracy,

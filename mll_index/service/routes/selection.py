@@ -19,7 +19,7 @@ from mll_index.errors import MLLIndexError
 from mll_index.service.dependencies import VERSION_HEADER, Holder, Pool, Settings, versioned
 from mll_index.service.errors import RequestError, error_line
 from mll_index.service.pool import SelectionPool
-from mll_index.service.probe_paths import ProbeCacheGuard, client_answer, client_text, task_with_probes
+from mll_index.service.probe_paths import client_answer, client_text, task_with_probes
 from mll_index.service.schemas import TASK_SCHEMA, SelectionAnswer, SelectRequest
 from mll_index.service.settings import ServiceSettings
 from mll_index.service.state import IndexState
@@ -43,7 +43,6 @@ async def select(request: Request, body: SelectRequest, settings: Settings, pool
 
     task = with_overrides([parse_task(body.task, "task", settings.max_classes)], domain=body.domain)[0]
     chosen = selection_settings(**body.model_dump(exclude={"task", "domain"}))
-    guard: ProbeCacheGuard = request.app.state.probe_guard
     names: dict[str, str] = {}
 
     def answer(state: IndexState) -> dict[str, Any]:
@@ -51,7 +50,6 @@ async def select(request: Request, body: SelectRequest, settings: Settings, pool
         checked, probes = task_with_probes(task, settings)
         if probes is not None:
             names.update(probes.names)
-            guard.before(state.selector, probes)
         return {**answer_tasks(state.selector, [checked], chosen)[0], "index_version": state.version}
 
     try:
@@ -87,23 +85,20 @@ async def select_batch_route(
     names: dict[str, str] = {}
     if any(task.probe_images for task in tasks):
         try:
-            tasks = await pool.call(partial(_resolve_batch, tasks, settings, state, request.app.state.probe_guard,
-                                            names), settings.request_timeout_s)
+            tasks = await pool.call(partial(_resolve_batch, tasks, settings, names), settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(503, None, f"listing the probe images took over {settings.request_timeout_s:g} s") from None
     lines = _answer_lines(tasks, chosen, state, pool, settings, deadline, names)
     return StreamingResponse(lines, media_type="application/x-ndjson", headers={VERSION_HEADER: state.version})
 
 
-def _resolve_batch(tasks: Sequence[Any], settings: ServiceSettings, state: IndexState, guard: ProbeCacheGuard,
-                   names: dict[str, str]) -> list[Any]:
+def _resolve_batch(tasks: Sequence[Any], settings: ServiceSettings, names: dict[str, str]) -> list[Any]:
     """Every task's probe_images resolved (in the pool), before the first line is sent; `names` filled."""
     out = []
     for task in tasks:
         checked, probes = task_with_probes(task, settings)
         if probes is not None:
             names.update(probes.names)
-            guard.before(state.selector, probes)
         out.append(checked)
     return out
 
